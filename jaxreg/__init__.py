@@ -1,0 +1,1 @@
+"""jaxreg: data augmentation and regularization for small vision models in JAX/Flax."""

@@ -1,0 +1,1 @@
+"""Pure per-example image augmentations, their batch forms, batch mixing and policies."""
