@@ -1,0 +1,131 @@
+"""Tests for jaxreg.optim.ema: closed forms, warm-up, BatchNorm-stat modes, BN re-estimation on a real nnx model."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxreg.optim import EmaState, ema, ema_decay, recompute_batch_stats
+from tests.optim.tiny_net import TinyNet
+
+
+def test_closed_form_on_constants():
+    """Constant params c from init a: ema_n = c + (a - c) * d**n."""
+    a = {"w": jnp.zeros((2, 3)), "b": jnp.full((3,), 4.0)}
+    c = {"w": jnp.ones((2, 3)), "b": jnp.full((3,), -2.0)}
+    tx = ema(0.9)
+    state = tx.init(a)
+    update = jax.jit(tx.update)
+    for _ in range(5):
+        state = update(state, c)
+    assert isinstance(state, EmaState) and int(state.count) == 5
+    for name in ("w", "b"):
+        np.testing.assert_allclose(state.ema_params[name], c[name] + (a[name] - c[name]) * 0.9**5, rtol=1e-6)
+    assert state.ema_batch_stats is None
+
+
+def test_warmup_formula():
+    counts = jnp.arange(200)
+    d = ema_decay(0.99, counts, warmup=True)
+    expected = np.minimum(0.99, (1.0 + np.arange(200)) / (10.0 + np.arange(200)))
+    np.testing.assert_allclose(d, expected, rtol=1e-6)
+    assert float(ema_decay(0.99, 5, warmup=False)) == pytest.approx(0.99)
+    # First update with warm-up uses decay 0.1: ema = 0.1 * init + 0.9 * params.
+    tx = ema(0.999, warmup=True)
+    state = tx.update(tx.init({"w": jnp.zeros(2)}), {"w": jnp.full((2,), 10.0)})
+    np.testing.assert_allclose(state.ema_params["w"], 9.0, rtol=1e-6)
+    # Second update uses min(0.999, 2/11).
+    state = tx.update(state, {"w": jnp.zeros(2)})
+    np.testing.assert_allclose(state.ema_params["w"], 9.0 * 2 / 11, rtol=1e-6)
+
+
+def test_batch_stats_average_vs_copy_and_dtypes():
+    params = {"w": jnp.zeros((2,), jnp.bfloat16)}
+    stats0 = {"mean": jnp.zeros(3), "var": jnp.ones(3), "steps": jnp.zeros((), jnp.int32)}
+    stats1 = {"mean": jnp.full((3,), 2.0), "var": jnp.full((3,), 5.0), "steps": jnp.ones((), jnp.int32)}
+    avg, cp = ema(0.5, batch_stats="average"), ema(0.5, batch_stats="copy")
+    s_avg = avg.update(avg.init(params, stats0), params, stats1)
+    s_cp = cp.update(cp.init(params, stats0), params, stats1)
+    np.testing.assert_allclose(s_avg.ema_batch_stats["mean"], 1.0)
+    np.testing.assert_allclose(s_avg.ema_batch_stats["var"], 3.0)
+    assert int(s_avg.ema_batch_stats["steps"]) == 1  # integer leaves are copied
+    np.testing.assert_allclose(s_cp.ema_batch_stats["mean"], 2.0)
+    np.testing.assert_allclose(s_cp.ema_batch_stats["var"], 5.0)
+    assert s_avg.ema_params["w"].dtype == jnp.bfloat16
+    with pytest.raises(ValueError, match="batch_stats"):
+        avg.update(avg.init(params), params, stats1)
+    with pytest.raises(ValueError, match="batch_stats"):
+        avg.update(avg.init(params, stats0), params)
+
+
+def test_works_on_nnx_state():
+    model = TinyNet(rngs=nnx.Rngs(0))
+    _, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    tx = ema(0.5)
+    state = tx.init(params, stats)
+    doubled = jax.tree.map(lambda x: 2 * x, params)
+    state = tx.update(state, doubled, stats)
+    jax.tree.map(lambda e, p: np.testing.assert_allclose(e, 1.5 * p, rtol=1e-6), state.ema_params, params)
+    assert jax.tree.structure(state.ema_params) == jax.tree.structure(params)
+
+
+def test_bad_arguments():
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="decay"):
+            ema(bad)
+    with pytest.raises(TypeError, match="decay"):
+        ema("0.9")
+    with pytest.raises(ValueError, match="batch_stats"):
+        ema(0.9, batch_stats="ema")
+    with pytest.raises(TypeError, match="warmup"):
+        ema(0.9, warmup="inverse")
+
+
+# ------------------------------------------------------------------------------ BN re-estimation
+
+
+def _stats_fn_for(graphdef):
+    @jax.jit
+    def stats_fn(params, batch_stats, images):
+        model = nnx.merge(graphdef, params, batch_stats)
+        model.train()
+        model(images)
+        return nnx.state(model, nnx.BatchStat)
+
+    return stats_fn
+
+
+def _conv_features(model, images):
+    return np.asarray(model.conv(images)).reshape(-1, 4)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_recompute_batch_stats_matches_data_statistics(momentum):
+    model = TinyNet(momentum=momentum, rngs=nnx.Rngs(1))
+    graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.uniform(size=(3, 4, 6, 6, 3)), jnp.float32)  # 3 batches of 4
+    stats_fn = _stats_fn_for(graphdef)
+
+    # One batch: exactly the data's per-channel mean and (biased) variance at the BN input.
+    single = recompute_batch_stats(stats_fn, params, stats, [images[0]], momentum=momentum)
+    feats = _conv_features(model, images[0])
+    np.testing.assert_allclose(single["bn"]["mean"].value, feats.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(single["bn"]["var"].value, feats.var(0), rtol=1e-4, atol=1e-6)
+
+    # Several equal batches: the data mean, and the mean of per-batch variances (not momentum).
+    multi = recompute_batch_stats(stats_fn, params, stats, images, momentum=momentum)
+    per_batch = [_conv_features(model, b) for b in images]
+    np.testing.assert_allclose(multi["bn"]["mean"].value, np.concatenate(per_batch).mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        multi["bn"]["var"].value, np.mean([f.var(0) for f in per_batch], axis=0), rtol=1e-4, atol=1e-6
+    )
+
+
+def test_recompute_batch_stats_bad_arguments():
+    with pytest.raises(ValueError, match="batches"):
+        recompute_batch_stats(lambda p, s, x: s, {}, {"m": jnp.zeros(2)}, [])
+    with pytest.raises(ValueError, match="momentum"):
+        recompute_batch_stats(lambda p, s, x: s, {}, {}, [jnp.zeros(2)], momentum=1.0)
+    with pytest.raises(TypeError, match="stats_fn"):
+        recompute_batch_stats(None, {}, {}, [jnp.zeros(2)])
