@@ -1,0 +1,774 @@
+"""Run and experiment reports: metrics.jsonl reading, overfitting onset, curve PNGs, Markdown and HTML."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+import math
+import mimetypes
+import numbers
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "format_value",
+    "html_index",
+    "markdown_table",
+    "mean_std",
+    "overfitting_onset",
+    "plot_curves",
+    "read_metrics",
+    "write_experiment_report",
+    "write_run_report",
+]
+
+_log = logging.getLogger(__name__)
+
+_LOSS_KEYS = ("train_loss", "val_loss")
+_ACC_KEYS = ("train_accuracy", "val_accuracy")
+
+
+# --------------------------------------------------------------------------- metrics file
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """Reads the per-epoch records that the training loop appends to ``metrics.jsonl``.
+
+    Each non-blank line is one JSON object with at least an integer ``"epoch"`` (1-based);
+    other keys (``train_loss``, ``val_accuracy``, ``lr``, ``val_ece``, ...) are passed
+    through untouched. ``NaN``/``Infinity`` written by Python's ``json`` are accepted.
+
+    Robustness rules:
+      * A last line that does not parse (a process killed mid-write) is skipped with a
+        log warning; an unparsable line anywhere else is corruption and raises.
+      * If an epoch appears more than once (a run resumed from an older checkpoint
+        re-writes epochs), the last record for that epoch wins.
+      * Records are returned sorted by epoch.
+
+    Args:
+      path: the ``metrics.jsonl`` file.
+
+    Returns:
+      A list of dicts, one per epoch, sorted by ``"epoch"``. An empty file gives ``[]``.
+
+    Raises:
+      FileNotFoundError: ``path`` does not exist.
+      ValueError: a complete line is not a JSON object or lacks an integer ``"epoch"``.
+    """
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    numbered = [(i + 1, line) for i, line in enumerate(text.splitlines()) if line.strip()]
+    by_epoch: dict[int, dict] = {}
+    for k, (lineno, line) in enumerate(numbered):
+        is_last = k == len(numbered) - 1
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            if is_last:
+                _log.warning("%s: skipping truncated last line %d (%s)", path, lineno, e)
+                break
+            raise ValueError(f"path {str(path)!r}: line {lineno} is not valid JSON: {e}") from e
+        if not isinstance(record, dict):
+            raise ValueError(
+                f"path {str(path)!r}: line {lineno} must be a JSON object; "
+                f"got {type(record).__name__}.")
+        epoch = record.get("epoch")
+        if isinstance(epoch, bool) or not isinstance(epoch, int):
+            raise ValueError(
+                f"path {str(path)!r}: line {lineno} needs an integer 'epoch' key; got {epoch!r}.")
+        by_epoch[epoch] = record
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_history(history: Any, name: str = "history") -> list[Mapping]:
+    if isinstance(history, (str, bytes, Mapping)) or not isinstance(history, Sequence):
+        raise TypeError(f"{name} must be a list of dicts (one per epoch); got {type(history).__name__}.")
+    for i, rec in enumerate(history):
+        if not isinstance(rec, Mapping):
+            raise TypeError(f"{name}[{i}] must be a dict; got {type(rec).__name__}.")
+    return list(history)
+
+
+def _require_keys(history: list[Mapping], keys: Sequence[str], name: str = "history") -> None:
+    for i, rec in enumerate(history):
+        missing = [k for k in keys if k not in rec]
+        if missing:
+            raise ValueError(
+                f"{name}[{i}] (epoch {rec.get('epoch', '?')}) is missing key(s) {missing}; "
+                f"required: {list(keys)}.")
+
+
+def _as_float(value: Any) -> float:
+    """A metric value as float; None and anything non-numeric become NaN."""
+    if value is None or isinstance(value, bool):
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _series(history: list[Mapping], key: str) -> np.ndarray:
+    return np.array([_as_float(rec.get(key)) for rec in history], dtype=np.float64)
+
+
+def _check_epoch_arg(value: Any, name: str, epochs: np.ndarray) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int epoch or None; got {type(value).__name__}.")
+    value = int(value)
+    lo, hi = np.nanmin(epochs), np.nanmax(epochs)
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be an epoch in the history [{lo:g}, {hi:g}]; got {value}.")
+    return value
+
+
+# --------------------------------------------------------------------------- onset detection
+
+
+def overfitting_onset(history: Sequence[Mapping], *, patience: int = 2,
+                      min_delta: float = 0.0) -> int | None:
+    """Finds the epoch where validation loss starts to rise while training accuracy still rises.
+
+    Exact rule. Walk the records in order, tracking ``best``: the lowest finite
+    ``val_loss`` seen so far, at epoch ``m`` (a later record replaces it only when strictly
+    lower). A record ``j`` after ``m`` is *rising* when both hold:
+
+      * ``val_loss[j] > best + min_delta`` (finite), and
+      * ``train_accuracy[j] > train_accuracy[m]`` (both finite).
+
+    The onset is the first epoch of the first run of ``patience`` *consecutive* rising
+    records. A record inside ``[best, best + min_delta]`` (noise), a rising val loss with
+    train accuracy not above its value at ``m`` (underfitting / instability), a new
+    minimum, or a non-finite value ends a run without starting one.
+
+    The returned epoch is the **first epoch of the rise** (so ``m``, the validation-loss
+    minimum that early stopping would restore, is before it; usually ``onset - 1``). The
+    first qualifying rise wins, like a patience-based early stopper would see it; a later,
+    lower minimum does not move it.
+
+    Short histories (fewer than ``patience + 1`` usable records) and an empty history
+    give ``None``.
+
+    Args:
+      history: per-epoch dicts with keys ``"epoch"``, ``"val_loss"`` and
+        ``"train_accuracy"`` (values may be NaN or None), in epoch order.
+      patience: int >= 1, consecutive rising epochs needed.
+      min_delta: float >= 0, how far above the minimum the val loss must be to count.
+
+    Returns:
+      The epoch (as stored in ``"epoch"``) where the rise starts, or ``None``.
+
+    Raises:
+      TypeError: ``history`` is not a list of dicts, or ``patience`` is not an int.
+      ValueError: a record misses one of the keys above; ``patience < 1``;
+        ``min_delta`` negative or not finite.
+    """
+    history = _check_history(history)
+    if isinstance(patience, bool) or not isinstance(patience, numbers.Integral):
+        raise TypeError(f"patience must be an int >= 1; got {type(patience).__name__}.")
+    if patience < 1:
+        raise ValueError(f"patience must be >= 1; got {patience}.")
+    if isinstance(min_delta, bool) or not isinstance(min_delta, numbers.Real):
+        raise TypeError(f"min_delta must be a float >= 0; got {type(min_delta).__name__}.")
+    if not (math.isfinite(min_delta) and min_delta >= 0):
+        raise ValueError(f"min_delta must be a finite float >= 0; got {min_delta}.")
+    _require_keys(history, ("epoch", "val_loss", "train_accuracy"))
+
+    val = _series(history, "val_loss")
+    acc = _series(history, "train_accuracy")
+    best = math.inf
+    best_i = -1
+    run_start = -1
+    run_len = 0
+    for j in range(len(history)):
+        v, a = val[j], acc[j]
+        if not math.isfinite(v):
+            run_start, run_len = -1, 0
+            continue
+        if v < best:
+            best, best_i = v, j
+            run_start, run_len = -1, 0
+            continue
+        rising = (v > best + min_delta and math.isfinite(a) and math.isfinite(acc[best_i])
+                  and a > acc[best_i])
+        if not rising:
+            run_start, run_len = -1, 0
+            continue
+        if run_len == 0:
+            run_start = j
+        run_len += 1
+        if run_len >= patience:
+            return int(history[run_start]["epoch"])
+    return None
+
+
+# --------------------------------------------------------------------------- plotting
+
+
+def plot_curves(history: Sequence[Mapping], path: str | os.PathLike, *, onset: int | None = None,
+                best_epoch: int | None = None, title: str | None = None) -> Path:
+    """Writes a PNG with two panels: loss and accuracy per epoch, train vs validation.
+
+    Series missing from a record (or NaN) leave a gap. Each panel needs at least one of
+    its two series (``train_loss``/``val_loss``, ``train_accuracy``/``val_accuracy``).
+    Vertical markers: a dashed red line at ``onset`` (overfitting onset) and a dotted
+    green line at ``best_epoch`` (the restored / best epoch), both in the legend.
+
+    Args:
+      history: per-epoch dicts with an ``"epoch"`` key and the metric keys above.
+      path: output PNG path; parent folders are created.
+      onset: epoch of the overfitting onset to mark, or None.
+      best_epoch: epoch of the best (restored) model to mark, or None.
+      title: optional figure title.
+
+    Returns:
+      The path written.
+
+    Raises:
+      TypeError: ``history`` not a list of dicts; ``onset``/``best_epoch`` not ints;
+        ``title`` not a str.
+      ValueError: empty ``history``; a record without ``"epoch"``; a panel with none of its
+        series; ``onset``/``best_epoch`` outside the history's epochs.
+    """
+    history = _check_history(history)
+    if not history:
+        raise ValueError("history is empty; nothing to plot.")
+    _require_keys(history, ("epoch",))
+    if title is not None and not isinstance(title, str):
+        raise TypeError(f"title must be a str or None; got {type(title).__name__}.")
+    for keys in (_LOSS_KEYS, _ACC_KEYS):
+        if not any(k in rec for rec in history for k in keys):
+            raise ValueError(f"history has none of the keys {list(keys)}; at least one is needed.")
+    epochs = _series(history, "epoch")
+    if np.isnan(epochs).any():
+        raise ValueError("history: every 'epoch' must be a number.")
+    onset = _check_epoch_arg(onset, "onset", epochs)
+    best_epoch = _check_epoch_arg(best_epoch, "best_epoch", epochs)
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(10.0, 4.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    panels = ((_LOSS_KEYS, "loss"), (_ACC_KEYS, "accuracy"))
+    for col, (keys, ylabel) in enumerate(panels):
+        ax = fig.add_subplot(1, 2, col + 1)
+        for key, style in zip(keys, ("-o", "-s")):
+            if any(key in rec for rec in history):
+                label = "train" if key.startswith("train") else "validation"
+                ax.plot(epochs, _series(history, key), style, markersize=3, label=label)
+        if onset is not None:
+            ax.axvline(onset, color="tab:red", linestyle="--", linewidth=1.2,
+                       label=f"overfitting onset (epoch {onset})")
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="tab:green", linestyle=":", linewidth=1.5,
+                       label=f"best epoch ({best_epoch})")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.set_title(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=100)
+    return path
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars/arrays to Python values (for formatting and JSON)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def format_value(value: Any, floatfmt: str = ".4f") -> str:
+    """Formats one table cell.
+
+    ``None`` -> ``""``; bools and ints as is; floats with ``floatfmt``, except that a
+    fixed-point format (``"f"``) switches to 3 significant digits (``".3g"``) for a
+    nonzero ``|value| < 1e-3`` (e.g. a learning rate of ``3e-4``), one it would show as
+    zero, or ``|value| >= 1e6``; NaN/inf as
+    ``nan``/``inf``/``-inf``; strings as is; other objects (lists, dicts) as compact JSON.
+
+    Args:
+      value: the cell value (numpy scalars are accepted).
+      floatfmt: a ``format`` spec for floats.
+
+    Returns:
+      The formatted string.
+    """
+    value = _plain(value)
+    if value is None:
+        return ""
+    if isinstance(value, (bool, numbers.Integral)):
+        return str(value)
+    if isinstance(value, numbers.Real):
+        value = float(value)
+        if not math.isfinite(value):
+            return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        out = format(value, floatfmt)
+        if floatfmt.endswith("f") and value != 0:
+            try:
+                shown = float(out.replace(",", "").replace("_", ""))
+            except ValueError:
+                return out
+            if abs(value) >= 1e6 or abs(value) < 1e-3 or shown == 0.0:
+                out = format(value, ".3g")
+        return out
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, default=str, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def mean_std(values: Sequence[float], *, fmt: str = ".3f", ddof: int = 1) -> str:
+    """Formats a metric over seeds as ``"mean ± std"``, e.g. ``"0.912 ± 0.004"``.
+
+    The std is the sample standard deviation (``ddof=1``) by default. A single value is
+    shown alone (its std is undefined). NaN values are kept, so a diverged seed shows as
+    ``"nan ± nan"`` instead of being hidden.
+
+    Args:
+      values: the per-seed values (a non-empty 1-D sequence of numbers).
+      fmt: a ``format`` spec used for both the mean and the std.
+      ddof: delta degrees of freedom for the std (0 = population std).
+
+    Returns:
+      The formatted string.
+
+    Raises:
+      TypeError: ``values`` is a string or a scalar.
+      ValueError: ``values`` is empty or not 1-D.
+    """
+    if isinstance(values, (str, bytes)) or np.ndim(values) == 0:
+        raise TypeError(f"values must be a sequence of numbers; got {type(values).__name__}.")
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1:
+        raise ValueError(f"values must be 1-D; got shape {arr.shape}.")
+    if arr.size == 0:
+        raise ValueError("values is empty.")
+    mean = float(np.mean(arr))
+    if arr.size <= ddof:
+        return format(mean, fmt)
+    return f"{format(mean, fmt)} ± {format(float(np.std(arr, ddof=ddof)), fmt)}"
+
+
+def _check_rows(rows: Any, name: str) -> list[Mapping]:
+    if isinstance(rows, (str, bytes, Mapping)) or not isinstance(rows, Sequence):
+        raise TypeError(f"{name} must be a list of dicts; got {type(rows).__name__}.")
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise TypeError(f"{name}[{i}] must be a dict; got {type(row).__name__}.")
+    return list(rows)
+
+
+def _columns(rows: list[Mapping], columns: Sequence[str] | None) -> list[str]:
+    if columns is None:
+        cols: dict[str, None] = {}
+        for row in rows:
+            for k in row:
+                cols.setdefault(str(k), None)
+        return list(cols)
+    if isinstance(columns, str) or not isinstance(columns, Sequence):
+        raise TypeError(f"columns must be a list of str or None; got {type(columns).__name__}.")
+    return [str(c) for c in columns]
+
+
+def _is_numeric(value: Any) -> bool:
+    value = _plain(value)
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def markdown_table(rows: Sequence[Mapping], columns: Sequence[str] | None = None,
+                   floatfmt: str = ".4f") -> str:
+    """Renders dicts as a GitHub-flavoured Markdown table.
+
+    Columns default to the union of the rows' keys in first-seen order; a missing cell is
+    empty. Cells are formatted by :func:`format_value`; ``|`` is escaped and newlines
+    become spaces. Columns whose non-empty cells are all numbers are right-aligned.
+
+    Args:
+      rows: list of dicts, one per table row.
+      columns: column names (keys) in order, or None for all keys.
+      floatfmt: ``format`` spec for floats, e.g. ``".4f"`` or ``".3g"``.
+
+    Returns:
+      The table, lines joined by ``"\\n"``, with a trailing newline.
+
+    Raises:
+      TypeError: ``rows`` is not a list of dicts, or ``columns`` not a list of str.
+      ValueError: no rows and no ``columns`` (nothing to render).
+    """
+    rows = _check_rows(rows, "rows")
+    cols = _columns(rows, columns)
+    if not cols:
+        raise ValueError("rows is empty and no columns were given; nothing to render.")
+    lookup = [{str(k): v for k, v in row.items()} for row in rows]
+    body = [[_md_escape(format_value(r.get(c), floatfmt)) for c in cols] for r in lookup]
+    aligns = []
+    for c in cols:
+        present = [r[c] for r in lookup if r.get(c) is not None]
+        aligns.append("---:" if present and all(_is_numeric(v) for v in present) else "---")
+    lines = ["| " + " | ".join(_md_escape(c) for c in cols) + " |",
+             "| " + " | ".join(aligns) + " |"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- run report
+
+
+def _config_dict(config: Any) -> Any:
+    if isinstance(config, Mapping):
+        return dict(config)
+    to_dict = getattr(config, "to_dict", None)
+    if callable(to_dict):
+        return to_dict()
+    raise TypeError(f"config must be a dict (or have .to_dict()); got {type(config).__name__}.")
+
+
+def _json_default(obj: Any) -> Any:
+    plain = _plain(obj)
+    if plain is not obj:
+        return plain
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    to_dict = getattr(obj, "to_dict", None)
+    if callable(to_dict):
+        return to_dict()
+    return repr(obj)
+
+
+def _check_str(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str; got {type(value).__name__}.")
+    return value
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _fence(text: str, lang: str = "") -> str:
+    ticks = "```"
+    while ticks in text:
+        ticks += "`"
+    return f"{ticks}{lang}\n{text}\n{ticks}"
+
+
+def write_run_report(workdir: str | os.PathLike, *, title: str, config: Mapping,
+                     history: Sequence[Mapping], results: Mapping,
+                     notes: Sequence[str] | None = None, onset_patience: int = 2,
+                     onset_min_delta: float = 0.0) -> Path:
+    """Writes ``workdir/report.md`` for one training run (and ``workdir/curves.png``).
+
+    The report has: the title; a results table (one row per ``results`` item, in order,
+    floats via :func:`format_value`); the overfitting-onset statement ("Validation loss
+    started rising at epoch N while training accuracy kept rising." or "No overfitting
+    onset detected in N epochs."), using :func:`overfitting_onset`; notes as a bullet
+    list; the loss/accuracy curves (``curves.png``, written by :func:`plot_curves`, with
+    ``results["best_epoch"]`` marked when it is an epoch of the history); the per-epoch
+    metrics and the config (as JSON), each in a collapsed ``<details>`` block.
+    With an empty history the report is still written, without curves.
+
+    Args:
+      workdir: the run folder (created if missing).
+      title: report title.
+      config: the run's config (a dict, or an object with ``.to_dict()`` such as
+        ``ml_collections.ConfigDict``); non-JSON values are shown with ``repr``.
+      history: per-epoch dicts as returned by :func:`read_metrics`.
+      results: final numbers, e.g. ``{"test_accuracy": 0.91, "best_epoch": 7}``.
+      notes: optional lines added as a bullet list.
+      onset_patience: ``patience`` for :func:`overfitting_onset`.
+      onset_min_delta: ``min_delta`` for :func:`overfitting_onset`.
+
+    Returns:
+      The path of ``report.md``.
+
+    Raises:
+      TypeError: an argument has the wrong type (named in the message).
+      ValueError: records miss ``"epoch"``/``"val_loss"``/``"train_accuracy"``, or bad
+        onset options.
+    """
+    title = _check_str(title, "title")
+    cfg = _config_dict(config)
+    history = _check_history(history)
+    if not isinstance(results, Mapping):
+        raise TypeError(f"results must be a dict; got {type(results).__name__}.")
+    if notes is not None:
+        if isinstance(notes, str) or not isinstance(notes, Sequence):
+            raise TypeError(f"notes must be a list of str or None; got {type(notes).__name__}.")
+        for i, n in enumerate(notes):
+            _check_str(n, f"notes[{i}]")
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    onset = overfitting_onset(history, patience=onset_patience, min_delta=onset_min_delta)
+    n = len(history)
+    if onset is not None:
+        onset_md = (f"Validation loss started rising at epoch {onset} while training accuracy "
+                    f"kept rising (patience {onset_patience}, min_delta {onset_min_delta:g}).")
+    else:
+        onset_md = f"No overfitting onset detected in {n} epoch{'s' if n != 1 else ''}."
+
+    parts = [f"# {_one_line(title)}", ""]
+    parts += ["## Results", ""]
+    if results:
+        rows = [{"metric": str(k), "value": v} for k, v in results.items()]
+        parts += [markdown_table(rows, ["metric", "value"]).rstrip("\n"), ""]
+    else:
+        parts += ["(no results)", ""]
+    parts += ["## Overfitting", "", onset_md, ""]
+    if notes:
+        parts += ["## Notes", ""] + [f"- {line}" for line in notes] + [""]
+
+    parts += ["## Curves", ""]
+    if n:
+        epochs = _series(history, "epoch")
+        best = _plain(results.get("best_epoch"))
+        best_epoch = (int(best) if isinstance(best, numbers.Integral) and not isinstance(best, bool)
+                      and np.nanmin(epochs) <= best <= np.nanmax(epochs) else None)
+        plot_curves(history, workdir / "curves.png", onset=onset, best_epoch=best_epoch,
+                    title=title)
+        parts += ["![Loss and accuracy per epoch](curves.png)", ""]
+        metric_cols = ["epoch"] + [c for c in _columns(history, None) if c != "epoch"]
+        parts += ["<details><summary>Per-epoch metrics</summary>", "",
+                  markdown_table(history, metric_cols).rstrip("\n"), "", "</details>", ""]
+    else:
+        parts += ["No epochs recorded; no curves.", ""]
+
+    cfg_json = json.dumps(cfg, indent=2, default=_json_default)
+    parts += ["## Config", "", "<details><summary>Config</summary>", "",
+              _fence(cfg_json, "json"), "", "</details>", ""]
+    path = workdir / "report.md"
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------- experiment report
+
+
+def _figure_name(workdir: Path, fig: Any, i: int) -> str:
+    if not isinstance(fig, (str, os.PathLike)):
+        raise TypeError(f"figures[{i}] must be a path (str); got {type(fig).__name__}.")
+    p = Path(fig)
+    full = p if p.is_absolute() else workdir / p
+    try:
+        rel = full.resolve().relative_to(workdir.resolve())
+    except ValueError:
+        raise ValueError(f"figures[{i}] must be inside workdir {str(workdir)!r}; got {str(fig)!r}.") from None
+    if not full.is_file():
+        raise ValueError(f"figures[{i}]: file {str(full)!r} does not exist.")
+    return rel.as_posix()
+
+
+def write_experiment_report(workdir: str | os.PathLike, *, title: str, question: str,
+                            expectation: str, table_rows: Sequence[Mapping], verdict: str,
+                            figures: Sequence[str], extra_md: str = "") -> Path:
+    """Writes ``workdir/report.md`` and ``workdir/summary.json`` for one experiment.
+
+    ``summary.json`` holds ``title``, ``question``, ``expectation``, ``verdict``,
+    ``table_rows`` and ``figures`` (file names relative to ``workdir``), which is what
+    :func:`html_index` collects. The report shows the same plus ``extra_md`` at the end.
+
+    Args:
+      workdir: the experiment run folder (created if missing).
+      title: experiment title.
+      question: the question the experiment answers.
+      expectation: what we expected before running it.
+      table_rows: result rows (list of dicts, e.g. one per method with ``mean_std``
+        strings); values must be JSON-serialisable or numpy scalars.
+      verdict: the answer, as found.
+      figures: image files (PNG, JPEG, SVG, GIF) already saved inside ``workdir``, given
+        relative to it or as absolute paths inside it.
+      extra_md: extra Markdown appended to the report (not stored in the summary).
+
+    Returns:
+      The path of ``report.md``.
+
+    Raises:
+      TypeError: an argument has the wrong type (named in the message).
+      ValueError: a figure is missing or outside ``workdir``.
+    """
+    title = _check_str(title, "title")
+    question = _check_str(question, "question")
+    expectation = _check_str(expectation, "expectation")
+    verdict = _check_str(verdict, "verdict")
+    extra_md = _check_str(extra_md, "extra_md")
+    rows = _check_rows(table_rows, "table_rows")
+    if isinstance(figures, str) or not isinstance(figures, Sequence):
+        raise TypeError(f"figures must be a list of file names; got {type(figures).__name__}.")
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    names = [_figure_name(workdir, f, i) for i, f in enumerate(figures)]
+
+    parts = [f"# {_one_line(title)}", "", "## Question", "", question, "",
+             "## Expectation", "", expectation, "", "## Results", ""]
+    parts += [markdown_table(rows).rstrip("\n") if rows else "(no rows)", ""]
+    parts += ["## Verdict", "", verdict, ""]
+    if names:
+        parts += ["## Figures", ""] + [f"![{name}]({name})\n" for name in names]
+    if extra_md.strip():
+        parts += [extra_md.rstrip("\n"), ""]
+    path = workdir / "report.md"
+    path.write_text("\n".join(parts), encoding="utf-8")
+
+    summary = {"title": title, "question": question, "expectation": expectation,
+               "verdict": verdict, "table_rows": [dict(r) for r in rows], "figures": names}
+    (workdir / "summary.json").write_text(
+        json.dumps(summary, indent=2, default=_json_default) + "\n", encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------- HTML index
+
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
+       color: #222; line-height: 1.45; }
+section { border-top: 1px solid #ccc; padding-top: 1em; margin-top: 2em; }
+table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f3f3f3; }
+.text { white-space: pre-wrap; }
+.verdict { background: #f5f9f0; border-left: 4px solid #6a4; padding: 0.5em 0.8em; }
+.error { color: #a00; }
+img { max-width: 100%; display: block; margin: 0.5em 0; }
+.run { color: #777; font-size: 0.85em; }
+"""
+
+
+def _html_table(rows: list[Mapping]) -> str:
+    if not rows:
+        return "<p>(no rows)</p>"
+    cols = _columns(rows, None)
+    lookup = [{str(k): v for k, v in row.items()} for row in rows]
+    out = ["<table>", "<thead><tr>"
+           + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr></thead>", "<tbody>"]
+    for r in lookup:
+        cells = []
+        for c in cols:
+            v = r.get(c)
+            cls = ' class="num"' if _is_numeric(v) else ""
+            cells.append(f"<td{cls}>{html.escape(format_value(v))}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out += ["</tbody>", "</table>"]
+    return "\n".join(out)
+
+
+def _data_uri(path: Path) -> str:
+    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f"data:{mime};base64,{data}"
+
+
+def _html_section(run_dir: Path, anchor: str) -> tuple[str, str]:
+    """Returns (title, section HTML) for one run folder."""
+    esc = html.escape
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        if not isinstance(summary, dict):
+            raise ValueError("summary.json is not a JSON object")
+    except (OSError, ValueError) as e:
+        title = run_dir.name
+        body = f'<p class="error">Could not read summary.json: {esc(str(e))}</p>'
+        return title, f'<section id="{esc(anchor)}">\n<h2>{esc(title)}</h2>\n{body}\n</section>'
+    title = str(summary.get("title") or run_dir.name)
+    out = [f'<section id="{esc(anchor)}">', f"<h2>{esc(title)}</h2>",
+           f'<p class="run">run folder: {esc(run_dir.name)}</p>']
+    for key, heading in (("question", "Question"), ("expectation", "Expectation")):
+        if summary.get(key):
+            out += [f"<h3>{heading}</h3>", f'<p class="text">{esc(str(summary[key]))}</p>']
+    rows = summary.get("table_rows") or []
+    if isinstance(rows, list) and all(isinstance(r, dict) for r in rows):
+        out += ["<h3>Results</h3>", _html_table(rows)]
+    else:
+        out.append('<p class="error">table_rows is not a list of objects.</p>')
+    if summary.get("verdict"):
+        out += ["<h3>Verdict</h3>", f'<p class="text verdict">{esc(str(summary["verdict"]))}</p>']
+    figures = summary.get("figures") or []
+    if figures:
+        out.append("<h3>Figures</h3>")
+    for name in figures:
+        fig = run_dir / str(name)
+        if fig.is_file():
+            out.append(f'<figure><img src="{_data_uri(fig)}" alt="{esc(str(name))}">'
+                       f"<figcaption>{esc(str(name))}</figcaption></figure>")
+        else:
+            out.append(f'<p class="error">Missing figure: {esc(str(name))}</p>')
+    out.append("</section>")
+    return title, "\n".join(out)
+
+
+def html_index(root: str | os.PathLike, out_path: str | os.PathLike) -> Path:
+    """Writes one self-contained HTML page collecting every ``root/*/summary.json``.
+
+    One section per experiment run folder (sorted by folder name), with a table of
+    contents: title, question, expectation, the results table, the verdict and the
+    figures embedded as base64 ``data:`` URIs, so the page works when moved or opened
+    from disk. All text is HTML-escaped. A folder whose ``summary.json`` cannot be read
+    gets a section with the error instead of aborting the index; a missing figure file is
+    noted in place.
+
+    Args:
+      root: folder holding one subfolder per experiment run.
+      out_path: the HTML file to write (parent folders are created).
+
+    Returns:
+      The path written.
+
+    Raises:
+      ValueError: ``root`` is not an existing folder.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"root must be an existing folder; got {str(root)!r}.")
+    run_dirs = sorted(p.parent for p in root.glob("*/summary.json"))
+    sections, toc = [], []
+    for k, run_dir in enumerate(run_dirs):
+        anchor = f"exp-{k}"
+        title, section = _html_section(run_dir, anchor)
+        sections.append(section)
+        toc.append(f'<li><a href="#{anchor}">{html.escape(title)}</a> '
+                   f'<span class="run">({html.escape(run_dir.name)})</span></li>')
+    page = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+            "<title>jaxreg experiments</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
+            "<h1>jaxreg experiments</h1>"]
+    if run_dirs:
+        page += [f"<p>{len(run_dirs)} experiment run(s).</p>", "<ul>"] + toc + ["</ul>"]
+        page += sections
+    else:
+        page.append(f"<p>No experiments found under {html.escape(str(root))}.</p>")
+    page += ["</body>", "</html>", ""]
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text("\n".join(page), encoding="utf-8")
+    return out_path
