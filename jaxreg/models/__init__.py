@@ -13,41 +13,41 @@ from jaxreg.models.resnet import ResNet
 ResNet20 = functools.partial(ResNet, blocks_per_stage=3, widths=(16, 32, 64))
 
 MODELS: dict[str, tuple[Callable[..., nnx.Module], str]] = {
-    "cnn": (CNN, "2 conv blocks (32, 64) + dense 128; BatchNorm/Dropout optional; digit sets"),
-    "cnn_small": (functools.partial(CNN, channels=(16, 32), hidden=64),
-                  "narrower CNN (16, 32) + dense 64, for quick experiments"),
-    "resnet20": (ResNet20, "ResNet-20 (3x3 blocks per stage, 16/32/64) for 32x32 colour"),
-    "tiny": (TinyCNN, "one 8-channel conv + head; for tests"),
+        "cnn": (CNN, "2 conv blocks (32, 64) + dense 128; BatchNorm/Dropout optional; digit sets"),
+        "cnn_small": (functools.partial(CNN, channels=(16, 32), hidden=64),
+                                    "narrower CNN (16, 32) + dense 64, for quick experiments"),
+        "resnet20": (ResNet20, "ResNet-20 (3x3 blocks per stage, 16/32/64) for 32x32 colour"),
+        "tiny": (TinyCNN, "one 8-channel conv + head; for tests"),
 }
 
 
 def list_models() -> dict[str, str]:
-  """Model name -> one-line description."""
-  return {name: desc for name, (_, desc) in MODELS.items()}
+    """Model name -> one-line description."""
+    return {name: desc for name, (_, desc) in MODELS.items()}
 
 
 def create(name: str, *, num_classes: int, input_shape: Sequence[int], seed: int = 0,
-           **kwargs) -> nnx.Module:
-  """Builds a registered model.
+                      **kwargs) -> nnx.Module:
+    """Builds a registered model.
 
-  Args:
-    name: one of ``list_models()``.
-    num_classes: output classes.
-    input_shape: (H, W, C) of one example.
-    seed: parameter initialisation seed.
-    **kwargs: model options (e.g. ``batch_norm``, ``dropout``, ``conv_grad``).
+    Args:
+        name: one of ``list_models()``.
+        num_classes: output classes.
+        input_shape: (H, W, C) of one example.
+        seed: parameter initialisation seed.
+        **kwargs: model options (e.g. ``batch_norm``, ``dropout``, ``conv_grad``).
 
-  Returns:
-    An ``nnx.Module`` mapping (N, H, W, C) float32 to (N, num_classes) logits.
-  """
-  if name not in MODELS:
-    raise ValueError(f"unknown model {name!r}; allowed: {sorted(MODELS)}")
-  ctor, _ = MODELS[name]
-  try:
-    return ctor(num_classes, tuple(input_shape), rngs=nnx.Rngs(params=seed), **kwargs)
-  except TypeError as e:
-    raise TypeError(f"bad options for model {name!r}: {e}") from None
+    Returns:
+        An ``nnx.Module`` mapping (N, H, W, C) float32 to (N, num_classes) logits.
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; allowed: {sorted(MODELS)}")
+    ctor, _ = MODELS[name]
+    try:
+        return ctor(num_classes, tuple(input_shape), rngs=nnx.Rngs(params=seed), **kwargs)
+    except TypeError as e:
+        raise TypeError(f"bad options for model {name!r}: {e}") from None
 
 
 __all__ = ["CNN", "TinyCNN", "ResNet", "ResNet20", "Conv", "conv2d", "MODELS", "create",
-           "list_models"]
+                      "list_models"]

@@ -12,112 +12,112 @@ from jaxreg.models.layers import Conv
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
-  """2x2 max pooling with stride 2 on (N, H, W, C); odd sizes are padded ("SAME")."""
-  return lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "SAME")
+    """2x2 max pooling with stride 2 on (N, H, W, C); odd sizes are padded ("SAME")."""
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "SAME")
 
 
 def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
-  if len(input_shape) != 3 or any(int(s) <= 0 for s in input_shape):
-    raise ValueError(f"input_shape must be (H, W, C) of positive ints, got {tuple(input_shape)}")
-  return tuple(int(s) for s in input_shape)  # type: ignore[return-value]
+    if len(input_shape) != 3 or any(int(s) <= 0 for s in input_shape):
+        raise ValueError(f"input_shape must be (H, W, C) of positive ints, got {tuple(input_shape)}")
+    return tuple(int(s) for s in input_shape)  # type: ignore[return-value]
 
 
 def _check_rate(name: str, value: float) -> float:
-  if not 0.0 <= float(value) < 1.0:
-    raise ValueError(f"{name} must be in [0, 1), got {value}")
-  return float(value)
+    if not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+    return float(value)
 
 
 class CNN(nnx.Module):
-  """Conv-[BN]-ReLU-MaxPool blocks, then Dense-ReLU-[Dropout]-Dense.
+    """Conv-[BN]-ReLU-MaxPool blocks, then Dense-ReLU-[Dropout]-Dense.
 
-  Input (N, H, W, C) float32 in [0, 1]; output logits (N, num_classes) float32.
+    Input (N, H, W, C) float32 in [0, 1]; output logits (N, num_classes) float32.
 
-  Args:
-    num_classes: number of output classes (>= 2).
-    input_shape: (H, W, C) of one example.
-    channels: output channels of each conv block (each block halves H and W).
-    hidden: width of the hidden dense layer.
-    batch_norm: BatchNorm after every conv and the hidden dense layer (Ioffe & Szegedy, 2015).
-    dropout: dropout rate before the last layer, in [0, 1) (Srivastava et al., 2014).
-    bn_momentum: running-statistics momentum. 0.9 rather than flax's 0.99: runs on small data
-      take only ~100 steps, after which 0.99 leaves the statistics far from the data.
-    conv_grad: weight-gradient rule of the convolutions (see ``layers.conv2d``).
-    rngs: ``nnx.Rngs`` with a ``params`` stream.
-  """
+    Args:
+        num_classes: number of output classes (>= 2).
+        input_shape: (H, W, C) of one example.
+        channels: output channels of each conv block (each block halves H and W).
+        hidden: width of the hidden dense layer.
+        batch_norm: BatchNorm after every conv and the hidden dense layer (Ioffe & Szegedy, 2015).
+        dropout: dropout rate before the last layer, in [0, 1) (Srivastava et al., 2014).
+        bn_momentum: running-statistics momentum. 0.9 rather than flax's 0.99: runs on small data
+            take only ~100 steps, after which 0.99 leaves the statistics far from the data.
+        conv_grad: weight-gradient rule of the convolutions (see ``layers.conv2d``).
+        rngs: ``nnx.Rngs`` with a ``params`` stream.
+    """
 
-  def __init__(self, num_classes: int, input_shape: Sequence[int], *,
-               channels: Sequence[int] = (32, 64), hidden: int = 128, batch_norm: bool = False,
-               dropout: float = 0.0, bn_momentum: float = 0.9, conv_grad: str = "auto",
-               rngs: nnx.Rngs):
-    h, w, c = _check_input_shape(input_shape)
-    if int(num_classes) < 2:
-      raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-    if not channels or any(int(ch) <= 0 for ch in channels):
-      raise ValueError(f"channels must be a non-empty sequence of positive ints, got {channels}")
-    self.dropout_rate = _check_rate("dropout", dropout)
-    self.batch_norm = bool(batch_norm)
-    convs, norms = [], []
-    for ch in channels:
-      convs.append(Conv(c, int(ch), (3, 3), use_bias=not batch_norm, grad=conv_grad, rngs=rngs))
-      norms.append(nnx.BatchNorm(int(ch), momentum=bn_momentum, rngs=rngs) if batch_norm else None)
-      c = int(ch)
-      h, w = -(-h // 2), -(-w // 2)
-    self.convs = nnx.List(convs)
-    self.norms = nnx.List(norms)
-    self.hidden = nnx.Linear(h * w * c, hidden, use_bias=not batch_norm, rngs=rngs)
-    self.hidden_norm = nnx.BatchNorm(hidden, momentum=bn_momentum, rngs=rngs) if batch_norm else None
-    self.dropout = nnx.Dropout(self.dropout_rate)
-    self.head = nnx.Linear(hidden, int(num_classes), rngs=rngs)
+    def __init__(self, num_classes: int, input_shape: Sequence[int], *,
+                              channels: Sequence[int] = (32, 64), hidden: int = 128, batch_norm: bool = False,
+                              dropout: float = 0.0, bn_momentum: float = 0.9, conv_grad: str = "auto",
+                              rngs: nnx.Rngs):
+        h, w, c = _check_input_shape(input_shape)
+        if int(num_classes) < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        if not channels or any(int(ch) <= 0 for ch in channels):
+            raise ValueError(f"channels must be a non-empty sequence of positive ints, got {channels}")
+        self.dropout_rate = _check_rate("dropout", dropout)
+        self.batch_norm = bool(batch_norm)
+        convs, norms = [], []
+        for ch in channels:
+            convs.append(Conv(c, int(ch), (3, 3), use_bias=not batch_norm, grad=conv_grad, rngs=rngs))
+            norms.append(nnx.BatchNorm(int(ch), momentum=bn_momentum, rngs=rngs) if batch_norm else None)
+            c = int(ch)
+            h, w = -(-h // 2), -(-w // 2)
+        self.convs = nnx.List(convs)
+        self.norms = nnx.List(norms)
+        self.hidden = nnx.Linear(h * w * c, hidden, use_bias=not batch_norm, rngs=rngs)
+        self.hidden_norm = nnx.BatchNorm(hidden, momentum=bn_momentum, rngs=rngs) if batch_norm else None
+        self.dropout = nnx.Dropout(self.dropout_rate)
+        self.head = nnx.Linear(hidden, int(num_classes), rngs=rngs)
 
-  def features(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    """Flattened conv features (N, D) before the dense layers."""
-    for conv, norm in zip(self.convs, self.norms):
-      x = conv(x)
-      if norm is not None:
-        x = norm(x, use_running_average=not train)
-      x = max_pool_2x2(jax.nn.relu(x))
-    return x.reshape(x.shape[0], -1)
+    def features(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        """Flattened conv features (N, D) before the dense layers."""
+        for conv, norm in zip(self.convs, self.norms):
+            x = conv(x)
+            if norm is not None:
+                x = norm(x, use_running_average=not train)
+            x = max_pool_2x2(jax.nn.relu(x))
+        return x.reshape(x.shape[0], -1)
 
-  def __call__(self, x: jax.Array, *, train: bool = False,
-               dropout_key: jax.Array | None = None) -> jax.Array:
-    """Logits (N, num_classes). ``dropout_key`` is required when training with dropout > 0."""
-    x = self.hidden(self.features(x, train=train))
-    if self.hidden_norm is not None:
-      x = self.hidden_norm(x, use_running_average=not train)
-    x = jax.nn.relu(x)
-    if self.dropout_rate > 0.0 and train:
-      if dropout_key is None:
-        raise ValueError("dropout_key is required when train=True and dropout > 0")
-      x = self.dropout(x, deterministic=False, rngs=dropout_key)
-    return self.head(x)
+    def __call__(self, x: jax.Array, *, train: bool = False,
+                              dropout_key: jax.Array | None = None) -> jax.Array:
+        """Logits (N, num_classes). ``dropout_key`` is required when training with dropout > 0."""
+        x = self.hidden(self.features(x, train=train))
+        if self.hidden_norm is not None:
+            x = self.hidden_norm(x, use_running_average=not train)
+        x = jax.nn.relu(x)
+        if self.dropout_rate > 0.0 and train:
+            if dropout_key is None:
+                raise ValueError("dropout_key is required when train=True and dropout > 0")
+            x = self.dropout(x, deterministic=False, rngs=dropout_key)
+        return self.head(x)
 
 
 class TinyCNN(nnx.Module):
-  """The smallest useful classifier, for tests: one 8-channel conv, BatchNorm optional, a head.
+    """The smallest useful classifier, for tests: one 8-channel conv, BatchNorm optional, a head.
 
-  Input (N, H, W, C) float32 in [0, 1]; output (N, num_classes) float32.
-  """
+    Input (N, H, W, C) float32 in [0, 1]; output (N, num_classes) float32.
+    """
 
-  def __init__(self, num_classes: int, input_shape: Sequence[int], *, batch_norm: bool = False,
-               dropout: float = 0.0, bn_momentum: float = 0.9, conv_grad: str = "auto",
-               rngs: nnx.Rngs):
-    h, w, c = _check_input_shape(input_shape)
-    self.dropout_rate = _check_rate("dropout", dropout)
-    self.conv = Conv(c, 8, (3, 3), use_bias=not batch_norm, grad=conv_grad, rngs=rngs)
-    self.norm = nnx.BatchNorm(8, momentum=bn_momentum, rngs=rngs) if batch_norm else None
-    self.dropout = nnx.Dropout(self.dropout_rate)
-    self.head = nnx.Linear(-(-h // 2) * -(-w // 2) * 8, int(num_classes), rngs=rngs)
+    def __init__(self, num_classes: int, input_shape: Sequence[int], *, batch_norm: bool = False,
+                              dropout: float = 0.0, bn_momentum: float = 0.9, conv_grad: str = "auto",
+                              rngs: nnx.Rngs):
+        h, w, c = _check_input_shape(input_shape)
+        self.dropout_rate = _check_rate("dropout", dropout)
+        self.conv = Conv(c, 8, (3, 3), use_bias=not batch_norm, grad=conv_grad, rngs=rngs)
+        self.norm = nnx.BatchNorm(8, momentum=bn_momentum, rngs=rngs) if batch_norm else None
+        self.dropout = nnx.Dropout(self.dropout_rate)
+        self.head = nnx.Linear(-(-h // 2) * -(-w // 2) * 8, int(num_classes), rngs=rngs)
 
-  def __call__(self, x: jax.Array, *, train: bool = False,
-               dropout_key: jax.Array | None = None) -> jax.Array:
-    """Logits (N, num_classes)."""
-    x = self.conv(x)
-    if self.norm is not None:
-      x = self.norm(x, use_running_average=not train)
-    x = max_pool_2x2(jax.nn.relu(x)).reshape(x.shape[0], -1)
-    if self.dropout_rate > 0.0 and train:
-      if dropout_key is None:
-        raise ValueError("dropout_key is required when train=True and dropout > 0")
-      x = self.dropout(x, deterministic=False, rngs=dropout_key)
-    return self.head(x)
+    def __call__(self, x: jax.Array, *, train: bool = False,
+                              dropout_key: jax.Array | None = None) -> jax.Array:
+        """Logits (N, num_classes)."""
+        x = self.conv(x)
+        if self.norm is not None:
+            x = self.norm(x, use_running_average=not train)
+        x = max_pool_2x2(jax.nn.relu(x)).reshape(x.shape[0], -1)
+        if self.dropout_rate > 0.0 and train:
+            if dropout_key is None:
+                raise ValueError("dropout_key is required when train=True and dropout > 0")
+            x = self.dropout(x, deterministic=False, rngs=dropout_key)
+        return self.head(x)

@@ -1,0 +1,218 @@
+"""Command line: ``jaxreg run|list|augment|report`` (also ``python -m jaxreg``)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Sequence
+
+from ml_collections import ConfigDict
+
+EXPERIMENTS_ENV = "JAXREG_EXPERIMENTS"
+
+
+def experiments_dir() -> Path:
+    """The folder of experiment modules: ``$JAXREG_EXPERIMENTS``, else ``experiments/`` of the
+    source tree jaxreg runs from, else ``./experiments``."""
+    env = os.environ.get(EXPERIMENTS_ENV)
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent.parent / "experiments"
+    if here.is_dir():
+        return here
+    return Path.cwd() / "experiments"
+
+
+def _module_doc_line(path: Path) -> str:
+    import ast
+
+    try:
+        doc = ast.get_docstring(ast.parse(path.read_text()))
+    except SyntaxError:
+        return "(does not parse)"
+    return (doc or "").strip().splitlines()[0] if doc else ""
+
+
+def list_experiments() -> dict[str, str]:
+    """Experiment name -> the first line of its module docstring."""
+    d = experiments_dir()
+    if not d.is_dir():
+        return {}
+    return {p.stem: _module_doc_line(p) for p in sorted(d.glob("*.py")) if not p.stem.startswith("_")}
+
+
+def load_module(name_or_path: str) -> ModuleType:
+    """Imports an experiment by name (``experiments/NAME.py``) or a config file by path."""
+    path = Path(name_or_path)
+    if path.suffix == ".py" or os.sep in name_or_path:
+        if not path.is_file():
+            raise ValueError(f"config file {name_or_path!r} does not exist")
+    else:
+        path = experiments_dir() / f"{name_or_path}.py"
+        if not path.is_file():
+            raise ValueError(f"unknown experiment {name_or_path!r}; allowed: "
+                             f"{sorted(list_experiments())} or a path to a config .py file")
+    spec = importlib.util.spec_from_file_location(f"jaxreg_exp_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"{path} has no get_config()")
+    return module
+
+
+def run(target: str, overrides: Sequence[str] = (), *, workdir: str | None = None,
+        fresh: bool = False, resume: bool = False) -> Any:
+    """Runs an experiment (its ``run``) or a config file (``train_and_evaluate``).
+
+    Args:
+      target: experiment name (see ``jaxreg list``) or path to a Python config file.
+      overrides: ``key=value`` strings (``--config.`` already stripped).
+      workdir: output folder; default ``runs/<name>``.
+      fresh: delete ``workdir`` first.
+      resume: require a checkpoint to resume from (otherwise resume is automatic when one exists).
+
+    Returns:
+      What the experiment's ``run`` returns (a dict of results).
+    """
+    from jaxreg.train.config import apply_overrides
+
+    module = load_module(target)
+    config = module.get_config()
+    if not isinstance(config, ConfigDict):
+        raise TypeError(f"get_config() of {target!r} must return a ConfigDict")
+    config = apply_overrides(config, overrides)
+    workdir = Path(workdir or Path("runs") / Path(target).stem)
+    if fresh and workdir.exists():
+        shutil.rmtree(workdir)
+    if resume and not (workdir / "checkpoints").exists() and not any(workdir.glob("*/checkpoints")):
+        raise ValueError(f"--resume: no checkpoints in {workdir}")
+    if hasattr(module, "run"):
+        return module.run(config, str(workdir))
+    from jaxreg.train.loop import train_and_evaluate
+
+    results = train_and_evaluate(config, workdir, title=Path(target).stem)
+    _print_results(results, workdir)
+    return results
+
+
+def _print_results(results: dict, workdir: Path) -> None:
+    keys = ["val_accuracy", "test_accuracy", "val_loss", "test_loss", "test_ece", "best_epoch",
+            "epochs_run", "stop_reason", "wall_time_s"]
+    for k in keys:
+        if k in results:
+            v = results[k]
+            print(f"  {k:16s} {v:.4f}" if isinstance(v, float) else f"  {k:16s} {v}")
+    print(f"Report: {workdir / 'report.md'}")
+
+
+def _cmd_list(_: argparse.Namespace) -> int:
+    from jaxreg import augment, data, models
+
+    print("Experiments (jaxreg run NAME):")
+    for name, line in list_experiments().items():
+        print(f"  {name:24s} {line}")
+    print("Data sets (--config.data=NAME):")
+    for name, line in data.list_datasets().items():
+        print(f"  {name:24s} {line}")
+    print("Models (--config.model=NAME):")
+    for name, line in models.list_models().items():
+        print(f"  {name:24s} {line}")
+    print("Augmentations (--config.augment=SPEC, ops joined by '+'):")
+    for name, line in augment.list_augmentations().items():
+        print(f"  {name:24s} {line}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    run(args.target, args.overrides, workdir=args.workdir, fresh=args.fresh, resume=args.resume)
+    return 0
+
+
+def _cmd_augment(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from jaxreg import augment, data
+
+    ds = data.load(args.data, split="train")
+    rng = np.random.default_rng(args.seed)
+    idx = rng.choice(len(ds), size=min(args.num, len(ds)), replace=False)
+    out = Path(args.out or f"augment_{args.show.split('(')[0]}_{args.data}.png".replace("+", "_"))
+    augment.save_grid(args.show, ds.images[np.sort(idx)], out, seed=args.seed, num=args.num)
+    print(f"Wrote {out}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from jaxreg import report
+
+    out = report.html_index(Path(args.root), Path(args.out or Path(args.root) / "index.html"))
+    print(f"Wrote {out}")
+    return 0
+
+
+def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    rest, overrides = [], []
+    it = iter(argv)
+    for a in it:
+        if a.startswith("--config."):
+            item = a[len("--config."):]
+            if "=" not in item:
+                try:
+                    item = f"{item}={next(it)}"
+                except StopIteration:
+                    raise ValueError(f"{a} needs a value") from None
+            overrides.append(item)
+        else:
+            rest.append(a)
+    return rest, overrides
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jaxreg", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run an experiment or a config file (--config.KEY=VALUE ...)")
+    r.add_argument("target", help="experiment name (see `jaxreg list`) or path to a config .py")
+    r.add_argument("--workdir", help="output folder (default runs/NAME)")
+    r.add_argument("--fresh", action="store_true", help="delete the workdir before running")
+    r.add_argument("--resume", action="store_true",
+                   help="require checkpoints to resume from (resume is automatic otherwise)")
+    r.set_defaults(func=_cmd_run)
+    ls = sub.add_parser("list", help="list experiments, data sets, models and augmentations")
+    ls.set_defaults(func=_cmd_list)
+    a = sub.add_parser("augment", help="write a PNG grid of originals vs augmented images")
+    a.add_argument("--show", required=True, metavar="POLICY", help="augmentation spec, e.g. digits")
+    a.add_argument("--data", default="mnist5k")
+    a.add_argument("--num", type=int, default=8)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--out", help="PNG path")
+    a.set_defaults(func=_cmd_augment)
+    rep = sub.add_parser("report", help="collect all experiment results into one HTML page")
+    rep.add_argument("--root", default="runs")
+    rep.add_argument("--out")
+    rep.set_defaults(func=_cmd_report)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 for bad input, with a one-line message)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        rest, overrides = _split_overrides(argv)
+        args = parser.parse_args(rest)
+        args.overrides = overrides
+        if overrides and args.command != "run":
+            raise ValueError("--config.KEY=VALUE overrides only apply to `jaxreg run`")
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        print(f"jaxreg: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,396 @@
+"""train_and_evaluate(config, workdir): epochs, evaluation, early stopping, checkpoints, report."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import ConfigDict
+from tqdm.auto import tqdm
+
+from jaxreg import data as data_lib
+from jaxreg import models as models_lib
+from jaxreg.optim.ema import ema as make_ema
+from jaxreg.optim.ema import recompute_batch_stats
+from jaxreg.optim.factory import build_optimizer
+from jaxreg.train import step as step_lib
+from jaxreg.train.early_stopping import EarlyStopping
+from jaxreg.train.state import TrainState
+
+MONITORS = ("val_loss", "val_accuracy", "val_ece")
+EMA_BATCH_STATS = ("average", "copy", "recompute")
+
+
+def prepare_data(config: ConfigDict) -> dict[str, data_lib.Dataset]:
+    """Loads ``config.data`` and applies the training-set options (subset, imbalance).
+
+    Only the training split is subsampled or made imbalanced; val and test stay whole.
+    """
+    splits = data_lib.load_splits(config.data, data_dir=config.data_dir)
+    train = splits["train"]
+    if config.train_per_class is not None:
+        train = data_lib.stratified_subset(train, int(config.train_per_class), seed=config.data_seed)
+    if config.imbalance_factor != 1.0:
+        ratios = data_lib.long_tail_ratios(train.num_classes, float(config.imbalance_factor))
+        train = data_lib.imbalance(train, ratios, seed=config.data_seed)
+    return {"train": train, "val": splits["val"], "test": splits["test"]}
+
+
+def _check_config(config: ConfigDict) -> None:
+    if config.monitor not in MONITORS:
+        raise ValueError(f"monitor must be one of {MONITORS}, got {config.monitor!r}")
+    if config.monitor_mode not in ("min", "max"):
+        raise ValueError(f"monitor_mode must be 'min' or 'max', got {config.monitor_mode!r}")
+    if config.ema_batch_stats not in EMA_BATCH_STATS:
+        raise ValueError(f"ema_batch_stats must be one of {EMA_BATCH_STATS}, "
+                         f"got {config.ema_batch_stats!r}")
+    for name in ("epochs", "batch_size", "eval_batch_size"):
+        if int(config[name]) < 1:
+            raise ValueError(f"{name} must be >= 1, got {config[name]}")
+    if not 0.0 <= config.ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1), got {config.ema_decay}")
+    if not 0.0 <= config.label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {config.label_smoothing}")
+
+
+def resolve_augment(spec: str | Callable | None) -> Callable | None:
+    """A batched augmentation ``(key, images) -> images`` from a spec string or a per-example fn."""
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "none")):
+        return None
+    from jaxreg import augment as aug  # deferred: the augment package is large
+
+    fn = aug.from_spec(spec) if isinstance(spec, str) else spec
+    return None if fn is None else aug.batch(fn)
+
+
+def resolve_mix(spec: str | Callable | None) -> Callable | None:
+    """Batch mixing ``(key, images, soft_labels) -> (images, soft_labels)`` from a spec or fn."""
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "none")):
+        return None
+    if callable(spec):
+        return spec
+    from jaxreg import augment as aug
+
+    return aug.mix_from_spec(spec)
+
+
+# ----------------------------------------------------------------------------- checkpoint trees
+
+def _state_tree(state: TrainState) -> dict[str, Any]:
+    """The array part of a state as a flat {path: array} dict (typed keys as raw key data)."""
+    leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+    out = {}
+    for i, (path, leaf) in enumerate(leaves):
+        if jnp.issubdtype(getattr(leaf, "dtype", np.float32), jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        out[f"{i:04d}"] = leaf
+    return out
+
+
+def _tree_to_state(tree: Mapping[str, Any], like: TrainState) -> TrainState:
+    leaves, treedef = jax.tree_util.tree_flatten(like)
+    new = []
+    for i, ref in enumerate(leaves):
+        value = tree[f"{i:04d}"]
+        if jnp.issubdtype(ref.dtype, jax.dtypes.prng_key):
+            value = jax.random.wrap_key_data(jnp.asarray(value), impl=jax.random.key_impl(ref))
+        else:
+            value = jnp.asarray(value, dtype=ref.dtype)
+        new.append(value)
+    return jax.tree_util.tree_unflatten(treedef, new)
+
+
+# ----------------------------------------------------------------------------- main entry
+
+def _config_fingerprint(config: ConfigDict) -> str:
+    d = config.to_dict()
+    for k in ("progress", "resume", "checkpoint"):
+        d.pop(k, None)
+    d["epochs"] = None  # a resumed run may train for longer
+    return json.dumps(d, sort_keys=True, default=str)
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, *,
+                       data: Mapping[str, data_lib.Dataset] | None = None,
+                       augment_fn: Callable | None = None, mix_fn: Callable | None = None,
+                       extra_eval: Mapping[str, data_lib.Dataset] | None = None,
+                       title: str | None = None) -> dict[str, Any]:
+    """Trains a classifier as ``config`` says and evaluates it; resumable after a crash.
+
+    Per epoch: one compiled ``lax.scan`` over the device-resident training set (shuffle,
+    batch, augment, mix, step), then validation (on EMA weights when ``ema_decay > 0``),
+    a line in ``workdir/metrics.jsonl``, early stopping and checkpoints (latest and best).
+    At the end the best epoch by ``config.monitor`` is restored and evaluated on val and
+    test (the test split is never used to choose anything), and ``report.md``,
+    ``curves.png`` and ``results.json`` are written.
+
+    Args:
+      config: a ``default_config()``-shaped ``ConfigDict``.
+      workdir: output folder; a folder holding checkpoints of the same config is resumed.
+      data: optional ``{"train", "val", "test"}`` data sets replacing ``config.data``.
+      augment_fn: optional per-example ``fn(key, image) -> image`` replacing ``config.augment``.
+      mix_fn: optional ``fn(key, images, soft_labels) -> (images, soft_labels)`` replacing
+        ``config.mix``.
+      extra_eval: more labelled sets evaluated at the end (e.g. corrupted test images).
+      title: report title.
+
+    Returns:
+      dict of results: ``val_*``/``test_*`` loss, accuracy and ECE of the restored model,
+      ``best_epoch``, ``epochs_run``, ``stopped_early``, ``stop_reason``, ``wall_time_s``,
+      ``compile_time_s``, ``train_images_per_s``, ``history`` (list of per-epoch dicts),
+      and ``extra`` results per ``extra_eval`` set.
+    """
+    _check_config(config)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    splits = dict(data) if data is not None else prepare_data(config)
+    for name in ("train", "val", "test"):
+        if name not in splits:
+            raise ValueError(f"data must have 'train', 'val' and 'test', missing {name!r}")
+    train, val, test = splits["train"], splits["val"], splits["test"]
+    num_classes = train.num_classes
+    steps_per_epoch = len(train) // int(config.batch_size)
+    if steps_per_epoch < 1:
+        raise ValueError(f"batch_size {config.batch_size} is larger than the training set "
+                         f"({len(train)} examples)")
+
+    model = models_lib.create(config.model, num_classes=num_classes,
+                              input_shape=train.images.shape[1:], seed=config.seed,
+                              **_model_kwargs(config))
+    tx, schedule = build_optimizer(config, total_steps=steps_per_epoch * int(config.epochs))
+    ema_fn = None
+    if config.ema_decay > 0:
+        mode = "average" if config.ema_batch_stats == "recompute" else config.ema_batch_stats
+        ema_fn = make_ema(float(config.ema_decay), warmup=bool(config.ema_warmup), batch_stats=mode)
+    state = TrainState.create(model, tx, key=jax.random.key(config.seed), ema_fn=ema_fn)
+
+    augment = resolve_augment(augment_fn if augment_fn is not None else config.augment)
+    mix = resolve_mix(mix_fn if mix_fn is not None else config.mix)
+    epoch_fn = step_lib.make_train_epoch(batch_size=int(config.batch_size), num_classes=num_classes,
+                                         augment=augment, mix=mix,
+                                         label_smoothing=float(config.label_smoothing))
+    x_train = jnp.asarray(train.images)
+    y_train = jnp.asarray(train.labels, jnp.int32)
+    weights = None
+    if config.balanced_sampling:
+        weights = jnp.asarray(data_lib.class_balanced_weights(train.labels, num_classes), jnp.float32)
+
+    use_ema = ema_fn is not None
+    has_bn = bool(jax.tree.leaves(state.batch_stats))
+
+    def eval_state(st: TrainState) -> TrainState:
+        if use_ema and has_bn and config.ema_batch_stats == "recompute":
+            return _recompute_ema_stats(st, x_train, int(config.batch_size), config.bn_momentum)
+        return st
+
+    # ---- checkpoints and resume
+    from jaxreg.train.checkpoint import Checkpointer  # deferred: orbax import is slow
+
+    fingerprint = _config_fingerprint(config)
+    ckpt = None
+    if config.checkpoint.enabled:
+        ckpt = Checkpointer(workdir / "checkpoints", keep_latest=int(config.checkpoint.keep),
+                            best_metric=config.monitor, best_mode=config.monitor_mode)
+    es = EarlyStopping(patience=int(config.early_stopping.patience) or 10**9,
+                       min_delta=float(config.early_stopping.min_delta), mode=config.monitor_mode,
+                       warmup_epochs=int(config.early_stopping.warmup_epochs))
+    history: list[dict] = []
+    start_epoch = 1
+    wall_before = 0.0
+    best_state = state
+    metrics_path = workdir / "metrics.jsonl"
+    try:
+        if ckpt is not None and config.resume:
+            restored = ckpt.restore_latest(_state_tree(state))
+            if restored is not None:
+                tree, meta, _ = restored
+                if meta.get("fingerprint") != fingerprint:
+                    raise ValueError(f"workdir {workdir} holds checkpoints of a different config; "
+                                     "use another workdir, or --fresh to start over")
+                state = _tree_to_state(tree, state)
+                history = list(meta["history"])
+                es = EarlyStopping(**meta["early_stopping"])
+                start_epoch = int(meta["epoch"]) + 1
+                wall_before = float(meta.get("wall_time_s", 0.0))
+                best = ckpt.restore_best(_state_tree(state))
+                best_state = _tree_to_state(best[0], state) if best is not None else state
+                print(f"Resumed from {workdir} at epoch {start_epoch - 1}.")
+        _write_jsonl(metrics_path, history)
+        (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
+
+        result = _run_epochs(config, state, best_state, es, history, start_epoch, epoch_fn,
+                             x_train, y_train, weights, val, eval_state, use_ema, ckpt,
+                             fingerprint, metrics_path, schedule, steps_per_epoch, wall_before)
+    finally:
+        if ckpt is not None:
+            ckpt.close()
+    state, best_state, es, history, stop_reason, wall, compile_s, ips = result
+
+    # ---- final evaluation of the restored (best) model
+    final = best_state if config.restore_best else state
+    final_eval = eval_state(final)
+    ebs = int(config.eval_batch_size)
+    results: dict[str, Any] = {}
+    for split_name, ds in (("val", val), ("test", test)):
+        m = step_lib.evaluate(final_eval, ds.images, ds.labels, batch_size=ebs, use_ema=use_ema)
+        results.update({f"{split_name}_{k}": v for k, v in m.items()})
+    extra = {}
+    for name, ds in (extra_eval or {}).items():
+        extra[name] = step_lib.evaluate(final_eval, ds.images, ds.labels, batch_size=ebs,
+                                        use_ema=use_ema)
+    results.update({
+        "best_epoch": int(es.best_epoch) if es.best_epoch >= 0 else None,
+        "epochs_run": len(history),
+        "stopped_early": stop_reason == "early_stopping",
+        "stop_reason": stop_reason,
+        "wall_time_s": wall,
+        "compile_time_s": compile_s,
+        "train_images_per_s": ips,
+        "train_size": len(train),
+    })
+    if extra:
+        results["extra"] = extra
+    (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    _write_report(workdir, config, history, results, title or f"jaxreg run: {config.data}")
+    results["history"] = history
+    results["state"] = final
+    return results
+
+
+def _model_kwargs(config: ConfigDict) -> dict[str, Any]:
+    kw = {"dropout": float(config.dropout), "bn_momentum": float(config.bn_momentum),
+          "conv_grad": config.conv_grad}
+    if config.model == "resnet20":
+        if not config.batch_norm:
+            kw["batch_norm"] = True  # ResNet always normalises
+    else:
+        kw["batch_norm"] = bool(config.batch_norm)
+    return kw
+
+
+def _recompute_ema_stats(st: TrainState, x_train: jax.Array, batch_size: int,
+                         momentum: float) -> TrainState:
+    """BatchNorm statistics re-estimated for the EMA weights over up to 8 training batches."""
+    n = min(8, x_train.shape[0] // batch_size)
+    batches = [x_train[i * batch_size:(i + 1) * batch_size] for i in range(n)]
+    stats = recompute_batch_stats(_stats_fn_for(st.graphdef), st.ema.ema_params, st.batch_stats,
+                                  batches, momentum=momentum)
+    return st.replace(ema=st.ema._replace(ema_batch_stats=stats))
+
+
+_STATS_FNS: dict[Any, Callable] = {}
+
+
+def _stats_fn_for(graphdef) -> Callable:
+    if graphdef not in _STATS_FNS:
+        @jax.jit
+        def stats_fn(params, batch_stats, images):
+            # train mode for batch statistics; a fixed dropout key keeps it deterministic
+            return step_lib._apply(graphdef, params, batch_stats, images, train=True,
+                                   dropout_key=jax.random.key(0))[1]
+        _STATS_FNS[graphdef] = stats_fn
+    return _STATS_FNS[graphdef]
+
+
+def _run_epochs(config, state, best_state, es, history, start_epoch, epoch_fn, x_train, y_train,
+                weights, val, eval_state, use_ema, ckpt, fingerprint, metrics_path, schedule,
+                steps_per_epoch, wall_before):
+    stop_reason = "completed"
+    compile_s = None
+    ips_samples = []
+    wall = wall_before
+    epochs = int(config.epochs)
+    if es.should_stop:
+        stop_reason = "early_stopping"
+        start_epoch = epochs + 1
+    bar = tqdm(range(start_epoch, epochs + 1), desc="train", unit="epoch",
+               disable=not config.progress, initial=start_epoch - 1, total=epochs)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        new_state, step_metrics = epoch_fn(state, x_train, y_train, jnp.int32(epoch), weights)
+        step_metrics = jax.device_get(step_metrics)
+        dt = time.perf_counter() - t0
+        if compile_s is None and epoch == start_epoch:
+            compile_s = dt  # first epoch: compile + run
+        else:
+            ips_samples.append(steps_per_epoch * int(config.batch_size) / dt)
+        losses = np.asarray(step_metrics["loss"])
+        if not np.all(np.isfinite(losses)):
+            bad = int(np.argmax(~np.isfinite(losses)))
+            global_step = int(state.step) + bad + 1
+            stop_reason = (f"non-finite loss ({losses[bad]}) at step {global_step} (epoch {epoch}); "
+                           f"kept the last good checkpoint (epoch {epoch - 1})")
+            warnings.warn(stop_reason, RuntimeWarning, stacklevel=2)
+            bar.write(f"Stopped: {stop_reason}")
+            break
+        state = new_state
+        val_m = step_lib.evaluate(eval_state(state), val.images, val.labels,
+                                  batch_size=int(config.eval_batch_size), use_ema=use_ema)
+        wall += time.perf_counter() - t0
+        record = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)),
+            "train_accuracy": float(np.mean(step_metrics["accuracy"])),
+            "val_loss": val_m["loss"],
+            "val_accuracy": val_m["accuracy"],
+            "val_ece": val_m["ece"],
+            "lr": float(schedule(int(state.step) - 1)),
+            "time_s": round(time.perf_counter() - t0, 4),
+        }
+        history.append(record)
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        es = es.update(record[config.monitor], epoch)
+        if es.has_improved:
+            best_state = state
+        if ckpt is not None:
+            meta = {"epoch": epoch, "history": history, "early_stopping": dataclasses.asdict(es),
+                    "fingerprint": fingerprint, "wall_time_s": wall,
+                    "metrics": {k: v for k, v in record.items() if k != "epoch"}}
+            ckpt.save(epoch, _state_tree(state), meta, is_best=es.has_improved)
+        bar.set_postfix(loss=f"{record['train_loss']:.3f}", acc=f"{record['train_accuracy']:.3f}",
+                        val_loss=f"{record['val_loss']:.3f}", val_acc=f"{record['val_accuracy']:.3f}")
+        if es.should_stop:
+            stop_reason = "early_stopping"
+            bar.write(f"Early stopping at epoch {epoch}: best {config.monitor} "
+                      f"{es.best_metric:.4f} at epoch {es.best_epoch}")
+            break
+    bar.close()
+    ips = float(np.median(ips_samples)) if ips_samples else None
+    return state, best_state, es, history, stop_reason, wall, compile_s, ips
+
+
+def _write_report(workdir: Path, config: ConfigDict, history: list[dict], results: dict,
+                  title: str) -> None:
+    from jaxreg import report
+
+    shown = {k: v for k, v in results.items() if k not in ("history", "state", "extra")}
+    for name, m in results.get("extra", {}).items():
+        for k, v in m.items():
+            shown[f"{name}_{k}"] = v
+    notes = []
+    if results.get("best_epoch"):
+        notes.append(f"Restored the best epoch by {config.monitor}: {results['best_epoch']}.")
+    if history:
+        report.write_run_report(workdir, title=title, config=config.to_dict(), history=history,
+                                results=shown, notes=notes)

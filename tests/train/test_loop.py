@@ -1,0 +1,98 @@
+"""train_and_evaluate end to end on tiny data: files, determinism, resume, NaN stop, best model."""
+
+import json
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxreg.train.checkpoint import Checkpointer
+from jaxreg.train.loop import train_and_evaluate
+from tests.train.conftest import tiny_config
+
+
+def _params(results):
+    return [np.asarray(a) for a in jax.tree.leaves(results["state"].params)]
+
+
+def test_writes_metrics_report_and_curves(tmp_path, digits_small):
+    r = train_and_evaluate(tiny_config(), tmp_path, data=digits_small)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    recs = [json.loads(l) for l in lines]
+    assert [x["epoch"] for x in recs] == [1, 2, 3]
+    for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_ece"):
+        assert all(np.isfinite(x[k]) for x in recs)
+    report = (tmp_path / "report.md").read_text()
+    assert "curves.png" in report and "test_accuracy" in report
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["test_accuracy"] == pytest.approx(r["test_accuracy"])
+    assert 0.0 <= r["test_accuracy"] <= 1.0 and r["epochs_run"] == 3
+
+
+def test_same_seed_same_numbers(tmp_path, digits_small):
+    a = train_and_evaluate(tiny_config(), tmp_path / "a", data=digits_small)
+    b = train_and_evaluate(tiny_config(), tmp_path / "b", data=digits_small)
+    strip = lambda h: [{k: v for k, v in x.items() if k != "time_s"} for x in h]
+    assert strip(a["history"]) == strip(b["history"])
+    c = train_and_evaluate(tiny_config(seed=1), tmp_path / "c", data=digits_small)
+    assert strip(a["history"]) != strip(c["history"])
+
+
+def test_resume_continues_to_the_same_parameters(tmp_path, digits_small):
+    cfg = dict(batch_norm=True, ema_decay=0.9, dropout=0.2)
+    full = train_and_evaluate(tiny_config(epochs=4, **cfg), tmp_path / "full", data=digits_small)
+    train_and_evaluate(tiny_config(epochs=2, **cfg), tmp_path / "part", data=digits_small)
+    resumed = train_and_evaluate(tiny_config(epochs=4, **cfg), tmp_path / "part", data=digits_small)
+    assert resumed["epochs_run"] == 4
+    for a, b in zip(_params(full), _params(resumed)):
+        np.testing.assert_array_equal(a, b)
+    h = [json.loads(l)["epoch"] for l in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    assert h == [1, 2, 3, 4]
+
+
+def test_resume_refuses_a_different_config(tmp_path, digits_small):
+    train_and_evaluate(tiny_config(epochs=1), tmp_path, data=digits_small)
+    with pytest.raises(ValueError, match="different config"):
+        train_and_evaluate(tiny_config(epochs=2, learning_rate=0.1), tmp_path, data=digits_small)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, digits_small):
+    train_and_evaluate(tiny_config(epochs=2), tmp_path, data=digits_small)
+
+    def poison(key, images, soft):  # every batch becomes NaN
+        return images * jnp.float32(jnp.nan), soft
+
+    with pytest.warns(RuntimeWarning, match="non-finite loss"):
+        r = train_and_evaluate(tiny_config(epochs=4), tmp_path, data=digits_small, mix_fn=poison)
+    steps_per_epoch = 120 // 30
+    assert f"at step {2 * steps_per_epoch + 1}" in r["stop_reason"]
+    assert r["epochs_run"] == 2 and np.isfinite(r["test_loss"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with Checkpointer(tmp_path / "checkpoints") as ck:
+            assert ck.latest_step() == 2
+
+
+def test_early_stopping_restores_the_best_epoch(tmp_path, digits_small):
+    # A learning rate this high makes validation loss bounce; patience 1 stops soon after.
+    c = tiny_config(epochs=12, learning_rate=0.05, monitor="val_loss", monitor_mode="min")
+    c.early_stopping.patience = 1
+    r = train_and_evaluate(c, tmp_path, data=digits_small)
+    h = r["history"]
+    best = min(h, key=lambda x: x["val_loss"])
+    assert r["best_epoch"] == best["epoch"]
+    if r["stopped_early"]:
+        assert r["epochs_run"] == r["best_epoch"] + 1
+    assert r["val_loss"] == pytest.approx(best["val_loss"], rel=1e-4)
+
+
+def test_bad_config_is_rejected_before_training(tmp_path, digits_small):
+    with pytest.raises(ValueError, match="monitor"):
+        train_and_evaluate(tiny_config(monitor="test_accuracy"), tmp_path, data=digits_small)
+    with pytest.raises(ValueError, match="batch_size"):
+        train_and_evaluate(tiny_config(batch_size=1000), tmp_path, data=digits_small)
+    with pytest.raises(ValueError, match="unknown model"):
+        train_and_evaluate(tiny_config(model="nope"), tmp_path, data=digits_small)
