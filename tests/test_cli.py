@@ -1,0 +1,133 @@
+"""The command line end to end: run a tiny config file, list, bad input, resume after SIGKILL."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from jaxreg import cli
+
+TINY_CONFIG = '''
+"""A tiny run for tests: digits, the tiny model, a few epochs."""
+from jaxreg.train.config import default_config
+
+def get_config():
+    c = default_config()
+    c.data = "digits"
+    c.train_per_class = 20
+    c.model = "tiny"
+    c.batch_norm = True
+    c.epochs = {epochs}
+    c.batch_size = 40
+    c.augment = "digits"
+    c.ema_decay = 0.9
+    c.progress = False
+    return c
+'''
+
+
+def _write_config(tmp_path: Path, epochs: int = 2) -> Path:
+    p = tmp_path / "tiny_cfg.py"
+    p.write_text(TINY_CONFIG.format(epochs=epochs))
+    return p
+
+
+def _cli(*args, timeout=300):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "jaxreg", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_run_config_file_end_to_end(tmp_path):
+    cfg = _write_config(tmp_path)
+    out = _cli("run", str(cfg), "--workdir", str(tmp_path / "w"), "--config.learning_rate=0.003")
+    assert out.returncode == 0, out.stderr[-2000:]
+    w = tmp_path / "w"
+    recs = [json.loads(l) for l in (w / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in recs] == [1, 2]
+    assert json.loads((w / "config.json").read_text())["learning_rate"] == 0.003
+    assert "Validation loss" in (w / "report.md").read_text() or "overfitting" in (w / "report.md").read_text().lower()
+    assert (w / "curves.png").stat().st_size > 1000
+    assert "test_accuracy" in out.stdout and "report.md" in out.stdout
+
+
+def test_list_names_every_experiment(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "main" in out and "mnist5k" in out and "resnet20" in out and "digits" in out
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["run", "no_such_experiment"], "unknown experiment"),
+    (["run", "main", "--config.no_such_key=1"], "unknown config key"),
+    (["run", "main", "--config.epochs=abc"], "epochs"),
+    (["run", "main", "--config.data=nope", "--config.smoke=true"], "nope"),
+    (["run", "/nonexistent/cfg.py"], "does not exist"),
+])
+def test_bad_input_gives_a_clear_error(argv, needle, capsys, tmp_path):
+    assert cli.main(argv + ["--workdir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jaxreg: error:") and needle in err
+
+
+def _final_params(workdir: Path):
+    from jaxreg.train.checkpoint import Checkpointer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with Checkpointer(workdir / "checkpoints") as ck:
+            step = ck.latest_step()
+            path = workdir / "checkpoints" / "latest" / str(step) / "state"
+    # compare the raw checkpoint files' restored arrays through Orbax
+    import orbax.checkpoint as ocp
+
+    tree = ocp.StandardCheckpointer().restore(path)
+    return step, tree
+
+
+def test_sigkill_at_random_points_then_resume_gives_identical_parameters(tmp_path):
+    epochs = 6
+    cfg = _write_config(tmp_path, epochs=epochs)
+    ref = tmp_path / "ref"
+    assert _cli("run", str(cfg), "--workdir", str(ref)).returncode == 0
+    ref_step, ref_tree = _final_params(ref)
+    assert ref_step == epochs
+
+    w = tmp_path / "killed"
+    rng = random.Random(0)
+    kills = 0
+    for attempt in range(3):
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        proc = subprocess.Popen([sys.executable, "-m", "jaxreg", "run", str(cfg), "--workdir", str(w)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        # wait until this process has written at least one new epoch, then kill at a random moment
+        seen = len((w / "metrics.jsonl").read_text().splitlines()) if (w / "metrics.jsonl").exists() else 0
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            n = len((w / "metrics.jsonl").read_text().splitlines()) if (w / "metrics.jsonl").exists() else 0
+            if n > seen:
+                break
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.0))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    out = _cli("run", str(cfg), "--workdir", str(w))
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert kills >= 1
+    step, tree = _final_params(w)
+    assert step == ref_step
+    for a, b in zip(jax.tree.leaves(ref_tree), jax.tree.leaves(tree)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    epochs_seen = [json.loads(l)["epoch"] for l in (w / "metrics.jsonl").read_text().splitlines()]
+    assert epochs_seen == list(range(1, epochs + 1))
