@@ -267,6 +267,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, *,
         "compile_time_s": compile_s,
         "train_images_per_s": ips,
         "train_size": len(train),
+        "zero_fraction": zero_fraction(final.params),
     })
     if extra:
         results["extra"] = extra
@@ -275,6 +276,17 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, *,
     results["history"] = history
     results["state"] = final
     return results
+
+
+def zero_fraction(params: Any) -> float:
+    """Fraction of exactly-zero entries among the decayed weights (conv/dense kernels)."""
+    from jaxreg.optim.decay import decay_mask
+
+    mask = jax.tree.leaves(decay_mask(params))
+    leaves = jax.tree.leaves(params)
+    zeros = sum(int(jnp.sum(p == 0)) for p, m in zip(leaves, mask) if m)
+    total = sum(int(p.size) for p, m in zip(leaves, mask) if m)
+    return zeros / total if total else 0.0
 
 
 def _model_kwargs(config: ConfigDict) -> dict[str, Any]:
