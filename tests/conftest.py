@@ -1,5 +1,17 @@
-"""Test-wide settings: strict dtype promotion and rank promotion that raises (DESIGN.md)."""
+"""Test-wide settings: strict dtype promotion, rank promotion that raises (DESIGN.md), and a
+persistent XLA compilation cache so repeated runs of the same program compile once."""
+import os
+import tempfile
+
 import jax
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# Many tests train the same tiny programs again (determinism, resume, subprocesses): the
+# persistent cache turns those recompilations into disk reads. Subprocesses get it via env.
+CACHE_DIR = os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "jaxreg-test-xla-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
