@@ -96,3 +96,19 @@ def test_bad_config_is_rejected_before_training(tmp_path, digits_small):
         train_and_evaluate(tiny_config(batch_size=1000), tmp_path, data=digits_small)
     with pytest.raises(ValueError, match="unknown model"):
         train_and_evaluate(tiny_config(model="nope"), tmp_path, data=digits_small)
+
+
+def test_corrupt_latest_checkpoint_falls_back_and_retrains_to_the_same_result(tmp_path, digits_small):
+    ref = train_and_evaluate(tiny_config(epochs=3), tmp_path / "ref", data=digits_small)
+    w = tmp_path / "w"
+    train_and_evaluate(tiny_config(epochs=3), w, data=digits_small)
+    newest = w / "checkpoints" / "latest" / "3"
+    for f in newest.rglob("*"):
+        if f.is_file() and f.stat().st_size > 0 and "commit" not in f.name:
+            f.write_bytes(b"garbage")  # every data file of the newest checkpoint
+    (w / "results.json").unlink()
+    with pytest.warns(Warning, match="3"):
+        again = train_and_evaluate(tiny_config(epochs=3), w, data=digits_small)
+    assert again["epochs_run"] == 3
+    for a, b in zip(_params(ref), _params(again)):
+        np.testing.assert_array_equal(a, b)
