@@ -137,34 +137,32 @@ def _check_epoch_arg(value: Any, name: str, epochs: np.ndarray) -> int | None:
 
 
 def overfitting_onset(history: Sequence[Mapping], *, patience: int = 2,
-                      min_delta: float = 0.0) -> int | None:
+                      min_delta: float = 0.0, rel_delta: float = 0.0) -> int | None:
     """Finds the epoch where validation loss starts to rise while training accuracy still rises.
 
-    Exact rule. Walk the records in order, tracking ``best``: the lowest finite
-    ``val_loss`` seen so far, at epoch ``m`` (a later record replaces it only when strictly
-    lower). A record ``j`` after ``m`` is *rising* when both hold:
+    Exact rule. Let ``m`` be the epoch of the lowest finite ``val_loss`` of the whole
+    history (the first one on ties) and ``delta = max(min_delta, rel_delta * val_loss[m])``.
+    A record ``j`` after ``m`` is *rising* when both hold:
 
-      * ``val_loss[j] > best + min_delta`` (finite), and
+      * ``val_loss[j] > val_loss[m] + delta`` (finite), and
       * ``train_accuracy[j] > train_accuracy[m]`` (both finite).
 
     The onset is the first epoch of the first run of ``patience`` *consecutive* rising
-    records. A record inside ``[best, best + min_delta]`` (noise), a rising val loss with
-    train accuracy not above its value at ``m`` (underfitting / instability), a new
-    minimum, or a non-finite value ends a run without starting one.
+    records after ``m``. A record within ``delta`` of the minimum (noise), a rising val loss
+    with train accuracy not above its value at ``m`` (underfitting / instability) or a
+    non-finite value ends a run. Using the global minimum means a dip followed by a lower
+    minimum later is not reported (a noisy curve that keeps improving is not overfitting).
 
-    The returned epoch is the **first epoch of the rise** (so ``m``, the validation-loss
-    minimum that early stopping would restore, is before it; usually ``onset - 1``). The
-    first qualifying rise wins, like a patience-based early stopper would see it; a later,
-    lower minimum does not move it.
-
-    Short histories (fewer than ``patience + 1`` usable records) and an empty history
-    give ``None``.
+    The returned epoch is the **first epoch of the rise** (``m``, the validation-loss
+    minimum that early stopping would restore, is before it; usually ``onset - 1``).
+    Short histories and an empty history give ``None``.
 
     Args:
       history: per-epoch dicts with keys ``"epoch"``, ``"val_loss"`` and
         ``"train_accuracy"`` (values may be NaN or None), in epoch order.
       patience: int >= 1, consecutive rising epochs needed.
       min_delta: float >= 0, how far above the minimum the val loss must be to count.
+      rel_delta: float >= 0, the same as a fraction of the minimum (e.g. 0.05 = 5 %).
 
     Returns:
       The epoch (as stored in ``"epoch"``) where the rise starts, or ``None``.
@@ -172,36 +170,33 @@ def overfitting_onset(history: Sequence[Mapping], *, patience: int = 2,
     Raises:
       TypeError: ``history`` is not a list of dicts, or ``patience`` is not an int.
       ValueError: a record misses one of the keys above; ``patience < 1``;
-        ``min_delta`` negative or not finite.
+        ``min_delta``/``rel_delta`` negative or not finite.
     """
     history = _check_history(history)
     if isinstance(patience, bool) or not isinstance(patience, numbers.Integral):
         raise TypeError(f"patience must be an int >= 1; got {type(patience).__name__}.")
     if patience < 1:
         raise ValueError(f"patience must be >= 1; got {patience}.")
-    if isinstance(min_delta, bool) or not isinstance(min_delta, numbers.Real):
-        raise TypeError(f"min_delta must be a float >= 0; got {type(min_delta).__name__}.")
-    if not (math.isfinite(min_delta) and min_delta >= 0):
-        raise ValueError(f"min_delta must be a finite float >= 0; got {min_delta}.")
+    for name, value in (("min_delta", min_delta), ("rel_delta", rel_delta)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} must be a float >= 0; got {type(value).__name__}.")
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite float >= 0; got {value}.")
     _require_keys(history, ("epoch", "val_loss", "train_accuracy"))
 
     val = _series(history, "val_loss")
     acc = _series(history, "train_accuracy")
-    best = math.inf
-    best_i = -1
-    run_start = -1
-    run_len = 0
-    for j in range(len(history)):
+    finite = [j for j in range(len(history)) if math.isfinite(val[j])]
+    if not finite:
+        return None
+    m = min(finite, key=lambda j: (val[j], j))
+    best = val[m]
+    delta = max(float(min_delta), float(rel_delta) * abs(best))
+    run_start, run_len = -1, 0
+    for j in range(m + 1, len(history)):
         v, a = val[j], acc[j]
-        if not math.isfinite(v):
-            run_start, run_len = -1, 0
-            continue
-        if v < best:
-            best, best_i = v, j
-            run_start, run_len = -1, 0
-            continue
-        rising = (v > best + min_delta and math.isfinite(a) and math.isfinite(acc[best_i])
-                  and a > acc[best_i])
+        rising = (math.isfinite(v) and v > best + delta and math.isfinite(a)
+                  and math.isfinite(acc[m]) and a > acc[m])
         if not rising:
             run_start, run_len = -1, 0
             continue
@@ -487,7 +482,7 @@ def _fence(text: str, lang: str = "") -> str:
 def write_run_report(workdir: str | os.PathLike, *, title: str, config: Mapping,
                      history: Sequence[Mapping], results: Mapping,
                      notes: Sequence[str] | None = None, onset_patience: int = 2,
-                     onset_min_delta: float = 0.0) -> Path:
+                     onset_min_delta: float = 0.0, onset_rel_delta: float = 0.05) -> Path:
     """Writes ``workdir/report.md`` for one training run (and ``workdir/curves.png``).
 
     The report has: the title; a results table (one row per ``results`` item, in order,
@@ -509,6 +504,8 @@ def write_run_report(workdir: str | os.PathLike, *, title: str, config: Mapping,
       notes: optional lines added as a bullet list.
       onset_patience: ``patience`` for :func:`overfitting_onset`.
       onset_min_delta: ``min_delta`` for :func:`overfitting_onset`.
+      onset_rel_delta: ``rel_delta`` for :func:`overfitting_onset` (default 5 % of the
+        minimum validation loss, so epoch-to-epoch noise is not called overfitting).
 
     Returns:
       The path of ``report.md``.
@@ -531,11 +528,13 @@ def write_run_report(workdir: str | os.PathLike, *, title: str, config: Mapping,
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
 
-    onset = overfitting_onset(history, patience=onset_patience, min_delta=onset_min_delta)
+    onset = overfitting_onset(history, patience=onset_patience, min_delta=onset_min_delta,
+                              rel_delta=onset_rel_delta)
     n = len(history)
     if onset is not None:
         onset_md = (f"Validation loss started rising at epoch {onset} while training accuracy "
-                    f"kept rising (patience {onset_patience}, min_delta {onset_min_delta:g}).")
+                    f"kept rising (patience {onset_patience}, min_delta {onset_min_delta:g}, "
+                    f"rel_delta {onset_rel_delta:g}).")
     else:
         onset_md = f"No overfitting onset detected in {n} epoch{'s' if n != 1 else ''}."
 

@@ -123,6 +123,7 @@ def test_onset_noise_below_min_delta_ignored():
     rng = np.random.default_rng(0)
     n = 20
     val = np.concatenate([np.linspace(1.0, 0.5, 8), 0.5 + rng.uniform(-0.009, 0.009, n - 8)])
+    val[-1] = val.max() if val.argmin() == n - 1 else val[-1]  # the minimum is not the last epoch
     acc = np.linspace(0.5, 0.99, n)
     hist = make_history(val, acc)
     assert report.overfitting_onset(hist, min_delta=0.02) is None
@@ -140,11 +141,21 @@ def test_onset_min_delta_flat_epochs_then_real_rise():
     assert report.overfitting_onset(make_history(val, acc), min_delta=0.05) is None
 
 
-def test_onset_new_minimum_resets_the_run():
+def test_onset_counts_from_the_global_minimum():
+    # The rise at epoch 3 is followed by a lower minimum (epoch 4): not overfitting yet.
     val = [1.0, 0.5, 0.6, 0.4, 0.45, 0.5, 0.55]
     acc = [0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9]
     assert report.overfitting_onset(make_history(val, acc), patience=2) == 5
-    assert report.overfitting_onset(make_history(val, acc), patience=1) == 3
+    assert report.overfitting_onset(make_history(val, acc), patience=1) == 5
+
+
+def test_onset_rel_delta_ignores_small_relative_noise():
+    val = [1.0, 0.5, 0.4, 0.41, 0.415, 0.412, 0.5, 0.6]
+    acc = [0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
+    assert report.overfitting_onset(make_history(val, acc)) == 4
+    assert report.overfitting_onset(make_history(val, acc), rel_delta=0.05) == 7
+    with pytest.raises(ValueError, match="rel_delta"):
+        report.overfitting_onset(make_history(val, acc), rel_delta=-1.0)
 
 
 def test_onset_nan_and_short_histories():
