@@ -1,0 +1,311 @@
+"""Augmentation throughput of jaxreg.augment against peers, side by side in one run.
+
+    .venv/bin/python benchmarks/augment.py            # both workloads
+    .venv/bin/python benchmarks/augment.py --workload A --repeats 20
+
+Workload A (CIFAR-style, 512 x 32x32x3): pad 4 (reflect) + random 32 crop, horizontal flip
+p=0.5, colour jitter (brightness, contrast, saturation 0.4), Gaussian noise sigma 0.05 with
+p=0.5, one 8x8 cutout, then Mixup alpha 0.2 on one-hot labels.
+Workload B (ImageNet-style, 64 x 224x224x3): rotation +-15 deg, scale 0.8-1.2, random resized
+crop (0.08-1) to 224, horizontal flip.
+
+Every peer draws its random parameters per example. jaxreg runs the public functions users call
+(`compose`, `batch`, `mixup`); peers that are not installed are skipped with a note (install
+them with `pip install -e '.[bench]'`). Throughput is images per second of the median batch time
+after warm-up; the ratio column is jaxreg's throughput over the peer's. Float32 images in [0, 1]
+for every library.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxreg.augment as A
+from jaxreg.augment import _rng
+
+P = functools.partial
+
+
+def _time(run: Callable[[], object], repeats: int) -> tuple[float, float]:
+  """Returns (first-call seconds, median seconds of `repeats` further calls)."""
+  t0 = time.perf_counter()
+  _block(run())
+  first = time.perf_counter() - t0
+  _block(run())  # second warm-up (caches, thread pools)
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    _block(run())
+    times.append(time.perf_counter() - t0)
+  return first, statistics.median(times)
+
+
+def _block(out):
+  if isinstance(out, (tuple, list)):
+    for o in out:
+      _block(o)
+  elif hasattr(out, "block_until_ready"):
+    out.block_until_ready()
+
+
+class _Counter:
+  def __init__(self):
+    self.i = 0
+
+  def next(self):
+    self.i += 1
+    return self.i
+
+
+# ---------------------------------------------------------------------------------------------
+# Workload A
+
+
+def jaxreg_a(x, y):
+  aug = A.compose(
+      P(A.random_crop, size=32, padding=4, pad_mode="reflect"),
+      P(A.random_flip, horizontal=True, p=0.5),
+      P(A.color_jitter, brightness=0.4, contrast=0.4, saturation=0.4),
+      P(A.gaussian_noise, sigma=0.05, p=0.5),
+      P(A.cutout, size=8))
+  batched = A.batch(aug)
+
+  @jax.jit
+  def step(key, x, y):
+    k_aug, k_mix = jax.random.split(key)
+    return A.mixup(k_mix, batched(k_aug, x), y, alpha=0.2)
+
+  c = _Counter()
+  xj, yj = jnp.asarray(x), jnp.asarray(y)
+  return lambda: step(jax.random.key(c.next()), xj, yj)
+
+
+def dmpix_a(x, y):
+  import dm_pix as pix
+
+  def one(key, img):
+    ks = jax.random.split(key, 8)
+    v = jnp.pad(img, ((4, 4), (4, 4), (0, 0)), mode="reflect")
+    v = pix.random_crop(ks[0], v, (32, 32, 3))
+    v = pix.random_flip_left_right(ks[1], v)
+    v = pix.random_brightness(ks[2], v, 0.4)  # dm-pix brightness is an additive delta
+    v = pix.random_contrast(ks[3], v, 0.6, 1.4)
+    v = pix.random_saturation(ks[4], v, 0.6, 1.4)
+    noisy = v + 0.05 * jax.random.normal(ks[5], v.shape)
+    v = jnp.clip(jnp.where(jax.random.uniform(ks[6]) < 0.5, noisy, v), 0.0, 1.0)
+    cy, cx = jax.random.randint(ks[7], (2,), 0, 32)
+    r = jnp.arange(32)
+    m = (r[:, None] >= cy - 4) & (r[:, None] < cy + 4) & (r[None, :] >= cx - 4) & (r[None, :] < cx + 4)
+    return jnp.where(m[..., None], 0.0, v)
+
+  @jax.jit
+  def step(key, x, y):
+    k_aug, k_mix = jax.random.split(key)
+    v = jax.vmap(one)(jax.random.split(k_aug, x.shape[0]), x)
+    lam = jax.random.beta(k_mix, 0.2, 0.2)
+    return lam * v + (1 - lam) * v[::-1], lam * y + (1 - lam) * y[::-1]
+
+  c = _Counter()
+  xj, yj = jnp.asarray(x), jnp.asarray(y)
+  return lambda: step(jax.random.key(c.next()), xj, yj)
+
+
+def kornia_a(x, y):
+  import kornia.augmentation as K
+  import torch
+  aug = K.AugmentationSequential(
+      K.RandomCrop((32, 32), padding=4, padding_mode="reflect"),
+      K.RandomHorizontalFlip(p=0.5),
+      K.ColorJitter(0.4, 0.4, 0.4, 0.0, p=1.0),
+      K.RandomGaussianNoise(mean=0.0, std=0.05, p=0.5),
+      K.RandomErasing(scale=(64 / 1024, 64 / 1024), ratio=(1.0, 1.0), value=0.0, p=1.0))
+  xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+  yt = torch.from_numpy(y)
+  beta = torch.distributions.Beta(0.2, 0.2)
+
+  def run():
+    with torch.no_grad():
+      v = aug(xt).clamp_(0, 1)
+      lam = beta.sample()
+      return lam * v + (1 - lam) * v.flip(0), lam * yt + (1 - lam) * yt.flip(0)
+  return run
+
+
+def albumentations_a(x, y):
+  import albumentations as Alb
+  import cv2
+  t = Alb.Compose([
+      Alb.PadIfNeeded(40, 40, border_mode=cv2.BORDER_REFLECT_101),
+      Alb.RandomCrop(32, 32),
+      Alb.HorizontalFlip(p=0.5),
+      Alb.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.0, p=1.0),
+      Alb.GaussNoise(std_range=(0.05, 0.05), mean_range=(0.0, 0.0), p=0.5),
+      Alb.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(8, 8),
+                        hole_width_range=(8, 8), fill=0, p=1.0)])
+  rng = np.random.default_rng(0)
+
+  def run():
+    v = np.stack([t(image=img)["image"] for img in x])
+    lam = rng.beta(0.2, 0.2)
+    return lam * v + (1 - lam) * v[::-1], lam * y + (1 - lam) * y[::-1]
+  return run
+
+
+# ---------------------------------------------------------------------------------------------
+# Workload B
+
+
+def jaxreg_b(x):
+  aug = A.compose(P(A.random_rotate, max_degrees=15),
+                  P(A.random_scale, min_scale=0.8, max_scale=1.2),
+                  P(A.random_resized_crop, size=224, scale=(0.08, 1.0)),
+                  A.random_flip)
+  step = jax.jit(A.batch(aug))
+  c = _Counter()
+  xj = jnp.asarray(x)
+  return lambda: step(jax.random.key(c.next()), xj)
+
+
+def dmpix_b(x):
+  import dm_pix as pix
+
+  def one(key, img):
+    ks = jax.random.split(key, 5)
+    v = pix.rotate(img, jax.random.uniform(ks[0], minval=-np.pi / 12, maxval=np.pi / 12),
+                   mode="constant")
+    s = jax.random.uniform(ks[1], minval=0.8, maxval=1.2)
+    centre = (jnp.array(img.shape, jnp.float32) - 1) / 2
+    mat = jnp.diag(jnp.array([1 / s, 1 / s, 1.0]))
+    v = pix.affine_transform(v, mat, offset=centre - mat @ centre, mode="constant")
+    area = jax.random.uniform(ks[2], minval=0.08, maxval=1.0)
+    ratio = jnp.exp(jax.random.uniform(ks[3], minval=np.log(3 / 4), maxval=np.log(4 / 3)))
+    ch = jnp.minimum(jnp.sqrt(area / ratio), 1.0) * 224
+    cw = jnp.minimum(jnp.sqrt(area * ratio), 1.0) * 224
+    off = jax.random.uniform(ks[4], (2,)) * jnp.array([224 - ch, 224 - cw])
+    mat = jnp.diag(jnp.array([ch / 224, cw / 224, 1.0]))
+    v = pix.affine_transform(v, mat, offset=jnp.array([off[0], off[1], 0.0]), mode="nearest")
+    return pix.random_flip_left_right(ks[0], v)
+
+  step = jax.jit(lambda k, x: jax.vmap(one)(jax.random.split(k, x.shape[0]), x))
+  c = _Counter()
+  xj = jnp.asarray(x)
+  return lambda: step(jax.random.key(c.next()), xj)
+
+
+def augmax_b(x):
+  import augmax
+  # augmax has no separate scale op or area-based resized crop: RandomSizedCrop's zoom range
+  # (0.8, 4.2) covers scale 0.8-1.2 times area 0.08-1 (zoom 1 / sqrt(area)).
+  chain = augmax.Chain(augmax.Rotate((-15, 15), p=1.0),
+                       augmax.RandomSizedCrop(224, 224, zoom_range=(0.8, 4.2)),
+                       augmax.HorizontalFlip(p=0.5))
+  step = jax.jit(lambda k, x: jax.vmap(chain)(jax.random.split(k, x.shape[0]), x))
+  c = _Counter()
+  xj = jnp.asarray(x)
+  return lambda: step(jax.random.PRNGKey(c.next()), xj)
+
+
+def kornia_b(x):
+  import kornia.augmentation as K
+  import torch
+  aug = K.AugmentationSequential(
+      K.RandomAffine(degrees=15, scale=(0.8, 1.2), p=1.0),
+      K.RandomResizedCrop((224, 224), scale=(0.08, 1.0)),
+      K.RandomHorizontalFlip(p=0.5))
+  xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+  def run():
+    with torch.no_grad():
+      return aug(xt)
+  return run
+
+
+def albumentations_b(x):
+  import albumentations as Alb
+  t = Alb.Compose([Alb.Affine(rotate=(-15, 15), scale=(0.8, 1.2), p=1.0),
+                   Alb.RandomResizedCrop(size=(224, 224), scale=(0.08, 1.0)),
+                   Alb.HorizontalFlip(p=0.5)])
+  return lambda: np.stack([t(image=img)["image"] for img in x])
+
+
+def tf_image_stub(*_):
+  import tensorflow  # noqa: F401  (only reached when installed; not wired: see the note)
+  raise ImportError("tf.image peer not wired in this script")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _rng_note():
+  part = jax.config.jax_threefry_partitionable
+  return (f"jaxreg RNG: per-example keys from jax.random.split (threefry2x32, "
+          f"jax_threefry_partitionable={part}, left as configured); parameters and noise from "
+          f"{_rng.NAME}. dm-pix/augmax: jax.random threefry2x32. kornia: torch CPU generator "
+          f"(mt19937). albumentations: numpy Generator (PCG64).")
+
+
+def run_workload(name, peers, args, repeats):
+  print(f"\nWorkload {name}")
+  rows = []
+  for peer, make in peers:
+    try:
+      run = make(*args)
+      first, med = _time(run, repeats if peer not in ("dm-pix (vmap+jit)",) or name == "A" else 2)
+      rows.append((peer, args[0].shape[0] / med, first, med, ""))
+    except ImportError as e:
+      rows.append((peer, None, None, None, f"skipped: not installed ({e.name or e})"))
+    except Exception as e:  # a peer's API changed: report, keep going
+      rows.append((peer, None, None, None, f"failed: {type(e).__name__}: {str(e)[:80]}"))
+  ours = rows[0][1]
+  print(f"{'library':26s} {'img/s':>10s} {'jaxreg x':>9s} {'batch ms':>9s} {'first call s':>13s}  note")
+  for peer, ips, first, med, note in rows:
+    if ips is None:
+      print(f"{peer:26s} {'-':>10s} {'-':>9s} {'-':>9s} {'-':>13s}  {note}")
+    else:
+      ratio = ours / ips if ours else float("nan")
+      print(f"{peer:26s} {ips:10.0f} {ratio:9.2f} {med * 1e3:9.2f} {first:13.2f}  {note}")
+  timed = [r for r in rows[1:] if r[1] is not None]
+  if timed and ours:
+    best = max(timed, key=lambda r: r[1])
+    print(f"fastest peer: {best[0]} ({best[1]:.0f} img/s); jaxreg / fastest = {ours / best[1]:.2f}x")
+  return rows
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--workload", choices=["A", "B", "both"], default="both")
+  parser.add_argument("--repeats", type=int, default=10)
+  args = parser.parse_args(argv)
+  try:
+    import torch
+    torch.set_num_threads(os.cpu_count() or 1)
+  except ImportError:
+    pass
+  print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({os.cpu_count()} CPU cores); "
+        f"'first call s' includes compilation for JAX libraries.")
+  print(_rng_note())
+  rng = np.random.default_rng(0)
+  if args.workload in ("A", "both"):
+    x = rng.random((512, 32, 32, 3), dtype=np.float32)
+    y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 512)]
+    run_workload("A: 512 x 32x32x3, crop+flip+jitter+noise+cutout+mixup", [
+        ("jaxreg", jaxreg_a), ("dm-pix (vmap+jit)", dmpix_a), ("kornia", kornia_a),
+        ("albumentations", albumentations_a), ("tf.image", tf_image_stub)], (x, y), args.repeats)
+  if args.workload in ("B", "both"):
+    x = rng.random((64, 224, 224, 3), dtype=np.float32)
+    run_workload("B: 64 x 224x224x3, rotate+scale+resized crop+flip", [
+        ("jaxreg", jaxreg_b), ("albumentations", albumentations_b), ("augmax", augmax_b),
+        ("kornia", kornia_b), ("dm-pix (vmap+jit)", dmpix_b), ("tf.image", tf_image_stub)],
+        (x,), max(3, args.repeats // 2))
+
+
+if __name__ == "__main__":
+  main()

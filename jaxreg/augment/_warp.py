@@ -1,0 +1,230 @@
+"""One-pass resampling of an image through an affine map, and composable geometric ops.
+
+A geometric op is described by a 3x3 matrix that maps homogeneous output coordinates
+(y, x, 1) -- pixel centres at integers -- to input coordinates, plus a static output size.
+Applying op A then op B is the single map M_A @ M_B, so a chain of geometric ops costs one
+interpolation. Interpolation is bilinear from 2x2 neighbourhoods fetched as one gather slice
+(or two 1-D gathers when the map is axis-aligned), or nearest (exact copies) when every op in
+the chain maps integer pixels to integer pixels (crops, flips, rot90).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxreg.augment import _core
+
+__all__ = []  # private module
+
+_EPS = 1e-3  # coordinates this far outside the border still count as inside (float round-off)
+
+
+def matrix(a, b, c, d, e, f) -> jax.Array:
+  """[[a, b, c], [d, e, f], [0, 0, 1]] as float32 (entries may be traced scalars)."""
+  rows = [jnp.asarray(v, jnp.float32) for v in (a, b, c, d, e, f)]
+  zero, one = jnp.zeros((), jnp.float32), jnp.ones((), jnp.float32)
+  return jnp.stack(rows + [zero, zero, one]).reshape(3, 3)
+
+
+def identity_matrix() -> jax.Array:
+  return jnp.eye(3, dtype=jnp.float32)
+
+
+def _fold(t: jax.Array, n: int, mode: str, exact: bool):
+  """Maps coordinates along one axis of size n into range; returns (t, valid or None)."""
+  if exact:
+    if mode == "constant":
+      return jnp.clip(t, 0, n - 1), (t >= 0) & (t <= n - 1)
+    if mode == "edge" or n == 1:
+      return jnp.clip(t, 0, n - 1), None
+    if mode == "reflect":
+      p = 2 * (n - 1)
+      t = jnp.mod(t, p)
+      return jnp.where(t >= n, p - t, t), None
+    if mode == "symmetric":
+      t = jnp.mod(t, 2 * n)
+      return jnp.where(t >= n, 2 * n - 1 - t, t), None
+    return jnp.mod(t, n), None  # wrap
+  hi = float(n - 1)
+  if mode == "constant":
+    return jnp.clip(t, 0.0, hi), (t >= -_EPS) & (t <= hi + _EPS)
+  if mode == "edge" or n == 1:
+    return jnp.clip(t, 0.0, hi), None
+  if mode == "reflect":
+    p = 2.0 * hi
+    t = jnp.mod(t, p)
+    t = jnp.where(t > hi, p - t, t)
+  elif mode == "symmetric":
+    t = jnp.mod(t + 0.5, 2.0 * n)
+    t = jnp.where(t > n, 2.0 * n - t, t) - 0.5
+  else:  # wrap
+    t = jnp.mod(t + 0.5, float(n)) - 0.5
+  return jnp.clip(t, 0.0, hi), None
+
+
+def _and(a, b):
+  if a is None:
+    return b
+  if b is None:
+    return a
+  return a & b
+
+
+def _take(a: jax.Array, idx: jax.Array, axis: int) -> jax.Array:
+  """a[idx] along axis 0 or 1 for indices known to be in range (no clamping work)."""
+  if axis == 0:
+    return a.at[idx].get(mode="promise_in_bounds")
+  return a.at[:, idx].get(mode="promise_in_bounds")
+
+
+def _taps(t: jax.Array, n: int):
+  """Clamped start index of a 2-tap window and the weight of its second tap."""
+  start = jnp.minimum(jnp.floor(t), float(n - 2))
+  return start.astype(jnp.int32), t - start
+
+
+def apply(image: jax.Array, m: jax.Array, out_hw: tuple[int, int], *, exact: bool = False,
+          axis_aligned: bool = False, mode: str = "constant", fill: Any = 0.0) -> jax.Array:
+  """Resamples `image` (H, W, C) at `m @ (y, x, 1)` for every output pixel (y, x)."""
+  h, w, c = image.shape
+  ho, wo = out_hw
+  dtype = image.dtype
+  if not exact and (h == 1 or w == 1):  # bilinear needs two taps per axis
+    image = jnp.pad(image, ((0, int(h == 1)), (0, int(w == 1)), (0, 0)), mode="edge")
+  hp, wp = image.shape[0], image.shape[1]
+  fillv = _core.fill_value(fill, c).astype(dtype)
+  ys = jnp.arange(ho, dtype=jnp.float32)
+  xs = jnp.arange(wo, dtype=jnp.float32)
+  if axis_aligned:
+    y = m[0, 0] * ys + m[0, 2]
+    x = m[1, 1] * xs + m[1, 2]
+    if exact:
+      y, vy = _fold(jnp.round(y).astype(jnp.int32), h, mode, True)
+      x, vx = _fold(jnp.round(x).astype(jnp.int32), w, mode, True)
+      out = _take(_take(image, y, 0), x, 1)
+    else:
+      y, vy = _fold(y, h, mode, False)
+      x, vx = _fold(x, w, mode, False)
+      y0, fy = _taps(y, hp)
+      x0, fx = _taps(x, wp)
+      fy = fy.astype(dtype).reshape(ho, 1, 1)
+      fx = fx.astype(dtype).reshape(1, wo, 1)
+      rows = _take(image, jnp.stack([y0, y0 + 1], axis=1).reshape(-1), 0).reshape(ho, 2, wp, c)
+      r = rows[:, 0] + fy * (rows[:, 1] - rows[:, 0])
+      cols = _take(r, jnp.stack([x0, x0 + 1], axis=1).reshape(-1), 1).reshape(ho, wo, 2, c)
+      out = cols[:, :, 0] + fx * (cols[:, :, 1] - cols[:, :, 0])
+    valid = _and(None if vy is None else vy.reshape(ho, 1, 1),
+                 None if vx is None else vx.reshape(1, wo, 1))
+  else:
+    yy = ys.reshape(ho, 1)
+    xx = xs.reshape(1, wo)
+    y = m[0, 0] * yy + m[0, 1] * xx + m[0, 2]
+    x = m[1, 0] * yy + m[1, 1] * xx + m[1, 2]
+    if exact:
+      y, vy = _fold(jnp.round(y).astype(jnp.int32), h, mode, True)
+      x, vx = _fold(jnp.round(x).astype(jnp.int32), w, mode, True)
+      out = image[y, x]
+    else:
+      y, vy = _fold(y, h, mode, False)
+      x, vx = _fold(x, w, mode, False)
+      y0, fy = _taps(y, hp)
+      x0, fx = _taps(x, wp)
+      idx = jnp.stack([y0, x0], axis=-1)
+      dnums = lax.GatherDimensionNumbers(offset_dims=(2, 3, 4), collapsed_slice_dims=(),
+                                         start_index_map=(0, 1))
+      p = lax.gather(image, idx, dnums, slice_sizes=(2, 2, c),
+                     mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+      fy = fy.astype(dtype)[:, :, None]
+      fx = fx.astype(dtype)[:, :, None]
+      top = p[:, :, 0, 0] + fx * (p[:, :, 0, 1] - p[:, :, 0, 0])
+      bot = p[:, :, 1, 0] + fx * (p[:, :, 1, 1] - p[:, :, 1, 0])
+      out = top + fy * (bot - top)
+    valid = _and(vy, vx)
+    if valid is not None:
+      valid = valid[:, :, None]
+  if valid is not None:
+    out = jnp.where(valid, out, fillv)
+  return out
+
+
+class GeometricOp:
+  """A per-example geometric augmentation `op(key, image)` backed by a sampled affine map.
+
+  Attributes:
+    name: short description.
+    exact: maps integer pixels to integer pixels (resampled by exact copies).
+    axis_aligned: the map has no rotation or shear (resampled separably).
+    mode: border rule where the map leaves the source, or None when it never does.
+    fill: constant for `mode="constant"`.
+  """
+
+  def __init__(self, name: str, sample: Callable[[jax.Array, tuple[int, int]], jax.Array], *,
+               out_hw: Callable[[tuple[int, int]], tuple[int, int]] | None = None,
+               exact: bool = False, axis_aligned: bool = False, mode: str | None = "constant",
+               fill: Any = 0.0, keyless: bool = False):
+    self.name = name
+    self._sample = sample
+    self._out_hw = out_hw
+    self.exact = exact
+    self.axis_aligned = axis_aligned
+    self.mode = mode
+    self.fill = fill
+    self.keyless = keyless
+
+  __name__ = "geometric_op"  # short: jit uses it in cache file names
+
+  def __repr__(self):
+    return f"GeometricOp({self.name})"
+
+  def output_hw(self, in_hw: tuple[int, int]) -> tuple[int, int]:
+    return tuple(in_hw) if self._out_hw is None else tuple(self._out_hw(tuple(in_hw)))
+
+  def matrix(self, key: jax.Array, in_hw: tuple[int, int]) -> jax.Array:
+    """Samples the (3, 3) output-to-input map for one example."""
+    return self._sample(key, tuple(in_hw))
+
+  def __call__(self, key: jax.Array, image: jax.Array) -> jax.Array:
+    h, w, _ = _core.check_image(image)
+    if not self.keyless:
+      _core.check_key(key)
+    out_hw = self.output_hw((h, w))
+    m = self.matrix(key, (h, w))
+    return apply(image, m, out_hw, exact=self.exact, axis_aligned=self.axis_aligned,
+                 mode=self.mode or "edge", fill=self.fill)
+
+
+def chain(ops: Sequence[GeometricOp]) -> GeometricOp:
+  """Composes geometric ops (applied first to last) into one op with a single resampling.
+
+  The border rule and fill are those of the first op that can leave the source image; the
+  composed map is checked against the source only (as torchvision's RandomAffine does).
+  """
+  ops = list(ops)
+  if len(ops) == 1:
+    return ops[0]
+
+  def out_hw(in_hw):
+    for op in ops:
+      in_hw = op.output_hw(in_hw)
+    return in_hw
+
+  def sample(key, in_hw):
+    keys = jax.random.split(key, len(ops))
+    m = None
+    for i, op in enumerate(ops):
+      mi = op.matrix(keys[i], in_hw)
+      m = mi if m is None else m @ mi
+      in_hw = op.output_hw(in_hw)
+    return m
+
+  first = next((op for op in ops if op.mode is not None), None)
+  return GeometricOp(
+      " + ".join(op.name for op in ops), sample, out_hw=out_hw,
+      exact=all(op.exact for op in ops), axis_aligned=all(op.axis_aligned for op in ops),
+      mode=None if first is None else first.mode, fill=0.0 if first is None else first.fill,
+      keyless=all(op.keyless for op in ops))
