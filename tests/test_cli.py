@@ -131,3 +131,24 @@ def test_sigkill_at_random_points_then_resume_gives_identical_parameters(tmp_pat
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     epochs_seen = [json.loads(l)["epoch"] for l in (w / "metrics.jsonl").read_text().splitlines()]
     assert epochs_seen == list(range(1, epochs + 1))
+
+
+def test_augment_show_writes_a_grid_from_real_data(tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    assert cli.main(["augment", "--show", "digits", "--data", "digits", "--num", "4",
+                     "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 2000
+    assert cli.main(["augment", "--show", "no_such_op", "--data", "digits"]) == 2
+    assert "no_such_op" in capsys.readouterr().err
+
+
+def test_report_collects_experiments_into_one_html_page(tmp_path):
+    from jaxreg import report
+
+    for name in ("exp_a", "exp_b"):
+        report.write_experiment_report(tmp_path / name, title=f"Title {name}", question="q?",
+                                       expectation="e", table_rows=[{"variant": "x", "acc": 0.5}],
+                                       verdict=f"verdict {name}", figures=[])
+    assert cli.main(["report", "--root", str(tmp_path)]) == 0
+    page = (tmp_path / "index.html").read_text()
+    assert "Title exp_a" in page and "verdict exp_b" in page
