@@ -63,6 +63,8 @@ def default_config() -> ConfigDict:
     c.monitor_mode = "min"
     c.restore_best = True
     # run control
+    c.loop = "auto"  # "scan": one lax.scan per epoch on device; "python": host-fed batches
+    c.device_data_limit_mb = 1024.0  # "auto" scans when the training images fit in this
     c.eval_batch_size = 1000
     c.checkpoint = ConfigDict({"enabled": True, "keep": 2})
     c.resume = True  # continue from the latest good checkpoint in workdir, if any

@@ -29,6 +29,7 @@ from jaxreg.train.state import TrainState
 
 MONITORS = ("val_loss", "val_accuracy", "val_ece")
 EMA_BATCH_STATS = ("average", "copy", "recompute")
+LOOPS = ("auto", "scan", "python")
 
 
 def prepare_data(config: ConfigDict) -> dict[str, data_lib.Dataset]:
@@ -138,7 +139,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, *,
     """Trains a classifier as ``config`` says and evaluates it; resumable after a crash.
 
     Per epoch: one compiled ``lax.scan`` over the device-resident training set (shuffle,
-    batch, augment, mix, step), then validation (on EMA weights when ``ema_decay > 0``),
+    batch, augment, mix, step) — or, when the training images exceed
+    ``config.device_data_limit_mb`` (or ``config.loop="python"``), host-fed batches through
+    the same jitted step with the same keys — then validation (on EMA weights when ``ema_decay > 0``),
     a line in ``workdir/metrics.jsonl``, early stopping and checkpoints (latest and best).
     At the end the best epoch by ``config.monitor`` is restored and evaluated on val and
     test (the test split is never used to choose anything), and ``report.md``,
@@ -186,11 +189,16 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, *,
 
     augment = resolve_augment(augment_fn if augment_fn is not None else config.augment)
     mix = resolve_mix(mix_fn if mix_fn is not None else config.mix)
-    epoch_fn = step_lib.make_train_epoch(batch_size=int(config.batch_size), num_classes=num_classes,
-                                         augment=augment, mix=mix,
-                                         label_smoothing=float(config.label_smoothing))
-    x_train = jnp.asarray(train.images)
-    y_train = jnp.asarray(train.labels, jnp.int32)
+    loop_kind = _loop_kind(config, train.images.nbytes)
+    hooks = dict(num_classes=num_classes, augment=augment, mix=mix,
+                 label_smoothing=float(config.label_smoothing))
+    if loop_kind == "scan":
+        epoch_fn = step_lib.make_train_epoch(batch_size=int(config.batch_size), **hooks)
+        x_train = jnp.asarray(train.images)
+        y_train = jnp.asarray(train.labels, jnp.int32)
+    else:  # data too large for the device: host batches through the same jitted step
+        epoch_fn = step_lib.make_host_epoch(batch_size=int(config.batch_size), **hooks)
+        x_train, y_train = train.images, train.labels.astype(np.int32)
     weights = None
     if config.balanced_sampling:
         weights = jnp.asarray(data_lib.class_balanced_weights(train.labels, num_classes), jnp.float32)
@@ -289,6 +297,15 @@ def zero_fraction(params: Any) -> float:
     return zeros / total if total else 0.0
 
 
+def _loop_kind(config: ConfigDict, train_bytes: int) -> str:
+    """"scan" when the training set fits the device budget (or is forced), else "python"."""
+    if config.loop not in LOOPS:
+        raise ValueError(f"loop must be one of {LOOPS}, got {config.loop!r}")
+    if config.loop != "auto":
+        return config.loop
+    return "scan" if train_bytes <= config.device_data_limit_mb * 2**20 else "python"
+
+
 def _model_kwargs(config: ConfigDict) -> dict[str, Any]:
     kw = {"dropout": float(config.dropout), "bn_momentum": float(config.bn_momentum),
           "conv_grad": config.conv_grad}
@@ -304,7 +321,7 @@ def _recompute_ema_stats(st: TrainState, x_train: jax.Array, batch_size: int,
                          momentum: float) -> TrainState:
     """BatchNorm statistics re-estimated for the EMA weights over up to 8 training batches."""
     n = min(8, x_train.shape[0] // batch_size)
-    batches = [x_train[i * batch_size:(i + 1) * batch_size] for i in range(n)]
+    batches = [jnp.asarray(x_train[i * batch_size:(i + 1) * batch_size]) for i in range(n)]
     stats = recompute_batch_stats(_stats_fn_for(st.graphdef), st.ema.ema_params, st.batch_stats,
                                   batches, momentum=momentum)
     return st.replace(ema=st.ema._replace(ema_batch_stats=stats))

@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -138,6 +139,32 @@ def make_train_step(*, num_classes: int, augment: AugmentFn | None = None, mix: 
                           label_smoothing=label_smoothing)
 
     return jax.jit(step_fn)
+
+
+def make_host_epoch(*, batch_size: int, num_classes: int, augment: AugmentFn | None = None,
+                    mix: MixFn | None = None, label_smoothing: float = 0.0) -> Callable:
+    """``epoch(state, images, labels, epoch, weights) -> (state, step_metrics)`` fed from host.
+
+    For training sets too large for device memory: the same permutation and step keys as
+    :func:`make_train_epoch` (so the same numbers), but each batch is gathered on the host
+    (numpy) and passed to one jitted step. ``images``/``labels`` are numpy arrays.
+    """
+    step = make_train_step(num_classes=num_classes, augment=augment, mix=mix,
+                           label_smoothing=label_smoothing)
+
+    def epoch_fn(state: TrainState, images, labels, epoch, weights=None):
+        n = images.shape[0]
+        steps = n // batch_size
+        if steps < 1:
+            raise ValueError(f"batch_size {batch_size} is larger than the training set ({n})")
+        perm = np.asarray(epoch_permutation(state.key, epoch, n, steps, batch_size, weights))
+        metrics = []
+        for idx in perm:
+            state, m = step(state, images[idx], labels[idx])
+            metrics.append(m)
+        return state, jax.tree.map(lambda *xs: jnp.stack(xs), *metrics)
+
+    return epoch_fn
 
 
 @jax.jit

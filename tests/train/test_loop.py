@@ -112,3 +112,12 @@ def test_corrupt_latest_checkpoint_falls_back_and_retrains_to_the_same_result(tm
     assert again["epochs_run"] == 3
     for a, b in zip(_params(ref), _params(again)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_host_fed_loop_gives_the_same_run_as_the_scan(tmp_path, digits_small):
+    scan = train_and_evaluate(tiny_config(epochs=2, loop="scan"), tmp_path / "s", data=digits_small)
+    host = train_and_evaluate(tiny_config(epochs=2, loop="python"), tmp_path / "p", data=digits_small)
+    for a, b in zip(_params(scan), _params(host)):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+    with pytest.raises(ValueError, match="loop"):
+        train_and_evaluate(tiny_config(loop="fast"), tmp_path / "x", data=digits_small)
