@@ -67,6 +67,7 @@ import numbers
 import os
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -270,7 +271,7 @@ class Checkpointer:
             raise ValueError(f"best_mode must be one of {_MODES}, got {best_mode!r}")
         if best_metric is not None and not isinstance(best_metric, str):
             raise TypeError(f"best_metric must be a str or None, got {best_metric!r}")
-        self.directory = os.fspath(directory)
+        self.directory = os.fspath(Path(directory).absolute())  # Orbax needs absolute paths
         self.keep_latest = int(keep_latest)
         self.best_metric = best_metric
         self.best_mode = best_mode

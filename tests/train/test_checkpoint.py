@@ -339,3 +339,10 @@ def test_bad_save_arguments_raise(tmp_path):
         with pytest.raises(ValueError, match="val_accuracy"):
             ckpt.save(0, tree, {"epoch": 0})
         assert ckpt.latest_step() is None
+
+
+def test_relative_directory_is_accepted(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with Checkpointer("rel/ckpt", keep_latest=1, async_save=False) as ck:
+        ck.save(1, {"a": np.arange(3, dtype=np.float32)}, {"metrics": {"val_accuracy": 0.5}})
+    assert (tmp_path / "rel" / "ckpt").is_dir()
