@@ -29,13 +29,11 @@ t-interval of the paired per-seed difference excludes 0.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 from ml_collections import ConfigDict
 
 from jaxreg import data as data_lib
@@ -92,92 +90,7 @@ def get_config() -> ConfigDict:
     return c
 
 
-# ----------------------------------------------------------------------------- shared helpers
-
-
-@contextlib.contextmanager
-def _compile_cache(workdir: Path, enabled: bool):
-    """A persistent XLA compilation cache in ``workdir/../.xla_cache`` for the duration of a run.
-
-    Every run builds a new jitted epoch function, so without it every seed recompiles the same
-    program (10-15 s on a CPU). A cache the caller configured already is left alone.
-    """
-    import jax
-
-    if not enabled or jax.config.jax_compilation_cache_dir:
-        yield
-        return
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
-    old_min = jax.config.jax_persistent_cache_min_compile_time_secs
-    jax.config.update("jax_compilation_cache_dir", str(workdir.resolve().parent / ".xla_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    cc.reset_cache()
-    try:
-        yield
-    finally:
-        jax.config.update("jax_compilation_cache_dir", None)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", old_min)
-        cc.reset_cache()
-
-
-def _seeds(value: Any) -> tuple[int, ...]:
-    seeds = tuple(int(s) for s in (value if isinstance(value, (list, tuple)) else (value,)))
-    if not seeds:
-        raise ValueError("seeds must name at least one seed")
-    return seeds
-
-
-def _epochs_for(n_train: int, batch_size: int, epochs: int, min_steps: int) -> int:
-    """``max(epochs, ceil(min_steps / steps_per_epoch))``."""
-    steps_per_epoch = max(1, n_train // batch_size)
-    return max(int(epochs), -(-int(min_steps) // steps_per_epoch))
-
-
-def _paired_ci(rows: Sequence[Mapping], name: str, metric: str, *, baseline: str = BASELINE,
-               key: str = "variant") -> tuple[float, float, int, int]:
-    """Paired (by seed) difference to the baseline: (mean, 95 % t half-width, #above, n)."""
-    base = {r["seed"]: r[metric] for r in rows if r[key] == baseline}
-    d = np.array([r[metric] - base[r["seed"]] for r in rows
-                  if r[key] == name and r["seed"] in base], np.float64)
-    if d.size == 0:
-        return math.nan, math.nan, 0, 0
-    if d.size < 2:
-        return float(d.mean()), math.nan, int((d > 0).sum()), 1
-    from scipy import stats
-
-    half = float(stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size))
-    return float(d.mean()), half, int((d > 0).sum()), int(d.size)
-
-
-def _effect(mean: float, half: float) -> str:
-    if not math.isfinite(half):
-        return "one seed"
-    if mean - half > 0:
-        return "helps"
-    if mean + half < 0:
-        return "hurts"
-    return "within noise"
-
-
-def _join(items: Sequence[str]) -> str:
-    items = list(items)
-    if not items:
-        return "no variant"
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
 # ----------------------------------------------------------------------------- the experiment
-
-
-def _select(spec: str, smoke: bool) -> tuple[str, ...]:
-    if not spec.strip():
-        return SMOKE_SINGLES if smoke else DEFAULT_SINGLES
-    names = tuple(s.strip() for s in spec.split(",") if s.strip())
-    unknown = [n for n in names if n not in SINGLES]
-    if unknown:
-        raise ValueError(f"unknown variants {unknown}; allowed: {list(SINGLES)}")
-    return names if BASELINE in names else (BASELINE,) + names
 
 
 def _combine(names: Sequence[str]) -> tuple[str, str]:
@@ -189,7 +102,8 @@ def _combine(names: Sequence[str]) -> tuple[str, str]:
 
 def _top_singles(rows: Sequence[Mapping], singles: Sequence[str], k: int) -> list[str]:
     """The k singles with the largest mean paired validation gain (at most one mix op)."""
-    gains = {n: _paired_ci(rows, n, "val_accuracy")[0] for n in singles if n != BASELINE}
+    gains = {n: experiment.paired_ci(rows, n, "val_accuracy", baseline=BASELINE)[0]
+             for n in singles if n != BASELINE}
     out, has_mix = [], False
     for n in sorted(gains, key=lambda n: -gains[n]):
         is_mix = bool(SINGLES[n][1])
@@ -211,11 +125,12 @@ def run(config: ConfigDict, workdir: str) -> dict:
     t0 = time.perf_counter()
     config = ConfigDict(config.to_dict())
     smoke = bool(config.smoke)
-    seeds = _seeds(config.seeds)
-    sizes = tuple(int(s) for s in (config.sizes if isinstance(config.sizes, (list, tuple))
-                                   else (config.sizes,)))
-    singles = _select(config.variants, smoke)
-    combos = tuple(s.strip() for s in config.combos.split(",") if s.strip())
+    seeds = experiment.parse_seeds(config.seeds)
+    sizes = experiment.int_tuple(config.sizes, name="sizes")
+    singles = experiment.select_variants(
+        config.variants, allowed=SINGLES, baseline=BASELINE,
+        default=SMOKE_SINGLES if smoke else DEFAULT_SINGLES)
+    combos = experiment.split_names(config.combos)
     bad = [c for c in combos if c not in (PRESET, "top2", "top3")]
     if bad:
         raise ValueError(f"unknown combos {bad}; allowed: {PRESET}, top2, top3")
@@ -230,29 +145,19 @@ def run(config: ConfigDict, workdir: str) -> dict:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     splits = data_lib.load_splits(config.data)
-    subsets: dict[tuple[int, int], dict] = {}
-
-    def data_for(size: int):
-        def data_fn(c: ConfigDict, seed: int) -> dict:
-            if (size, seed) not in subsets:  # subset k for seed k, shared by all variants
-                train = data_lib.stratified_subset(splits["train"], size, seed=seed)
-                subsets[(size, seed)] = {"train": train, "val": splits["val"],
-                                         "test": splits["test"]}
-            return subsets[(size, seed)]
-        return data_fn
-
     rows: list[dict] = []
     settings: dict[tuple[int, str], str] = {}
-    with _compile_cache(workdir, use_cache):
+    with experiment.compile_cache(workdir, use_cache):
         for size in sizes:
-            epochs = _epochs_for(size * len(splits["train"].class_names), int(config.batch_size),
-                                 int(config.epochs), min_steps)
+            data_fn = experiment.subset_data_fn(splits, size)  # subset k for seed k, all variants
+            epochs = experiment.epochs_for(size * len(splits["train"].class_names),
+                                           int(config.batch_size), int(config.epochs), min_steps)
             base = ConfigDict(config.to_dict())
             base.epochs = epochs
             print(f"augmentation_ablation: {size} per class, {epochs} epochs, seeds {list(seeds)}")
             variants = {n: {"augment": SINGLES[n][0], "mix": SINGLES[n][1]} for n in singles}
             size_rows = experiment.run_variants(base, workdir / f"n{size}", variants, seeds=seeds,
-                                                data_fn=data_for(size))
+                                                data_fn=data_fn)
             for n in singles:
                 settings[(size, n)] = _describe(*SINGLES[n])
             extra = {}
@@ -269,7 +174,7 @@ def run(config: ConfigDict, workdir: str) -> dict:
                     settings[(size, combo)] = "+".join(picked) + " (best on val)"
             if extra:
                 size_rows += experiment.run_variants(base, workdir / f"n{size}", extra,
-                                                     seeds=seeds, data_fn=data_for(size))
+                                                     seeds=seeds, data_fn=data_fn)
             for r in size_rows:
                 r["size"] = size
             rows += size_rows
@@ -282,10 +187,10 @@ def run(config: ConfigDict, workdir: str) -> dict:
         per_size[size] = agg
         for a in agg:
             name = a["variant"]
-            dm, dh, above, n = _paired_ci(mine, name, "test_accuracy")
-            vm = _paired_ci(mine, name, "val_accuracy")[0]
+            dm, dh, above, n = experiment.paired_ci(mine, name, "test_accuracy", baseline=BASELINE)
+            vm = experiment.paired_ci(mine, name, "val_accuracy", baseline=BASELINE)[0]
             a["delta_test"], a["delta_half"], a["delta_val"] = dm, dh, vm
-            a["effect"] = "baseline" if name == BASELINE else _effect(dm, dh)
+            a["effect"] = "baseline" if name == BASELINE else experiment.effect(dm, dh)
             table_rows.append({
                 "per class": size, "variant": name, "augmentation": settings[(size, name)],
                 "n": a["n"], "val_accuracy": a["val_accuracy"], "test_accuracy": a["test_accuracy"],
@@ -313,7 +218,7 @@ def run(config: ConfigDict, workdir: str) -> dict:
         "<details><summary>Per-seed results</summary>", "",
         report.markdown_table(rows, ["size", "variant", "seed", "val_accuracy", "test_accuracy",
                                      "best_epoch"]).rstrip("\n"), "", "</details>"])
-    report.write_experiment_report(
+    experiment.write_report(
         workdir, title="Augmentation ablation on limited data",
         question=("With 20 and 100 training images per class, which augmentations help a small "
                   "CNN, which hurt, by how much, and do combinations add up?"),
@@ -322,10 +227,8 @@ def run(config: ConfigDict, workdir: str) -> dict:
                      "jitter and corner patches are about neutral; Mixup/CutMix help little in "
                      "few steps; a combination of the best singles is at least as good as the "
                      "best single."),
-        table_rows=table_rows, verdict=verdict, figures=figures, extra_md=extra_md)
-    print(report.markdown_table(table_rows))
-    print(verdict)
-    print(f"Report: {workdir / 'report.md'} ({wall:.0f} s)")
+        table_rows=table_rows, verdict=verdict, figures=figures, extra_md=extra_md,
+        wall_time_s=wall)
     return {"rows": rows, "aggregate": per_size, "table": table_rows, "verdict": verdict,
             "wall_time_s": wall}
 
@@ -373,10 +276,11 @@ def make_verdict(per_size: Mapping[int, Sequence[Mapping[str, Any]]]) -> str:
         hurts = [fmt(a) for a in agg if a["effect"] == "hurts"]
         noise = [fmt(a) for a in agg if a["effect"] in ("within noise", "one seed")]
         others = [a for a in agg if a["variant"] != BASELINE]
+        join = experiment.join_names
         text = (f"With {size} images per class the baseline reached {base['test_accuracy']} test "
                 f"accuracy (n={base['n']} seeds). Clearly helped (95% interval of the paired "
-                f"gain above 0): {_join(helps)}. Clearly hurt: {_join(hurts)}. Within the "
-                f"seed noise: {_join(noise)}.")
+                f"gain above 0): {join(helps)}. Clearly hurt: {join(hurts)}. Within the "
+                f"seed noise: {join(noise)}.")
         if others:
             pick = max(others, key=lambda a: a["delta_val"])
             best_gain[size] = pick

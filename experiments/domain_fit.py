@@ -28,18 +28,15 @@ predictions (``jaxreg.train.predict``), summed over seeds.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from ml_collections import ConfigDict
 
 from jaxreg import data as data_lib
-from jaxreg import experiment, report
+from jaxreg import experiment
+from jaxreg.experiment import effect, format_pm, join_names
 from jaxreg.train.config import default_config
 
 BASELINE = "none"
@@ -87,130 +84,6 @@ def variant_specs(degrade_spec: str) -> dict[str, str]:
             "digits_degrade": "digits+" + degrade_spec}
 
 
-# ----------------------------------------------------------------------------- shared helpers
-
-
-@contextlib.contextmanager
-def _compile_cache(workdir: Path, enabled: bool):
-    """A persistent XLA compilation cache in ``workdir/../.xla_cache`` for the duration of a run."""
-    import jax
-
-    if not enabled or jax.config.jax_compilation_cache_dir:
-        yield
-        return
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
-    old_min = jax.config.jax_persistent_cache_min_compile_time_secs
-    jax.config.update("jax_compilation_cache_dir", str(workdir.resolve().parent / ".xla_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    cc.reset_cache()
-    try:
-        yield
-    finally:
-        jax.config.update("jax_compilation_cache_dir", None)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", old_min)
-        cc.reset_cache()
-
-
-def _seeds(value: Any) -> tuple[int, ...]:
-    seeds = tuple(int(s) for s in (value if isinstance(value, (list, tuple)) else (value,)))
-    if not seeds:
-        raise ValueError("seeds must name at least one seed")
-    return seeds
-
-
-def _epochs_for(n_train: int, batch_size: int, epochs: int, min_steps: int) -> int:
-    """``max(epochs, ceil(min_steps / steps_per_epoch))``."""
-    steps_per_epoch = max(1, n_train // batch_size)
-    return max(int(epochs), -(-int(min_steps) // steps_per_epoch))
-
-
-def _paired_ci(rows: Sequence[Mapping], name: str, metric: str, *, baseline: str = BASELINE,
-               key: str = "variant") -> tuple[float, float, int, int]:
-    """Paired (by seed) difference to the baseline: (mean, 95 % t half-width, #above, n)."""
-    base = {r["seed"]: r[metric] for r in rows if r[key] == baseline}
-    d = np.array([r[metric] - base[r["seed"]] for r in rows
-                  if r[key] == name and r["seed"] in base], np.float64)
-    if d.size == 0:
-        return math.nan, math.nan, 0, 0
-    if d.size < 2:
-        return float(d.mean()), math.nan, int((d > 0).sum()), 1
-    from scipy import stats
-
-    half = float(stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size))
-    return float(d.mean()), half, int((d > 0).sum()), int(d.size)
-
-
-def _effect(mean: float, half: float) -> str:
-    if not math.isfinite(half):
-        return "one seed"
-    if mean - half > 0:
-        return "helps"
-    if mean + half < 0:
-        return "hurts"
-    return "within noise"
-
-
-def _pm(mean: float, half: float, scale: float = 100.0) -> str:
-    if not math.isfinite(half):
-        return f"{mean * scale:+.1f}"
-    return f"{mean * scale:+.1f} ± {half * scale:.1f}"
-
-
-def _run_with_predictions(base: ConfigDict, workdir: Path,
-                          variants: Mapping[str, Mapping[str, Any]], *, seeds: Sequence[int],
-                          data_fn: Callable[[ConfigDict, int], Mapping],
-                          extra_eval: Mapping[str, data_lib.Dataset] | None = None) -> list[dict]:
-    """Like ``experiment.run_variants`` but also keeps the restored model's predicted labels.
-
-    Each run stores ``predictions.npz`` (predicted class per example of val, test and every
-    ``extra_eval`` set) next to its ``results.json``; both are read back on a re-run.
-    """
-    from jaxreg.train.loop import train_and_evaluate
-    from jaxreg.train.step import predict
-
-    rows = []
-    for name, overrides in variants.items():
-        for seed in seeds:
-            c = experiment.variant_config(base, overrides, seed)
-            run_dir = workdir / name / f"seed{seed}"
-            res_path, pred_path = run_dir / "results.json", run_dir / "predictions.npz"
-            d = data_fn(c, seed)
-            sets = {"val": d["val"], "test": d["test"], **(extra_eval or {})}
-            if res_path.exists() and pred_path.exists():
-                r = json.loads(res_path.read_text())
-                with np.load(pred_path) as z:
-                    preds = {k: z[k] for k in z.files}
-            else:
-                r = train_and_evaluate(c, run_dir, data=d, extra_eval=extra_eval,
-                                       title=f"{workdir.name}: {name}, seed {seed}")
-                preds = {k: np.asarray(np.argmax(np.asarray(predict(r["state"], ds.images)), -1),
-                                       np.int16) for k, ds in sets.items()}
-                np.savez(pred_path, **preds)
-            row = {"variant": name, "seed": seed, **{k: r.get(k) for k in experiment.METRICS},
-                   "extra": r.get("extra") or {}, "pred": preds,
-                   "labels": {k: np.asarray(ds.labels) for k, ds in sets.items()},
-                   "train_size": r.get("train_size")}
-            rows.append(row)
-            print(f"  {name:28s} seed {seed}: val {row['val_accuracy']:.4f} "
-                  f"test {row['test_accuracy']:.4f}")
-    return rows
-
-
-def _confusion(pred: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    """Counts (k, k): row = true class, column = predicted class."""
-    m = np.zeros((k, k), np.int64)
-    np.add.at(m, (np.asarray(labels, np.int64), np.asarray(pred, np.int64)), 1)
-    return m
-
-
-def _join(items: Sequence[str]) -> str:
-    items = list(items)
-    if not items:
-        return "no variant"
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
 # ----------------------------------------------------------------------------- corrupted test set
 
 
@@ -252,23 +125,14 @@ def corrupt_test_set(test: data_lib.Dataset, *, noise_sigma: float, blur_sigma: 
 # ----------------------------------------------------------------------------- run
 
 
-def _select(spec: str, smoke: bool) -> tuple[str, ...]:
-    if not spec.strip():
-        return SMOKE_VARIANTS if smoke else ALL_VARIANTS
-    names = tuple(s.strip() for s in spec.split(",") if s.strip())
-    unknown = [n for n in names if n not in ALL_VARIANTS]
-    if unknown:
-        raise ValueError(f"unknown variants {unknown}; allowed: {list(ALL_VARIANTS)}")
-    return names if BASELINE in names else (BASELINE,) + names
-
-
 def run(config: ConfigDict, workdir: str) -> dict:
     """Trains every variant and seed; evaluates on clean and corrupted test sets; reports."""
     t0 = time.perf_counter()
     config = ConfigDict(config.to_dict())
     smoke = bool(config.smoke)
-    seeds = _seeds(config.seeds)
-    names = _select(config.variants, smoke)
+    seeds = experiment.parse_seeds(config.seeds)
+    names = experiment.select_variants(config.variants, allowed=ALL_VARIANTS, baseline=BASELINE,
+                                       default=SMOKE_VARIANTS if smoke else ALL_VARIANTS)
     specs = variant_specs(config.degrade_spec)
     corr = dict(config.corruption)
     min_steps, use_cache = int(config.min_steps), bool(config.compile_cache)
@@ -286,25 +150,21 @@ def run(config: ConfigDict, workdir: str) -> dict:
     k = splits["train"].num_classes
     extra = corrupt_test_set(splits["test"], **corr)
     per_class = int(config.train_per_class) if config.train_per_class is not None else None
-
-    def data_fn(c, seed):
-        train = splits["train"]
-        if per_class is not None:
-            train = data_lib.stratified_subset(train, per_class, seed=seed)
-        return {"train": train, "val": splits["val"], "test": splits["test"]}
-
+    data_fn = experiment.subset_data_fn(splits, per_class)
     n_train = len(data_fn(None, seeds[0])["train"])
-    config.epochs = _epochs_for(n_train, int(config.batch_size), int(config.epochs), min_steps)
+    config.epochs = experiment.epochs_for(n_train, int(config.batch_size), int(config.epochs),
+                                          min_steps)
     print(f"domain_fit: {len(names)} variants x {len(seeds)} seeds, {n_train} training images, "
           f"{config.epochs} epochs")
-    with _compile_cache(workdir, use_cache):
-        rows = _run_with_predictions(config, workdir, {n: {"augment": specs[n]} for n in names},
-                                     seeds=seeds, data_fn=data_fn, extra_eval=extra)
+    with experiment.compile_cache(workdir, use_cache):
+        rows = experiment.run_variants_with_predictions(
+            config, workdir, {n: {"augment": specs[n]} for n in names}, seeds=seeds,
+            data_fn=data_fn, extra_eval=extra)
     for r in rows:
         r["corrupt_accuracy"] = r["extra"]["test_corrupt"]["accuracy"]
         for cname in CORRUPTIONS:
             r[f"{cname}_accuracy"] = r["extra"][f"test_{cname}"]["accuracy"]
-        r["confusion"] = _confusion(r["pred"]["test"], r["labels"]["test"], k)
+        r["confusion"] = experiment.confusion_matrix(r["pred"]["test"], r["labels"]["test"], k)
     metrics = ("val_accuracy", "test_accuracy", "corrupt_accuracy") + tuple(
         f"{c}_accuracy" for c in CORRUPTIONS)
     agg = experiment.aggregate(rows, metrics=metrics)
@@ -313,8 +173,8 @@ def run(config: ConfigDict, workdir: str) -> dict:
     table = []
     for a in agg:
         name = a["variant"]
-        dc = _paired_ci(rows, name, "test_accuracy")
-        dk = _paired_ci(rows, name, "corrupt_accuracy")
+        dc = experiment.paired_ci(rows, name, "test_accuracy", baseline=BASELINE)
+        dk = experiment.paired_ci(rows, name, "corrupt_accuracy", baseline=BASELINE)
         a["d_clean"], a["d_corrupt"] = dc, dk
         diff = (conf[name] / nseeds[name]) - (conf[BASELINE] / nseeds[BASELINE])
         np.fill_diagonal(diff, 0)
@@ -325,9 +185,9 @@ def run(config: ConfigDict, workdir: str) -> dict:
         table.append({
             "variant": name, "augmentation": specs[name] or "-", "n": a["n"],
             "clean test acc": a["test_accuracy"],
-            "Δ clean (pts, 95% CI)": "-" if name == BASELINE else _pm(dc[0], dc[1]),
+            "Δ clean (pts, 95% CI)": "-" if name == BASELINE else format_pm(dc[0], dc[1]),
             "corrupted test acc": a["corrupt_accuracy"],
-            "Δ corrupted (pts, 95% CI)": "-" if name == BASELINE else _pm(dk[0], dk[1]),
+            "Δ corrupted (pts, 95% CI)": "-" if name == BASELINE else format_pm(dk[0], dk[1]),
             **{f"{c} acc": a[f"{c}_accuracy"] for c in CORRUPTIONS},
             "watched confusions (true→pred: count over seeds)": watched,
             "most increased confusions vs none (per seed)": "-" if name == BASELINE else (
@@ -352,7 +212,7 @@ def run(config: ConfigDict, workdir: str) -> dict:
         "- Confusion counts: clean test split, restored model, summed over seeds.",
         f"- Wall time of this invocation: {wall:.0f} s (finished runs are read back).",
     ])
-    report.write_experiment_report(
+    experiment.write_report(
         workdir, title="Domain fit: augmentations must match deployment",
         question=("Do flips and large rotations hurt digit recognition (which confusions "
                   "appear), and does training with degradations help when the test images are "
@@ -360,10 +220,7 @@ def run(config: ConfigDict, workdir: str) -> dict:
         expectation=("Flips and large rotations cost accuracy and raise 6↔9 / 2↔5 confusions; "
                      "small geometric jitter helps; degradation training recovers most of the "
                      "loss on the corrupted test set at little cost on clean images."),
-        table_rows=table, verdict=verdict, figures=figures, extra_md=extra_md)
-    print(report.markdown_table(table))
-    print(verdict)
-    print(f"Report: {workdir / 'report.md'} ({wall:.0f} s)")
+        table_rows=table, verdict=verdict, figures=figures, extra_md=extra_md, wall_time_s=wall)
     slim = [{k_: v for k_, v in r.items() if k_ not in ("pred", "labels", "confusion")}
             for r in rows]
     return {"rows": slim, "aggregate": agg, "table": table, "verdict": verdict,
@@ -439,7 +296,7 @@ def make_verdict(agg, conf, nseeds, k) -> str:
     for n in geo:
         a = by[n]
         m, h = a["d_clean"][0], a["d_clean"][1]
-        text = f"{n}: clean accuracy {_pm(m, h)} pts ({_effect(m, h)})"
+        text = f"{n}: clean accuracy {format_pm(m, h)} pts ({effect(m, h)})"
         if 9 < k:
             text += (f", 6↔9 confusions {pair(BASELINE, 6, 9):.1f} → {pair(n, 6, 9):.1f} and "
                      f"2↔5 {pair(BASELINE, 2, 5):.1f} → {pair(n, 2, 5):.1f} per seed")
@@ -447,18 +304,18 @@ def make_verdict(agg, conf, nseeds, k) -> str:
             text += ("; largest increases " +
                      ", ".join(f"{i}→{j} (+{d:.1f})" for i, j, d in a["top_pairs"]))
         parts.append(text + ".")
-    clear = [n for n in geo if _effect(*by[n]["d_clean"][:2]) == "hurts"]
+    clear = [n for n in geo if effect(*by[n]["d_clean"][:2]) == "hurts"]
     lower = [n for n in geo if by[n]["d_clean"][0] < 0 and n not in clear]
     if geo:
         parts.append("Geometric augmentations that clearly lowered clean accuracy (95% CI below "
-                     f"0): {_join(clear)}; lower on average but within the seed noise: "
-                     f"{_join(lower)}.")
+                     f"0): {join_names(clear)}; lower on average but within the seed noise: "
+                     f"{join_names(lower)}.")
     for n in (x for x in DEGRADING if x in by):
         a = by[n]
         (cm, ch), (km, kh) = a["d_clean"][:2], a["d_corrupt"][:2]
-        parts.append(f"{n}: corrupted-test accuracy {_pm(km, kh)} pts ({_effect(km, kh)}, "
+        parts.append(f"{n}: corrupted-test accuracy {format_pm(km, kh)} pts ({effect(km, kh)}, "
                      f"{b['corrupt_accuracy_mean']:.3f} → {a['corrupt_accuracy_mean']:.3f}), "
-                     f"clean accuracy {_pm(cm, ch)} pts ({_effect(cm, ch)}).")
+                     f"clean accuracy {format_pm(cm, ch)} pts ({effect(cm, ch)}).")
         worst = min(CORRUPTIONS, key=lambda c: b[f"{c}_accuracy_mean"])
         parts.append(f"The corruption that hurt the baseline most was {worst} "
                      f"({b[f'{worst}_accuracy_mean']:.3f}); with {n} it reached "

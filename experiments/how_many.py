@@ -29,17 +29,17 @@ amounts without an improvement above ``min_delta``; the test split chooses nothi
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from ml_collections import ConfigDict
 
 from jaxreg import data as data_lib
 from jaxreg import experiment, report
+from jaxreg.experiment import format_pm
 from jaxreg.train.config import default_config
 
 EXPERIMENT_KEYS = ("seeds", "copies", "policy", "generate_key", "steps", "patience", "min_delta",
@@ -70,60 +70,6 @@ def get_config() -> ConfigDict:
     c.online_reference = True
     c.compile_cache = True
     return c
-
-
-# ----------------------------------------------------------------------------- shared helpers
-
-
-@contextlib.contextmanager
-def _compile_cache(workdir: Path, enabled: bool):
-    """A persistent XLA compilation cache in ``workdir/../.xla_cache`` for the duration of a run."""
-    import jax
-
-    if not enabled or jax.config.jax_compilation_cache_dir:
-        yield
-        return
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
-    old_min = jax.config.jax_persistent_cache_min_compile_time_secs
-    jax.config.update("jax_compilation_cache_dir", str(workdir.resolve().parent / ".xla_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    cc.reset_cache()
-    try:
-        yield
-    finally:
-        jax.config.update("jax_compilation_cache_dir", None)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", old_min)
-        cc.reset_cache()
-
-
-def _seeds(value: Any) -> tuple[int, ...]:
-    seeds = tuple(int(s) for s in (value if isinstance(value, (list, tuple)) else (value,)))
-    if not seeds:
-        raise ValueError("seeds must name at least one seed")
-    return seeds
-
-
-def _paired_ci(rows: Sequence[Mapping], name: str, metric: str, *, baseline: str,
-               key: str = "variant") -> tuple[float, float, int, int]:
-    """Paired (by seed) difference to the baseline: (mean, 95 % t half-width, #above, n)."""
-    base = {r["seed"]: r[metric] for r in rows if r[key] == baseline}
-    d = np.array([r[metric] - base[r["seed"]] for r in rows
-                  if r[key] == name and r["seed"] in base], np.float64)
-    if d.size == 0:
-        return math.nan, math.nan, 0, 0
-    if d.size < 2:
-        return float(d.mean()), math.nan, int((d > 0).sum()), 1
-    from scipy import stats
-
-    half = float(stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size))
-    return float(d.mean()), half, int((d > 0).sum()), int(d.size)
-
-
-def _pm(mean: float, half: float, scale: float = 100.0) -> str:
-    if not math.isfinite(half):
-        return f"{mean * scale:+.1f}"
-    return f"{mean * scale:+.1f} ± {half * scale:.1f}"
 
 
 # ----------------------------------------------------------------------------- generation
@@ -166,9 +112,8 @@ def run(config: ConfigDict, workdir: str) -> dict:
     t0 = time.perf_counter()
     config = ConfigDict(config.to_dict())
     smoke = bool(config.smoke)
-    seeds = _seeds(config.seeds)
-    copies = tuple(int(k) for k in (config.copies if isinstance(config.copies, (list, tuple))
-                                    else (config.copies,)))
+    seeds = experiment.parse_seeds(config.seeds)
+    copies = experiment.int_tuple(config.copies, name="copies")
     if not copies or any(k < 0 for k in copies) or list(copies) != sorted(set(copies)):
         raise ValueError(f"copies must be increasing non-negative ints, got {copies}")
     policy, gen_key, steps = config.policy, int(config.generate_key), int(config.steps)
@@ -199,12 +144,12 @@ def run(config: ConfigDict, workdir: str) -> dict:
                     "test": splits["test"]}
         return data_fn
 
-    def epochs_for(n):
-        return max(1, -(-steps // max(1, n // bs)))
+    def epochs_for(n):  # the same step budget for every amount
+        return experiment.epochs_for(n, bs, 1, steps)
 
     rows, curve, stop_note = [], [], ""
     best_k, best_val, bad = None, -math.inf, 0
-    with _compile_cache(workdir, use_cache):
+    with experiment.compile_cache(workdir, use_cache):
         for k in copies:
             n = n_real * (k + 1)
             print(f"how_many: {k} copies per real image ({n} training images, "
@@ -249,14 +194,14 @@ def run(config: ConfigDict, workdir: str) -> dict:
     for a in agg:
         name = a["variant"]
         mine = [r for r in rows if r["variant"] == name]
-        m, h, above, n = _paired_ci(rows, name, "test_accuracy", baseline="k0")
+        m, h, above, n = experiment.paired_ci(rows, name, "test_accuracy", baseline="k0")
         a["d_test"], a["h_test"] = m, h
         a["copies"], a["train_size"] = mine[0]["copies"], mine[0]["train_size"]
         onsets = [r["onset"] for r in mine if r["onset"] is not None]
         table.append({"copies per real": a["copies"], "train images": a["train_size"],
                       "epochs": mine[0]["epochs"], "n": a["n"],
                       "val_accuracy": a["val_accuracy"], "test_accuracy": a["test_accuracy"],
-                      "Δ test vs k=0 (pts, 95% CI)": "-" if name == "k0" else _pm(m, h),
+                      "Δ test vs k=0 (pts, 95% CI)": "-" if name == "k0" else format_pm(m, h),
                       "final train acc": a["train_accuracy"],
                       "train − val gap (last epoch)": a["gap"],
                       "overfitting onset (seeds)": f"{len(onsets)}/{len(mine)}" + (
@@ -278,23 +223,21 @@ def run(config: ConfigDict, workdir: str) -> dict:
         "jaxreg.report.overfitting_onset on the run's curves.",
         f"- Wall time of this invocation: {wall:.0f} s (finished runs are read back).",
     ])
-    report.write_experiment_report(
+    experiment.write_report(
         workdir, title="How many generated examples per real one?",
         question=("With 20 real images per class, how many augmented copies per real image "
                   "should be generated, found by growing the amount while watching validation?"),
         expectation=("Several points from the first copies, flat by 4-8 copies, no clear drop "
                      "at the largest amounts."),
-        table_rows=table, verdict=verdict, figures=[fig.name], extra_md=extra_md)
-    print(report.markdown_table(table))
-    print(verdict)
-    print(f"Report: {workdir / 'report.md'} ({wall:.0f} s)")
+        table_rows=table, verdict=verdict, figures=[fig.name], extra_md=extra_md,
+        wall_time_s=wall)
     return {"rows": rows, "aggregate": agg, "table": table, "verdict": verdict,
             "chosen_copies": best_k, "stop": stop_note, "wall_time_s": wall}
 
 
 def _add_history(r: dict, workdir: Path) -> None:
-    run_dir = workdir / r["variant"] / f"seed{r['seed']}"
-    hist = report.read_metrics(run_dir / "metrics.jsonl")
+    hist = report.read_metrics(experiment.run_dir(workdir, r["variant"], r["seed"]) /
+                               "metrics.jsonl")
     last = hist[-1]
     r["train_accuracy"] = float(last["train_accuracy"])
     r["gap"] = float(last["train_accuracy"]) - float(last["val_accuracy"])
@@ -357,8 +300,9 @@ def make_verdict(agg, best_k, stop_note: str, per_class: int) -> str:
                  f"threshold, so k=0 was chosen ({stop_note}). ")
     elif chosen is not None:
         text += (f"The amount chosen on validation is k={best_k} ({stop_note}); its test accuracy "
-                 f"was {chosen['test_accuracy']}, {_pm(chosen['d_test'], chosen['h_test'])} pts "
-                 f"vs no copies (paired by seed, 95% CI). ")
+                 f"was {chosen['test_accuracy']}, "
+                 f"{format_pm(chosen['d_test'], chosen['h_test'])} pts vs no copies (paired by "
+                 "seed, 95% CI). ")
     after = [a for a in ks if best_k is not None and a["copies"] > best_k]
     drops = [a for a in after if a["val_accuracy_mean"] < chosen["val_accuracy_mean"]]
     if drops:

@@ -27,17 +27,16 @@ split chooses nothing.
 
 from __future__ import annotations
 
-import contextlib
-import math
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 from ml_collections import ConfigDict
 
 from jaxreg import data as data_lib
 from jaxreg import experiment, report
+from jaxreg.experiment import format_pm
 from jaxreg.train.config import default_config
 
 BASELINE = "plain"
@@ -84,78 +83,9 @@ def variant_overrides(spec: str, reg: Mapping[str, Any]) -> dict[str, dict[str, 
     }
 
 
-# ----------------------------------------------------------------------------- shared helpers
-
-
-@contextlib.contextmanager
-def _compile_cache(workdir: Path, enabled: bool):
-    """A persistent XLA compilation cache in ``workdir/../.xla_cache`` for the duration of a run."""
-    import jax
-
-    if not enabled or jax.config.jax_compilation_cache_dir:
-        yield
-        return
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
-    old_min = jax.config.jax_persistent_cache_min_compile_time_secs
-    jax.config.update("jax_compilation_cache_dir", str(workdir.resolve().parent / ".xla_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    cc.reset_cache()
-    try:
-        yield
-    finally:
-        jax.config.update("jax_compilation_cache_dir", None)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", old_min)
-        cc.reset_cache()
-
-
-def _seeds(value: Any) -> tuple[int, ...]:
-    seeds = tuple(int(s) for s in (value if isinstance(value, (list, tuple)) else (value,)))
-    if not seeds:
-        raise ValueError("seeds must name at least one seed")
-    return seeds
-
-
-def _paired_ci(rows: Sequence[Mapping], name: str, metric: str, *, baseline: str = BASELINE,
-               key: str = "variant") -> tuple[float, float, int, int]:
-    """Paired (by seed) difference to the baseline: (mean, 95 % t half-width, #above, n)."""
-    base = {r["seed"]: r[metric] for r in rows if r[key] == baseline}
-    d = np.array([r[metric] - base[r["seed"]] for r in rows
-                  if r[key] == name and r["seed"] in base], np.float64)
-    if d.size == 0:
-        return math.nan, math.nan, 0, 0
-    if d.size < 2:
-        return float(d.mean()), math.nan, int((d > 0).sum()), 1
-    from scipy import stats
-
-    half = float(stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size))
-    return float(d.mean()), half, int((d > 0).sum()), int(d.size)
-
-
 def _effect(mean: float, half: float) -> str:
-    if not math.isfinite(half):
-        return "one seed"
-    if mean - half > 0:
-        return "higher"
-    if mean + half < 0:
-        return "lower"
-    return "within noise"
-
-
-def _pm(mean: float, half: float, scale: float = 100.0) -> str:
-    if not math.isfinite(half):
-        return f"{mean * scale:+.1f}"
-    return f"{mean * scale:+.1f} ± {half * scale:.1f}"
-
-
-def _select(spec: str, smoke: bool) -> tuple[str, ...]:
-    if not spec.strip():
-        return SMOKE_VARIANTS if smoke else ALL_VARIANTS
-    names = tuple(s.strip() for s in spec.split(",") if s.strip())
-    unknown = [n for n in names if n not in ALL_VARIANTS]
-    if unknown:
-        raise ValueError(f"unknown variants {unknown}; allowed: {list(ALL_VARIANTS)}")
-    return names if BASELINE in names else (BASELINE,) + names
+    """``experiment.effect`` with neutral words: a higher test loss is not a help."""
+    return experiment.effect(mean, half, above="higher", below="lower")
 
 
 # ----------------------------------------------------------------------------- run
@@ -166,8 +96,9 @@ def run(config: ConfigDict, workdir: str) -> dict:
     t0 = time.perf_counter()
     config = ConfigDict(config.to_dict())
     smoke = bool(config.smoke)
-    seeds = _seeds(config.seeds)
-    names = _select(config.variants, smoke)
+    seeds = experiment.parse_seeds(config.seeds)
+    names = experiment.select_variants(config.variants, allowed=ALL_VARIANTS, baseline=BASELINE,
+                                       default=SMOKE_VARIANTS if smoke else ALL_VARIANTS)
     overrides = variant_overrides(config.augment_spec, dict(config.reg))
     onset_patience, use_cache = int(config.onset_patience), bool(config.compile_cache)
     for key in EXPERIMENT_KEYS:
@@ -182,23 +113,17 @@ def run(config: ConfigDict, workdir: str) -> dict:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     splits = data_lib.load_splits(config.data)
-    cache: dict[int, dict] = {}
-
-    def data_fn(c, seed):
-        if seed not in cache:
-            cache[seed] = {"train": data_lib.stratified_subset(
-                splits["train"], int(config.train_per_class), seed=seed),
-                "val": splits["val"], "test": splits["test"]}
-        return cache[seed]
+    data_fn = experiment.subset_data_fn(splits, int(config.train_per_class))
 
     print(f"overfitting: {len(names)} variants x {len(seeds)} seeds, {config.epochs} epochs on "
           f"{config.train_per_class} per class")
-    with _compile_cache(workdir, use_cache):
+    with experiment.compile_cache(workdir, use_cache):
         rows = experiment.run_variants(config, workdir, {n: overrides[n] for n in names},
                                        seeds=seeds, data_fn=data_fn)
     hists = {}
     for r in rows:
-        h = report.read_metrics(workdir / r["variant"] / f"seed{r['seed']}" / "metrics.jsonl")
+        h = report.read_metrics(experiment.run_dir(workdir, r["variant"], r["seed"]) /
+                                "metrics.jsonl")
         hists[(r["variant"], r["seed"])] = h
         vl = np.array([x["val_loss"] for x in h], np.float64)
         i = int(np.nanargmin(vl))
@@ -218,8 +143,8 @@ def run(config: ConfigDict, workdir: str) -> dict:
         mine = [r for r in rows if r["variant"] == name]
         onsets = [r["onset"] for r in mine if r["onset"] is not None]
         a["onsets"], a["onset_mean"] = onsets, (float(np.mean(onsets)) if onsets else None)
-        a["d_acc"] = _paired_ci(rows, name, "test_accuracy")
-        a["d_loss"] = _paired_ci(rows, name, "test_loss")
+        a["d_acc"] = experiment.paired_ci(rows, name, "test_accuracy", baseline=BASELINE)
+        a["d_loss"] = experiment.paired_ci(rows, name, "test_loss", baseline=BASELINE)
         table.append({
             "variant": name, "settings": ", ".join(f"{k.split('.')[0]}={v}" for k, v in
                                                    overrides[name].items()
@@ -231,7 +156,7 @@ def run(config: ConfigDict, workdir: str) -> dict:
             "val loss rise after min": a["rise"], "final train acc": a["final_train_accuracy"],
             "train − val gap": a["final_gap"], "epochs run": a["epochs_run"],
             "test_accuracy": a["test_accuracy"],
-            "Δ test acc vs plain (pts)": "-" if name == BASELINE else _pm(*a["d_acc"][:2]),
+            "Δ test acc vs plain (pts)": "-" if name == BASELINE else format_pm(*a["d_acc"][:2]),
             "test_loss": a["test_loss"]})
     figures = [_mean_curves_figure(agg, hists, names, seeds, workdir / "val_loss_curves.png").name]
     for name in names:
@@ -259,7 +184,7 @@ def run(config: ConfigDict, workdir: str) -> dict:
         "validation loss.",
         f"- Wall time of this invocation: {wall:.0f} s (finished runs are read back).",
     ])
-    report.write_experiment_report(
+    experiment.write_report(
         workdir, title="Overfitting: long training on little data, with and without regularization",
         question=("Where does a small CNN trained long on 30 images per class start to overfit, "
                   "what does it cost, and what do augmentation, dropout + weight decay and early "
@@ -267,10 +192,7 @@ def run(config: ConfigDict, workdir: str) -> dict:
         expectation=("Plain: onset in every seed soon after the training set is fitted, rising "
                      "validation loss; early stopping restores the minimum; augmentation delays "
                      "or removes the onset; all together give the best test accuracy."),
-        table_rows=table, verdict=verdict, figures=figures, extra_md=extra_md)
-    print(report.markdown_table(table))
-    print(verdict)
-    print(f"Report: {workdir / 'report.md'} ({wall:.0f} s)")
+        table_rows=table, verdict=verdict, figures=figures, extra_md=extra_md, wall_time_s=wall)
     return {"rows": rows, "aggregate": agg, "table": table, "verdict": verdict,
             "wall_time_s": wall}
 
@@ -287,12 +209,7 @@ def _mean_curves_figure(agg, hists, names, seeds, path: Path) -> Path:
                                         ("train_accuracy", "training accuracy"))):
         ax = fig.add_subplot(1, 2, col + 1)
         for name in names:
-            per_epoch: dict[int, list[float]] = {}
-            for seed in seeds:
-                for rec in hists.get((name, seed), []):
-                    per_epoch.setdefault(int(rec["epoch"]), []).append(float(rec[key]))
-            ep = np.array(sorted(per_epoch))
-            mean = np.array([np.mean(per_epoch[e]) for e in ep])
+            ep, mean = experiment.mean_curve((hists.get((name, seed), []) for seed in seeds), key)
             line, = ax.plot(ep, mean, label=name)
             onset = by[name]["onset_mean"]
             if onset is not None and key == "val_loss":
@@ -331,7 +248,7 @@ def make_verdict(agg, epochs: int) -> str:
         onset = (f"onset in {len(a['onsets'])}/{a['n']} seeds (mean epoch {a['onset_mean']:.1f})"
                  if a["onsets"] else f"no onset in {a['n']} seeds")
         text += (f" {name}: {onset}, val-loss rise {a['rise_mean']:+.3f}, "
-                 f"{a['epochs_run_mean']:.0f} epochs run, test accuracy {_pm(am, ah)} pts "
+                 f"{a['epochs_run_mean']:.0f} epochs run, test accuracy {format_pm(am, ah)} pts "
                  f"({_effect(am, ah)}), test loss {lm:+.3f} ({_effect(lm, lh)}).")
     best = max(agg, key=lambda a: a["test_accuracy_mean"])
     text += (f" Highest mean test accuracy: {best['variant']} ({best['test_accuracy']}); this is "

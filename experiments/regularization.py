@@ -133,31 +133,14 @@ def _settings(overrides: Mapping[str, Any]) -> str:
                      f"{k.split('.')[-1]}={v}" for k, v in shown.items()) or "-"
 
 
-def _select_variants(spec: str, smoke: bool) -> tuple[str, ...]:
-    if not spec.strip():
-        return SMOKE_VARIANTS if smoke else ALL_VARIANTS
-    names = tuple(s.strip() for s in spec.split(",") if s.strip())
-    unknown = [n for n in names if n not in EXPECTED]
-    if unknown:
-        raise ValueError(f"unknown variants {unknown}; allowed: {list(ALL_VARIANTS)}")
-    if BASELINE not in names:
-        names = (BASELINE,) + names  # the verdict compares against it
-    return names
-
-
 def _mean_curves(workdir: Path, names: Sequence[str], seeds: Sequence[int],
                  key: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Variant -> (epochs, mean of ``key`` over the seeds that reached each epoch)."""
     out = {}
     for name in names:
-        per_epoch: dict[int, list[float]] = {}
-        for seed in seeds:
-            path = workdir / name / f"seed{seed}" / "metrics.jsonl"
-            if path.exists():
-                for rec in report.read_metrics(path):
-                    per_epoch.setdefault(int(rec["epoch"]), []).append(float(rec[key]))
-        epochs = np.array(sorted(per_epoch))
-        out[name] = (epochs, np.array([np.mean(per_epoch[e]) for e in epochs]))
+        paths = [experiment.run_dir(workdir, name, seed) / "metrics.jsonl" for seed in seeds]
+        out[name] = experiment.mean_curve([report.read_metrics(p) for p in paths if p.exists()],
+                                          key)
     return out
 
 
@@ -204,19 +187,6 @@ def _compare(agg: Mapping[str, Mapping[str, Any]], name: str, metric: str) -> tu
     return diff, noise, sign
 
 
-def _paired_diffs(rows: Sequence[Mapping[str, Any]], name: str, metric: str) -> list[float]:
-    base = {r["seed"]: r[metric] for r in rows if r["variant"] == BASELINE}
-    return [r[metric] - base[r["seed"]] for r in rows
-            if r["variant"] == name and r["seed"] in base and r[metric] is not None]
-
-
-def _join(items: Sequence[str]) -> str:
-    items = list(items)
-    if not items:
-        return "no variant"
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
 def _side_check(name: str, agg: Mapping[str, Mapping[str, Any]], epochs: int
                 ) -> tuple[str, str, bool] | None:
     """The expectation other than accuracy: (expected, measured, whether it held)."""
@@ -255,7 +225,8 @@ def make_verdict(agg_rows: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[s
         check = {"variant": name, "expected": EXPECTED[name][1]}
         if name != BASELINE:
             diff, noise, sign = _compare(agg, name, "test_accuracy")
-            paired = _paired_diffs(rows, name, "test_accuracy")
+            paired = experiment.paired_differences(rows, name, "test_accuracy",
+                                                   baseline=BASELINE)
             wins = sum(d > 0 for d in paired)
             text = (f"{name} ({diff * 100:+.1f} pts, noise {noise * 100:.1f}, "
                     f"{wins}/{len(paired)} seeds above)")
@@ -271,10 +242,10 @@ def make_verdict(agg_rows: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[s
     parts = [f"Against the baseline 'none' (test accuracy {b['test_accuracy']}, n={n} seeds, "
              f"ECE {b['test_ece']}), a variant counts as better or worse only when its mean test "
              f"accuracy differs by more than the noise sqrt(std_none^2 + std_variant^2)."]
-    parts.append(f"Better beyond the noise: {_join(better)}.")
+    parts.append(f"Better beyond the noise: {experiment.join_names(better)}.")
     if worse:
-        parts.append(f"Worse beyond the noise: {_join(worse)}.")
-    parts.append(f"Within the noise of the baseline: {_join(within)}.")
+        parts.append(f"Worse beyond the noise: {experiment.join_names(worse)}.")
+    parts.append(f"Within the noise of the baseline: {experiment.join_names(within)}.")
     best_ece = min(agg_rows, key=lambda r: r["test_ece_mean"])
     worst_ece = max(agg_rows, key=lambda r: r["test_ece_mean"])
     parts.append(f"Calibration: the lowest mean test ECE is {best_ece['variant']}'s "
@@ -282,7 +253,7 @@ def make_verdict(agg_rows: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[s
                  f"({worst_ece['test_ece_mean']:.3f}); the baseline has {b['test_ece_mean']:.3f}.")
     sparse = [r for r in agg_rows if r["zero_fraction_mean"] > 0]
     if sparse:
-        parts.append("Exact zeros among kernel weights: " + _join(
+        parts.append("Exact zeros among kernel weights: " + experiment.join_names(
             [f"{r['variant']} {r['zero_fraction_mean'] * 100:.1f} %" for r in sparse])
             + "; every other variant has none.")
     else:
@@ -303,7 +274,7 @@ def make_verdict(agg_rows: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[s
         if failed:
             missed.append(f"{c['variant']} ({'; '.join(failed)})")
     parts.append("Compared with the expectation stated before the run, "
-                 + (f"the measurement disagrees for {_join(missed)}." if missed
+                 + (f"the measurement disagrees for {experiment.join_names(missed)}." if missed
                     else "every checked outcome matched."))
     return " ".join(parts), checks
 
@@ -312,23 +283,21 @@ def run(config: ConfigDict, workdir: str) -> dict:
     """Trains every variant with every seed; writes the table, curves, bar plots and verdict."""
     t0 = time.perf_counter()
     config = ConfigDict(config.to_dict())
-    seeds = tuple(int(s) for s in (config.seeds if isinstance(config.seeds, (list, tuple))
-                                   else (config.seeds,)))
+    seeds = experiment.parse_seeds(config.seeds)
     rates = dict(config.rates)
     smoke = bool(config.smoke)
-    names = _select_variants(config.variants, smoke)
+    names = experiment.select_variants(config.variants, allowed=ALL_VARIANTS, baseline=BASELINE,
+                                       default=SMOKE_VARIANTS if smoke else ALL_VARIANTS)
     for key in ("seeds", "variants", "rates"):
         del config[key]
     if smoke:
         config.data, config.train_per_class, config.model = "digits", 20, "tiny"
         config.epochs, config.batch_size, config.learning_rate = 2, 40, 3e-3
         config.checkpoint.enabled = False
-        seeds = seeds[:2] if len(seeds) >= 2 else seeds
+        seeds = seeds[:2]
         # 10 steps are too few for a 0.1 threshold to pin weights at zero; make it visible
         rates["l1_prox"] = max(float(rates["l1_prox"]), 1.0)
         rates["patience"] = 1
-    if len(seeds) < 1:
-        raise ValueError("seeds must name at least one seed")
     # absolute: Orbax (>= 0.12) refuses relative checkpoint paths
     workdir = Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -348,7 +317,8 @@ def run(config: ConfigDict, workdir: str) -> dict:
           f"({config.train_per_class} per class), {config.model}, {config.epochs} epochs")
     rows = experiment.run_variants(config, workdir, variants, seeds=seeds, data_fn=data_fn)
     for r in rows:
-        res = json.loads((workdir / r["variant"] / f"seed{r['seed']}" / "results.json").read_text())
+        res = json.loads((experiment.run_dir(workdir, r["variant"], r["seed"]) /
+                          "results.json").read_text())
         r["epochs_run"] = res.get("epochs_run")
         r["wall_time_s"] = res.get("wall_time_s")
     metrics = experiment.METRICS + ("epochs_run",)
@@ -401,15 +371,12 @@ def run(config: ConfigDict, workdir: str) -> dict:
                                      "epochs_run", "wall_time_s"]).rstrip("\n"),
         "", "</details>",
     ]
-    report.write_experiment_report(
+    print()
+    experiment.write_report(
         workdir, title="Regularizers on limited mnist5k",
         question=("Which regularizers improve a small CNN trained on 50 images per class by more "
                   "than seed noise, and what do they do to calibration, sparsity and the best epoch?"),
         expectation=expectation, table_rows=table_rows, verdict=verdict, figures=figures,
-        extra_md="\n".join(extra))
-    print()
-    print(report.markdown_table(table_rows))
-    print(verdict)
-    print(f"Report: {workdir / 'report.md'} ({wall:.0f} s)")
+        extra_md="\n".join(extra), wall_time_s=wall)
     return {"rows": rows, "aggregate": agg, "table": table_rows, "verdict": verdict,
             "checks": checks, "wall_time_s": wall}

@@ -31,18 +31,16 @@ are computed from the restored model's test predictions (``jaxreg.train.predict`
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from ml_collections import ConfigDict
 
 from jaxreg import data as data_lib
 from jaxreg import experiment, report
+from jaxreg.experiment import effect, format_pm
 from jaxreg.train.config import default_config
 
 EXPERIMENT_KEYS = ("seeds", "parts", "sizes", "augment_spec", "imbalance", "narrow_fraction",
@@ -82,133 +80,6 @@ def get_config() -> ConfigDict:
     return c
 
 
-# ----------------------------------------------------------------------------- shared helpers
-
-
-@contextlib.contextmanager
-def _compile_cache(workdir: Path, enabled: bool):
-    """A persistent XLA compilation cache in ``workdir/../.xla_cache`` for the duration of a run."""
-    import jax
-
-    if not enabled or jax.config.jax_compilation_cache_dir:
-        yield
-        return
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
-    old_min = jax.config.jax_persistent_cache_min_compile_time_secs
-    jax.config.update("jax_compilation_cache_dir", str(workdir.resolve().parent / ".xla_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    cc.reset_cache()
-    try:
-        yield
-    finally:
-        jax.config.update("jax_compilation_cache_dir", None)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", old_min)
-        cc.reset_cache()
-
-
-def _seeds(value: Any) -> tuple[int, ...]:
-    seeds = tuple(int(s) for s in (value if isinstance(value, (list, tuple)) else (value,)))
-    if not seeds:
-        raise ValueError("seeds must name at least one seed")
-    return seeds
-
-
-def _epochs_for(n_train: int, batch_size: int, epochs: int, min_steps: int) -> int:
-    """``max(epochs, ceil(min_steps / steps_per_epoch))``."""
-    steps_per_epoch = max(1, n_train // batch_size)
-    return max(int(epochs), -(-int(min_steps) // steps_per_epoch))
-
-
-def _paired_ci(rows: Sequence[Mapping], name: str, metric: str, *, baseline: str,
-               key: str = "variant") -> tuple[float, float, int, int]:
-    """Paired (by seed) difference to the baseline: (mean, 95 % t half-width, #above, n)."""
-    base = {r["seed"]: r[metric] for r in rows if r[key] == baseline}
-    d = np.array([r[metric] - base[r["seed"]] for r in rows
-                  if r[key] == name and r["seed"] in base], np.float64)
-    if d.size == 0:
-        return math.nan, math.nan, 0, 0
-    if d.size < 2:
-        return float(d.mean()), math.nan, int((d > 0).sum()), 1
-    from scipy import stats
-
-    half = float(stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size))
-    return float(d.mean()), half, int((d > 0).sum()), int(d.size)
-
-
-def _effect(mean: float, half: float) -> str:
-    if not math.isfinite(half):
-        return "one seed"
-    if mean - half > 0:
-        return "helps"
-    if mean + half < 0:
-        return "hurts"
-    return "within noise"
-
-
-def _pm(mean: float, half: float, scale: float = 100.0) -> str:
-    if not math.isfinite(half):
-        return f"{mean * scale:+.1f}"
-    return f"{mean * scale:+.1f} ± {half * scale:.1f}"
-
-
-def _run_with_predictions(base: ConfigDict, workdir: Path,
-                          variants: Mapping[str, Mapping[str, Any]], *, seeds: Sequence[int],
-                          data_fn: Callable[[ConfigDict, int], Mapping],
-                          extra_eval: Mapping[str, data_lib.Dataset] | None = None) -> list[dict]:
-    """Like ``experiment.run_variants`` but also keeps the restored model's predicted labels.
-
-    Each run stores ``predictions.npz`` (predicted class per example of val, test and every
-    ``extra_eval`` set) next to its ``results.json``; both are read back on a re-run.
-    """
-    from jaxreg.train.loop import train_and_evaluate
-    from jaxreg.train.step import predict
-
-    rows = []
-    for name, overrides in variants.items():
-        for seed in seeds:
-            c = experiment.variant_config(base, overrides, seed)
-            run_dir = workdir / name / f"seed{seed}"
-            res_path, pred_path = run_dir / "results.json", run_dir / "predictions.npz"
-            d = data_fn(c, seed)
-            sets = {"val": d["val"], "test": d["test"], **(extra_eval or {})}
-            if res_path.exists() and pred_path.exists():
-                r = json.loads(res_path.read_text())
-                with np.load(pred_path) as z:
-                    preds = {k: z[k] for k in z.files}
-            else:
-                r = train_and_evaluate(c, run_dir, data=d, extra_eval=extra_eval,
-                                       title=f"{workdir.name}: {name}, seed {seed}")
-                preds = {k: np.asarray(np.argmax(np.asarray(predict(r["state"], ds.images)), -1),
-                                       np.int16) for k, ds in sets.items()}
-                np.savez(pred_path, **preds)
-            row = {"variant": name, "seed": seed, **{k: r.get(k) for k in experiment.METRICS},
-                   "extra": r.get("extra") or {}, "pred": preds,
-                   "labels": {k: np.asarray(ds.labels) for k, ds in sets.items()},
-                   "train_size": r.get("train_size")}
-            rows.append(row)
-            print(f"  {name:28s} seed {seed}: val {row['val_accuracy']:.4f} "
-                  f"test {row['test_accuracy']:.4f}")
-    return rows
-
-
-def _recalls(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Per-class recall (NaN for an absent class)."""
-    out = np.full(num_classes, np.nan)
-    for c in range(num_classes):
-        m = labels == c
-        if m.any():
-            out[c] = float(np.mean(pred[m] == c))
-    return out
-
-
-def _join(items: Sequence[str]) -> str:
-    items = list(items)
-    if not items:
-        return "no variant"
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
 # ----------------------------------------------------------------------------- part a
 
 
@@ -217,19 +88,13 @@ def _part_a(config, workdir, splits, seeds, sizes, spec, min_steps):
     k = splits["train"].num_classes
     for size in sizes:
         base = ConfigDict(config.to_dict())
-        base.epochs = _epochs_for(size * k, int(config.batch_size), int(config.epochs), min_steps)
-        cache = {}
-
-        def data_fn(c, seed, size=size, cache=cache):
-            if seed not in cache:
-                train = data_lib.stratified_subset(splits["train"], size, seed=seed)
-                cache[seed] = {"train": train, "val": splits["val"], "test": splits["test"]}
-            return cache[seed]
-
+        base.epochs = experiment.epochs_for(size * k, int(config.batch_size),
+                                            int(config.epochs), min_steps)
         print(f"when_to_augment (a): {size} per class, {base.epochs} epochs")
         rs = experiment.run_variants(base, workdir / f"n{size}",
                                      {"none": {"augment": ""}, "augmented": {"augment": spec}},
-                                     seeds=seeds, data_fn=data_fn)
+                                     seeds=seeds,
+                                     data_fn=experiment.subset_data_fn(splits, size))
         for r in rs:
             r["size"] = size
         rows += rs
@@ -238,19 +103,19 @@ def _part_a(config, workdir, splits, seeds, sizes, spec, min_steps):
         mine = [r for r in rows if r["size"] == size]
         agg = {a["variant"]: a for a in experiment.aggregate(mine, metrics=("val_accuracy",
                                                                             "test_accuracy"))}
-        m, h, above, n = _paired_ci(mine, "augmented", "test_accuracy", baseline="none")
+        m, h, above, n = experiment.paired_ci(mine, "augmented", "test_accuracy", baseline="none")
         gains.append((size, m, h, above, n))
         table.append({"part": "a", "per class": size, "train images": size * k,
                       "none: test_accuracy": agg["none"]["test_accuracy"],
                       "augmented: test_accuracy": agg["augmented"]["test_accuracy"],
-                      "Δ (pts, 95% CI)": _pm(m, h), "seeds above": f"{above}/{n}",
-                      "effect": _effect(m, h)})
+                      "Δ (pts, 95% CI)": format_pm(m, h), "seeds above": f"{above}/{n}",
+                      "effect": effect(m, h)})
         for name in ("none", "augmented"):
             compact.append({"part": "a", "setting": f"{size}/class", "variant": name,
                             "n": agg[name]["n"], "val": agg[name]["val_accuracy"],
                             "test": agg[name]["test_accuracy"],
-                            "Δ test (pts, 95% CI)": "-" if name == "none" else _pm(m, h),
-                            "effect": "reference" if name == "none" else _effect(m, h),
+                            "Δ test (pts, 95% CI)": "-" if name == "none" else format_pm(m, h),
+                            "effect": "reference" if name == "none" else effect(m, h),
                             "note": "accuracy"})
             x, mu, sd = series.setdefault(name, ([], [], []))
             x.append(size)
@@ -271,12 +136,13 @@ def _part_a(config, workdir, splits, seeds, sizes, spec, min_steps):
     # verdict
     clear = [g for g in gains if math.isfinite(g[2]) and g[1] - g[2] > 0]
     text = "(a) Test-accuracy gain of augmentation by size: " + "; ".join(
-        f"{s}/class {_pm(m, h)} pts ({a}/{n} seeds above)" for s, m, h, a, n in gains) + "."
+        f"{s}/class {format_pm(m, h)} pts ({a}/{n} seeds above)" for s, m, h, a, n in gains) + "."
     if clear:
         last_clear = max(g[0] for g in clear)
         beyond = [g for g in gains if g[0] > last_clear]
         text += (f" The gain is clear (95% interval above 0) up to {last_clear} per class")
-        text += (f" and not beyond it ({_join([str(g[0]) for g in beyond])} per class), so the "
+        text += (f" and not beyond it ({experiment.join_names([str(g[0]) for g in beyond])} "
+                 "per class), so the "
                  "benefit fades there." if beyond else ", the largest size measured: it had not "
                  "faded within the sizes measured.")
     else:
@@ -304,30 +170,31 @@ def _part_b(config, workdir, splits, seeds, spec, factor, min_steps, smoke):
 
     counts = data_fn(None, seeds[0])["train"].class_counts()
     base = ConfigDict(config.to_dict())
-    base.epochs = _epochs_for(int(counts.sum()), int(config.batch_size), int(config.epochs),
-                              min_steps)
+    base.epochs = experiment.epochs_for(int(counts.sum()), int(config.batch_size),
+                                        int(config.epochs), min_steps)
     all_variants = {"baseline": {}, "augment": {"augment": spec},
                     "oversample": {"balanced_sampling": True},
                     "balanced_augment": {"balanced_sampling": True, "augment": spec}}
     names = SMOKE_IMBALANCE_VARIANTS if smoke else IMBALANCE_VARIANTS
     print(f"when_to_augment (b): class sizes {counts.tolist()}, {base.epochs} epochs")
-    rows = _run_with_predictions(base, workdir, {n: all_variants[n] for n in names},
-                                 seeds=seeds, data_fn=data_fn)
+    rows = experiment.run_variants_with_predictions(
+        base, workdir, {n: all_variants[n] for n in names}, seeds=seeds, data_fn=data_fn)
     minority = np.argsort(counts, kind="stable")[:3]
     for r in rows:
-        rec = _recalls(r["pred"]["test"], r["labels"]["test"], k)
+        rec = experiment.per_class_recall(r["pred"]["test"], r["labels"]["test"], k)
         r["recall"] = rec
         r["test_balanced_accuracy"] = float(np.nanmean(rec))
-        r["val_balanced_accuracy"] = float(np.nanmean(_recalls(r["pred"]["val"],
-                                                                r["labels"]["val"], k)))
+        r["val_balanced_accuracy"] = float(np.nanmean(
+            experiment.per_class_recall(r["pred"]["val"], r["labels"]["val"], k)))
         r["minority_recall"] = float(np.nanmean(rec[minority]))
     metrics = ("val_balanced_accuracy", "test_balanced_accuracy", "minority_recall")
     agg = experiment.aggregate(rows, metrics=metrics)
     table, compact = [], []
     for a in agg:
         name = a["variant"]
-        m, h, above, n = _paired_ci(rows, name, "test_balanced_accuracy", baseline="baseline")
-        mm, mh, _, _ = _paired_ci(rows, name, "minority_recall", baseline="baseline")
+        m, h, above, n = experiment.paired_ci(rows, name, "test_balanced_accuracy",
+                                              baseline="baseline")
+        mm, mh, _, _ = experiment.paired_ci(rows, name, "minority_recall", baseline="baseline")
         a["d_bal"], a["h_bal"], a["d_min"], a["h_min"] = m, h, mm, mh
         mine = [r for r in rows if r["variant"] == name]
         rec = np.mean([r["recall"] for r in mine], axis=0)
@@ -336,15 +203,16 @@ def _part_b(config, workdir, splits, seeds, spec, factor, min_steps, smoke):
                       or "uniform batches, no augmentation",
                       "n": a["n"], "val balanced acc": a["val_balanced_accuracy"],
                       "test balanced acc": a["test_balanced_accuracy"],
-                      "Δ vs baseline (pts, 95% CI)": "-" if name == "baseline" else _pm(m, h),
+                      "Δ vs baseline (pts, 95% CI)": ("-" if name == "baseline"
+                                                      else format_pm(m, h)),
                       "minority recall (3 smallest)": a["minority_recall"],
                       "per-class recall (class: train count → mean recall)": " ".join(
                           f"{c}:{int(counts[c])}→{rec[c]:.2f}" for c in range(k))})
         compact.append({"part": "b", "setting": f"long tail x{factor:g}", "variant": name,
                         "n": a["n"], "val": a["val_balanced_accuracy"],
                         "test": a["test_balanced_accuracy"],
-                        "Δ test (pts, 95% CI)": "-" if name == "baseline" else _pm(m, h),
-                        "effect": "reference" if name == "baseline" else _effect(m, h),
+                        "Δ test (pts, 95% CI)": "-" if name == "baseline" else format_pm(m, h),
+                        "effect": "reference" if name == "baseline" else effect(m, h),
                         "note": f"balanced accuracy; minority recall {a['minority_recall']}"})
     fig = _recall_figure(rows, counts, workdir / "b_per_class_recall.png")
     # verdict
@@ -356,9 +224,9 @@ def _part_b(config, workdir, splits, seeds, spec, factor, min_steps, smoke):
             f"(3 smallest classes).")
     for name in names[1:]:
         a = by[name]
-        text += (f" {name}: balanced accuracy {_pm(a['d_bal'], a['h_bal'])} pts "
-                 f"({_effect(a['d_bal'], a['h_bal'])}), minority recall "
-                 f"{_pm(a['d_min'], a['h_min'])} pts.")
+        text += (f" {name}: balanced accuracy {format_pm(a['d_bal'], a['h_bal'])} pts "
+                 f"({effect(a['d_bal'], a['h_bal'])}), minority recall "
+                 f"{format_pm(a['d_min'], a['h_min'])} pts.")
     best = max(agg, key=lambda a: a["val_balanced_accuracy_mean"])
     text += (f" Best on validation balanced accuracy: {best['variant']} "
              f"(test {best['test_balanced_accuracy']}).")
@@ -423,7 +291,8 @@ def _part_c(config, workdir, splits, seeds, spec, thicken, fraction, min_steps, 
         return {"train": narrow, "val": splits["val"], "test": test}
 
     base = ConfigDict(config.to_dict())
-    base.epochs = _epochs_for(len(narrow), int(config.batch_size), int(config.epochs), min_steps)
+    base.epochs = experiment.epochs_for(len(narrow), int(config.batch_size), int(config.epochs),
+                                        min_steps)
     all_variants = {"random": {}, "narrow": {},
                     "narrow_digits": {"augment": spec}, "narrow_thicken": {"augment": thicken}}
     names = SMOKE_DIVERSITY_VARIANTS if smoke else DIVERSITY_VARIANTS
@@ -443,7 +312,7 @@ def _part_c(config, workdir, splits, seeds, spec, thicken, fraction, min_steps, 
     table, compact = [], []
     for a in agg:
         name = a["variant"]
-        m, h, above, n = _paired_ci(rows, name, "test_accuracy", baseline="narrow")
+        m, h, above, n = experiment.paired_ci(rows, name, "test_accuracy", baseline="narrow")
         a["d"], a["h"] = m, h
         table.append({"part": "c", "variant": name,
                       "training set": (f"random {n_keep}/class" if name == "random" else
@@ -452,14 +321,14 @@ def _part_c(config, workdir, splits, seeds, spec, thicken, fraction, min_steps, 
                                        if all_variants[name].get("augment") else ""),
                       "n": a["n"], "val_accuracy": a["val_accuracy"],
                       "test_accuracy": a["test_accuracy"],
-                      "Δ vs narrow (pts, 95% CI)": "-" if name == "narrow" else _pm(m, h),
+                      "Δ vs narrow (pts, 95% CI)": "-" if name == "narrow" else format_pm(m, h),
                       "test light": a["acc_light"], "test medium": a["acc_medium"],
                       "test heavy": a["acc_heavy"]})
         compact.append({"part": "c", "setting": f"lightest {fraction:.0%}" if name != "random"
                         else "random, same size", "variant": name, "n": a["n"],
                         "val": a["val_accuracy"], "test": a["test_accuracy"],
-                        "Δ test (pts, 95% CI)": "-" if name == "narrow" else _pm(m, h),
-                        "effect": "reference" if name == "narrow" else _effect(m, h),
+                        "Δ test (pts, 95% CI)": "-" if name == "narrow" else format_pm(m, h),
+                        "effect": "reference" if name == "narrow" else effect(m, h),
                         "note": f"accuracy; heavy-stroke test digits {a['acc_heavy']}"})
     fig = _tercile_figure(agg, workdir / "c_accuracy_by_ink.png")
     nar = by["narrow"]
@@ -478,8 +347,9 @@ def _part_c(config, workdir, splits, seeds, spec, thicken, fraction, min_steps, 
                 a = by[name]
                 share = ((a["test_accuracy_mean"] - nar["test_accuracy_mean"]) / gap
                          if gap > 1e-9 else math.nan)
-                text += (f" {name} changed test accuracy by {_pm(a['d'], a['h'])} pts vs narrow "
-                         f"({_effect(a['d'], a['h'])}; heavy digits {a['acc_heavy_mean']:.3f})"
+                text += (f" {name} changed test accuracy by {format_pm(a['d'], a['h'])} pts "
+                         f"vs narrow ({effect(a['d'], a['h'])}; heavy digits "
+                         f"{a['acc_heavy_mean']:.3f})"
                          + (f", recovering {share:.0%} of the gap." if math.isfinite(share)
                             else "."))
     return rows, (compact, table), [fig.name], text
@@ -519,12 +389,11 @@ def run(config: ConfigDict, workdir: str) -> dict:
     t0 = time.perf_counter()
     config = ConfigDict(config.to_dict())
     smoke = bool(config.smoke)
-    seeds = _seeds(config.seeds)
+    seeds = experiment.parse_seeds(config.seeds)
     parts = config.parts.strip().lower()
     if not parts or set(parts) - set("abc"):
         raise ValueError(f"parts must be letters from 'abc', got {config.parts!r}")
-    sizes = tuple(int(s) for s in (config.sizes if isinstance(config.sizes, (list, tuple))
-                                   else (config.sizes,)))
+    sizes = experiment.int_tuple(config.sizes, name="sizes")
     spec, thicken = config.augment_spec, config.thicken_spec
     factor, fraction = float(config.imbalance), float(config.narrow_fraction)
     min_steps, use_cache = int(config.min_steps), bool(config.compile_cache)
@@ -540,7 +409,7 @@ def run(config: ConfigDict, workdir: str) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     splits = data_lib.load_splits(config.data)
     table, details, figures, texts, out = [], [], [], [], {}
-    with _compile_cache(workdir, use_cache):
+    with experiment.compile_cache(workdir, use_cache):
         if "a" in parts:
             rows, t, f, v = _part_a(config, workdir / "a_size", splits, seeds, sizes, spec,
                                     min_steps)
@@ -585,7 +454,7 @@ def run(config: ConfigDict, workdir: str) -> dict:
         f"- Wall time of this invocation: {wall:.0f} s (finished runs are read back).",
         "", "## Details per part", "", "\n\n".join(details),
     ])
-    report.write_experiment_report(
+    experiment.write_report(
         workdir, title="When to augment: limited, imbalanced and low-diversity data",
         question=("Where does augmentation stop helping as data grow? Does class-balanced "
                   "augmentation fix a long-tailed training set? Does augmentation recover what a "
@@ -594,8 +463,5 @@ def run(config: ConfigDict, workdir: str) -> dict:
                      "augmentation gives the best balanced accuracy and minority recall; (c) the "
                      "light-stroke model fails on heavy digits, stroke-thickening augmentation "
                      "recovers most of that."),
-        table_rows=table, verdict=verdict, figures=figures, extra_md=extra_md)
-    print(report.markdown_table(table))
-    print(verdict)
-    print(f"Report: {workdir / 'report.md'} ({wall:.0f} s)")
+        table_rows=table, verdict=verdict, figures=figures, extra_md=extra_md, wall_time_s=wall)
     return {"parts": out, "table": table, "verdict": verdict, "wall_time_s": wall}

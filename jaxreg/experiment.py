@@ -1,10 +1,17 @@
-"""Helpers for experiment modules: run variants over seeds, aggregate mean ± std, bar plots."""
+"""Helpers for experiment modules: run variants over seeds, aggregate mean ± std, paired
+confidence intervals, prediction-based metrics, plots and the report.
+
+The experiments in ``experiments/`` share these; each keeps only what is its own question.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import numbers
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from ml_collections import ConfigDict
@@ -13,6 +20,157 @@ from jaxreg import report
 from jaxreg.train.loop import prepare_data, train_and_evaluate
 
 METRICS = ("val_accuracy", "test_accuracy", "test_loss", "test_ece", "best_epoch", "zero_fraction")
+
+
+# ----------------------------------------------------------------------------- config values
+
+
+def int_tuple(value: Any, *, name: str = "value") -> tuple[int, ...]:
+    """One integer or a list/tuple of integers as a tuple of Python ints.
+
+    Args:
+      value: an integer (``3``) or a list/tuple of integers (``(0, 1, 2)``), as a config holds.
+      name: the config key, named in errors.
+
+    Returns:
+      tuple of ints, in the given order (possibly empty).
+
+    Raises:
+      TypeError: an element is not an integer (bools and floats are rejected).
+    """
+    items = value if isinstance(value, (list, tuple)) else (value,)
+    out = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, numbers.Integral):
+            raise TypeError(f"{name} must be an int or a sequence of ints, got {value!r}")
+        out.append(int(item))
+    return tuple(out)
+
+
+def parse_seeds(value: Any) -> tuple[int, ...]:
+    """The ``seeds`` config value as a non-empty tuple of ints.
+
+    Args:
+      value: an integer or a list/tuple of integers.
+
+    Returns:
+      tuple of ints with at least one element.
+
+    Raises:
+      TypeError: an element is not an integer.
+      ValueError: no seed is given.
+    """
+    seeds = int_tuple(value, name="seeds")
+    if not seeds:
+        raise ValueError("seeds must name at least one seed")
+    return seeds
+
+
+def split_names(spec: str) -> tuple[str, ...]:
+    """Comma-separated names as a tuple, blanks and surrounding spaces dropped.
+
+    Raises:
+      TypeError: ``spec`` is not a string.
+    """
+    if not isinstance(spec, str):
+        raise TypeError(f"spec must be a comma-separated string, got {type(spec).__name__}")
+    return tuple(s.strip() for s in spec.split(",") if s.strip())
+
+
+def select_variants(spec: str, *, allowed: Iterable[str], default: Sequence[str],
+                    baseline: str) -> tuple[str, ...]:
+    """The variants named in ``spec`` (comma-separated), the baseline always among them.
+
+    Args:
+      spec: e.g. ``"none,rotate"``; empty or blank selects ``default``.
+      allowed: every known variant name (listed in the error message, in this order).
+      default: what an empty ``spec`` selects (returned as given).
+      baseline: prepended when ``spec`` does not name it (comparisons need it).
+
+    Returns:
+      tuple of variant names, in the order given.
+
+    Raises:
+      TypeError: ``spec`` is not a string.
+      ValueError: ``spec`` names an unknown variant ("unknown variants [...]; allowed: [...]").
+    """
+    allowed = list(allowed)
+    if baseline not in allowed:
+        raise ValueError(f"baseline {baseline!r} is not among the allowed variants {allowed}")
+    names = split_names(spec)
+    if not names:
+        return tuple(default)
+    unknown = [n for n in names if n not in allowed]
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; allowed: {allowed}")
+    return names if baseline in names else (baseline,) + names
+
+
+def epochs_for(n_train: int, batch_size: int, epochs: int, min_steps: int) -> int:
+    """Epochs so that a run takes at least ``min_steps`` optimizer steps.
+
+    ``max(epochs, ceil(min_steps / steps_per_epoch))`` with ``steps_per_epoch =
+    max(1, n_train // batch_size)`` (the loop drops the last partial batch).
+
+    Args:
+      n_train: training-set size, >= 0.
+      batch_size: examples per step, >= 1.
+      epochs: the configured number of epochs, >= 0.
+      min_steps: the step budget to reach at least, >= 0.
+
+    Returns:
+      the number of epochs (an int >= ``epochs``).
+
+    Raises:
+      ValueError: an argument is out of its range (the message names it).
+    """
+    for arg, value, lo in (("n_train", n_train, 0), ("batch_size", batch_size, 1),
+                           ("epochs", epochs, 0), ("min_steps", min_steps, 0)):
+        if int(value) < lo:
+            raise ValueError(f"{arg} must be >= {lo}, got {value}")
+    steps_per_epoch = max(1, int(n_train) // int(batch_size))
+    return max(int(epochs), -(-int(min_steps) // steps_per_epoch))
+
+
+# ----------------------------------------------------------------------------- compile cache
+
+
+@contextlib.contextmanager
+def compile_cache(workdir: str | Path, enabled: bool = True) -> Iterator[None]:
+    """A persistent XLA compilation cache in ``workdir/../.xla_cache`` for the ``with`` block.
+
+    Every run builds a new jitted epoch function, so without a persistent cache every seed
+    recompiles the same program (10-15 s on a CPU). Sibling experiments under one root share
+    the folder. A cache the caller configured already (``jax_compilation_cache_dir`` set, e.g.
+    by the tests) is left alone; otherwise the previous cache settings are restored on exit,
+    also when the block raises.
+
+    Args:
+      workdir: the experiment's output folder (the cache goes next to it).
+      enabled: ``False`` makes this a no-op.
+    """
+    import jax
+
+    if not enabled or jax.config.jax_compilation_cache_dir:
+        yield
+        return
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    old_dir = jax.config.jax_compilation_cache_dir
+    old_min = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_compilation_cache_dir",
+                      str(Path(workdir).resolve().parent / ".xla_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    cc.reset_cache()
+    try:
+        yield
+    finally:
+        jax.config.update("jax_compilation_cache_dir", old_dir)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", old_min)
+        cc.reset_cache()
+
+
+# ----------------------------------------------------------------------------- running
 
 
 def variant_config(base: ConfigDict, overrides: Mapping[str, Any], seed: int) -> ConfigDict:
@@ -60,24 +218,129 @@ def run_variants(base: ConfigDict, workdir: str | Path, variants: Mapping[str, M
     """
     workdir = Path(workdir)
     rows = []
+    for name, seed, c, folder in _runs(base, workdir, variants, seeds):
+        done = folder / "results.json"
+        if done.exists():
+            r = json.loads(done.read_text())
+        else:
+            d = data_fn(c, seed) if data_fn is not None else (data or prepare_data(c))
+            fn = (augment_fns or {}).get(name)
+            r = train_and_evaluate(c, folder, data=d, augment_fn=fn, extra_eval=extra_eval,
+                                   title=f"{workdir.name}: {name}, seed {seed}")
+        row = {"variant": name, "seed": seed, **{k: r.get(k) for k in METRICS}}
+        if r.get("extra"):
+            row["extra"] = r["extra"]
+        rows.append(row)
+        _log_row(log, row)
+    return rows
+
+
+def run_variants_with_predictions(
+        base: ConfigDict, workdir: str | Path, variants: Mapping[str, Mapping[str, Any]], *,
+        seeds: Sequence[int], data_fn: Callable[[ConfigDict, int], Mapping[str, Any]],
+        extra_eval: Mapping[str, Any] | None = None,
+        log: Callable[[str], None] = print) -> list[dict]:
+    """Like :func:`run_variants`, but also keeps the restored model's predicted labels.
+
+    Each run stores ``predictions.npz`` (the predicted class per example of ``val``, ``test``
+    and every ``extra_eval`` set, int16) next to its ``results.json``; a re-run reads both back
+    instead of training again.
+
+    Args:
+      base: the experiment's base config.
+      workdir: output folder; run ``(variant, seed)`` lives in :func:`run_dir`.
+      variants: name -> config overrides.
+      seeds: seeds.
+      data_fn: ``(config, seed) -> {"train", "val", "test"}`` data sets.
+      extra_eval: extra labelled sets evaluated (and predicted) at the end of every run.
+      log: progress printer.
+
+    Returns:
+      list of dicts, one per (variant, seed): ``variant``, ``seed``, the ``METRICS``,
+      ``extra`` (a dict, possibly empty), ``train_size``, ``pred`` and ``labels`` (set name ->
+      int array of shape ``(N,)`` for val, test and every ``extra_eval`` set).
+    """
+    from jaxreg.train.step import predict
+
+    workdir = Path(workdir)
+    rows = []
+    for name, seed, c, folder in _runs(base, workdir, variants, seeds):
+        res_path, pred_path = folder / "results.json", folder / "predictions.npz"
+        d = data_fn(c, seed)
+        sets = {"val": d["val"], "test": d["test"], **(extra_eval or {})}
+        if res_path.exists() and pred_path.exists():
+            r = json.loads(res_path.read_text())
+            with np.load(pred_path) as z:
+                preds = {k: z[k] for k in z.files}
+        else:
+            r = train_and_evaluate(c, folder, data=d, extra_eval=extra_eval,
+                                   title=f"{workdir.name}: {name}, seed {seed}")
+            preds = {k: np.asarray(np.argmax(np.asarray(predict(r["state"], ds.images)), -1),
+                                   np.int16) for k, ds in sets.items()}
+            np.savez(pred_path, **preds)
+        row = {"variant": name, "seed": seed, **{k: r.get(k) for k in METRICS},
+               "extra": r.get("extra") or {}, "pred": preds,
+               "labels": {k: np.asarray(ds.labels) for k, ds in sets.items()},
+               "train_size": r.get("train_size")}
+        rows.append(row)
+        _log_row(log, row)
+    return rows
+
+
+def _runs(base: ConfigDict, workdir: Path, variants: Mapping[str, Mapping[str, Any]],
+          seeds: Sequence[int]) -> Iterator[tuple[str, int, ConfigDict, Path]]:
+    """``(variant, seed, config, run folder)`` for every variant, then every seed."""
     for name, overrides in variants.items():
         for seed in seeds:
-            c = variant_config(base, overrides, seed)
-            run_dir = workdir / name / f"seed{seed}"
-            done = run_dir / "results.json"
-            if done.exists():
-                r = json.loads(done.read_text())
-            else:
-                d = data_fn(c, seed) if data_fn is not None else (data or prepare_data(c))
-                fn = (augment_fns or {}).get(name)
-                r = train_and_evaluate(c, run_dir, data=d, augment_fn=fn, extra_eval=extra_eval,
-                                       title=f"{workdir.name}: {name}, seed {seed}")
-            row = {"variant": name, "seed": seed, **{k: r.get(k) for k in METRICS}}
-            if r.get("extra"):
-                row["extra"] = r["extra"]
-            rows.append(row)
-            log(f"  {name:28s} seed {seed}: val {row['val_accuracy']:.4f} test {row['test_accuracy']:.4f}")
-    return rows
+            yield name, seed, variant_config(base, overrides, seed), run_dir(workdir, name, seed)
+
+
+def _log_row(log: Callable[[str], None], row: Mapping[str, Any]) -> None:
+    log(f"  {row['variant']:28s} seed {row['seed']}: val {row['val_accuracy']:.4f} "
+        f"test {row['test_accuracy']:.4f}")
+
+
+def run_dir(workdir: str | Path, variant: str, seed: int) -> Path:
+    """The folder of one run: ``workdir/<variant>/seed<seed>`` (results.json, metrics.jsonl)."""
+    return Path(workdir) / variant / f"seed{int(seed)}"
+
+
+def subset_data_fn(splits: Mapping[str, Any], per_class: int | None
+                   ) -> Callable[[Any, int], dict]:
+    """A ``data_fn`` for :func:`run_variants`: seed k trains on stratified subset k.
+
+    The subset depends on the seed only, so every variant of a seed sees the same training
+    images (comparisons are paired by seed); each subset is drawn once and reused.
+
+    Args:
+      splits: ``{"train", "val", "test"}`` data sets (``jaxreg.data.load_splits``).
+      per_class: training images per class; ``None`` keeps the whole training split.
+
+    Returns:
+      ``data_fn(config, seed) -> {"train": subset, "val": splits["val"], "test": splits["test"]}``
+      (the config is ignored).
+
+    Raises:
+      ValueError: ``splits`` lacks a split, or ``per_class`` < 1.
+    """
+    missing = [k for k in ("train", "val", "test") if k not in splits]
+    if missing:
+        raise ValueError(f"splits must have train, val and test; missing {missing}")
+    if per_class is not None and int(per_class) < 1:
+        raise ValueError(f"per_class must be >= 1 or None, got {per_class}")
+    from jaxreg import data as data_lib
+
+    cache: dict[int, dict] = {}
+
+    def data_fn(config: Any, seed: int) -> dict:
+        if seed not in cache:
+            train = splits["train"]
+            if per_class is not None:
+                train = data_lib.stratified_subset(train, int(per_class), seed=seed)
+            cache[seed] = {"train": train, "val": splits["val"], "test": splits["test"]}
+        return cache[seed]
+
+    return data_fn
 
 
 def aggregate(rows: Sequence[Mapping[str, Any]], *, metrics: Sequence[str] = METRICS,
@@ -164,3 +427,249 @@ def line_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float], Seque
     path = Path(path)
     fig.savefig(path, dpi=110)
     return path
+
+
+def mean_curve(histories: Iterable[Sequence[Mapping[str, Any]]], key: str
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-epoch mean of ``key`` over several runs' histories (e.g. one per seed).
+
+    An epoch is averaged over the runs that reached it (early-stopped runs are shorter).
+
+    Args:
+      histories: per run, the records of ``report.read_metrics`` (dicts with ``epoch``).
+      key: the metric to average, e.g. ``"val_loss"``.
+
+    Returns:
+      ``(epochs, means)``: int array of the sorted epochs seen, shape ``(E,)``, and the float
+      mean of ``key`` at each, shape ``(E,)`` (both empty when there are no records).
+
+    Raises:
+      ValueError: a record lacks ``epoch`` or ``key``.
+    """
+    per_epoch: dict[int, list[float]] = {}
+    for history in histories:
+        for rec in history:
+            if "epoch" not in rec or key not in rec:
+                raise ValueError(f"history records need 'epoch' and key {key!r}; got {sorted(rec)}")
+            per_epoch.setdefault(int(rec["epoch"]), []).append(float(rec[key]))
+    epochs = np.array(sorted(per_epoch))
+    return epochs, np.array([np.mean(per_epoch[e]) for e in epochs])
+
+
+# ----------------------------------------------------------------------------- paired statistics
+
+
+def paired_differences(rows: Sequence[Mapping[str, Any]], name: str, metric: str, *,
+                       baseline: str, key: str = "variant") -> np.ndarray:
+    """Per-seed differences ``metric(name) - metric(baseline)``, paired by ``seed``.
+
+    Args:
+      rows: one dict per run with ``seed``, ``key`` and ``metric`` (``run_variants`` rows).
+      name: the variant compared.
+      metric: the row field compared.
+      baseline: the reference variant.
+      key: the row field that names the variant.
+
+    Returns:
+      float64 array of shape ``(n,)``, in the order of ``name``'s rows; seeds without a
+      baseline run and runs where either value is ``None`` are left out.
+
+    Raises:
+      ValueError: ``name`` or ``baseline`` is empty.
+    """
+    for arg, value in (("name", name), ("baseline", baseline)):
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{arg} must be a non-empty variant name, got {value!r}")
+    base = {r["seed"]: r[metric] for r in rows if r[key] == baseline}
+    return np.array([r[metric] - base[r["seed"]] for r in rows
+                     if r[key] == name and r["seed"] in base
+                     and r[metric] is not None and base[r["seed"]] is not None], np.float64)
+
+
+def paired_ci(rows: Sequence[Mapping[str, Any]], name: str, metric: str, *, baseline: str,
+              key: str = "variant", confidence: float = 0.95) -> tuple[float, float, int, int]:
+    """Paired (by seed) difference to the baseline with a Student-t confidence interval.
+
+    The interval is ``mean ± t_{(1+confidence)/2, n-1} * std(d, ddof=1) / sqrt(n)`` over the
+    per-seed differences ``d`` of :func:`paired_differences`.
+
+    Args:
+      rows, name, metric, baseline, key: as in :func:`paired_differences`.
+      confidence: two-sided level in (0, 1).
+
+    Returns:
+      ``(mean, half_width, n_above, n)``: mean difference (NaN when no seed pairs up), the
+      interval's half-width (NaN for fewer than two pairs), how many differences are > 0, and
+      the number of pairs.
+
+    Raises:
+      ValueError: ``confidence`` is outside (0, 1), or a name is empty.
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    d = paired_differences(rows, name, metric, baseline=baseline, key=key)
+    if d.size == 0:
+        return math.nan, math.nan, 0, 0
+    if d.size < 2:
+        return float(d.mean()), math.nan, int((d > 0).sum()), 1
+    from scipy import stats
+
+    q = stats.t.ppf(0.5 + confidence / 2, d.size - 1)
+    half = float(q * d.std(ddof=1) / math.sqrt(d.size))
+    return float(d.mean()), half, int((d > 0).sum()), int(d.size)
+
+
+def effect(mean: float, half: float, *, above: str = "helps", below: str = "hurts") -> str:
+    """Word for a paired difference and its interval half-width (see :func:`paired_ci`).
+
+    Args:
+      mean: mean difference.
+      half: interval half-width; NaN (one seed) gives ``"one seed"``.
+      above: word when the whole interval is above 0.
+      below: word when the whole interval is below 0.
+
+    Returns:
+      ``above``, ``below``, ``"within noise"`` (the interval contains 0) or ``"one seed"``.
+
+    Raises:
+      TypeError: ``mean`` or ``half`` is not a real number.
+    """
+    for arg, value in (("mean", mean), ("half", half)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{arg} must be a real number, got {type(value).__name__}")
+    if not math.isfinite(half):
+        return "one seed"
+    if mean - half > 0:
+        return above
+    if mean + half < 0:
+        return below
+    return "within noise"
+
+
+def format_pm(mean: float, half: float, scale: float = 100.0) -> str:
+    """``"+1.2 ± 0.8"``: a signed difference and its half-width times ``scale`` (points).
+
+    A NaN half-width (one seed) prints the difference alone (``"+1.2"``).
+
+    Raises:
+      TypeError: an argument is not a real number.
+    """
+    for arg, value in (("mean", mean), ("half", half), ("scale", scale)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{arg} must be a real number, got {type(value).__name__}")
+    if not math.isfinite(half):
+        return f"{mean * scale:+.1f}"
+    return f"{mean * scale:+.1f} ± {half * scale:.1f}"
+
+
+def join_names(items: Iterable[str], *, empty: str = "no variant") -> str:
+    """English list: ``"a"``, ``"a and b"``, ``"a, b and c"``; ``empty`` for none.
+
+    Raises:
+      TypeError: an item is not a string.
+    """
+    items = list(items)
+    bad = [x for x in items if not isinstance(x, str)]
+    if bad:
+        raise TypeError(f"items must be strings, got {bad!r}")
+    if not items:
+        return empty
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+# ----------------------------------------------------------------------------- predictions
+
+
+def _check_labels(pred: Any, labels: Any, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
+        raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    pred, labels = np.asarray(pred), np.asarray(labels)
+    for arg, a in (("pred", pred), ("labels", labels)):
+        if a.ndim != 1:
+            raise ValueError(f"{arg} must be 1-D class indices, got shape {a.shape}")
+        if a.size and not np.issubdtype(a.dtype, np.integer):
+            raise TypeError(f"{arg} must hold integer class indices, got dtype {a.dtype}")
+        if a.size and (a.min() < 0 or a.max() >= num_classes):
+            raise ValueError(f"{arg} must be in [0, {num_classes}), got [{a.min()}, {a.max()}]")
+    if pred.shape != labels.shape:
+        raise ValueError(f"pred and labels must have the same shape, got {pred.shape} and "
+                         f"{labels.shape}")
+    return pred.astype(np.int64), labels.astype(np.int64)
+
+
+def confusion_matrix(pred: Any, labels: Any, num_classes: int) -> np.ndarray:
+    """Confusion counts: entry ``[i, j]`` = examples of true class i predicted as class j.
+
+    Args:
+      pred: predicted classes, int array of shape ``(N,)`` in ``[0, num_classes)``.
+      labels: true classes, int array of shape ``(N,)`` in ``[0, num_classes)``.
+      num_classes: K >= 1.
+
+    Returns:
+      int64 array of shape ``(K, K)``; rows sum to the class counts of ``labels``.
+
+    Raises:
+      TypeError: non-integer inputs.
+      ValueError: shapes differ or are not 1-D, or a class is out of range.
+    """
+    pred, labels = _check_labels(pred, labels, num_classes)
+    m = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(m, (labels, pred), 1)
+    return m
+
+
+def per_class_recall(pred: Any, labels: Any, num_classes: int) -> np.ndarray:
+    """Recall of every class: the fraction of its examples predicted as that class.
+
+    Args:
+      pred, labels, num_classes: as in :func:`confusion_matrix`.
+
+    Returns:
+      float64 array of shape ``(K,)`` in [0, 1]; NaN for a class absent from ``labels``
+      (``np.nanmean`` of it is the balanced accuracy).
+
+    Raises:
+      TypeError, ValueError: as in :func:`confusion_matrix`.
+    """
+    m = confusion_matrix(pred, labels, num_classes)
+    support = m.sum(axis=1)
+    out = np.full(num_classes, np.nan)
+    present = support > 0
+    out[present] = np.diag(m)[present] / support[present]
+    return out
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def write_report(workdir: str | Path, *, title: str, question: str, expectation: str,
+                 table_rows: Sequence[Mapping[str, Any]], verdict: str, figures: Sequence[str],
+                 extra_md: str, wall_time_s: float, log: Callable[[str], None] = print) -> Path:
+    """Writes ``report.md`` and ``summary.json`` (``report.write_experiment_report``) and logs
+    the table, the verdict and where the report is.
+
+    Args:
+      workdir: the experiment's output folder.
+      title, question, expectation, table_rows, verdict, figures, extra_md: the report parts
+        (figures are file names relative to ``workdir``).
+      wall_time_s: seconds this invocation took (logged).
+      log: printer.
+
+    Returns:
+      the path of ``report.md``.
+
+    Raises:
+      ValueError: ``verdict`` is empty (an experiment always states one).
+    """
+    if not isinstance(verdict, str) or not verdict.strip():
+        raise ValueError("verdict must be a non-empty string")
+    workdir = Path(workdir)
+    report.write_experiment_report(
+        workdir, title=title, question=question, expectation=expectation,
+        table_rows=table_rows, verdict=verdict, figures=figures, extra_md=extra_md)
+    log(report.markdown_table(table_rows))
+    log(verdict)
+    log(f"Report: {workdir / 'report.md'} ({wall_time_s:.0f} s)")
+    return workdir / "report.md"
