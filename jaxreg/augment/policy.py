@@ -203,6 +203,12 @@ def one_of(*fns: Augmentation, probs: Sequence[float] | None = None) -> Augmenta
   return chosen
 
 
+def _vmapped(fn: Augmentation) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """`jax.vmap(fn)`; a geometric op resamples the batch in one gather (same values)."""
+  g = geometric.as_geometric(fn)
+  return jax.vmap(fn) if g is None else g.batched
+
+
 def batch(fn: Augmentation) -> Callable[[jax.Array, jax.Array], jax.Array]:
   """Lifts a per-example augmentation to a batch: `batched(key, images) -> images`.
 
@@ -211,7 +217,8 @@ def batch(fn: Augmentation) -> Callable[[jax.Array, jax.Array], jax.Array]:
   Each stage of a `compose` chain (and the whole result) is computed behind a conditional
   boundary: XLA would otherwise fuse a stage into every consumer that reads it (a blur's taps,
   the next colour op, mixup's partner lookup) and recompute it for every value read; the
-  boundary makes it materialise once.
+  boundary makes it materialise once. A geometric stage resamples the whole batch in one gather
+  (the batch indexed as rows of one array), with the values vmapping it would give.
 
   Args:
     fn: `fn(key, image) -> image` for one (H, W, C) image.
@@ -234,13 +241,13 @@ def batch(fn: Augmentation) -> Callable[[jax.Array, jax.Array], jax.Array]:
     keys = jax.random.split(key, b)
     pred = (_core.key_words(key)[0] | np.uint32(1)) != np.uint32(0)
     if len(stages) == 1:
-      return fenced(pred, jax.vmap(fn), keys, images)
+      return fenced(pred, _vmapped(fn), keys, images)
     # A composition runs stage by stage, each behind its own fence, with exactly the keys the
     # per-example `fn` would use (so batch(fn) == vmap(fn) on split keys).
     stage_keys = jax.vmap(lambda k: jax.random.split(k, len(stages)))(keys)
     x = images
     for i, stage in enumerate(stages):
-      x = fenced(pred, jax.vmap(stage), stage_keys[:, i], x)
+      x = fenced(pred, _vmapped(stage), stage_keys[:, i], x)
     return x
 
   batched.__name__ = "batch"
