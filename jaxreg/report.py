@@ -145,7 +145,8 @@ def overfitting_onset(history: Sequence[Mapping], *, patience: int = 2,
     A record ``j`` after ``m`` is *rising* when both hold:
 
       * ``val_loss[j] > val_loss[m] + delta`` (finite), and
-      * ``train_accuracy[j] > train_accuracy[m]`` (both finite).
+      * ``train_accuracy[j] >= train_accuracy[m]`` (both finite): training accuracy still
+        rises or holds (a model already at 100 % cannot rise further, yet overfits).
 
     The onset is the first epoch of the first run of ``patience`` *consecutive* rising
     records after ``m``. A record within ``delta`` of the minimum (noise), a rising val loss
@@ -196,7 +197,7 @@ def overfitting_onset(history: Sequence[Mapping], *, patience: int = 2,
     for j in range(m + 1, len(history)):
         v, a = val[j], acc[j]
         rising = (math.isfinite(v) and v > best + delta and math.isfinite(a)
-                  and math.isfinite(acc[m]) and a > acc[m])
+                  and math.isfinite(acc[m]) and a >= acc[m])
         if not rising:
             run_start, run_len = -1, 0
             continue

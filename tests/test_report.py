@@ -141,6 +141,12 @@ def test_onset_min_delta_flat_epochs_then_real_rise():
     assert report.overfitting_onset(make_history(val, acc), min_delta=0.05) is None
 
 
+def test_onset_with_training_accuracy_saturated_at_one():
+    val = [1.0, 0.5, 0.4, 0.45, 0.55, 0.6, 0.7]
+    acc = [0.8, 0.95, 1.0, 1.0, 1.0, 1.0, 1.0]
+    assert report.overfitting_onset(make_history(val, acc)) == 4
+
+
 def test_onset_counts_from_the_global_minimum():
     # The rise at epoch 3 is followed by a lower minimum (epoch 4): not overfitting yet.
     val = [1.0, 0.5, 0.6, 0.4, 0.45, 0.5, 0.55]
