@@ -4,16 +4,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
-from jax import lax
 
-from jaxreg.models.layers import Conv
-
-
-def max_pool_2x2(x: jax.Array) -> jax.Array:
-    """2x2 max pooling with stride 2 on (N, H, W, C); odd sizes are padded ("SAME")."""
-    return lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "SAME")
+from jaxreg.models.layers import Conv, max_pool_2x2
 
 
 def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:

@@ -1,4 +1,5 @@
-"""Layers shared by the model zoo: a 2-D convolution whose weight gradient is picked per backend."""
+"""Layers shared by the model zoo: a 2-D convolution whose weight gradient is picked per backend,
+and 2x2 max pooling with a cheap backward pass."""
 from __future__ import annotations
 
 import functools
@@ -26,14 +27,33 @@ def _fwd(x, kernel, strides, padding):
     return _conv(x, kernel, strides, padding), (x, kernel)
 
 
+def _patches(x, kh, kw, strides, padding):
+    """(N, Ho, Wo, kh*kw*cin) patch matrix, features ordered (kh, kw, cin).
+
+    Built from kh*kw strided slices of the padded input and one concatenation: pure data
+    movement. ``lax.conv_general_dilated_patches`` computes the same matrix as a convolution
+    with a one-hot kernel (kh*kw*cin times the work of a copy), which inside a ``lax.scan``
+    body cost more than the weight-gradient matmul itself.
+    """
+    sh, sw = strides
+    (pt, pb), (pl, pr) = lax.padtype_to_pads(x.shape[1:3], (kh, kw), strides, padding)
+    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    ho = (xp.shape[1] - kh) // sh + 1
+    wo = (xp.shape[2] - kw) // sw + 1
+    cols = [lax.slice(xp, (0, i, j, 0), (xp.shape[0], i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1,
+                                         xp.shape[3]), (1, sh, sw, 1))
+            for i in range(kh) for j in range(kw)]
+    return cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+
+
 def _bwd(strides, padding, residuals, g):
     x, kernel = residuals
     kh, kw, cin, cout = kernel.shape
     # Weight gradient as patches^T @ dy: one matmul instead of XLA:CPU's backward-filter
     # convolution, which loses the fast kernel inside a loop body (jax-ml/jax#12868).
-    patches = lax.conv_general_dilated_patches(
-            x, (kh, kw), strides, padding, dimension_numbers=_DIMS)  # (N, Ho, Wo, cin*kh*kw)
-    dw = jnp.einsum("nhwk,nhwo->ko", patches, g).reshape(cin, kh, kw, cout).transpose(1, 2, 0, 3)
+    patches = _patches(x, kh, kw, strides, padding)  # (N, Ho, Wo, kh*kw*cin)
+    dw = lax.dot_general(patches.reshape(-1, kh * kw * cin), g.reshape(-1, cout),
+                         (((0,), (0,)), ((), ()))).reshape(kh, kw, cin, cout).astype(kernel.dtype)
     # Input gradient: the transpose of the forward conv (a plain, fast conv on CPU).
     _, vjp = jax.vjp(lambda inp: _conv(inp, kernel, strides, padding), x)
     (dx,) = vjp(g)
@@ -111,3 +131,51 @@ class Conv(nnx.Module):
         if self.bias is not None:
             y = y + self.bias[...].reshape((1,) * (y.ndim - 1) + (-1,))
         return y
+
+
+def _pool_windows(x):
+    # The four elements of each 2x2 window, in row-major window order; odd sizes are padded
+    # at the bottom/right with -inf, as "SAME" reduce_window does.
+    n, h, w, c = x.shape
+    if h % 2 or w % 2:
+        x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=-jnp.inf)
+    return x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2]
+
+
+@jax.custom_vjp
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max pooling with stride 2 on (N, H, W, C); odd sizes are padded ("SAME").
+
+    Same values and gradients as ``lax.reduce_window(x, -inf, lax.max, (1,2,2,1), (1,2,2,1),
+    "SAME")``: the gradient goes to the first maximum of each window in row-major order (as
+    XLA's select_and_scatter does). The backward pass is elementwise (compare, select,
+    interleave) instead of select_and_scatter, which is slow on XLA:CPU, notably inside
+    ``lax.scan``.
+    """
+    a, b, c, d = _pool_windows(x)
+    return jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
+
+
+def _pool_fwd(x):
+    a, b, c, d = _pool_windows(x)
+    m = jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
+    return m, (x, m)
+
+
+def _pool_bwd(res, g):
+    x, m = res
+    a, b, c, d = _pool_windows(x)
+    zero = jnp.zeros_like(g)
+    ta = a == m
+    tb = (b == m) & ~ta
+    tc = (c == m) & ~(ta | tb)
+    td = ~(ta | tb | tc)
+    ga, gb, gc, gd = (jnp.where(t, g, zero) for t in (ta, tb, tc, td))
+    n, ho, wo, ch = g.shape
+    top = jnp.stack([ga, gb], axis=3).reshape(n, ho, 2 * wo, ch)
+    bot = jnp.stack([gc, gd], axis=3).reshape(n, ho, 2 * wo, ch)
+    dx = jnp.stack([top, bot], axis=2).reshape(n, 2 * ho, 2 * wo, ch)
+    return (dx[:, :x.shape[1], :x.shape[2]],)
+
+
+max_pool_2x2.defvjp(_pool_fwd, _pool_bwd)

@@ -82,3 +82,36 @@ def test_bad_model_options():
         models.create("cnn", num_classes=1, input_shape=(8, 8, 1))
     with pytest.raises(TypeError, match="bad options"):
         models.create("cnn", num_classes=10, input_shape=(8, 8, 1), widht=3)
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 8, 3), (2, 7, 5, 2), (1, 1, 1, 1)])
+def test_max_pool_matches_reduce_window_in_value_and_gradient(shape):
+    from jaxreg.models.layers import max_pool_2x2
+
+    def ref(x):
+        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "SAME")
+
+    k1, k2 = jax.random.split(jax.random.key(0))
+    x = jax.random.normal(k1, shape)
+    # many exact ties (ReLU zeros, repeated values): the gradient goes to the first maximum
+    tied = jnp.round(jax.nn.relu(x) * 2) / 2
+    for inp in (x, tied):
+        np.testing.assert_array_equal(max_pool_2x2(inp), ref(inp))
+        g = jax.random.normal(k2, ref(inp).shape)
+        for f in (max_pool_2x2, jax.jit(max_pool_2x2)):
+            (got,) = jax.vjp(f, inp)[1](g)
+            (want,) = jax.vjp(ref, inp)[1](g)
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("strides,padding", [((1, 1), "SAME"), ((2, 2), "SAME"), ((2, 1), "VALID")])
+def test_conv_patch_matrix_matches_lax_patches(strides, padding):
+    from jaxreg.models.layers import _patches
+
+    x = jax.random.normal(jax.random.key(0), (2, 7, 6, 3))
+    got = _patches(x, 3, 2, strides, padding)
+    want = jax.lax.conv_general_dilated_patches(x, (3, 2), strides, padding,
+                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    # lax orders the features (cin, kh, kw); ours are (kh, kw, cin)
+    want = want.reshape(want.shape[:3] + (3, 3, 2)).transpose(0, 1, 2, 4, 5, 3).reshape(got.shape)
+    np.testing.assert_array_equal(got, want)
