@@ -18,7 +18,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxreg.augment import _core, _rng, _warp
 from jaxreg.augment._warp import GeometricOp

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+
 
 import jax
 import numpy as np

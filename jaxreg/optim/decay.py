@@ -267,6 +267,21 @@ def _lr_transform(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+def _gradient_penalty(name: str, term: Callable[[Any, Any], Any],
+                      mask: Mask) -> optax.GradientTransformation:
+    """Stateless transform adding ``term(grad, param)`` to every (masked) gradient leaf."""
+
+    def init_fn(params):
+        del params
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None):
+        _need_params(params, name)
+        return _tree_map(lambda g, p: g + term(g, p), updates, params), state
+
+    return _with_mask(optax.GradientTransformation(init_fn, update_fn), mask)
+
+
 def add_l1(rate: float, *, mask: Mask = None) -> optax.GradientTransformation:
     """Adds the L1 subgradient ``rate * sign(p)`` to the gradient.
 
@@ -286,19 +301,8 @@ def add_l1(rate: float, *, mask: Mask = None) -> optax.GradientTransformation:
       TypeError / ValueError: if ``rate`` is not a non-negative finite float.
     """
     rate = _check_rate(rate)
-
-    def init_fn(params):
-        del params
-        return optax.EmptyState()
-
-    def update_fn(updates, state, params=None):
-        _need_params(params, "add_l1")
-        new = _tree_map(
-            lambda g, p: g + jnp.asarray(rate, g.dtype) * jnp.sign(p).astype(g.dtype), updates, params
-        )
-        return new, state
-
-    return _with_mask(optax.GradientTransformation(init_fn, update_fn), mask)
+    return _gradient_penalty(
+        "add_l1", lambda g, p: jnp.asarray(rate, g.dtype) * jnp.sign(p).astype(g.dtype), mask)
 
 
 def prox_l1(
@@ -357,17 +361,8 @@ def add_l2(rate: float, *, mask: Mask = None) -> optax.GradientTransformation:
       TypeError / ValueError: if ``rate`` is not a non-negative finite float.
     """
     rate = _check_rate(rate)
-
-    def init_fn(params):
-        del params
-        return optax.EmptyState()
-
-    def update_fn(updates, state, params=None):
-        _need_params(params, "add_l2")
-        new = _tree_map(lambda g, p: g + jnp.asarray(rate, g.dtype) * p.astype(g.dtype), updates, params)
-        return new, state
-
-    return _with_mask(optax.GradientTransformation(init_fn, update_fn), mask)
+    return _gradient_penalty(
+        "add_l2", lambda g, p: jnp.asarray(rate, g.dtype) * p.astype(g.dtype), mask)
 
 
 def decoupled_weight_decay(

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
-import shutil
 import time
 import warnings
 from pathlib import Path
