@@ -69,7 +69,7 @@ class CNN(nnx.Module):
             x = conv(x)
             if norm is not None:
                 x = norm(x, use_running_average=not train)
-            x = max_pool_2x2(jax.nn.relu(x))
+            x = jax.nn.relu(max_pool_2x2(x))  # = pool(relu(x)), on a quarter of the values
         return x.reshape(x.shape[0], -1)
 
     def __call__(self, x: jax.Array, *, train: bool = False,
@@ -108,7 +108,7 @@ class TinyCNN(nnx.Module):
         x = self.conv(x)
         if self.norm is not None:
             x = self.norm(x, use_running_average=not train)
-        x = max_pool_2x2(jax.nn.relu(x)).reshape(x.shape[0], -1)
+        x = jax.nn.relu(max_pool_2x2(x)).reshape(x.shape[0], -1)
         if self.dropout_rate > 0.0 and train:
             if dropout_key is None:
                 raise ValueError("dropout_key is required when train=True and dropout > 0")

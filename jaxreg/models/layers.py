@@ -54,10 +54,27 @@ def _bwd(strides, padding, residuals, g):
     patches = _patches(x, kh, kw, strides, padding)  # (N, Ho, Wo, kh*kw*cin)
     dw = lax.dot_general(patches.reshape(-1, kh * kw * cin), g.reshape(-1, cout),
                          (((0,), (0,)), ((), ()))).reshape(kh, kw, cin, cout).astype(kernel.dtype)
-    # Input gradient: the transpose of the forward conv (a plain, fast conv on CPU).
-    _, vjp = jax.vjp(lambda inp: _conv(inp, kernel, strides, padding), x)
-    (dx,) = vjp(g)
+    dx = _conv_input_grad(g, kernel, x.shape, strides, padding)
     return dx, dw
+
+
+def _conv_input_grad(g, kernel, x_shape, strides, padding):
+    """dL/dx of ``_conv`` as one canonical NHWC x HWIO convolution.
+
+    JAX's transpose rule emits a convolution whose kernel dimensions are swapped
+    (``01oi``); XLA:CPU runs that form off its fast path inside a loop body (~5x slower
+    than the same arithmetic with an explicitly flipped and transposed HWIO kernel).
+    Strides become input dilation; the padding is the forward's, mirrored.
+    """
+    kh, kw = kernel.shape[:2]
+    pads = lax.padtype_to_pads(x_shape[1:3], (kh, kw), strides, padding)
+    tpads = []
+    for size, k, s, (lo, _), o in zip(x_shape[1:3], (kh, kw), strides, pads, g.shape[1:3]):
+        before = k - 1 - lo
+        tpads.append((before, size + k - 1 - (o - 1) * s - 1 - before))
+    kt = jnp.transpose(jnp.flip(kernel, (0, 1)), (0, 1, 3, 2))
+    return lax.conv_general_dilated(g, kt, (1, 1), tpads, lhs_dilation=strides,
+                                    dimension_numbers=_DIMS)
 
 
 _conv_patches_grad.defvjp(_fwd, _bwd)
@@ -133,49 +150,55 @@ class Conv(nnx.Module):
         return y
 
 
-def _pool_windows(x):
-    # The four elements of each 2x2 window, in row-major window order; odd sizes are padded
-    # at the bottom/right with -inf, as "SAME" reduce_window does.
+def _pool_max_and_index(x):
+    # x has even H and W; each 2x2 window lies on axes 2 and 4 of the (N, Ho, 2, Wo, 2, C) view.
     n, h, w, c = x.shape
-    if h % 2 or w % 2:
-        x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=-jnp.inf)
-    return x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2]
+    v = x.reshape(n, h // 2, 2, w // 2, 2, c)
+    a, b, c, d = v[:, :, 0, :, 0], v[:, :, 0, :, 1], v[:, :, 1, :, 0], v[:, :, 1, :, 1]
+    m = jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
+    # Row-major position (0..3) of the first maximum of each window.
+    idx = jnp.where(a == m, 0, jnp.where(b == m, 1, jnp.where(c == m, 2, 3))).astype(jnp.int8)
+    return m, idx
 
 
 @jax.custom_vjp
+def _max_pool_even(x):
+    return _pool_max_and_index(x)[0]
+
+
+def _pool_fwd(x):
+    return _pool_max_and_index(x)
+
+
+def _pool_bwd(idx, g):
+    n, ho, wo, ch = g.shape
+    pos = (2 * lax.broadcasted_iota(jnp.int8, (1, 1, 2, 1, 2, 1), 2)
+           + lax.broadcasted_iota(jnp.int8, (1, 1, 2, 1, 2, 1), 4))
+    dx = jnp.where(idx[:, :, None, :, None, :] == pos, g[:, :, None, :, None, :],
+                   jnp.zeros((), g.dtype))
+    return (dx.reshape(n, 2 * ho, 2 * wo, ch),)
+
+
+_max_pool_even.defvjp(_pool_fwd, _pool_bwd)
+
+
 def max_pool_2x2(x: jax.Array) -> jax.Array:
     """2x2 max pooling with stride 2 on (N, H, W, C); odd sizes are padded ("SAME").
 
     Same values and gradients as ``lax.reduce_window(x, -inf, lax.max, (1,2,2,1), (1,2,2,1),
     "SAME")``: the gradient goes to the first maximum of each window in row-major order (as
-    XLA's select_and_scatter does). The backward pass is elementwise (compare, select,
-    interleave) instead of select_and_scatter, which is slow on XLA:CPU, notably inside
+    XLA's select_and_scatter does). The forward pass keeps that position as int8 (a quarter of
+    the output's size); the backward pass is one broadcast select that writes the input
+    gradient once, instead of select_and_scatter, which is slow on XLA:CPU, notably inside
     ``lax.scan``.
+
+    Args:
+        x: (N, H, W, C) floating array.
+
+    Returns:
+        (N, ceil(H/2), ceil(W/2), C) array of x's dtype.
     """
-    a, b, c, d = _pool_windows(x)
-    return jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
-
-
-def _pool_fwd(x):
-    a, b, c, d = _pool_windows(x)
-    m = jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
-    return m, (x, m)
-
-
-def _pool_bwd(res, g):
-    x, m = res
-    a, b, c, d = _pool_windows(x)
-    zero = jnp.zeros_like(g)
-    ta = a == m
-    tb = (b == m) & ~ta
-    tc = (c == m) & ~(ta | tb)
-    td = ~(ta | tb | tc)
-    ga, gb, gc, gd = (jnp.where(t, g, zero) for t in (ta, tb, tc, td))
-    n, ho, wo, ch = g.shape
-    top = jnp.stack([ga, gb], axis=3).reshape(n, ho, 2 * wo, ch)
-    bot = jnp.stack([gc, gd], axis=3).reshape(n, ho, 2 * wo, ch)
-    dx = jnp.stack([top, bot], axis=2).reshape(n, 2 * ho, 2 * wo, ch)
-    return (dx[:, :x.shape[1], :x.shape[2]],)
-
-
-max_pool_2x2.defvjp(_pool_fwd, _pool_bwd)
+    h, w = x.shape[1], x.shape[2]
+    if h % 2 or w % 2:
+        x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=-jnp.inf)
+    return _max_pool_even(x)

@@ -10,10 +10,17 @@ from jaxreg import models
 from jaxreg.models.layers import conv2d
 
 
-@pytest.mark.parametrize("strides,padding", [((1, 1), "SAME"), ((2, 2), "SAME"), ((2, 2), "VALID")])
-def test_conv_gradient_rules_agree(strides, padding):
-    x = jax.random.normal(jax.random.key(0), (3, 9, 9, 2))
-    w = jax.random.normal(jax.random.key(1), (3, 3, 2, 4))
+@pytest.mark.parametrize("strides,padding,size,kernel", [
+    ((1, 1), "SAME", (9, 9), (3, 3)), ((2, 2), "SAME", (9, 9), (3, 3)),
+    ((2, 2), "VALID", (9, 9), (3, 3)), ((2, 2), "SAME", (8, 7), (3, 3)),
+    ((2, 1), "VALID", (8, 7), (2, 3)), ((2, 2), "SAME", (8, 8), (1, 1)),
+    ((1, 1), "SAME", (6, 5), (4, 2))])
+def test_conv_gradient_rules_agree(strides, padding, size, kernel):
+    # the custom rule's weight gradient (patch matrix) and input gradient (a flipped-kernel
+    # convolution with input dilation) against XLA's own transpose, incl. strides, odd sizes
+    # and even kernels (asymmetric "SAME" padding)
+    x = jax.random.normal(jax.random.key(0), (3, *size, 2))
+    w = jax.random.normal(jax.random.key(1), (*kernel, 2, 4))
 
     def grads(rule):
         f = lambda a, b: jnp.sum(jnp.sin(conv2d(a, b, strides=strides, padding=padding, grad=rule)))
