@@ -14,6 +14,17 @@ Every peer draws its random parameters per example. jaxreg runs the public funct
 them with `pip install -e '.[bench]'`). Throughput is images per second of the median batch time
 after warm-up; the ratio column is jaxreg's throughput over the peer's. Float32 images in [0, 1]
 for every library.
+
+tf.image (TensorFlow CPU) is a peer too, batched by hand (one `tf.function` over the batch with
+per-example parameters: gathers for crop and flip, jitter by broadcasting, a cutout mask;
+`ImageProjectiveTransformV3` and `crop_and_resize` for B). TensorFlow stays out of the test
+venv; give it a venv of its own and run the script there:
+
+    python -m venv .venv-bench
+    .venv-bench/bin/pip install -e '.[bench]' tensorflow-cpu   # 2.21 works with numpy 2.4, jax 0.10
+    .venv-bench/bin/python benchmarks/augment.py --repeats 5
+
+Without TensorFlow its rows say "skipped" with this hint.
 """
 from __future__ import annotations
 
@@ -54,6 +65,14 @@ def _block(out):
       _block(o)
   elif hasattr(out, "block_until_ready"):
     out.block_until_ready()
+
+
+def _torch_device():
+  """kornia runs where torch sees a GPU (CUDA), else on the CPU; returns (device, sync fn)."""
+  import torch
+  if torch.cuda.is_available():
+    return torch.device("cuda"), torch.cuda.synchronize
+  return torch.device("cpu"), lambda: None
 
 
 class _Counter:
@@ -127,15 +146,18 @@ def kornia_a(x, y):
       K.ColorJitter(0.4, 0.4, 0.4, 0.0, p=1.0),
       K.RandomGaussianNoise(mean=0.0, std=0.05, p=0.5),
       K.RandomErasing(scale=(64 / 1024, 64 / 1024), ratio=(1.0, 1.0), value=0.0, p=1.0))
-  xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-  yt = torch.from_numpy(y)
-  beta = torch.distributions.Beta(0.2, 0.2)
+  dev, sync = _torch_device()
+  xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(dev)
+  yt = torch.from_numpy(y).to(dev)
+  beta = torch.distributions.Beta(torch.tensor(0.2, device=dev), torch.tensor(0.2, device=dev))
 
   def run():
     with torch.no_grad():
       v = aug(xt).clamp_(0, 1)
       lam = beta.sample()
-      return lam * v + (1 - lam) * v.flip(0), lam * yt + (1 - lam) * yt.flip(0)
+      out = lam * v + (1 - lam) * v.flip(0), lam * yt + (1 - lam) * yt.flip(0)
+    sync()
+    return out
   return run
 
 
@@ -220,11 +242,14 @@ def kornia_b(x):
       K.RandomAffine(degrees=15, scale=(0.8, 1.2), p=1.0),
       K.RandomResizedCrop((224, 224), scale=(0.08, 1.0)),
       K.RandomHorizontalFlip(p=0.5))
-  xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+  dev, sync = _torch_device()
+  xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(dev)
 
   def run():
     with torch.no_grad():
-      return aug(xt)
+      out = aug(xt)
+    sync()
+    return out
   return run
 
 
@@ -236,9 +261,102 @@ def albumentations_b(x):
   return lambda: np.stack([t(image=img)["image"] for img in x])
 
 
-def tf_image_stub(*_):
-  import tensorflow  # noqa: F401  (only reached when installed; not wired: see the note)
-  raise ImportError("tf.image peer not wired in this script")
+# tf.image, batched by hand as a TensorFlow user would write it: one tf.function over the batch,
+# per-example random parameters from a tf.random.Generator (Philox), stateless ops per batch.
+
+TF_HINT = ("kept out of .venv: python -m venv .venv-bench && .venv-bench/bin/pip install -e "
+           "'.[bench]' tensorflow-cpu, then run this script with .venv-bench/bin/python")
+
+
+def _tf():
+  try:
+    import tensorflow as tf
+  except ImportError as e:
+    raise ImportError(f"tensorflow; {TF_HINT}", name="tensorflow") from e
+  return tf
+
+
+def tf_image_a(x, y):
+  tf = _tf()
+  gen = tf.random.Generator.from_seed(0, alg="philox")
+  xt, yt = tf.constant(x), tf.constant(y)
+  b, h, w, c = x.shape
+
+  def beta(a):  # Beta(a, a) from two Gamma(a) draws (TF has no Beta sampler)
+    g = tf.random.stateless_gamma([2], gen.make_seeds(1)[:, 0], alpha=a)
+    return g[0] / (g[0] + g[1])
+
+  @tf.function(jit_compile=False)
+  def step(v, labels):
+    u = gen.uniform((b, 9))
+    # pad 4 (reflect) + random 32x32 crop and horizontal flip: one gather per axis.
+    v = tf.pad(v, [[0, 0], [4, 4], [4, 4], [0, 0]], mode="REFLECT")
+    oy = tf.cast(tf.floor(u[:, 0] * 9), tf.int32)[:, None]
+    ox = tf.cast(tf.floor(u[:, 1] * 9), tf.int32)[:, None]
+    cols = tf.range(w)[None, :]
+    cols = tf.where(u[:, 2:3] < 0.5, w - 1 - cols, cols)  # flip p=0.5
+    v = tf.gather(v, oy + tf.range(h)[None, :], axis=1, batch_dims=1)
+    v = tf.gather(v, ox + cols, axis=2, batch_dims=1)
+    # colour jitter 0.4 (torchvision order brightness, contrast, saturation; clip after each).
+    f = lambda i: tf.reshape(0.6 + 0.8 * u[:, i], (b, 1, 1, 1))
+    v = tf.clip_by_value(v * f(3), 0.0, 1.0)
+    mean = tf.reduce_mean(tf.image.rgb_to_grayscale(v), axis=[1, 2, 3], keepdims=True)
+    v = tf.clip_by_value(mean + f(4) * (v - mean), 0.0, 1.0)
+    gray = tf.image.rgb_to_grayscale(v)
+    v = tf.clip_by_value(gray + f(5) * (v - gray), 0.0, 1.0)
+    # Gaussian noise sigma 0.05 with p=0.5.
+    sigma = tf.reshape(tf.where(u[:, 6] < 0.5, 0.05, 0.0), (b, 1, 1, 1))
+    v = tf.clip_by_value(v + sigma * gen.normal((b, h, w, c)), 0.0, 1.0)
+    # one 8x8 cutout at a uniform centre (clipped at the border).
+    cy = tf.reshape(tf.cast(tf.floor(u[:, 7] * h), tf.int32), (b, 1, 1, 1))
+    cx = tf.reshape(tf.cast(tf.floor(u[:, 8] * w), tf.int32), (b, 1, 1, 1))
+    r = tf.reshape(tf.range(h), (1, h, 1, 1))
+    q = tf.reshape(tf.range(w), (1, 1, w, 1))
+    box = (r >= cy - 4) & (r < cy + 4) & (q >= cx - 4) & (q < cx + 4)
+    v = tf.where(box, 0.0, v)
+    # Mixup alpha 0.2 with the reversed batch.
+    lam = beta(0.2)
+    return lam * v + (1 - lam) * v[::-1], lam * labels + (1 - lam) * labels[::-1]
+
+  return lambda: step(xt, yt)
+
+
+def tf_image_b(x):
+  tf = _tf()
+  gen = tf.random.Generator.from_seed(0, alg="philox")
+  xt = tf.constant(x)
+  b, h, w, _ = x.shape
+  cy, cx = (h - 1) / 2, (w - 1) / 2
+
+  @tf.function(jit_compile=False)
+  def step(v):
+    u = gen.uniform((b, 7))
+    # Rotation +-15 deg and scale 0.8-1.2 about the centre: one projective warp (bilinear,
+    # zeros outside), per-example matrices mapping output to input pixels, as keras'
+    # RandomRotation / RandomZoom call it.
+    theta = (u[:, 0] * 2 - 1) * (np.pi / 12)
+    inv_s = 1.0 / (0.8 + 0.4 * u[:, 1])
+    a0, a1 = inv_s * tf.cos(theta), inv_s * tf.sin(theta)
+    b0, b1 = -a1, a0
+    mats = tf.stack([a0, a1, cx - a0 * cx - a1 * cy, b0, b1, cy - b0 * cx - b1 * cy,
+                     tf.zeros(b), tf.zeros(b)], axis=1)
+    v = tf.raw_ops.ImageProjectiveTransformV3(
+        images=v, transforms=mats, output_shape=[h, w], fill_value=0.0,
+        interpolation="BILINEAR", fill_mode="CONSTANT")
+    # Random resized crop (area 0.08-1, log-uniform ratio 3/4-4/3, clamped to the image) to
+    # 224 with horizontal flip p=0.5 (a flipped box: x1 > x2), bilinear, in one crop_and_resize.
+    area = 0.08 + 0.92 * u[:, 2]
+    ratio = tf.exp(np.log(3 / 4) + u[:, 3] * (np.log(4 / 3) - np.log(3 / 4)))
+    ch = tf.minimum(tf.sqrt(area / ratio), 1.0)
+    cw = tf.minimum(tf.sqrt(area * ratio), 1.0)
+    y1 = u[:, 4] * (1 - ch)
+    x1 = u[:, 5] * (1 - cw)
+    flip = u[:, 6] < 0.5
+    boxes = tf.stack([y1, tf.where(flip, x1 + cw, x1), y1 + ch, tf.where(flip, x1, x1 + cw)],
+                     axis=1)
+    return tf.image.crop_and_resize(v, boxes, tf.range(b), [224, 224], method="bilinear")
+
+  return lambda: step(xt)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,8 +366,9 @@ def _rng_note():
   part = jax.config.jax_threefry_partitionable
   return (f"jaxreg RNG: per-example keys from jax.random.split (threefry2x32, "
           f"jax_threefry_partitionable={part}, left as configured); parameters and noise from "
-          f"{_rng.NAME}. dm-pix/augmax: jax.random threefry2x32. kornia: torch CPU generator "
-          f"(mt19937). albumentations: numpy Generator (PCG64).")
+          f"{_rng.NAME}. dm-pix/augmax: jax.random threefry2x32. kornia: torch's generator "
+          f"(mt19937 on CPU, philox on CUDA). albumentations: numpy Generator (PCG64). tf.image: "
+          f"tf.random.Generator (philox).")
 
 
 def run_workload(name, peers, args, repeats):
@@ -261,7 +380,8 @@ def run_workload(name, peers, args, repeats):
       first, med = _time(run, repeats if peer not in ("dm-pix (vmap+jit)",) or name == "A" else 2)
       rows.append((peer, args[0].shape[0] / med, first, med, ""))
     except ImportError as e:
-      rows.append((peer, None, None, None, f"skipped: not installed ({e.name or e})"))
+      what = str(e) if e.name == "tensorflow" else (e.name or e)
+      rows.append((peer, None, None, None, f"skipped: not installed ({what})"))
     except Exception as e:  # a peer's API changed: report, keep going
       rows.append((peer, None, None, None, f"failed: {type(e).__name__}: {str(e)[:80]}"))
   ours = rows[0][1]
@@ -298,12 +418,12 @@ def main(argv=None):
     y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 512)]
     run_workload("A: 512 x 32x32x3, crop+flip+jitter+noise+cutout+mixup", [
         ("jaxreg", jaxreg_a), ("dm-pix (vmap+jit)", dmpix_a), ("kornia", kornia_a),
-        ("albumentations", albumentations_a), ("tf.image", tf_image_stub)], (x, y), args.repeats)
+        ("albumentations", albumentations_a), ("tf.image", tf_image_a)], (x, y), args.repeats)
   if args.workload in ("B", "both"):
     x = rng.random((64, 224, 224, 3), dtype=np.float32)
     run_workload("B: 64 x 224x224x3, rotate+scale+resized crop+flip", [
         ("jaxreg", jaxreg_b), ("albumentations", albumentations_b), ("augmax", augmax_b),
-        ("kornia", kornia_b), ("dm-pix (vmap+jit)", dmpix_b), ("tf.image", tf_image_stub)],
+        ("kornia", kornia_b), ("dm-pix (vmap+jit)", dmpix_b), ("tf.image", tf_image_b)],
         (x,), max(3, args.repeats // 2))
 
 

@@ -1,4 +1,4 @@
-"""Degradations: Gaussian noise, blur, down-then-up scaling and JPEG-like block quantisation.
+"""Degradations: Gaussian noise, blur, down-then-up scaling and JPEG-like compression.
 
 For training models that must work on poor images (e.g. licence plates from bad cameras):
 sensor noise, defocus, low resolution and compression artefacts. One HWC floating image in
@@ -6,6 +6,7 @@ sensor noise, defocus, low resolution and compression artefacts. One HWC floatin
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -197,53 +198,126 @@ _DCT = _dct_matrix()
 _RGB_TO_YCC = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5],
                         [0.5, -0.418688, -0.081312]], np.float32)
 _YCC_TO_RGB = np.linalg.inv(_RGB_TO_YCC).astype(np.float32)
+_LEVEL_SHIFT = np.array([128.0, 0.0, 0.0], np.float32).reshape(1, 1, 3)  # Y - 128, Cb, Cr
 
 
-def jpeg_compress(image: jax.Array, quality: Any) -> jax.Array:
-  """JPEG-like compression: 8x8 block DCT of YCbCr, quantised with the standard tables.
+def _check_flag(value: Any, name: str) -> bool:
+  if not isinstance(value, (bool, np.bool_)):
+    raise ValueError(f"{name} must be True or False; got {value!r}.")
+  return bool(value)
 
-  Baseline JPEG without chroma subsampling or entropy coding (which is lossless): colour is
-  converted to YCbCr, each 8x8 block's DCT coefficients are rounded to multiples of the
-  Annex K tables scaled by `quality` (IJG scaling), then transformed back. Blocking and ringing
-  artefacts appear at low quality.
+
+def _block_quantise(x: jax.Array, qt: jax.Array) -> jax.Array:
+  """DCT-quantises level-shifted planes (h, w, c) in 8x8 blocks with tables qt (8, 8, c).
+
+  The planes are padded to a multiple of 8 by repeating the last row / column (as libjpeg
+  does) and cropped back.
+  """
+  h, w, c = x.shape
+  x = jnp.pad(x, ((0, -h % 8), (0, -w % 8), (0, 0)), mode="edge")
+  hb, wb = x.shape[0] // 8, x.shape[1] // 8
+  blocks = x.reshape(hb, 8, wb, 8, c)
+  coef = jnp.einsum("ui,aibjc,vj->aubvc", _DCT, blocks, _DCT)
+  qb = qt.reshape(1, 8, 1, 8, c)
+  coef = jnp.round(coef / qb) * qb
+  return jnp.einsum("ui,aubvc,vj->aibjc", _DCT, coef, _DCT).reshape(hb * 8, wb * 8, c)[:h, :w]
+
+
+def _downsample_2x2(x: jax.Array) -> jax.Array:
+  """(h, w, c) -> (ceil(h/2), ceil(w/2), c) by 2x2 box averaging (libjpeg's h2v2 downsampling)."""
+  h, w, c = x.shape
+  x = jnp.pad(x, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+  return x.reshape(x.shape[0] // 2, 2, x.shape[1] // 2, 2, c).mean(axis=(1, 3))
+
+
+def _upsample_2x(x: jax.Array, axis: int) -> jax.Array:
+  """Doubles one axis with libjpeg's "fancy" triangle filter: 3/4 nearer + 1/4 farther sample.
+
+  Output sample 2i is 0.75 x[i] + 0.25 x[i-1] and 2i+1 is 0.75 x[i] + 0.25 x[i+1], the edges
+  repeated (bilinear interpolation with centred samples).
+  """
+  n = x.shape[axis]
+  cut = functools.partial(jax.lax.slice_in_dim, x, axis=axis)
+  prev = jnp.concatenate([cut(0, 1), cut(0, n - 1)], axis=axis)
+  nxt = jnp.concatenate([cut(1, n), cut(n - 1, n)], axis=axis)
+  even = 0.75 * x + 0.25 * prev
+  odd = 0.75 * x + 0.25 * nxt
+  out = jnp.stack([even, odd], axis=axis + 1)
+  shape = list(x.shape)
+  shape[axis] = 2 * n
+  return out.reshape(shape)
+
+
+def jpeg_compress(image: jax.Array, quality: Any, *, chroma_subsampling: bool = True) -> jax.Array:
+  """JPEG-like compression: YCbCr, 4:2:0 chroma subsampling, 8x8 block DCT quantisation.
+
+  Baseline JPEG as libjpeg (IJG) encodes it for a quality setting, without entropy coding
+  (which is lossless): colour is converted to YCbCr (JFIF, full range); with
+  `chroma_subsampling` (the default of cjpeg, Pillow and OpenCV) Cb and Cr are halved in each
+  direction by 2x2 averaging (4:2:0); each 8x8 block's DCT coefficients are rounded to
+  multiples of the Annex K tables scaled by `quality` (IJG scaling); then the planes are
+  transformed back, the chroma doubled again with libjpeg's "fancy" triangle filter
+  (bilinear), and converted to RGB. Blocking and ringing artefacts appear at low quality;
+  subsampling also blurs colour edges (colour bleeding) while keeping luma detail, even at
+  quality 100. Computed in float32 (libjpeg works in integers), so values agree with a real
+  encoder up to a few 1/255 steps.
 
   Args:
-    image: (H, W, C) floating image in [0, 1], C in {1, 3}.
+    image: (H, W, C) floating image in [0, 1], C in {1, 3}; any H, W >= 1 (the image is
+      padded to whole blocks by edge repetition and cropped back).
     quality: 1 (worst) to 100 (best); may be traced.
+    chroma_subsampling: subsample Cb and Cr 4:2:0 (default True). A no-op for 1-channel
+      images, which have no chroma. False keeps chroma at full resolution (4:4:4).
 
   Returns:
-    (H, W, C) image in [0, 1].
+    (H, W, C) image in [0, 1], the input's dtype.
   """
   h, w, c = _core.check_image(image, channels=(1, 3))
   q = _core.concrete(quality)
   if q is not None and not 1 <= q <= 100:
     raise ValueError(f"quality must lie in [1, 100]; got {quality!r}.")
+  subsample = _check_flag(chroma_subsampling, "chroma_subsampling") and c == 3
   q = jnp.clip(jnp.asarray(quality, jnp.float32), 1.0, 100.0)
   s = jnp.where(q < 50, 5000.0 / q, 200.0 - 2.0 * q)
   tables = [_Q_LUMA, _Q_CHROMA, _Q_CHROMA][:c]
   qt = jnp.clip(jnp.floor((jnp.stack(tables, axis=-1) * s + 50.0) / 100.0), 1.0, 255.0)
   x = image.astype(jnp.float32) * 255.0
   if c == 3:
-    x = jnp.einsum("hwc,dc->hwd", x, _RGB_TO_YCC) + jnp.array([0.0, 128.0, 128.0], jnp.float32).reshape(1, 1, 3)
-  x = x - 128.0
-  ph, pw = -h % 8, -w % 8
-  x = jnp.pad(x, ((0, ph), (0, pw), (0, 0)), mode="edge")
-  hb, wb = x.shape[0] // 8, x.shape[1] // 8
-  blocks = x.reshape(hb, 8, wb, 8, c)
-  coef = jnp.einsum("ui,aibjc,vj->aubvc", _DCT, blocks, _DCT)
-  qb = qt.reshape(1, 8, 1, 8, c)
-  coef = jnp.round(coef / qb) * qb
-  x = jnp.einsum("ui,aubvc,vj->aibjc", _DCT, coef, _DCT).reshape(hb * 8, wb * 8, c)[:h, :w]
-  x = x + 128.0
+    # Level-shifted YCbCr: Y - 128, Cb, Cr (the +128 chroma offset and the shift cancel).
+    x = jnp.einsum("hwc,dc->hwd", x, _RGB_TO_YCC) - _LEVEL_SHIFT
+  else:
+    x = x - 128.0
+  if subsample:
+    y = _block_quantise(x[..., :1], qt[..., :1])
+    cc = _block_quantise(_downsample_2x2(x[..., 1:]), qt[..., 1:])
+    cc = _upsample_2x(_upsample_2x(cc, 0), 1)[:h, :w]
+    x = jnp.concatenate([y, cc], axis=-1)
+  else:
+    x = _block_quantise(x, qt)
   if c == 3:
-    x = jnp.einsum("hwc,dc->hwd", x - jnp.array([0.0, 128.0, 128.0], jnp.float32).reshape(1, 1, 3),
-                   _YCC_TO_RGB)
+    x = jnp.einsum("hwc,dc->hwd", x + _LEVEL_SHIFT, _YCC_TO_RGB)
+  else:
+    x = x + 128.0
   return jnp.clip(x / 255.0, 0.0, 1.0).astype(image.dtype)
 
 
-def random_jpeg(key: jax.Array, image: jax.Array, *, quality: Sequence[float] = (30, 90)) -> jax.Array:
-  """`jpeg_compress` with quality drawn uniformly from the (low, high) range in [1, 100]."""
+def random_jpeg(key: jax.Array, image: jax.Array, *, quality: Sequence[float] = (30, 90),
+                chroma_subsampling: bool = True) -> jax.Array:
+  """`jpeg_compress` with an integer quality drawn uniformly from the (low, high) range.
+
+  Args:
+    key: PRNG key.
+    image: (H, W, C) floating image in [0, 1], C in {1, 3}.
+    quality: (low, high) range inside [1, 100].
+    chroma_subsampling: 4:2:0 chroma subsampling (default True; no-op on 1 channel), see
+      `jpeg_compress`.
+
+  Returns:
+    (H, W, C) image in [0, 1].
+  """
   _core.check_image(image, channels=(1, 3))
   _core.check_key(key)
   lo, hi = _core.check_range(quality, "quality", lo=1.0, hi=100.0)
-  return jpeg_compress(image, jnp.round(_rng.uniform(key, (), lo, hi)))
+  _check_flag(chroma_subsampling, "chroma_subsampling")
+  return jpeg_compress(image, jnp.round(_rng.uniform(key, (), lo, hi)),
+                       chroma_subsampling=chroma_subsampling)

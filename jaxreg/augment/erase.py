@@ -4,29 +4,91 @@
   - a number, or one number per channel;
   - "noise": uniform [0, 1) pixels, new per call (timm's per-pixel random erasing, in [0, 1]);
   - "mean": the image's per-channel mean;
-  - an (H, W, C) array: pixels of another image, e.g. another example of the batch under
-    `jax.vmap(fn)(keys, images, jnp.roll(images, 1, axis=0))`.
-Only pixels inside the erased boxes change.
+  - "batch": pixels of another example of the same batch, at the same positions. A per-example
+    function cannot see the batch, so this fill is resolved where the batch is, by a custom
+    vmap rule (`jax.custom_batching.custom_vmap`): under `jaxreg.augment.batch(fn)` or
+    `jax.vmap(fn)` (the training loop's `augment` hook; specs such as
+    "cutout(size=8,fill='batch')"), example i takes the pixels of example i - 1 (example 0
+    those of example B - 1), as that example stands at this point of the chain (after the ops
+    that come before the erasing); the data loader's shuffling makes the pairs random across
+    steps. With B = 1 the partner is the image itself and the box keeps its pixels. An image that is not batched (one image
+    outside `vmap`, or one image shared by all keys under `vmap`) has no other example: as a
+    concrete array it raises ValueError; traced (under `jit`) this cannot be detected, and the
+    box keeps its own pixels;
+  - an (H, W, C) array: pixels of that image, e.g. a partner chosen by hand under
+    `jax.vmap(fn)(keys, images, partners)`.
+Only pixels inside the erased boxes change; the output has the input's shape and dtype.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import math
+import numpy as np
+from jax.custom_batching import custom_vmap
 
 from jaxreg.augment import _core, _rng
 
 __all__ = ["erase", "cutout", "random_erasing", "corner_patches"]
 
-FILL_WORDS = ("noise", "mean")
+FILL_WORDS = ("noise", "mean", "batch")
+_FILL_HELP = ("a number, one number per channel, 'noise', 'mean', 'batch' (another example of "
+              "the batch) or an (H, W, C) image")
 
 
-def _check_fill(fill: Any, shape: tuple[int, int, int]) -> None:
+def check_fill_option(fill: Any) -> None:
+  """Checks a `fill` given without an image (e.g. from a spec string), before any tracing.
+
+  Accepts a finite number, a non-empty sequence of finite numbers (one per channel, checked
+  against the image later), one of `FILL_WORDS`, or an (H, W, C) array.
+
+  Raises:
+    ValueError: anything else; the message names the allowed values.
+  """
   if isinstance(fill, str):
-    _core.check_in(fill, "fill", FILL_WORDS)
+    if fill not in FILL_WORDS:
+      raise ValueError(f"fill must be {_FILL_HELP}; got {fill!r}.")
+    return
+  if hasattr(fill, "shape") and len(fill.shape) == 3:
+    return
+  if isinstance(fill, numbers.Real) and not isinstance(fill, bool):
+    values = [fill]
+  elif (isinstance(fill, (tuple, list)) and fill
+        and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in fill)):
+    values = list(fill)
+  else:
+    raise ValueError(f"fill must be {_FILL_HELP}; got {fill!r}.")
+  if not np.all(np.isfinite(np.asarray(values, np.float64))):
+    raise ValueError(f"fill must hold finite numbers; got {fill!r}.")
+
+
+@custom_vmap
+def _partner(image: jax.Array) -> jax.Array:
+  """Another example of the batch: outside `vmap` (no batch) the image itself."""
+  return image
+
+
+@_partner.def_vmap
+def _partner_vmap(axis_size, in_batched, image):
+  del axis_size
+  if not in_batched[0]:  # one image shared by the whole batch: its own pixels
+    return image, False
+  return jnp.roll(image, 1, axis=0), True  # example i <- example i - 1
+
+
+def _check_fill(fill: Any, shape: tuple[int, int, int], image: Any = None) -> None:
+  if isinstance(fill, str):
+    if fill not in FILL_WORDS:
+      raise ValueError(f"fill must be {_FILL_HELP}; got {fill!r}.")
+    if fill == "batch" and image is not None and not isinstance(image, jax.core.Tracer):
+      raise ValueError(
+          "fill='batch' takes pixels from another example of the batch, and this image is "
+          "not batched: apply the op to a batch with jaxreg.augment.batch(fn)(key, images) "
+          "or jax.vmap over the images.")
   elif hasattr(fill, "shape") and len(fill.shape) == 3:
     if tuple(fill.shape) != tuple(shape):
       raise ValueError(f"fill image must have the image's shape {tuple(shape)}; got {fill.shape}.")
@@ -41,6 +103,8 @@ def _fill_pixels(key: jax.Array | None, image: jax.Array, fill: Any) -> jax.Arra
         raise ValueError('fill="noise" needs a key: use cutout, random_erasing or corner_patches.')
       h, w, c = image.shape
       return _rng.uniform(key, (h * w * c,), stream=1).reshape(h, w, c).astype(image.dtype)
+    if fill == "batch":
+      return _partner(image)
     return jnp.mean(image, axis=(0, 1), keepdims=True)
   if hasattr(fill, "shape") and len(fill.shape) == 3:
     return fill.astype(image.dtype)
@@ -61,13 +125,14 @@ def erase(image: jax.Array, top: Any, left: Any, height: Any, width: Any, *,
   """Replaces the box rows [top, top+height) x columns [left, left+width) by `fill`.
 
   Deterministic twin of the random erasing ops (box values may be traced; parts outside the
-  image are ignored). `fill`: number, per-channel values, "mean" or an (H, W, C) image.
+  image are ignored). `fill`: number, per-channel values, "mean", "batch" (under `vmap`, see
+  the module docstring) or an (H, W, C) image.
 
   Returns:
     (H, W, C) image.
   """
   shape = _core.check_image(image)
-  _check_fill(fill, shape)
+  _check_fill(fill, shape, image)
   mask = _box_mask(shape, top, left, height, width)
   return jnp.where(mask, _fill_pixels(None, image, fill), image)
 
@@ -93,7 +158,7 @@ def cutout(key: jax.Array, image: jax.Array, *, size: int | Sequence[int],
   sh, sw = _core.check_size(size)
   if sh > shape[0] or sw > shape[1]:
     raise ValueError(f"size {(sh, sw)} must not exceed the image size {shape[:2]}.")
-  _check_fill(fill, shape)
+  _check_fill(fill, shape, image)
   k_box = k_fill = key  # the fill noise uses its own stream of the key
   cy, cx = _rng.randint(k_box, (2,), 0, jnp.array(shape[:2]))
   top, left = cy - sh // 2, cx - sw // 2
@@ -127,7 +192,7 @@ def random_erasing(key: jax.Array, image: jax.Array, *, p: float = 0.5,
   _core.check_prob(p)
   s_lo, s_hi = _core.check_range(scale, "scale", lo=0.0, hi=1.0, positive=True)
   r_lo, r_hi = _core.check_range(ratio, "ratio", positive=True)
-  _check_fill(fill, shape)
+  _check_fill(fill, shape, image)
   h, w = shape[:2]
   k_box = k_fill = key  # the fill noise uses its own stream of the key
   tries = 10
@@ -170,7 +235,7 @@ def corner_patches(key: jax.Array, image: jax.Array, *, size: int | Sequence[int
   if sh > shape[0] or sw > shape[1]:
     raise ValueError(f"size {(sh, sw)} must not exceed the image size {shape[:2]}.")
   _core.check_prob(p)
-  _check_fill(fill, shape)
+  _check_fill(fill, shape, image)
   h, w = shape[:2]
   k_box = k_fill = key  # the fill noise uses its own stream of the key
   u = _rng.uniform(k_box, (3, 4))

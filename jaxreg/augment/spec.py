@@ -9,8 +9,14 @@ Ops joined by "+" are composed left to right; neighbouring geometric ops are res
 Every per-example op also accepts `p=` (apply with probability p) unless it has its own `p`.
 Examples: "cifar", "digits", "rotate(max_degrees=10)+scale(min_scale=0.9,max_scale=1.1)",
 "crop(padding=4)+flip+jitter(brightness=0.4)+noise(sigma=0.05,p=0.5)+cutout(size=8)",
-"rand_augment(n=2,magnitude=9)". Mix specs: "mixup(alpha=0.2)", "cutmix(alpha=1.0)",
-"mixup_or_cutmix(switch_prob=0.5)".
+"rand_augment(n=2,magnitude=9)", "jpeg(quality=(10,50),chroma_subsampling=False)".
+Mix specs: "mixup(alpha=0.2)", "cutmix(alpha=1.0)", "mixup_or_cutmix(switch_prob=0.5)".
+
+Erasing ops ("cutout", "erasing", "corner_patches") take fill=NUMBER, a per-channel tuple,
+'noise', 'mean' or 'batch': 'batch' fills the box with the pixels of another example of the
+batch (example i - 1) once the fn is lifted with `jaxreg.augment.batch` (as the training loop
+does), e.g. "flip+cutout(size=8,fill='batch')"; see `jaxreg.augment.erase`. Bad fill values
+raise ValueError when the spec is built.
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ from typing import Any
 import jax
 
 from jaxreg.augment import color, corrupt, geometric, mix, policy
-from jaxreg.augment.erase import corner_patches, cutout, random_erasing
+from jaxreg.augment.erase import check_fill_option, corner_patches, cutout, random_erasing
 
 __all__ = ["from_spec", "mix_from_spec", "list_augmentations", "parse_spec"]
 
@@ -41,6 +47,12 @@ def _op(fn, **defaults):
   return build
 
 
+def _erasing(**kw):
+  check_fill_option(kw.get("fill", 0.0))
+  return _op(random_erasing)(**kw)
+_erasing.signature = inspect.signature(random_erasing)
+
+
 def _keyless(fn, **defaults):
   def build(**kw):
     opts = {**defaults, **kw}
@@ -53,6 +65,7 @@ def _keyless(fn, **defaults):
 
 
 def _cutout(size=None, fill=0.0):
+  check_fill_option(fill)
   def fn(key, image):
     s = size if size is not None else max(1, min(image.shape[0], image.shape[1]) // 2)
     return cutout(key, image, size=s, fill=fill)
@@ -61,6 +74,7 @@ def _cutout(size=None, fill=0.0):
 
 
 def _corner(size=None, p=0.5, fill="noise"):
+  check_fill_option(fill)
   def fn(key, image):
     s = size if size is not None else max(1, min(image.shape[0], image.shape[1]) // 4)
     return corner_patches(key, image, size=s, p=p, fill=fill)
@@ -122,7 +136,8 @@ _OPS: dict[str, tuple[Callable[..., Any], str]] = {
     "blur": (_op(corrupt.random_blur), "Gaussian blur, sigma uniform in (0.1, 2.0)"),
     "downscale": (_op(corrupt.random_downscale),
                   "down-then-up scaling by a factor from factors=(2,3,4); method='bilinear'"),
-    "jpeg": (_op(corrupt.random_jpeg), "JPEG-like block quantisation, quality in (30, 90)"),
+    "jpeg": (_op(corrupt.random_jpeg),
+             "JPEG-like block quantisation, quality in (30, 90); chroma_subsampling=True (4:2:0)"),
     "jitter": (_op(color.color_jitter, brightness=0.4, contrast=0.4, saturation=0.4),
                "colour jitter: brightness, contrast, saturation (0.4 each), hue (0)"),
     "brightness": (_op(color.random_brightness, strength=0.4), "brightness factor 1 ± strength"),
@@ -136,10 +151,13 @@ _OPS: dict[str, tuple[Callable[..., Any], str]] = {
     "posterize": (_keyless(color.posterize, bits=4), "keep the top bits (4) per channel"),
     "autocontrast": (_keyless(color.autocontrast), "stretch each channel to [0, 1]"),
     "equalize": (_keyless(color.equalize), "histogram equalisation per channel"),
-    "cutout": (_cutout, "erase one square of side size (default half the image); fill=0.0"),
-    "erasing": (_op(random_erasing),
-                "random erasing: p=0.5, scale=(0.02,1/3), ratio=(0.3,3.3), fill=0.0|'noise'|'mean'"),
-    "corner_patches": (_corner, "patches at the corners (size default a quarter), p=0.5, fill='noise'"),
+    "cutout": (_cutout, "erase one square of side size (default half the image); "
+                        "fill=0.0|'noise'|'mean'|'batch' (pixels of another example)"),
+    "erasing": (_erasing,
+                "random erasing: p=0.5, scale=(0.02,1/3), ratio=(0.3,3.3), "
+                "fill=0.0|'noise'|'mean'|'batch'"),
+    "corner_patches": (_corner, "patches at the corners (size default a quarter), p=0.5, "
+                                "fill='noise'|'mean'|'batch'|number"),
     "rand_augment": (policy.rand_augment, "RandAugment: n=2 ops at magnitude=9 (0..10)"),
     "trivial_augment": (policy.trivial_augment, "TrivialAugment: one op, random magnitude"),
     "augmix": (policy.augmix, "AugMix: severity=3, width=3, depth=-1, alpha=1.0"),

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import jaxreg.augment as A
-from tests.augment._util import image, key
+from tests.augment._util import image, images, key
 
 FAST = settings(max_examples=10, deadline=None)
 
@@ -96,3 +96,88 @@ def test_erase_twin():
 def test_bad_arguments(call):
   with pytest.raises(ValueError):
     call()
+
+
+# fill="batch": pixels of another example of the batch (example i - 1), resolved under vmap.
+
+def _box_masks(spec_fill_batch, spec_fill_const, k, xs):
+  """Batched outputs with fill='batch' and the boxes (same keys, constant -1 fill)."""
+  out = A.batch(A.from_spec(spec_fill_batch))(k, xs)
+  boxes = np.asarray(A.batch(A.from_spec(spec_fill_const))(k, xs))[..., 0] == -1.0
+  return np.asarray(out), boxes
+
+
+@pytest.mark.parametrize("op", ["cutout(size=3, {})", "erasing(p=1.0, {})",
+                                "corner_patches(size=3, p=1.0, {})"])
+def test_fill_batch_takes_the_previous_example_of_the_batch(op):
+  xs = images(5, 9, 10, 3, seed=1)
+  k = key(3)
+  out, boxes = _box_masks(op.format("fill='batch'"), op.format("fill=-1.0"), k, xs)
+  x = np.asarray(xs)
+  assert boxes.any(axis=(1, 2)).all()  # every example has a box
+  for i in range(5):
+    m = boxes[i]
+    np.testing.assert_array_equal(out[i][m], x[i - 1][m])  # the partner's pixels, same place
+    assert np.all(out[i][m] != x[i][m])  # not its own
+    np.testing.assert_array_equal(out[i][~m], x[i][~m])  # the rest unchanged
+  jitted = jax.jit(A.batch(A.from_spec(op.format("fill='batch'"))))(k, xs)
+  np.testing.assert_array_equal(jitted, out)
+
+
+def test_fill_batch_inside_a_chain_equals_vmap_and_runs_in_scan():
+  spec = "flip+cutout(size=4,fill='batch',p=0.5)+noise(sigma=0.05)"
+  fn = A.from_spec(spec)
+  xs = images(6, 8, 8, 3, seed=2)
+  k = key(7)
+  ours = A.batch(fn)(k, xs)
+  # (noise: the sum may be fused differently, within 1 ulp)
+  np.testing.assert_allclose(ours, jax.vmap(fn)(jax.random.split(k, 6), xs), atol=1e-6)
+  np.testing.assert_allclose(jax.jit(A.batch(fn))(k, xs), ours, atol=1e-6)
+  # The partner is the flipped example i - 1 (the box is filled after the flip).
+  # Same number of stages, so the same stage keys: the boxes, and each example after its flip.
+  flipped = A.batch(A.from_spec("flip+cutout(size=4,fill=-1.0,p=0.5)"))(k, xs)
+  m = np.asarray(flipped)[..., 0] == -1.0
+  assert 0 < m.any(axis=(1, 2)).sum() < 6  # p=0.5: some examples erased, some not
+  pre = np.asarray(A.batch(A.from_spec("flip+cutout(size=4,fill=0.0,p=0.0)"))(k, xs))
+  assert np.any(pre != np.asarray(xs))  # some flips happened
+  no_noise = np.asarray(A.batch(A.from_spec("flip+cutout(size=4,fill='batch',p=0.5)"))(k, xs))
+  for i in range(6):
+    np.testing.assert_array_equal(no_noise[i][m[i]], pre[i - 1][m[i]])
+    np.testing.assert_array_equal(no_noise[i][~m[i]], pre[i][~m[i]])
+  # Inside a scan over steps, as the training loop runs it.
+  step = lambda c, t: (c, A.batch(fn)(jax.random.fold_in(k, t), xs))
+  _, ys = jax.jit(lambda: jax.lax.scan(step, 0, jnp.arange(2)))()
+  np.testing.assert_allclose(ys[0], A.batch(fn)(jax.random.fold_in(k, 0), xs), atol=1e-6)
+
+
+def test_fill_batch_partner_edge_cases():
+  x = image(8, 8, 3)
+  k = key(1)
+  fn = lambda kk, v: A.cutout(kk, v, size=4, fill="batch")
+  # One example, or one image shared by many keys: the partner is the image itself.
+  np.testing.assert_array_equal(jax.vmap(fn)(k[None], x[None]), x[None])
+  shared = jax.vmap(fn, in_axes=(0, None))
+  np.testing.assert_array_equal(jax.jit(shared)(jax.random.split(k, 3), x), jnp.stack([x, x, x]))
+  # A concrete image that is not batched has no other example: a clear error.
+  with pytest.raises(ValueError, match="another example of the batch"):
+    A.cutout(k, x, size=3, fill="batch")
+  with pytest.raises(ValueError, match="another example of the batch"):
+    shared(jax.random.split(k, 3), x)
+  # The deterministic twin takes it too.
+  xs = images(3, 6, 6, 1, seed=4)
+  ys = np.asarray(jax.vmap(lambda v: A.erase(v, 1, 2, 2, 3, fill="batch"))(xs))
+  np.testing.assert_array_equal(ys[:, 1:3, 2:5], np.roll(np.asarray(xs), 1, axis=0)[:, 1:3, 2:5])
+  assert (ys != np.asarray(xs)).sum() == 3 * 6
+
+
+@pytest.mark.parametrize("spec", ["cutout(fill='other')", "erasing(fill='blue')",
+                                  "corner_patches(fill=None)", "cutout(fill=(0.1, 'a'))",
+                                  "erasing(fill=())"])
+def test_bad_fill_in_specs_fails_when_built_and_names_allowed_values(spec):
+  with pytest.raises(ValueError, match="'noise', 'mean', 'batch'"):
+    A.from_spec(spec)
+
+
+def test_spec_lists_fill_batch():
+  assert "'batch'" in A.list_augmentations()["cutout"]
+  assert "'batch'" in A.list_augmentations()["erasing"]
