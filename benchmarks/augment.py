@@ -409,8 +409,10 @@ def main(argv=None):
     torch.set_num_threads(os.cpu_count() or 1)
   except ImportError:
     pass
-  print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({os.cpu_count()} CPU cores); "
-        f"'first call s' includes compilation for JAX libraries.")
+  dev = jax.devices()[0]
+  print(f"jax {jax.__version__} on {dev.platform} ({dev.device_kind}, {os.cpu_count()} CPU cores); "
+        f"'first call s' includes compilation for JAX libraries. JAX libraries and kornia run on "
+        f"the accelerator when there is one, albumentations and tf.image on the CPU.")
   print(_rng_note())
   rng = np.random.default_rng(0)
   if args.workload in ("A", "both"):

@@ -3,7 +3,12 @@ persistent XLA compilation cache so repeated runs of the same program compile on
 import os
 import tempfile
 
-import jax
+# Same seed -> same numbers, resume -> same parameters: bit-identical on GPU only with XLA's
+# deterministic kernels (CPU runs are deterministic anyway). Read when the backend starts.
+if "xla_gpu_deterministic_ops" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_deterministic_ops=true").strip()
+
+import jax  # noqa: E402
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")

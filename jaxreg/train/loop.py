@@ -145,6 +145,11 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, *,
     test (the test split is never used to choose anything), and ``report.md``,
     ``curves.png`` and ``results.json`` are written.
 
+    The same config and seed give bit-identical numbers on CPU, also across a resume. On GPU,
+    XLA picks non-deterministic kernels (atomics in reductions and convolution backward) unless
+    ``XLA_FLAGS=--xla_gpu_deterministic_ops=true`` is set before JAX starts (the test suite sets
+    it); without it reruns agree only to float rounding.
+
     Args:
       config: a ``default_config()``-shaped ``ConfigDict``.
       workdir: output folder; a folder holding checkpoints of the same config is resumed.

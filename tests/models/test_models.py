@@ -24,7 +24,9 @@ def test_conv_gradient_rules_agree(strides, padding, size, kernel):
 
     def grads(rule):
         f = lambda a, b: jnp.sum(jnp.sin(conv2d(a, b, strides=strides, padding=padding, grad=rule)))
-        return jax.jit(jax.grad(f, argnums=(0, 1)))(x, w)
+        # full float32 products: GPUs otherwise default to TF32 for convolutions and dots
+        with jax.default_matmul_precision("float32"):
+            return jax.jit(jax.grad(f, argnums=(0, 1)))(x, w)
 
     native, patches, auto = grads("native"), grads("patches"), grads("auto")
     for a, b in zip(native, patches):
@@ -72,8 +74,9 @@ def test_dropout_needs_a_key_and_is_random_only_in_training():
 def test_batchnorm_eval_uses_running_statistics():
     m = models.create("tiny", num_classes=3, input_shape=(6, 6, 1), batch_norm=True)
     x = jax.random.uniform(jax.random.key(0), (8, 6, 6, 1))
-    before = m(x[:1])  # eval mode: the output of one example does not depend on the batch
-    np.testing.assert_allclose(before, m(x)[:1], rtol=1e-5, atol=1e-6)
+    with jax.default_matmul_precision("float32"):  # GPUs otherwise use TF32 convolutions
+        before = m(x[:1])  # eval mode: the output of one example does not depend on the batch
+        np.testing.assert_allclose(before, m(x)[:1], rtol=1e-5, atol=1e-6)
     m(x, train=True)  # updates running statistics
     assert not np.allclose(before, m(x[:1]))
 
