@@ -9,8 +9,9 @@ the chain maps integer pixels to integer pixels (crops, flips, rot90).
 
 `GeometricOp.batched` (used by `policy.batch`) resamples a whole batch at once: XLA:CPU runs a
 gather as a scalar loop whose cost grows with the index arity, and vmapping `apply` gives a
-(batch, y, x) index; indexing the batch as rows of one (B * H, W * C) or (B * H, W, C) array
-keeps it at two components and makes one gather per output value set (same arithmetic).
+(batch, y, x) index; indexing the batch as one array of pixels (bilinear: two (2, C) tap
+pairs at one flat index) or as rows of one (B * H, W, C) array (exact copies) keeps the index
+at one or two components (same arithmetic).
 """
 from __future__ import annotations
 
@@ -133,9 +134,11 @@ def apply_batch(images: jax.Array, ms: jax.Array, out_hw: tuple[int, int], *,
                 mode: str = "constant", fill: Any = 0.0) -> jax.Array:
   """`jax.vmap(apply)(images, ms)` for the bilinear, general (rotated or sheared) case.
 
-  The same arithmetic as `apply`, but the gather indexes the batch as rows of one
-  (B * H, W * C) array: a 2-component index and (2, 2C) windows instead of the 3-component
-  (batch, y, x) index that vmapping `apply` produces, which XLA:CPU runs markedly faster.
+  The same arithmetic as `apply`, but the batch is one (B * H * W, C) array of pixels: each
+  output pixel reads two (2, C) slices (its top and bottom tap pairs) at one flat index and
+  that index + W, instead of the 3-component (batch, y, x) index that vmapping `apply`
+  produces. XLA:CPU runs gathers as scalar loops whose cost grows with the index arity, and a
+  1-component index needs no stacked index array.
   """
   b, h, w, c = images.shape
   ho, wo = out_hw
@@ -145,13 +148,17 @@ def apply_batch(images: jax.Array, ms: jax.Array, out_hw: tuple[int, int], *,
   fillv = _core.fill_value(fill, c).astype(dtype)
   y0, x0, fy, fx, valid = jax.vmap(
       lambda m: _bilinear_taps(m, (h, w), (hp, wp), out_hw, mode))(ms)
-  rows = y0 + (jnp.arange(b, dtype=jnp.int32) * hp).reshape(b, 1, 1)
-  idx = jnp.stack([rows, x0 * c], axis=-1)
+  base = ((y0 + (jnp.arange(b, dtype=jnp.int32) * hp).reshape(b, 1, 1)) * wp + x0)[..., None]
+  pixels = images.reshape(b * hp * wp, c)
   dnums = lax.GatherDimensionNumbers(offset_dims=(3, 4), collapsed_slice_dims=(),
-                                     start_index_map=(0, 1))
-  p = lax.gather(images.reshape(b * hp, wp * c), idx, dnums, slice_sizes=(2, 2 * c),
-                 mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
-  out = _blend(p[..., 0, :c], p[..., 0, c:], p[..., 1, :c], p[..., 1, c:], fy, fx, dtype)
+                                     start_index_map=(0,))
+
+  def pair(idx):  # pixels idx and idx + 1: (b, ho, wo, 2, c)
+    return lax.gather(pixels, idx, dnums, slice_sizes=(2, c),
+                      mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+
+  top, bot = pair(base), pair(base + wp)
+  out = _blend(top[..., 0, :], top[..., 1, :], bot[..., 0, :], bot[..., 1, :], fy, fx, dtype)
   if valid is not None:
     out = jnp.where(valid[..., None], out, fillv)
   return out
