@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m jaxreg run main
 
+# Tests run in up to 4 worker processes (pytest-xdist), one test file per worker at a time
+# (module fixtures run once): XLA compilation dominates and is mostly single-threaded.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_loop.py

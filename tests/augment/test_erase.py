@@ -125,29 +125,32 @@ def test_fill_batch_takes_the_previous_example_of_the_batch(op):
 
 
 def test_fill_batch_inside_a_chain_equals_vmap_and_runs_in_scan():
+  # Jitted throughout (eager == jit is tested op by op elsewhere): op-by-op dispatch of these
+  # chains costs seconds of compilation per call.
   spec = "flip+cutout(size=4,fill='batch',p=0.5)+noise(sigma=0.05)"
   fn = A.from_spec(spec)
   xs = images(6, 8, 8, 3, seed=2)
   k = key(7)
-  ours = A.batch(fn)(k, xs)
+  run = lambda s: jax.jit(A.batch(A.from_spec(s)))(k, xs)
+  ours = run(spec)
   # (noise: the sum may be fused differently, within 1 ulp)
-  np.testing.assert_allclose(ours, jax.vmap(fn)(jax.random.split(k, 6), xs), atol=1e-6)
-  np.testing.assert_allclose(jax.jit(A.batch(fn))(k, xs), ours, atol=1e-6)
+  np.testing.assert_allclose(ours, jax.jit(jax.vmap(fn))(jax.random.split(k, 6), xs), atol=1e-6)
   # The partner is the flipped example i - 1 (the box is filled after the flip).
   # Same number of stages, so the same stage keys: the boxes, and each example after its flip.
-  flipped = A.batch(A.from_spec("flip+cutout(size=4,fill=-1.0,p=0.5)"))(k, xs)
+  flipped = run("flip+cutout(size=4,fill=-1.0,p=0.5)")
   m = np.asarray(flipped)[..., 0] == -1.0
   assert 0 < m.any(axis=(1, 2)).sum() < 6  # p=0.5: some examples erased, some not
-  pre = np.asarray(A.batch(A.from_spec("flip+cutout(size=4,fill=0.0,p=0.0)"))(k, xs))
+  pre = np.asarray(run("flip+cutout(size=4,fill=0.0,p=0.0)"))
   assert np.any(pre != np.asarray(xs))  # some flips happened
-  no_noise = np.asarray(A.batch(A.from_spec("flip+cutout(size=4,fill='batch',p=0.5)"))(k, xs))
+  no_noise = np.asarray(run("flip+cutout(size=4,fill='batch',p=0.5)"))
   for i in range(6):
     np.testing.assert_array_equal(no_noise[i][m[i]], pre[i - 1][m[i]])
     np.testing.assert_array_equal(no_noise[i][~m[i]], pre[i][~m[i]])
   # Inside a scan over steps, as the training loop runs it.
   step = lambda c, t: (c, A.batch(fn)(jax.random.fold_in(k, t), xs))
   _, ys = jax.jit(lambda: jax.lax.scan(step, 0, jnp.arange(2)))()
-  np.testing.assert_allclose(ys[0], A.batch(fn)(jax.random.fold_in(k, 0), xs), atol=1e-6)
+  want = jax.jit(lambda: A.batch(fn)(jax.random.fold_in(k, 0), xs))()
+  np.testing.assert_allclose(ys[0], want, atol=1e-6)
 
 
 def test_fill_batch_partner_edge_cases():
