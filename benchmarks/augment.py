@@ -25,6 +25,11 @@ venv; give it a venv of its own and run the script there:
     .venv-bench/bin/python benchmarks/augment.py --repeats 5
 
 Without TensorFlow its rows say "skipped" with this hint.
+
+Absolute CPU numbers for Workload B depend on glibc's allocator: every call's 38.5 MB output
+is a fresh mmap, and its page faults took ~40 % of the batch time here for jaxreg and augmax
+alike. GLIBC_TUNABLES=glibc.malloc.mmap_threshold=2000000000:glibc.malloc.trim_threshold=4000000000
+removes them (see README, "Notes on performance"); the ratios barely move.
 """
 from __future__ import annotations
 
