@@ -365,6 +365,15 @@ def aggregate(rows: Sequence[Mapping[str, Any]], *, metrics: Sequence[str] = MET
     return out
 
 
+def _save_figure(fig, ax, title: str | None, path: str | Path) -> Path:
+    """Sets the optional title, lays out and writes ``fig`` to ``path`` (PNG, 110 dpi)."""
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    return path
+
 def bar_plot(agg_rows: Sequence[Mapping[str, Any]], metric: str, path: str | Path, *,
              key: str = "variant", title: str | None = None, baseline: str | None = None) -> Path:
     """Horizontal bars of ``<metric>_mean`` with ± std error bars; a line at ``baseline``'s mean."""
@@ -390,12 +399,7 @@ def bar_plot(agg_rows: Sequence[Mapping[str, Any]], metric: str, path: str | Pat
         ax.axvline(base, color="k", ls="--", lw=1, label=f"{baseline}")
         ax.legend(loc="lower right")
     ax.set_xlabel(f"{metric} (mean ± std over seeds)")
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    return path
+    return _save_figure(fig, ax, title, path)
 
 
 def line_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]],
@@ -421,12 +425,7 @@ def line_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float], Seque
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    return path
+    return _save_figure(fig, ax, title, path)
 
 
 def mean_curve(histories: Iterable[Sequence[Mapping[str, Any]]], key: str

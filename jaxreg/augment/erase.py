@@ -120,6 +120,13 @@ def _box_mask(shape, top, left, height, width):
   return (r >= top) & (r < top + height) & (c >= left) & (c < left + width)
 
 
+def _check_patch_size(size: Any, shape: tuple[int, int, int]) -> tuple[int, int]:
+  sh, sw = _core.check_size(size)
+  if sh > shape[0] or sw > shape[1]:
+    raise ValueError(f"size {(sh, sw)} must not exceed the image size {shape[:2]}.")
+  return sh, sw
+
+
 def erase(image: jax.Array, top: Any, left: Any, height: Any, width: Any, *,
           fill: Any = 0.0) -> jax.Array:
   """Replaces the box rows [top, top+height) x columns [left, left+width) by `fill`.
@@ -155,9 +162,7 @@ def cutout(key: jax.Array, image: jax.Array, *, size: int | Sequence[int],
   """
   shape = _core.check_image(image)
   _core.check_key(key)
-  sh, sw = _core.check_size(size)
-  if sh > shape[0] or sw > shape[1]:
-    raise ValueError(f"size {(sh, sw)} must not exceed the image size {shape[:2]}.")
+  sh, sw = _check_patch_size(size, shape)
   _check_fill(fill, shape, image)
   k_box = k_fill = key  # the fill noise uses its own stream of the key
   cy, cx = _rng.randint(k_box, (2,), 0, jnp.array(shape[:2]))
@@ -231,9 +236,7 @@ def corner_patches(key: jax.Array, image: jax.Array, *, size: int | Sequence[int
   """
   shape = _core.check_image(image)
   _core.check_key(key)
-  sh, sw = _core.check_size(size)
-  if sh > shape[0] or sw > shape[1]:
-    raise ValueError(f"size {(sh, sw)} must not exceed the image size {shape[:2]}.")
+  sh, sw = _check_patch_size(size, shape)
   _core.check_prob(p)
   _check_fill(fill, shape, image)
   h, w = shape[:2]
