@@ -197,7 +197,13 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 
     Returns:
         (N, ceil(H/2), ceil(W/2), C) array of x's dtype.
+
+    Raises:
+        ValueError: x is not 4-D or not floating.
     """
+    if getattr(x, "ndim", None) != 4 or not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"max_pool_2x2 needs a 4-D floating (N, H, W, C) array, got "
+                         f"shape {getattr(x, 'shape', None)} dtype {getattr(x, 'dtype', None)}")
     h, w = x.shape[1], x.shape[2]
     if h % 2 or w % 2:
         x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=-jnp.inf)

@@ -125,3 +125,11 @@ def test_conv_patch_matrix_matches_lax_patches(strides, padding):
     # lax orders the features (cin, kh, kw); ours are (kh, kw, cin)
     want = want.reshape(want.shape[:3] + (3, 3, 2)).transpose(0, 1, 2, 4, 5, 3).reshape(got.shape)
     np.testing.assert_array_equal(got, want)
+
+
+def test_max_pool_rejects_bad_input():
+    from jaxreg.models.layers import max_pool_2x2
+    with pytest.raises(ValueError, match="4-D floating"):
+        max_pool_2x2(jnp.zeros((4, 4, 1)))
+    with pytest.raises(ValueError, match="4-D floating"):
+        max_pool_2x2(jnp.zeros((1, 4, 4, 1), jnp.int32))
