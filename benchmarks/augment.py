@@ -26,10 +26,15 @@ venv; give it a venv of its own and run the script there:
 
 Without TensorFlow its rows say "skipped" with this hint.
 
+On the CPU, jaxreg's Workload B warp is its native XLA:CPU kernel (jaxreg/augment/_native.py,
+built once per machine with the system C++ compiler; the header says which path ran and how
+long the build took). JAXREG_NATIVE=0 measures the XLA gather path instead.
+
 Absolute CPU numbers for Workload B depend on glibc's allocator: every call's 38.5 MB output
-is a fresh mmap, and its page faults took ~40 % of the batch time here for jaxreg and augmax
-alike. GLIBC_TUNABLES=glibc.malloc.mmap_threshold=2000000000:glibc.malloc.trim_threshold=4000000000
-removes them (see README, "Notes on performance"); the ratios barely move.
+is a fresh mmap, and its page faults took ~40 % of the batch time here for the XLA path and
+augmax alike (the native kernel advises huge pages for its output; JAXREG_HUGE_PAGES=0 turns
+that off). GLIBC_TUNABLES=glibc.malloc.mmap_threshold=2000000000:glibc.malloc.trim_threshold=4000000000
+removes them for every library (see README, "Notes on performance").
 """
 from __future__ import annotations
 
@@ -376,6 +381,21 @@ def _rng_note():
           f"tf.random.Generator (philox).")
 
 
+def _warp_note():
+  """Which path jaxreg's bilinear warp takes here, and the native kernel's build time."""
+  from jaxreg.augment import _native
+  if jax.default_backend() != "cpu":
+    return f"jaxreg bilinear warp: XLA path (on {jax.default_backend()})."
+  t0 = time.perf_counter()
+  target = _native.warp_target()
+  took = time.perf_counter() - t0
+  if target is None:
+    return "jaxreg bilinear warp: XLA gather path (native kernel off or not buildable)."
+  return (f"jaxreg bilinear warp: native XLA:CPU kernel, ready in {took:.2f} s (built now or "
+          f"loaded from {_native.cache_dir()}), huge-page advice "
+          f"{'on' if _native.huge_pages() else 'off'}.")
+
+
 def run_workload(name, peers, args, repeats):
   print(f"\nWorkload {name}")
   rows = []
@@ -419,6 +439,7 @@ def main(argv=None):
         f"'first call s' includes compilation for JAX libraries. JAX libraries and kornia run on "
         f"the accelerator when there is one, albumentations and tf.image on the CPU.")
   print(_rng_note())
+  print(_warp_note())
   rng = np.random.default_rng(0)
   if args.workload in ("A", "both"):
     x = rng.random((512, 32, 32, 3), dtype=np.float32)

@@ -18,5 +18,7 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 CACHE_DIR = os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "jaxreg-test-xla-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# The native CPU warp (jaxreg/augment/_native.py) is built once into this folder, not $HOME.
+os.environ.setdefault("JAXREG_CACHE_DIR", os.path.join(tempfile.gettempdir(), "jaxreg-test-native"))
 jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

@@ -11,18 +11,22 @@ the chain maps integer pixels to integer pixels (crops, flips, rot90).
 gather as a scalar loop whose cost grows with the index arity, and vmapping `apply` gives a
 (batch, y, x) index; indexing the batch as one array of pixels (bilinear: two (2, C) tap
 pairs at one flat index) or as rows of one (B * H, W, C) array (exact copies) keeps the index
-at one or two components (same arithmetic).
+at one or two components (same arithmetic). On the CPU, the bilinear batch form of float32
+images runs as a native kernel instead (`_native`, `_warp_native.cc`: the same arithmetic in
+one pass), falling back to the XLA form where that kernel is not available.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-from jaxreg.augment import _core
+from jaxreg.augment import _core, _native
 
 __all__ = []  # private module
 
@@ -131,21 +135,70 @@ def _pad_for_bilinear(image: jax.Array, h: int, w: int) -> jax.Array:
 
 
 def apply_batch(images: jax.Array, ms: jax.Array, out_hw: tuple[int, int], *,
-                mode: str = "constant", fill: Any = 0.0) -> jax.Array:
+                mode: str = "constant", fill: Any = 0.0, native: bool | None = None) -> jax.Array:
   """`jax.vmap(apply)(images, ms)` for the bilinear, general (rotated or sheared) case.
 
-  The same arithmetic as `apply`, but the batch is one (B * H * W, C) array of pixels: each
-  output pixel reads two (2, C) slices (its top and bottom tap pairs) at one flat index and
-  that index + W, instead of the 3-component (batch, y, x) index that vmapping `apply`
+  On the CPU, float32 batches run the native kernel of `_native` (one pass over the output,
+  the same arithmetic); elsewhere, and when that kernel is not available, the XLA path below.
+  Gradients (and forward-mode derivatives) always come from the XLA path.
+
+  Args:
+    images: (B, H, W, C) floating images.
+    ms: (B, 3, 3) float32 output-to-input maps (pixel centres at integers, (y, x) order).
+    out_hw: static output size (Ho, Wo).
+    mode: border rule where a map leaves the image, one of `_core.PAD_MODES`.
+    fill: constant for `mode="constant"`: a scalar or one value per channel.
+    native: None uses the native kernel on the CPU when it is available; False always uses
+      the XLA path; True requires the native kernel (RuntimeError when it is not available).
+
+  Returns:
+    (B, Ho, Wo, C) images of the input's dtype.
+  """
+  b, h, w, c = images.shape
+  fillv = _core.fill_value(fill, c).astype(images.dtype)
+  xla = functools.partial(_apply_batch_xla, out_hw=tuple(out_hw), mode=mode)
+  target = None
+  if native is not False and images.dtype == jnp.float32:
+    target = _native.warp_target()
+  if target is None:
+    if native:
+      raise RuntimeError(
+          "native=True but the native warp is not available (JAXREG_NATIVE=0, or it could not "
+          "be built; see the RuntimeWarning).")
+    return xla(images, ms, fillv)
+  call = jax.ffi.ffi_call(
+      target, jax.ShapeDtypeStruct((b, *out_hw, c), jnp.float32), vmap_method="sequential")
+
+  def on_cpu(x, m, f):
+    return call(_pad_for_bilinear(x, h, w), m[:, :2, :].reshape(b, 6), f.reshape(c),
+                mode=np.int64(_native.MODES[mode]), in_h=np.int64(h), in_w=np.int64(w),
+                threads=np.int64(_native.threads()), huge_pages=np.int64(_native.huge_pages()))
+
+  @jax.custom_jvp
+  def warp(x, m, f):
+    return lax.platform_dependent(x, m, f, cpu=on_cpu, default=xla)
+
+  @warp.defjvp
+  def warp_jvp(primals, tangents):
+    _, tangent_out = jax.jvp(xla, primals, tangents)
+    return warp(*primals), tangent_out
+
+  return warp(images, ms, fillv)
+
+
+def _apply_batch_xla(images: jax.Array, ms: jax.Array, fillv: jax.Array, *,
+                     out_hw: tuple[int, int], mode: str) -> jax.Array:
+  """`apply_batch` in XLA ops: the batch as one (B * H * W, C) array of pixels.
+
+  Each output pixel reads two (2, C) slices (its top and bottom tap pairs) at one flat index
+  and that index + W, instead of the 3-component (batch, y, x) index that vmapping `apply`
   produces. XLA:CPU runs gathers as scalar loops whose cost grows with the index arity, and a
   1-component index needs no stacked index array.
   """
   b, h, w, c = images.shape
-  ho, wo = out_hw
   dtype = images.dtype
   images = _pad_for_bilinear(images, h, w)
   hp, wp = images.shape[1], images.shape[2]
-  fillv = _core.fill_value(fill, c).astype(dtype)
   y0, x0, fy, fx, valid = jax.vmap(
       lambda m: _bilinear_taps(m, (h, w), (hp, wp), out_hw, mode))(ms)
   base = ((y0 + (jnp.arange(b, dtype=jnp.int32) * hp).reshape(b, 1, 1)) * wp + x0)[..., None]
