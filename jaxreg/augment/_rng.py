@@ -74,31 +74,35 @@ def uniform(key: jax.Array, shape: tuple[int, ...] = (), minval=0.0, maxval=1.0,
   return minval + u * (maxval - minval)
 
 
-def _sincos_turn(t: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """cos and sin of 2 pi t for t in [0, 1), by quadrant reduction and Taylor polynomials.
+def _quarter_sincos(t: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """cos and sin of (pi / 2) t for t in [0, 1], as Taylor polynomials (no range reduction).
 
   XLA:CPU evaluates jnp.sin / jnp.cos as scalar calls; these polynomials vectorise. Absolute
   error below 1e-7 (terms up to x^12 and x^13 on [0, pi/2]).
   """
-  q4 = t * 4.0
-  q = jnp.floor(q4)
-  x = (q4 - q) * np.float32(np.pi / 2)
+  x = t * np.float32(np.pi / 2)
   x2 = x * x
   c = 1.0 + x2 * (-1 / 2 + x2 * (1 / 24 + x2 * (-1 / 720 + x2 * (1 / 40320 + x2 * (
       -1 / 3628800 + x2 * (1 / 479001600))))))
   s = x * (1.0 + x2 * (-1 / 6 + x2 * (1 / 120 + x2 * (-1 / 5040 + x2 * (1 / 362880 + x2 * (
       -1 / 39916800 + x2 * (1 / 6227020800)))))))
-  qi = q.astype(jnp.int32)
-  cos = jnp.where(qi == 0, c, jnp.where(qi == 1, -s, jnp.where(qi == 2, -c, s)))
-  sin = jnp.where(qi == 0, s, jnp.where(qi == 1, c, jnp.where(qi == 2, -s, -c)))
-  return cos, sin
+  return c, s
+
+
+def _with_sign(x: jax.Array, bit: jax.Array) -> jax.Array:
+  """x with its sign flipped where `bit` (uint32, 0 or 1) is 1 (one xor of the sign bit)."""
+  return lax.bitcast_convert_type(
+      lax.bitcast_convert_type(x, jnp.uint32) ^ (bit << np.uint32(31)), jnp.float32)
 
 
 def normal(key: jax.Array, shape: tuple[int, ...] = (), *, stream: int = 0) -> jax.Array:
   """float32 standard normal by the Box-Muller transform, two values per pair of words.
 
-  r = sqrt(-2 ln u1) with u1 on (0, 1] (24 bits: |z| <= 5.8), angle 2 pi u2; the pair gives
-  r cos and r sin. The first half of the flat output holds the cosines, the second the sines.
+  r = sqrt(-2 ln u1) with u1 on (0, 1] (24 bits: |z| <= 5.8). The angle is uniform on the
+  circle as a uniform angle in the first quadrant (24 bits) with independent random signs of
+  its cosine and sine (two more bits of the second word): no range reduction or quadrant
+  selects, which cost more than the rest of the transform on XLA:CPU. The pair gives r cos
+  and r sin; the first half of the flat output holds the cosines, the second the sines.
   """
   n = int(np.prod(shape, dtype=np.int64))
   m = (n + 1) // 2
@@ -106,8 +110,9 @@ def normal(key: jax.Array, shape: tuple[int, ...] = (), *, stream: int = 0) -> j
   u1 = ((b[0] >> np.uint32(8)).astype(jnp.float32) + 1.0) * np.float32(2.0**-24)
   u2 = (b[1] >> np.uint32(8)).astype(jnp.float32) * np.float32(2.0**-24)
   r = jnp.sqrt(-2.0 * jnp.log(u1))
-  cos, sin = _sincos_turn(u2)
-  z = jnp.concatenate([r * cos, r * sin])
+  cos, sin = _quarter_sincos(u2)
+  z = jnp.concatenate([_with_sign(r * cos, b[1] & np.uint32(1)),
+                       _with_sign(r * sin, (b[1] >> np.uint32(1)) & np.uint32(1))])
   return z[:n].reshape(shape)
 
 

@@ -55,6 +55,21 @@ def test_normal_moments():
   assert ss.kstest(z, "norm").pvalue > 1e-4
 
 
+def test_normal_pairs_are_isotropic_and_independent():
+  # Box-Muller pairs: the first half holds r cos, the second r sin of the same draws. Their
+  # angle must be uniform on the circle (the quadrant comes from two sign bits), the radius
+  # Rayleigh, and the two coordinates uncorrelated, also in magnitude and sign.
+  z = np.asarray(_norm(jax.random.key(12)), np.float64)
+  c, s = z[:N // 2], z[N // 2:]
+  angle = np.arctan2(s, c)
+  assert ss.kstest(angle, "uniform", args=(-np.pi, 2 * np.pi)).pvalue > 1e-4
+  assert ss.kstest(np.hypot(c, s), "rayleigh").pvalue > 1e-4
+  quadrants = np.histogram(angle, bins=8, range=(-np.pi, np.pi))[0]
+  assert ss.chisquare(quadrants).pvalue > 1e-4
+  for a, b in ((c, s), (np.abs(c), np.abs(s)), (np.sign(c), np.sign(s))):
+    assert abs(np.corrcoef(a, b)[0, 1]) < 0.02
+
+
 def test_beta_and_gamma_distributions():
   grid = np.linspace(0.02, 0.98, 25)
   for a in (0.2, 1.0, 4.0):
