@@ -10,6 +10,12 @@ depends on (source, compiler, flags, jaxlib version, CPU). When it cannot be bui
 compiler, no `jax.ffi`), or when `JAXREG_NATIVE=0` is set, the XLA path runs: same values,
 slower on the CPU. GPU and TPU programs always use the XLA path (`lax.platform_dependent`).
 
+`jax.export` refuses CPU programs that hold custom calls without a compatibility guarantee,
+this one included: export CPU programs that contain batched warps with `JAXREG_NATIVE=0` set
+(or with `jax.export.DisabledSafetyCheck.custom_call("jaxreg_warp_bilinear")`, for use on
+machines where jaxreg registers the same kernel). Programs exported for GPU or TPU do not
+contain it.
+
 Environment:
   JAXREG_NATIVE: "0" (or "false", "off", "no") disables the native kernel.
   JAXREG_HUGE_PAGES: "0" stops the kernel from advising transparent huge pages (Linux
@@ -18,7 +24,8 @@ Environment:
     a 64 x 224x224x3 warp here); where THP defragmentation is on, a fault may instead wait for
     the kernel to compact memory.
   JAXREG_CACHE_DIR: where built kernels are kept (default `$XDG_CACHE_HOME/jaxreg` or
-    `~/.cache/jaxreg`).
+    `~/.cache/jaxreg`; a per-user folder in the temporary directory when that is not
+    writable).
   CXX: the C++ compiler (default: the first of c++, g++, clang++ on PATH).
 """
 from __future__ import annotations
@@ -90,6 +97,21 @@ def threads() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+def _writable(directory: Path) -> bool:
+  try:
+    directory.mkdir(parents=True, exist_ok=True)
+  except OSError:
+    return False
+  return os.access(directory, os.W_OK | os.X_OK)
+
+
+def _user() -> str:
+  try:
+    return str(os.getuid())
+  except AttributeError:  # no uid (Windows)
+    return os.environ.get("USERNAME", "user")
+
+
 def _cpu_fingerprint() -> str:
   """What -march=native depends on: the CPU's model and feature flags where Linux lists them."""
   parts = [platform.machine(), platform.processor()]
@@ -139,7 +161,11 @@ def build(directory: Path | None = None) -> Path:
   include = jax.ffi.include_dir()
   version = _compiler_version(cxx)
   source = SOURCE.read_bytes()
-  directory = cache_dir() if directory is None else Path(directory)
+  if directory is None:
+    directory = cache_dir()
+    if not _writable(directory):  # e.g. a read-only home: a per-user folder under /tmp
+      directory = Path(tempfile.gettempdir()) / f"jaxreg-{_user()}"
+  directory = Path(directory)
   # -march=native first (the kernel's coordinate loop vectorises with the CPU's widest units);
   # compilers or CPUs without it get the portable build.
   for extra in (["-march=native"], []):

@@ -193,3 +193,26 @@ def test_failed_build_warns_once_and_falls_back(monkeypatch):
     assert _warp.apply_batch(x, ms, (6, 6)).shape == (2, 6, 6, 3)
   finally:
     _native._warp_target_once.cache_clear()
+
+
+@requires_native
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+def test_gpu_and_tpu_programs_use_the_xla_path(platform):
+  # Lowered for another platform (no such device needed): lax.platform_dependent keeps the
+  # native CPU kernel out of the program.
+  aug = A.batch(A.compose(functools.partial(A.random_rotate, max_degrees=15), A.random_flip))
+  exported = jax.export.export(jax.jit(aug), platforms=[platform])(
+      jax.random.key(0), _images((2, 8, 8, 3)))
+  text = exported.mlir_module()
+  assert _native.WARP_TARGET not in text
+  assert "stablehlo.gather" in text or "\"stablehlo.gather\"" in text
+
+
+@requires_native
+def test_build_falls_back_to_a_temporary_folder_when_the_cache_is_read_only(
+    tmp_path, monkeypatch):
+  blocked = tmp_path / "file"
+  blocked.write_text("not a folder")
+  monkeypatch.setenv("JAXREG_CACHE_DIR", str(blocked / "cache"))  # cannot be created
+  path = _native.build()
+  assert path.exists() and not str(path).startswith(str(blocked))
