@@ -256,7 +256,13 @@ void AdviseHugePages(float* data, size_t bytes) {
   uintptr_t hi = lo + bytes;
   lo = (lo + kHuge - 1) & ~(kHuge - 1);
   hi &= ~(kHuge - 1);
-  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);  // advice only
+  if (hi <= lo) return;
+  // A buffer whose pages are already mapped (memory the allocator reused) has no faults to
+  // save; advising it again only splits and merges the allocator's mappings (measured: 78 ms
+  // instead of 13 ms per batch when glibc kept freed memory for reuse).
+  unsigned char resident = 0;
+  if (mincore(reinterpret_cast<void*>(lo), 4096, &resident) != 0 || (resident & 1)) return;
+  madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);  // advice only; errors ignored
 #else
   (void)data;
   (void)bytes;
