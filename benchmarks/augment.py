@@ -33,8 +33,8 @@ JAXREG_NATIVE=0 (XLA's gathers), for reference; it is not counted as a peer.
 
 Absolute CPU numbers for Workload B depend on glibc's allocator: every call's 38.5 MB output
 is a fresh mmap, and its page faults took ~40 % of the batch time here for the XLA path and
-augmax alike (the native kernel advises huge pages for its output; JAXREG_HUGE_PAGES=0 turns
-that off). GLIBC_TUNABLES=glibc.malloc.mmap_threshold=2000000000:glibc.malloc.trim_threshold=4000000000
+augmax alike (the native kernel maps its output with MADV_POPULATE_WRITE; JAXREG_HUGE_PAGES=1 also
+advises transparent huge pages, see jaxreg/augment/_native.py). GLIBC_TUNABLES=glibc.malloc.mmap_threshold=2000000000:glibc.malloc.trim_threshold=4000000000
 removes them for every library (see README, "Notes on performance").
 """
 from __future__ import annotations

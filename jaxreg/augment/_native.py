@@ -18,11 +18,12 @@ contain it.
 
 Environment:
   JAXREG_NATIVE: "0" (or "false", "off", "no") disables the native kernel.
-  JAXREG_HUGE_PAGES: "0" stops the kernel from advising transparent huge pages (Linux
-    `madvise(MADV_HUGEPAGE)`) for the 2 MiB pages inside an output of 8 MiB or more. With the
-    advice, a new output faults in 2 MiB at a time instead of 4 KiB (about half of the time of
-    a 64 x 224x224x3 warp here); where THP defragmentation is on, a fault may instead wait for
-    the kernel to compact memory.
+  JAXREG_HUGE_PAGES: "1" makes the kernel advise transparent huge pages (Linux
+    `madvise(MADV_HUGEPAGE)`) for the 2 MiB pages inside an output of 8 MiB or more, which
+    then fault in 2 MiB at a time instead of 4 KiB. Off by default: it roughly halved the
+    time of a 64 x 224x224x3 warp on the VM measured in most runs, but on a VM that returns
+    freed memory to its host a huge-page fault can take ~30x longer, and whole runs were
+    2-4x slower than without it.
   JAXREG_CACHE_DIR: where built kernels are kept (default `$XDG_CACHE_HOME/jaxreg` or
     `~/.cache/jaxreg`; a per-user folder in the temporary directory when that is not
     writable).
@@ -54,8 +55,8 @@ MODES = {"constant": 0, "edge": 1, "reflect": 2, "symmetric": 3, "wrap": 4}
 _BASE_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread")
 
 
-def _env_on(name: str) -> bool:
-  return os.environ.get(name, "1").strip().lower() not in ("0", "false", "off", "no")
+def _env_on(name: str, default: str = "1") -> bool:
+  return os.environ.get(name, default).strip().lower() not in ("0", "false", "off", "no", "")
 
 
 def enabled() -> bool:
@@ -64,8 +65,8 @@ def enabled() -> bool:
 
 
 def huge_pages() -> bool:
-  """False when JAXREG_HUGE_PAGES turns the kernel's huge-page advice off (read at trace time)."""
-  return _env_on("JAXREG_HUGE_PAGES")
+  """True when JAXREG_HUGE_PAGES=1 turns the kernel's huge-page advice on (read at trace time)."""
+  return _env_on("JAXREG_HUGE_PAGES", default="0")
 
 
 def cache_dir() -> Path:

@@ -36,6 +36,10 @@ namespace {
 
 enum Mode : int { kConstant = 0, kEdge = 1, kReflect = 2, kSymmetric = 3, kWrap = 4 };
 
+// Outputs from this size on get the page-fault treatment of PopulateForWrite/AdviseHugePages.
+constexpr size_t kLargeOutput = size_t{8} << 20;
+void PopulateForWrite(float* data, size_t bytes);
+
 struct Job {
   const float* images;
   const float* maps;
@@ -232,6 +236,10 @@ void RowsForChannels(const Job& j, int64_t r0, int64_t r1) {
 }
 
 void RowsForMode(int mode, const Job& j, int64_t r0, int64_t r1) {
+  const size_t row_bytes = static_cast<size_t>(j.wo * j.c) * sizeof(float);
+  if (row_bytes * static_cast<size_t>(j.batch * j.ho) >= kLargeOutput) {
+    PopulateForWrite(j.out + r0 * j.wo * j.c, row_bytes * static_cast<size_t>(r1 - r0));
+  }
   switch (mode) {
     case kConstant: RowsForChannels<kConstant>(j, r0, r1); break;
     case kEdge: RowsForChannels<kEdge>(j, r0, r1); break;
@@ -242,16 +250,37 @@ void RowsForMode(int mode, const Job& j, int64_t r0, int64_t r1) {
 }
 
 // A fresh output buffer of tens of MB is a new mmap whose 4 KiB pages fault in one by one as
-// the kernel writes them; those faults were about half of the kernel's time on the Linux VM
-// measured (Workload B of benchmarks/augment.py, medians of 5 processes: ~29 -> ~17 ms per
-// 64 x 224x224x3 batch with this advice; MADV_POPULATE_WRITE per thread gave ~27 ms). Asking for transparent huge pages
-// on the whole 2 MiB pages inside the buffer makes them fault in 2 MiB at a time. It only
-// affects this buffer's address range (where THP is "madvise" or "always"; a no-op where it is
-// "never"), and the advice ends when the allocator unmaps the range.
+// the kernel writes them; on the Linux VM measured those faults cost about as much as the
+// warp itself (Workload B of benchmarks/augment.py, 64 x 224x224x3: ~10 ms of warp on two
+// threads with a warm output buffer, ~30 ms with a fresh one).
+// Each thread first asks the kernel to map its part of the output in one call
+// (MADV_POPULATE_WRITE, Linux >= 5.14; ignored elsewhere) instead of one page fault per 4 KiB
+// page as the rows are written: ~10 % less time per Workload B batch in the runs measured.
+void PopulateForWrite(float* data, size_t bytes) {
+#if defined(__linux__)
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+  constexpr uintptr_t kPage = 4096;
+  uintptr_t lo = reinterpret_cast<uintptr_t>(data), hi = lo + bytes;
+  lo = (lo + kPage - 1) & ~(kPage - 1);
+  hi &= ~(kPage - 1);
+  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_POPULATE_WRITE);  // a hint
+#else
+  (void)data;
+  (void)bytes;
+#endif
+}
+
+// Opt-in (JAXREG_HUGE_PAGES=1): advise transparent huge pages for the whole 2 MiB pages
+// inside a large output, which then fault in 2 MiB at a time (where THP is "madvise" or
+// "always"; a no-op where it is "never"); the advice ends when the allocator unmaps the range.
+// Not the default: on the VM measured (free page reporting returns freed guest memory to the
+// host), a huge page that landed on returned memory took ~5.8 ms to fault instead of ~0.2 ms,
+// and whole runs of Workload B went from ~16 ms to 60-80 ms per batch.
 void AdviseHugePages(float* data, size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   constexpr uintptr_t kHuge = uintptr_t{2} << 20;
-  if (bytes < 4 * kHuge) return;
   uintptr_t lo = reinterpret_cast<uintptr_t>(data);
   uintptr_t hi = lo + bytes;
   lo = (lo + kHuge - 1) & ~(kHuge - 1);
@@ -291,7 +320,8 @@ ffi::Error WarpImpl(ffi::Buffer<ffi::F32> images, ffi::Buffer<ffi::F32> maps,
   }
   const Job job{images.typed_data(), maps.typed_data(), fill.typed_data(), out->typed_data(),
                 d[0], d[1], d[2], d[3], od[1], od[2], in_h, in_w};
-  if (huge_pages) AdviseHugePages(job.out, out->element_count() * sizeof(float));
+  const size_t out_bytes = out->element_count() * sizeof(float);
+  if (huge_pages && out_bytes >= kLargeOutput) AdviseHugePages(job.out, out_bytes);
   const int64_t rows = job.batch * job.ho;
   // Threads only pay off for large outputs (at least 64k pixels each).
   const int64_t by_size = std::max<int64_t>(1, rows * job.wo / 65536);
