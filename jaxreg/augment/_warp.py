@@ -170,7 +170,8 @@ def apply_batch(images: jax.Array, ms: jax.Array, out_hw: tuple[int, int], *,
       target, jax.ShapeDtypeStruct((b, *out_hw, c), jnp.float32), vmap_method="sequential")
 
   def on_cpu(x, m, f):
-    return call(_pad_for_bilinear(x, h, w), m[:, :2, :].reshape(b, 6), f.reshape(c),
+    maps = m[:, :2, :].reshape(b, 6).astype(jnp.float32)
+    return call(_pad_for_bilinear(x, h, w), maps, f.reshape(c),
                 mode=np.int64(_native.MODES[mode]), in_h=np.int64(h), in_w=np.int64(w),
                 threads=np.int64(_native.threads()), huge_pages=np.int64(_native.huge_pages()))
 
