@@ -17,16 +17,16 @@ machines where jaxreg registers the same kernel). Programs exported for GPU or T
 contain it.
 
 Environment:
-  JAXREG_NATIVE: "0" (or "false", "off", "no") disables the native kernel.
+  JAXREG_NATIVE: "0" (or "false", "off", "no") disables the native kernel; values other than
+    these and "1"/"true"/"on"/"yes" raise ValueError (also for JAXREG_HUGE_PAGES).
   JAXREG_HUGE_PAGES: "1" makes the kernel advise transparent huge pages (Linux
     `madvise(MADV_HUGEPAGE)`) for the 2 MiB pages inside an output of 8 MiB or more, which
     then fault in 2 MiB at a time instead of 4 KiB. Off by default: it roughly halved the
     time of a 64 x 224x224x3 warp on the VM measured in most runs, but on a VM that returns
     freed memory to its host a huge-page fault can take ~30x longer, and whole runs were
     2-4x slower than without it.
-  JAXREG_CACHE_DIR: where built kernels are kept (default `$XDG_CACHE_HOME/jaxreg` or
-    `~/.cache/jaxreg`; a per-user folder in the temporary directory when that is not
-    writable).
+  JAXREG_CACHE_DIR: where built kernels are kept (default `~/.cache/jaxreg/native`; a
+    per-user folder in the temporary directory when that is not writable).
   CXX: the C++ compiler (default: the first of c++, g++, clang++ on PATH).
 """
 from __future__ import annotations
@@ -55,27 +55,44 @@ MODES = {"constant": 0, "edge": 1, "reflect": 2, "symmetric": 3, "wrap": 4}
 _BASE_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread")
 
 
-def _env_on(name: str, default: str = "1") -> bool:
-  return os.environ.get(name, default).strip().lower() not in ("0", "false", "off", "no", "")
+_ON = ("1", "true", "on", "yes")
+_OFF = ("0", "false", "off", "no")
+
+
+def _env_flag(name: str, default: bool) -> bool:
+  """The on/off environment variable `name` (unset or empty: `default`).
+
+  Raises:
+    ValueError: a value other than 1/true/on/yes or 0/false/off/no.
+  """
+  value = os.environ.get(name, "").strip().lower()
+  if not value:
+    return default
+  if value in _ON:
+    return True
+  if value in _OFF:
+    return False
+  raise ValueError(f"{name} must be one of {', '.join(_ON)} (on) or {', '.join(_OFF)} (off); "
+                   f"got {os.environ[name]!r}.")
 
 
 def enabled() -> bool:
   """False when the environment variable JAXREG_NATIVE turns the native kernel off."""
-  return _env_on("JAXREG_NATIVE")
+  return _env_flag("JAXREG_NATIVE", True)
 
 
 def huge_pages() -> bool:
   """True when JAXREG_HUGE_PAGES=1 turns the kernel's huge-page advice on (read at trace time)."""
-  return _env_on("JAXREG_HUGE_PAGES", default="0")
+  return _env_flag("JAXREG_HUGE_PAGES", False)
 
 
 def cache_dir() -> Path:
-  """Folder for built kernels: $JAXREG_CACHE_DIR, else $XDG_CACHE_HOME/jaxreg or ~/.cache/jaxreg."""
+  """Folder for built kernels: $JAXREG_CACHE_DIR, else ~/.cache/jaxreg/native (next to the
+  XLA cache of the `jaxreg` command, ~/.cache/jaxreg/xla)."""
   explicit = os.environ.get("JAXREG_CACHE_DIR")
   if explicit:
     return Path(explicit)
-  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return Path(base) / "jaxreg"
+  return Path.home() / ".cache" / "jaxreg" / "native"
 
 
 def compiler() -> list[str] | None:

@@ -152,6 +152,15 @@ def test_env_switch_turns_the_native_kernel_off(monkeypatch):
     _warp.apply_batch(x, ms, (6, 6), native=True)
 
 
+@pytest.mark.parametrize("name", ["JAXREG_NATIVE", "JAXREG_HUGE_PAGES"])
+def test_env_switches_reject_unknown_values(name, monkeypatch):
+  monkeypatch.setenv(name, "maybe")
+  with pytest.raises(ValueError, match=f"{name} must be one of"):
+    _native.enabled() if name == "JAXREG_NATIVE" else _native.huge_pages()
+  monkeypatch.setenv(name, "")  # empty: the default
+  assert _native.enabled() and not _native.huge_pages()
+
+
 def test_non_float32_batches_use_the_xla_path():
   x = _images((2, 6, 6, 3)).astype(jnp.bfloat16)
   ms = _maps(2, 1)
