@@ -37,6 +37,7 @@ augmax alike (the native kernel maps its output with MADV_POPULATE_WRITE; JAXREG
 advises transparent huge pages, see jaxreg/augment/_native.py). GLIBC_TUNABLES=glibc.malloc.mmap_threshold=2000000000:glibc.malloc.trim_threshold=4000000000
 removes them for every library (see README, "Notes on performance").
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,42 +58,43 @@ P = functools.partial
 
 
 def _time(run: Callable[[], object], repeats: int) -> tuple[float, float]:
-  """Returns (first-call seconds, median seconds of `repeats` further calls)."""
-  t0 = time.perf_counter()
-  _block(run())
-  first = time.perf_counter() - t0
-  _block(run())  # second warm-up (caches, thread pools)
-  times = []
-  for _ in range(repeats):
+    """Returns (first-call seconds, median seconds of `repeats` further calls)."""
     t0 = time.perf_counter()
     _block(run())
-    times.append(time.perf_counter() - t0)
-  return first, statistics.median(times)
+    first = time.perf_counter() - t0
+    _block(run())  # second warm-up (caches, thread pools)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        _block(run())
+        times.append(time.perf_counter() - t0)
+    return first, statistics.median(times)
 
 
 def _block(out):
-  if isinstance(out, (tuple, list)):
-    for o in out:
-      _block(o)
-  elif hasattr(out, "block_until_ready"):
-    out.block_until_ready()
+    if isinstance(out, (tuple, list)):
+        for o in out:
+            _block(o)
+    elif hasattr(out, "block_until_ready"):
+        out.block_until_ready()
 
 
 def _torch_device():
-  """kornia runs where torch sees a GPU (CUDA), else on the CPU; returns (device, sync fn)."""
-  import torch
-  if torch.cuda.is_available():
-    return torch.device("cuda"), torch.cuda.synchronize
-  return torch.device("cpu"), lambda: None
+    """kornia runs where torch sees a GPU (CUDA), else on the CPU; returns (device, sync fn)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda"), torch.cuda.synchronize
+    return torch.device("cpu"), lambda: None
 
 
 class _Counter:
-  def __init__(self):
-    self.i = 0
+    def __init__(self):
+        self.i = 0
 
-  def next(self):
-    self.i += 1
-    return self.i
+    def next(self):
+        self.i += 1
+        return self.i
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,96 +102,115 @@ class _Counter:
 
 
 def jaxreg_a(x, y):
-  aug = A.compose(
-      P(A.random_crop, size=32, padding=4, pad_mode="reflect"),
-      P(A.random_flip, horizontal=True, p=0.5),
-      P(A.color_jitter, brightness=0.4, contrast=0.4, saturation=0.4),
-      P(A.gaussian_noise, sigma=0.05, p=0.5),
-      P(A.cutout, size=8))
-  batched = A.batch(aug)
+    aug = A.compose(
+        P(A.random_crop, size=32, padding=4, pad_mode="reflect"),
+        P(A.random_flip, horizontal=True, p=0.5),
+        P(A.color_jitter, brightness=0.4, contrast=0.4, saturation=0.4),
+        P(A.gaussian_noise, sigma=0.05, p=0.5),
+        P(A.cutout, size=8),
+    )
+    batched = A.batch(aug)
 
-  @jax.jit
-  def step(key, x, y):
-    k_aug, k_mix = jax.random.split(key)
-    return A.mixup(k_mix, batched(k_aug, x), y, alpha=0.2)
+    @jax.jit
+    def step(key, x, y):
+        k_aug, k_mix = jax.random.split(key)
+        return A.mixup(k_mix, batched(k_aug, x), y, alpha=0.2)
 
-  c = _Counter()
-  xj, yj = jnp.asarray(x), jnp.asarray(y)
-  return lambda: step(jax.random.key(c.next()), xj, yj)
+    c = _Counter()
+    xj, yj = jnp.asarray(x), jnp.asarray(y)
+    return lambda: step(jax.random.key(c.next()), xj, yj)
 
 
 def dmpix_a(x, y):
-  import dm_pix as pix
+    import dm_pix as pix
 
-  def one(key, img):
-    ks = jax.random.split(key, 8)
-    v = jnp.pad(img, ((4, 4), (4, 4), (0, 0)), mode="reflect")
-    v = pix.random_crop(ks[0], v, (32, 32, 3))
-    v = pix.random_flip_left_right(ks[1], v)
-    v = pix.random_brightness(ks[2], v, 0.4)  # dm-pix brightness is an additive delta
-    v = pix.random_contrast(ks[3], v, 0.6, 1.4)
-    v = pix.random_saturation(ks[4], v, 0.6, 1.4)
-    noisy = v + 0.05 * jax.random.normal(ks[5], v.shape)
-    v = jnp.clip(jnp.where(jax.random.uniform(ks[6]) < 0.5, noisy, v), 0.0, 1.0)
-    cy, cx = jax.random.randint(ks[7], (2,), 0, 32)
-    r = jnp.arange(32)
-    m = (r[:, None] >= cy - 4) & (r[:, None] < cy + 4) & (r[None, :] >= cx - 4) & (r[None, :] < cx + 4)
-    return jnp.where(m[..., None], 0.0, v)
+    def one(key, img):
+        ks = jax.random.split(key, 8)
+        v = jnp.pad(img, ((4, 4), (4, 4), (0, 0)), mode="reflect")
+        v = pix.random_crop(ks[0], v, (32, 32, 3))
+        v = pix.random_flip_left_right(ks[1], v)
+        v = pix.random_brightness(ks[2], v, 0.4)  # dm-pix brightness is an additive delta
+        v = pix.random_contrast(ks[3], v, 0.6, 1.4)
+        v = pix.random_saturation(ks[4], v, 0.6, 1.4)
+        noisy = v + 0.05 * jax.random.normal(ks[5], v.shape)
+        v = jnp.clip(jnp.where(jax.random.uniform(ks[6]) < 0.5, noisy, v), 0.0, 1.0)
+        cy, cx = jax.random.randint(ks[7], (2,), 0, 32)
+        r = jnp.arange(32)
+        m = (
+            (r[:, None] >= cy - 4)
+            & (r[:, None] < cy + 4)
+            & (r[None, :] >= cx - 4)
+            & (r[None, :] < cx + 4)
+        )
+        return jnp.where(m[..., None], 0.0, v)
 
-  @jax.jit
-  def step(key, x, y):
-    k_aug, k_mix = jax.random.split(key)
-    v = jax.vmap(one)(jax.random.split(k_aug, x.shape[0]), x)
-    lam = jax.random.beta(k_mix, 0.2, 0.2)
-    return lam * v + (1 - lam) * v[::-1], lam * y + (1 - lam) * y[::-1]
+    @jax.jit
+    def step(key, x, y):
+        k_aug, k_mix = jax.random.split(key)
+        v = jax.vmap(one)(jax.random.split(k_aug, x.shape[0]), x)
+        lam = jax.random.beta(k_mix, 0.2, 0.2)
+        return lam * v + (1 - lam) * v[::-1], lam * y + (1 - lam) * y[::-1]
 
-  c = _Counter()
-  xj, yj = jnp.asarray(x), jnp.asarray(y)
-  return lambda: step(jax.random.key(c.next()), xj, yj)
+    c = _Counter()
+    xj, yj = jnp.asarray(x), jnp.asarray(y)
+    return lambda: step(jax.random.key(c.next()), xj, yj)
 
 
 def kornia_a(x, y):
-  import kornia.augmentation as K
-  import torch
-  aug = K.AugmentationSequential(
-      K.RandomCrop((32, 32), padding=4, padding_mode="reflect"),
-      K.RandomHorizontalFlip(p=0.5),
-      K.ColorJitter(0.4, 0.4, 0.4, 0.0, p=1.0),
-      K.RandomGaussianNoise(mean=0.0, std=0.05, p=0.5),
-      K.RandomErasing(scale=(64 / 1024, 64 / 1024), ratio=(1.0, 1.0), value=0.0, p=1.0))
-  dev, sync = _torch_device()
-  xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(dev)
-  yt = torch.from_numpy(y).to(dev)
-  beta = torch.distributions.Beta(torch.tensor(0.2, device=dev), torch.tensor(0.2, device=dev))
+    import kornia.augmentation as K
+    import torch
 
-  def run():
-    with torch.no_grad():
-      v = aug(xt).clamp_(0, 1)
-      lam = beta.sample()
-      out = lam * v + (1 - lam) * v.flip(0), lam * yt + (1 - lam) * yt.flip(0)
-    sync()
-    return out
-  return run
+    aug = K.AugmentationSequential(
+        K.RandomCrop((32, 32), padding=4, padding_mode="reflect"),
+        K.RandomHorizontalFlip(p=0.5),
+        K.ColorJitter(0.4, 0.4, 0.4, 0.0, p=1.0),
+        K.RandomGaussianNoise(mean=0.0, std=0.05, p=0.5),
+        K.RandomErasing(scale=(64 / 1024, 64 / 1024), ratio=(1.0, 1.0), value=0.0, p=1.0),
+    )
+    dev, sync = _torch_device()
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(dev)
+    yt = torch.from_numpy(y).to(dev)
+    beta = torch.distributions.Beta(torch.tensor(0.2, device=dev), torch.tensor(0.2, device=dev))
+
+    def run():
+        with torch.no_grad():
+            v = aug(xt).clamp_(0, 1)
+            lam = beta.sample()
+            out = lam * v + (1 - lam) * v.flip(0), lam * yt + (1 - lam) * yt.flip(0)
+        sync()
+        return out
+
+    return run
 
 
 def albumentations_a(x, y):
-  import albumentations as Alb
-  import cv2
-  t = Alb.Compose([
-      Alb.PadIfNeeded(40, 40, border_mode=cv2.BORDER_REFLECT_101),
-      Alb.RandomCrop(32, 32),
-      Alb.HorizontalFlip(p=0.5),
-      Alb.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.0, p=1.0),
-      Alb.GaussNoise(std_range=(0.05, 0.05), mean_range=(0.0, 0.0), p=0.5),
-      Alb.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(8, 8),
-                        hole_width_range=(8, 8), fill=0, p=1.0)])
-  rng = np.random.default_rng(0)
+    import albumentations as Alb
+    import cv2
 
-  def run():
-    v = np.stack([t(image=img)["image"] for img in x])
-    lam = rng.beta(0.2, 0.2)
-    return lam * v + (1 - lam) * v[::-1], lam * y + (1 - lam) * y[::-1]
-  return run
+    t = Alb.Compose(
+        [
+            Alb.PadIfNeeded(40, 40, border_mode=cv2.BORDER_REFLECT_101),
+            Alb.RandomCrop(32, 32),
+            Alb.HorizontalFlip(p=0.5),
+            Alb.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.0, p=1.0),
+            Alb.GaussNoise(std_range=(0.05, 0.05), mean_range=(0.0, 0.0), p=0.5),
+            Alb.CoarseDropout(
+                num_holes_range=(1, 1),
+                hole_height_range=(8, 8),
+                hole_width_range=(8, 8),
+                fill=0,
+                p=1.0,
+            ),
+        ]
+    )
+    rng = np.random.default_rng(0)
+
+    def run():
+        v = np.stack([t(image=img)["image"] for img in x])
+        lam = rng.beta(0.2, 0.2)
+        return lam * v + (1 - lam) * v[::-1], lam * y + (1 - lam) * y[::-1]
+
+    return run
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,286 +218,352 @@ def albumentations_a(x, y):
 
 
 def jaxreg_b(x):
-  aug = A.compose(P(A.random_rotate, max_degrees=15),
-                  P(A.random_scale, min_scale=0.8, max_scale=1.2),
-                  P(A.random_resized_crop, size=224, scale=(0.08, 1.0)),
-                  A.random_flip)
-  step = jax.jit(A.batch(aug))
-  c = _Counter()
-  xj = jnp.asarray(x)
-  return lambda: step(jax.random.key(c.next()), xj)
+    aug = A.compose(
+        P(A.random_rotate, max_degrees=15),
+        P(A.random_scale, min_scale=0.8, max_scale=1.2),
+        P(A.random_resized_crop, size=224, scale=(0.08, 1.0)),
+        A.random_flip,
+    )
+    step = jax.jit(A.batch(aug))
+    c = _Counter()
+    xj = jnp.asarray(x)
+    return lambda: step(jax.random.key(c.next()), xj)
 
 
 def jaxreg_b_xla(x):
-  """`jaxreg_b` traced with JAXREG_NATIVE=0: the XLA gather path, for reference (not a peer)."""
-  run = jaxreg_b(x)
-  first = [True]
+    """`jaxreg_b` traced with JAXREG_NATIVE=0: the XLA gather path, for reference (not a peer)."""
+    run = jaxreg_b(x)
+    first = [True]
 
-  def wrapped():
-    if not first[0]:
-      return run()
-    first[0] = False
-    old = os.environ.get("JAXREG_NATIVE")
-    os.environ["JAXREG_NATIVE"] = "0"  # read when the warp is traced, i.e. on this first call
-    try:
-      return run()
-    finally:
-      if old is None:
-        del os.environ["JAXREG_NATIVE"]
-      else:
-        os.environ["JAXREG_NATIVE"] = old
-  return wrapped
+    def wrapped():
+        if not first[0]:
+            return run()
+        first[0] = False
+        old = os.environ.get("JAXREG_NATIVE")
+        os.environ["JAXREG_NATIVE"] = "0"  # read when the warp is traced, i.e. on this first call
+        try:
+            return run()
+        finally:
+            if old is None:
+                del os.environ["JAXREG_NATIVE"]
+            else:
+                os.environ["JAXREG_NATIVE"] = old
+
+    return wrapped
 
 
 def dmpix_b(x):
-  import dm_pix as pix
+    import dm_pix as pix
 
-  def one(key, img):
-    ks = jax.random.split(key, 5)
-    v = pix.rotate(img, jax.random.uniform(ks[0], minval=-np.pi / 12, maxval=np.pi / 12),
-                   mode="constant")
-    s = jax.random.uniform(ks[1], minval=0.8, maxval=1.2)
-    centre = (jnp.array(img.shape, jnp.float32) - 1) / 2
-    mat = jnp.diag(jnp.array([1 / s, 1 / s, 1.0]))
-    v = pix.affine_transform(v, mat, offset=centre - mat @ centre, mode="constant")
-    area = jax.random.uniform(ks[2], minval=0.08, maxval=1.0)
-    ratio = jnp.exp(jax.random.uniform(ks[3], minval=np.log(3 / 4), maxval=np.log(4 / 3)))
-    ch = jnp.minimum(jnp.sqrt(area / ratio), 1.0) * 224
-    cw = jnp.minimum(jnp.sqrt(area * ratio), 1.0) * 224
-    off = jax.random.uniform(ks[4], (2,)) * jnp.array([224 - ch, 224 - cw])
-    mat = jnp.diag(jnp.array([ch / 224, cw / 224, 1.0]))
-    v = pix.affine_transform(v, mat, offset=jnp.array([off[0], off[1], 0.0]), mode="nearest")
-    return pix.random_flip_left_right(ks[0], v)
+    def one(key, img):
+        ks = jax.random.split(key, 5)
+        v = pix.rotate(
+            img, jax.random.uniform(ks[0], minval=-np.pi / 12, maxval=np.pi / 12), mode="constant"
+        )
+        s = jax.random.uniform(ks[1], minval=0.8, maxval=1.2)
+        centre = (jnp.array(img.shape, jnp.float32) - 1) / 2
+        mat = jnp.diag(jnp.array([1 / s, 1 / s, 1.0]))
+        v = pix.affine_transform(v, mat, offset=centre - mat @ centre, mode="constant")
+        area = jax.random.uniform(ks[2], minval=0.08, maxval=1.0)
+        ratio = jnp.exp(jax.random.uniform(ks[3], minval=np.log(3 / 4), maxval=np.log(4 / 3)))
+        ch = jnp.minimum(jnp.sqrt(area / ratio), 1.0) * 224
+        cw = jnp.minimum(jnp.sqrt(area * ratio), 1.0) * 224
+        off = jax.random.uniform(ks[4], (2,)) * jnp.array([224 - ch, 224 - cw])
+        mat = jnp.diag(jnp.array([ch / 224, cw / 224, 1.0]))
+        v = pix.affine_transform(v, mat, offset=jnp.array([off[0], off[1], 0.0]), mode="nearest")
+        return pix.random_flip_left_right(ks[0], v)
 
-  step = jax.jit(lambda k, x: jax.vmap(one)(jax.random.split(k, x.shape[0]), x))
-  c = _Counter()
-  xj = jnp.asarray(x)
-  return lambda: step(jax.random.key(c.next()), xj)
+    step = jax.jit(lambda k, x: jax.vmap(one)(jax.random.split(k, x.shape[0]), x))
+    c = _Counter()
+    xj = jnp.asarray(x)
+    return lambda: step(jax.random.key(c.next()), xj)
 
 
 def augmax_b(x):
-  import augmax
-  # augmax has no separate scale op or area-based resized crop: RandomSizedCrop's zoom range
-  # (0.8, 4.2) covers scale 0.8-1.2 times area 0.08-1 (zoom 1 / sqrt(area)).
-  chain = augmax.Chain(augmax.Rotate((-15, 15), p=1.0),
-                       augmax.RandomSizedCrop(224, 224, zoom_range=(0.8, 4.2)),
-                       augmax.HorizontalFlip(p=0.5))
-  step = jax.jit(lambda k, x: jax.vmap(chain)(jax.random.split(k, x.shape[0]), x))
-  c = _Counter()
-  xj = jnp.asarray(x)
-  return lambda: step(jax.random.PRNGKey(c.next()), xj)
+    import augmax
+
+    # augmax has no separate scale op or area-based resized crop: RandomSizedCrop's zoom range
+    # (0.8, 4.2) covers scale 0.8-1.2 times area 0.08-1 (zoom 1 / sqrt(area)).
+    chain = augmax.Chain(
+        augmax.Rotate((-15, 15), p=1.0),
+        augmax.RandomSizedCrop(224, 224, zoom_range=(0.8, 4.2)),
+        augmax.HorizontalFlip(p=0.5),
+    )
+    step = jax.jit(lambda k, x: jax.vmap(chain)(jax.random.split(k, x.shape[0]), x))
+    c = _Counter()
+    xj = jnp.asarray(x)
+    return lambda: step(jax.random.PRNGKey(c.next()), xj)
 
 
 def kornia_b(x):
-  import kornia.augmentation as K
-  import torch
-  aug = K.AugmentationSequential(
-      K.RandomAffine(degrees=15, scale=(0.8, 1.2), p=1.0),
-      K.RandomResizedCrop((224, 224), scale=(0.08, 1.0)),
-      K.RandomHorizontalFlip(p=0.5))
-  dev, sync = _torch_device()
-  xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(dev)
+    import kornia.augmentation as K
+    import torch
 
-  def run():
-    with torch.no_grad():
-      out = aug(xt)
-    sync()
-    return out
-  return run
+    aug = K.AugmentationSequential(
+        K.RandomAffine(degrees=15, scale=(0.8, 1.2), p=1.0),
+        K.RandomResizedCrop((224, 224), scale=(0.08, 1.0)),
+        K.RandomHorizontalFlip(p=0.5),
+    )
+    dev, sync = _torch_device()
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(dev)
+
+    def run():
+        with torch.no_grad():
+            out = aug(xt)
+        sync()
+        return out
+
+    return run
 
 
 def albumentations_b(x):
-  import albumentations as Alb
-  t = Alb.Compose([Alb.Affine(rotate=(-15, 15), scale=(0.8, 1.2), p=1.0),
-                   Alb.RandomResizedCrop(size=(224, 224), scale=(0.08, 1.0)),
-                   Alb.HorizontalFlip(p=0.5)])
-  return lambda: np.stack([t(image=img)["image"] for img in x])
+    import albumentations as Alb
+
+    t = Alb.Compose(
+        [
+            Alb.Affine(rotate=(-15, 15), scale=(0.8, 1.2), p=1.0),
+            Alb.RandomResizedCrop(size=(224, 224), scale=(0.08, 1.0)),
+            Alb.HorizontalFlip(p=0.5),
+        ]
+    )
+    return lambda: np.stack([t(image=img)["image"] for img in x])
 
 
 # tf.image, batched by hand as a TensorFlow user would write it: one tf.function over the batch,
 # per-example random parameters from a tf.random.Generator (Philox), stateless ops per batch.
 
-TF_HINT = ("kept out of .venv: python -m venv .venv-bench && .venv-bench/bin/pip install -e "
-           "'.[bench]' tensorflow-cpu, then run this script with .venv-bench/bin/python")
+TF_HINT = (
+    "kept out of .venv: python -m venv .venv-bench && .venv-bench/bin/pip install -e "
+    "'.[bench]' tensorflow-cpu, then run this script with .venv-bench/bin/python"
+)
 
 
 def _tf():
-  try:
-    import tensorflow as tf
-  except ImportError as e:
-    raise ImportError(f"tensorflow; {TF_HINT}", name="tensorflow") from e
-  return tf
+    try:
+        import tensorflow as tf
+    except ImportError as e:
+        raise ImportError(f"tensorflow; {TF_HINT}", name="tensorflow") from e
+    return tf
 
 
 def tf_image_a(x, y):
-  tf = _tf()
-  gen = tf.random.Generator.from_seed(0, alg="philox")
-  xt, yt = tf.constant(x), tf.constant(y)
-  b, h, w, c = x.shape
+    tf = _tf()
+    gen = tf.random.Generator.from_seed(0, alg="philox")
+    xt, yt = tf.constant(x), tf.constant(y)
+    b, h, w, c = x.shape
 
-  def beta(a):  # Beta(a, a) from two Gamma(a) draws (TF has no Beta sampler)
-    g = tf.random.stateless_gamma([2], gen.make_seeds(1)[:, 0], alpha=a)
-    return g[0] / (g[0] + g[1])
+    def beta(a):  # Beta(a, a) from two Gamma(a) draws (TF has no Beta sampler)
+        g = tf.random.stateless_gamma([2], gen.make_seeds(1)[:, 0], alpha=a)
+        return g[0] / (g[0] + g[1])
 
-  @tf.function(jit_compile=False)
-  def step(v, labels):
-    u = gen.uniform((b, 9))
-    # pad 4 (reflect) + random 32x32 crop and horizontal flip: one gather per axis.
-    v = tf.pad(v, [[0, 0], [4, 4], [4, 4], [0, 0]], mode="REFLECT")
-    oy = tf.cast(tf.floor(u[:, 0] * 9), tf.int32)[:, None]
-    ox = tf.cast(tf.floor(u[:, 1] * 9), tf.int32)[:, None]
-    cols = tf.range(w)[None, :]
-    cols = tf.where(u[:, 2:3] < 0.5, w - 1 - cols, cols)  # flip p=0.5
-    v = tf.gather(v, oy + tf.range(h)[None, :], axis=1, batch_dims=1)
-    v = tf.gather(v, ox + cols, axis=2, batch_dims=1)
-    # colour jitter 0.4 (torchvision order brightness, contrast, saturation; clip after each).
-    f = lambda i: tf.reshape(0.6 + 0.8 * u[:, i], (b, 1, 1, 1))
-    v = tf.clip_by_value(v * f(3), 0.0, 1.0)
-    mean = tf.reduce_mean(tf.image.rgb_to_grayscale(v), axis=[1, 2, 3], keepdims=True)
-    v = tf.clip_by_value(mean + f(4) * (v - mean), 0.0, 1.0)
-    gray = tf.image.rgb_to_grayscale(v)
-    v = tf.clip_by_value(gray + f(5) * (v - gray), 0.0, 1.0)
-    # Gaussian noise sigma 0.05 with p=0.5.
-    sigma = tf.reshape(tf.where(u[:, 6] < 0.5, 0.05, 0.0), (b, 1, 1, 1))
-    v = tf.clip_by_value(v + sigma * gen.normal((b, h, w, c)), 0.0, 1.0)
-    # one 8x8 cutout at a uniform centre (clipped at the border).
-    cy = tf.reshape(tf.cast(tf.floor(u[:, 7] * h), tf.int32), (b, 1, 1, 1))
-    cx = tf.reshape(tf.cast(tf.floor(u[:, 8] * w), tf.int32), (b, 1, 1, 1))
-    r = tf.reshape(tf.range(h), (1, h, 1, 1))
-    q = tf.reshape(tf.range(w), (1, 1, w, 1))
-    box = (r >= cy - 4) & (r < cy + 4) & (q >= cx - 4) & (q < cx + 4)
-    v = tf.where(box, 0.0, v)
-    # Mixup alpha 0.2 with the reversed batch.
-    lam = beta(0.2)
-    return lam * v + (1 - lam) * v[::-1], lam * labels + (1 - lam) * labels[::-1]
+    @tf.function(jit_compile=False)
+    def step(v, labels):
+        u = gen.uniform((b, 9))
+        # pad 4 (reflect) + random 32x32 crop and horizontal flip: one gather per axis.
+        v = tf.pad(v, [[0, 0], [4, 4], [4, 4], [0, 0]], mode="REFLECT")
+        oy = tf.cast(tf.floor(u[:, 0] * 9), tf.int32)[:, None]
+        ox = tf.cast(tf.floor(u[:, 1] * 9), tf.int32)[:, None]
+        cols = tf.range(w)[None, :]
+        cols = tf.where(u[:, 2:3] < 0.5, w - 1 - cols, cols)  # flip p=0.5
+        v = tf.gather(v, oy + tf.range(h)[None, :], axis=1, batch_dims=1)
+        v = tf.gather(v, ox + cols, axis=2, batch_dims=1)
+        # colour jitter 0.4 (torchvision order brightness, contrast, saturation; clip after each).
+        f = lambda i: tf.reshape(0.6 + 0.8 * u[:, i], (b, 1, 1, 1))
+        v = tf.clip_by_value(v * f(3), 0.0, 1.0)
+        mean = tf.reduce_mean(tf.image.rgb_to_grayscale(v), axis=[1, 2, 3], keepdims=True)
+        v = tf.clip_by_value(mean + f(4) * (v - mean), 0.0, 1.0)
+        gray = tf.image.rgb_to_grayscale(v)
+        v = tf.clip_by_value(gray + f(5) * (v - gray), 0.0, 1.0)
+        # Gaussian noise sigma 0.05 with p=0.5.
+        sigma = tf.reshape(tf.where(u[:, 6] < 0.5, 0.05, 0.0), (b, 1, 1, 1))
+        v = tf.clip_by_value(v + sigma * gen.normal((b, h, w, c)), 0.0, 1.0)
+        # one 8x8 cutout at a uniform centre (clipped at the border).
+        cy = tf.reshape(tf.cast(tf.floor(u[:, 7] * h), tf.int32), (b, 1, 1, 1))
+        cx = tf.reshape(tf.cast(tf.floor(u[:, 8] * w), tf.int32), (b, 1, 1, 1))
+        r = tf.reshape(tf.range(h), (1, h, 1, 1))
+        q = tf.reshape(tf.range(w), (1, 1, w, 1))
+        box = (r >= cy - 4) & (r < cy + 4) & (q >= cx - 4) & (q < cx + 4)
+        v = tf.where(box, 0.0, v)
+        # Mixup alpha 0.2 with the reversed batch.
+        lam = beta(0.2)
+        return lam * v + (1 - lam) * v[::-1], lam * labels + (1 - lam) * labels[::-1]
 
-  return lambda: step(xt, yt)
+    return lambda: step(xt, yt)
 
 
 def tf_image_b(x):
-  tf = _tf()
-  gen = tf.random.Generator.from_seed(0, alg="philox")
-  xt = tf.constant(x)
-  b, h, w, _ = x.shape
-  cy, cx = (h - 1) / 2, (w - 1) / 2
+    tf = _tf()
+    gen = tf.random.Generator.from_seed(0, alg="philox")
+    xt = tf.constant(x)
+    b, h, w, _ = x.shape
+    cy, cx = (h - 1) / 2, (w - 1) / 2
 
-  @tf.function(jit_compile=False)
-  def step(v):
-    u = gen.uniform((b, 7))
-    # Rotation +-15 deg and scale 0.8-1.2 about the centre: one projective warp (bilinear,
-    # zeros outside), per-example matrices mapping output to input pixels, as keras'
-    # RandomRotation / RandomZoom call it.
-    theta = (u[:, 0] * 2 - 1) * (np.pi / 12)
-    inv_s = 1.0 / (0.8 + 0.4 * u[:, 1])
-    a0, a1 = inv_s * tf.cos(theta), inv_s * tf.sin(theta)
-    b0, b1 = -a1, a0
-    mats = tf.stack([a0, a1, cx - a0 * cx - a1 * cy, b0, b1, cy - b0 * cx - b1 * cy,
-                     tf.zeros(b), tf.zeros(b)], axis=1)
-    v = tf.raw_ops.ImageProjectiveTransformV3(
-        images=v, transforms=mats, output_shape=[h, w], fill_value=0.0,
-        interpolation="BILINEAR", fill_mode="CONSTANT")
-    # Random resized crop (area 0.08-1, log-uniform ratio 3/4-4/3, clamped to the image) to
-    # 224 with horizontal flip p=0.5 (a flipped box: x1 > x2), bilinear, in one crop_and_resize.
-    area = 0.08 + 0.92 * u[:, 2]
-    ratio = tf.exp(np.log(3 / 4) + u[:, 3] * (np.log(4 / 3) - np.log(3 / 4)))
-    ch = tf.minimum(tf.sqrt(area / ratio), 1.0)
-    cw = tf.minimum(tf.sqrt(area * ratio), 1.0)
-    y1 = u[:, 4] * (1 - ch)
-    x1 = u[:, 5] * (1 - cw)
-    flip = u[:, 6] < 0.5
-    boxes = tf.stack([y1, tf.where(flip, x1 + cw, x1), y1 + ch, tf.where(flip, x1, x1 + cw)],
-                     axis=1)
-    return tf.image.crop_and_resize(v, boxes, tf.range(b), [224, 224], method="bilinear")
+    @tf.function(jit_compile=False)
+    def step(v):
+        u = gen.uniform((b, 7))
+        # Rotation +-15 deg and scale 0.8-1.2 about the centre: one projective warp (bilinear,
+        # zeros outside), per-example matrices mapping output to input pixels, as keras'
+        # RandomRotation / RandomZoom call it.
+        theta = (u[:, 0] * 2 - 1) * (np.pi / 12)
+        inv_s = 1.0 / (0.8 + 0.4 * u[:, 1])
+        a0, a1 = inv_s * tf.cos(theta), inv_s * tf.sin(theta)
+        b0, b1 = -a1, a0
+        mats = tf.stack(
+            [
+                a0,
+                a1,
+                cx - a0 * cx - a1 * cy,
+                b0,
+                b1,
+                cy - b0 * cx - b1 * cy,
+                tf.zeros(b),
+                tf.zeros(b),
+            ],
+            axis=1,
+        )
+        v = tf.raw_ops.ImageProjectiveTransformV3(
+            images=v,
+            transforms=mats,
+            output_shape=[h, w],
+            fill_value=0.0,
+            interpolation="BILINEAR",
+            fill_mode="CONSTANT",
+        )
+        # Random resized crop (area 0.08-1, log-uniform ratio 3/4-4/3, clamped to the image) to
+        # 224 with horizontal flip p=0.5 (a flipped box: x1 > x2), bilinear, in one crop_and_resize.
+        area = 0.08 + 0.92 * u[:, 2]
+        ratio = tf.exp(np.log(3 / 4) + u[:, 3] * (np.log(4 / 3) - np.log(3 / 4)))
+        ch = tf.minimum(tf.sqrt(area / ratio), 1.0)
+        cw = tf.minimum(tf.sqrt(area * ratio), 1.0)
+        y1 = u[:, 4] * (1 - ch)
+        x1 = u[:, 5] * (1 - cw)
+        flip = u[:, 6] < 0.5
+        boxes = tf.stack(
+            [y1, tf.where(flip, x1 + cw, x1), y1 + ch, tf.where(flip, x1, x1 + cw)], axis=1
+        )
+        return tf.image.crop_and_resize(v, boxes, tf.range(b), [224, 224], method="bilinear")
 
-  return lambda: step(xt)
+    return lambda: step(xt)
 
 
 # ---------------------------------------------------------------------------------------------
 
 
 def _rng_note():
-  part = jax.config.jax_threefry_partitionable
-  return (f"jaxreg RNG: per-example keys from jax.random.split (threefry2x32, "
-          f"jax_threefry_partitionable={part}, left as configured); parameters and noise from "
-          f"{_rng.NAME}. dm-pix/augmax: jax.random threefry2x32. kornia: torch's generator "
-          f"(mt19937 on CPU, philox on CUDA). albumentations: numpy Generator (PCG64). tf.image: "
-          f"tf.random.Generator (philox).")
+    part = jax.config.jax_threefry_partitionable
+    return (
+        f"jaxreg RNG: per-example keys from jax.random.split (threefry2x32, "
+        f"jax_threefry_partitionable={part}, left as configured); parameters and noise from "
+        f"{_rng.NAME}. dm-pix/augmax: jax.random threefry2x32. kornia: torch's generator "
+        f"(mt19937 on CPU, philox on CUDA). albumentations: numpy Generator (PCG64). tf.image: "
+        f"tf.random.Generator (philox)."
+    )
 
 
 def _warp_note():
-  """Which path jaxreg's bilinear warp takes here, and the native kernel's build time."""
-  from jaxreg.augment import _native
-  if jax.default_backend() != "cpu":
-    return f"jaxreg bilinear warp: XLA path (on {jax.default_backend()})."
-  t0 = time.perf_counter()
-  target = _native.warp_target()
-  took = time.perf_counter() - t0
-  if target is None:
-    return "jaxreg bilinear warp: XLA gather path (native kernel off or not buildable)."
-  return (f"jaxreg bilinear warp: native XLA:CPU kernel, ready in {took:.2f} s (built now or "
-          f"loaded from {_native.cache_dir()}), huge-page advice "
-          f"{'on' if _native.huge_pages() else 'off'}.")
+    """Which path jaxreg's bilinear warp takes here, and the native kernel's build time."""
+    from jaxreg.augment import _native
+
+    if jax.default_backend() != "cpu":
+        return f"jaxreg bilinear warp: XLA path (on {jax.default_backend()})."
+    t0 = time.perf_counter()
+    target = _native.warp_target()
+    took = time.perf_counter() - t0
+    if target is None:
+        return "jaxreg bilinear warp: XLA gather path (native kernel off or not buildable)."
+    return (
+        f"jaxreg bilinear warp: native XLA:CPU kernel, ready in {took:.2f} s (built now or "
+        f"loaded from {_native.cache_dir()}), huge-page advice "
+        f"{'on' if _native.huge_pages() else 'off'}."
+    )
 
 
 def run_workload(name, peers, args, repeats):
-  print(f"\nWorkload {name}")
-  rows = []
-  for peer, make in peers:
-    try:
-      run = make(*args)
-      first, med = _time(run, repeats if peer not in ("dm-pix (vmap+jit)",) or name == "A" else 2)
-      rows.append((peer, args[0].shape[0] / med, first, med, ""))
-    except ImportError as e:
-      what = str(e) if e.name == "tensorflow" else (e.name or e)
-      rows.append((peer, None, None, None, f"skipped: not installed ({what})"))
-    except Exception as e:  # a peer's API changed: report, keep going
-      rows.append((peer, None, None, None, f"failed: {type(e).__name__}: {str(e)[:80]}"))
-  ours = rows[0][1]
-  print(f"{'library':26s} {'img/s':>10s} {'jaxreg x':>9s} {'batch ms':>9s} {'first call s':>13s}  note")
-  for peer, ips, first, med, note in rows:
-    if ips is None:
-      print(f"{peer:26s} {'-':>10s} {'-':>9s} {'-':>9s} {'-':>13s}  {note}")
-    else:
-      ratio = ours / ips if ours else float("nan")
-      print(f"{peer:26s} {ips:10.0f} {ratio:9.2f} {med * 1e3:9.2f} {first:13.2f}  {note}")
-  timed = [r for r in rows[1:] if r[1] is not None and not r[0].startswith("jaxreg")]
-  if timed and ours:
-    best = max(timed, key=lambda r: r[1])
-    print(f"fastest peer: {best[0]} ({best[1]:.0f} img/s); jaxreg / fastest = {ours / best[1]:.2f}x")
-  return rows
+    print(f"\nWorkload {name}")
+    rows = []
+    for peer, make in peers:
+        try:
+            run = make(*args)
+            first, med = _time(
+                run, repeats if peer not in ("dm-pix (vmap+jit)",) or name == "A" else 2
+            )
+            rows.append((peer, args[0].shape[0] / med, first, med, ""))
+        except ImportError as e:
+            what = str(e) if e.name == "tensorflow" else (e.name or e)
+            rows.append((peer, None, None, None, f"skipped: not installed ({what})"))
+        except Exception as e:  # a peer's API changed: report, keep going
+            rows.append((peer, None, None, None, f"failed: {type(e).__name__}: {str(e)[:80]}"))
+    ours = rows[0][1]
+    print(
+        f"{'library':26s} {'img/s':>10s} {'jaxreg x':>9s} {'batch ms':>9s} {'first call s':>13s}  note"
+    )
+    for peer, ips, first, med, note in rows:
+        if ips is None:
+            print(f"{peer:26s} {'-':>10s} {'-':>9s} {'-':>9s} {'-':>13s}  {note}")
+        else:
+            ratio = ours / ips if ours else float("nan")
+            print(f"{peer:26s} {ips:10.0f} {ratio:9.2f} {med * 1e3:9.2f} {first:13.2f}  {note}")
+    timed = [r for r in rows[1:] if r[1] is not None and not r[0].startswith("jaxreg")]
+    if timed and ours:
+        best = max(timed, key=lambda r: r[1])
+        print(
+            f"fastest peer: {best[0]} ({best[1]:.0f} img/s); jaxreg / fastest = {ours / best[1]:.2f}x"
+        )
+    return rows
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--workload", choices=["A", "B", "both"], default="both")
-  parser.add_argument("--repeats", type=int, default=10)
-  args = parser.parse_args(argv)
-  try:
-    import torch
-    torch.set_num_threads(os.cpu_count() or 1)
-  except ImportError:
-    pass
-  dev = jax.devices()[0]
-  print(f"jax {jax.__version__} on {dev.platform} ({dev.device_kind}, {os.cpu_count()} CPU cores); "
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", choices=["A", "B", "both"], default="both")
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args(argv)
+    try:
+        import torch
+
+        torch.set_num_threads(os.cpu_count() or 1)
+    except ImportError:
+        pass
+    dev = jax.devices()[0]
+    print(
+        f"jax {jax.__version__} on {dev.platform} ({dev.device_kind}, {os.cpu_count()} CPU cores); "
         f"'first call s' includes compilation for JAX libraries. JAX libraries and kornia run on "
-        f"the accelerator when there is one, albumentations and tf.image on the CPU.")
-  print(_rng_note())
-  print(_warp_note())
-  rng = np.random.default_rng(0)
-  if args.workload in ("A", "both"):
-    x = rng.random((512, 32, 32, 3), dtype=np.float32)
-    y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 512)]
-    run_workload("A: 512 x 32x32x3, crop+flip+jitter+noise+cutout+mixup", [
-        ("jaxreg", jaxreg_a), ("dm-pix (vmap+jit)", dmpix_a), ("kornia", kornia_a),
-        ("albumentations", albumentations_a), ("tf.image", tf_image_a)], (x, y), args.repeats)
-  if args.workload in ("B", "both"):
-    x = rng.random((64, 224, 224, 3), dtype=np.float32)
-    run_workload("B: 64 x 224x224x3, rotate+scale+resized crop+flip", [
-        ("jaxreg", jaxreg_b), ("jaxreg, XLA path (ref.)", jaxreg_b_xla),
-        ("albumentations", albumentations_b), ("augmax", augmax_b),
-        ("kornia", kornia_b), ("dm-pix (vmap+jit)", dmpix_b), ("tf.image", tf_image_b)],
-        (x,), max(3, args.repeats // 2))
+        f"the accelerator when there is one, albumentations and tf.image on the CPU."
+    )
+    print(_rng_note())
+    print(_warp_note())
+    rng = np.random.default_rng(0)
+    if args.workload in ("A", "both"):
+        x = rng.random((512, 32, 32, 3), dtype=np.float32)
+        y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 512)]
+        run_workload(
+            "A: 512 x 32x32x3, crop+flip+jitter+noise+cutout+mixup",
+            [
+                ("jaxreg", jaxreg_a),
+                ("dm-pix (vmap+jit)", dmpix_a),
+                ("kornia", kornia_a),
+                ("albumentations", albumentations_a),
+                ("tf.image", tf_image_a),
+            ],
+            (x, y),
+            args.repeats,
+        )
+    if args.workload in ("B", "both"):
+        x = rng.random((64, 224, 224, 3), dtype=np.float32)
+        run_workload(
+            "B: 64 x 224x224x3, rotate+scale+resized crop+flip",
+            [
+                ("jaxreg", jaxreg_b),
+                ("jaxreg, XLA path (ref.)", jaxreg_b_xla),
+                ("albumentations", albumentations_b),
+                ("augmax", augmax_b),
+                ("kornia", kornia_b),
+                ("dm-pix (vmap+jit)", dmpix_b),
+                ("tf.image", tf_image_b),
+            ],
+            (x,),
+            max(3, args.repeats // 2),
+        )
 
 
 if __name__ == "__main__":
-  main()
+    main()

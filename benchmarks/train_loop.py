@@ -27,8 +27,9 @@ from jaxreg.train.step import epoch_permutation
 
 
 def _state(conv_grad: str) -> TrainState:
-    m = models.create("cnn", num_classes=10, input_shape=(28, 28, 1), batch_norm=True,
-                      conv_grad=conv_grad)
+    m = models.create(
+        "cnn", num_classes=10, input_shape=(28, 28, 1), batch_norm=True, conv_grad=conv_grad
+    )
     return TrainState.create(m, optax.adam(1e-3), key=jax.random.key(0))
 
 
@@ -57,7 +58,9 @@ def bench_python(x_host, y_host, batch_size, conv_grad, repeats):
     steps = x_host.shape[0] // batch_size
 
     def one_epoch(st, e):
-        perm = np.asarray(epoch_permutation(st.key, jnp.int32(e), x_host.shape[0], steps, batch_size))
+        perm = np.asarray(
+            epoch_permutation(st.key, jnp.int32(e), x_host.shape[0], steps, batch_size)
+        )
         for idx in perm:  # host batches, as a typical Flax loop feeds them
             st, m = step(st, x_host[idx], y_host[idx])
         jax.block_until_ready(m)
@@ -84,8 +87,10 @@ def main() -> None:
     ds = data.load("mnist5k", split="train")
     x_host, y_host = ds.images, ds.labels.astype(np.int32)
     x, y = jnp.asarray(x_host), jnp.asarray(y_host)
-    print(f"backend: {jax.default_backend()} ({jax.devices()[0].device_kind}), jax {jax.__version__}, "
-          f"{x.shape[0]} images, batch {args.batch_size}")
+    print(
+        f"backend: {jax.default_backend()} ({jax.devices()[0].device_kind}), jax {jax.__version__}, "
+        f"{x.shape[0]} images, batch {args.batch_size}"
+    )
     rows = []
     py_auto, *py_c = bench_python(x_host, y_host, args.batch_size, "auto", args.repeats)
     rows.append(("python loop, jitted step (conv_grad=auto)", py_auto, *py_c))
@@ -95,7 +100,9 @@ def main() -> None:
     for rule in ("auto", "native"):
         ips, *comp = bench_scan(x, y, args.batch_size, rule, args.repeats)
         rows.append((f"lax.scan epoch (conv_grad={rule})", ips, *comp))
-    print(f"{'loop':48s} {'img/s':>9s} {'vs best python':>15s} {'1st epoch s':>12s} {'XLA compile s':>14s}")
+    print(
+        f"{'loop':48s} {'img/s':>9s} {'vs best python':>15s} {'1st epoch s':>12s} {'XLA compile s':>14s}"
+    )
     for name, ips, first, xla in rows:
         print(f"{name:48s} {ips:9.0f} {ips / best_py:14.2f}x {first:12.2f} {xla:14.2f}")
 

@@ -60,8 +60,18 @@ SINGLES: dict[str, tuple[str, str]] = {
     "mixup": ("", "mixup(alpha=0.2)"),
     "cutmix": ("", "cutmix(alpha=1.0)"),
 }
-DEFAULT_SINGLES = ("none", "rotate", "scale", "crop", "hflip", "corner_patches", "noise",
-                   "jitter", "mixup", "cutmix")
+DEFAULT_SINGLES = (
+    "none",
+    "rotate",
+    "scale",
+    "crop",
+    "hflip",
+    "corner_patches",
+    "noise",
+    "jitter",
+    "mixup",
+    "cutmix",
+)
 SMOKE_SINGLES = ("none", "mixup")
 PRESET = "digits"  # a fixed good combination: rotate +-10, scale 0.9-1.1, shift +-10 %
 EXPERIMENT_KEYS = ("seeds", "sizes", "variants", "combos", "min_steps", "compile_cache")
@@ -102,8 +112,11 @@ def _combine(names: Sequence[str]) -> tuple[str, str]:
 
 def _top_singles(rows: Sequence[Mapping], singles: Sequence[str], k: int) -> list[str]:
     """The k singles with the largest mean paired validation gain (at most one mix op)."""
-    gains = {n: experiment.paired_ci(rows, n, "val_accuracy", baseline=BASELINE)[0]
-             for n in singles if n != BASELINE}
+    gains = {
+        n: experiment.paired_ci(rows, n, "val_accuracy", baseline=BASELINE)[0]
+        for n in singles
+        if n != BASELINE
+    }
     out, has_mix = [], False
     for n in sorted(gains, key=lambda n: -gains[n]):
         is_mix = bool(SINGLES[n][1])
@@ -128,8 +141,11 @@ def run(config: ConfigDict, workdir: str) -> dict:
     seeds = experiment.parse_seeds(config.seeds)
     sizes = experiment.int_tuple(config.sizes, name="sizes")
     singles = experiment.select_variants(
-        config.variants, allowed=SINGLES, baseline=BASELINE,
-        default=SMOKE_SINGLES if smoke else DEFAULT_SINGLES)
+        config.variants,
+        allowed=SINGLES,
+        baseline=BASELINE,
+        default=SMOKE_SINGLES if smoke else DEFAULT_SINGLES,
+    )
     combos = experiment.split_names(config.combos)
     bad = [c for c in combos if c not in (PRESET, "top2", "top3")]
     if bad:
@@ -150,14 +166,19 @@ def run(config: ConfigDict, workdir: str) -> dict:
     with experiment.compile_cache(workdir, use_cache):
         for size in sizes:
             data_fn = experiment.subset_data_fn(splits, size)  # subset k for seed k, all variants
-            epochs = experiment.epochs_for(size * len(splits["train"].class_names),
-                                           int(config.batch_size), int(config.epochs), min_steps)
+            epochs = experiment.epochs_for(
+                size * len(splits["train"].class_names),
+                int(config.batch_size),
+                int(config.epochs),
+                min_steps,
+            )
             base = ConfigDict(config.to_dict())
             base.epochs = epochs
             print(f"augmentation_ablation: {size} per class, {epochs} epochs, seeds {list(seeds)}")
             variants = {n: {"augment": SINGLES[n][0], "mix": SINGLES[n][1]} for n in singles}
-            size_rows = experiment.run_variants(base, workdir / f"n{size}", variants, seeds=seeds,
-                                                data_fn=data_fn)
+            size_rows = experiment.run_variants(
+                base, workdir / f"n{size}", variants, seeds=seeds, data_fn=data_fn
+            )
             for n in singles:
                 settings[(size, n)] = _describe(*SINGLES[n])
             extra = {}
@@ -173,8 +194,9 @@ def run(config: ConfigDict, workdir: str) -> dict:
                     extra[combo] = {"augment": aug, "mix": mix}
                     settings[(size, combo)] = "+".join(picked) + " (best on val)"
             if extra:
-                size_rows += experiment.run_variants(base, workdir / f"n{size}", extra,
-                                                     seeds=seeds, data_fn=data_fn)
+                size_rows += experiment.run_variants(
+                    base, workdir / f"n{size}", extra, seeds=seeds, data_fn=data_fn
+                )
             for r in size_rows:
                 r["size"] = size
             rows += size_rows
@@ -191,46 +213,81 @@ def run(config: ConfigDict, workdir: str) -> dict:
             vm = experiment.paired_ci(mine, name, "val_accuracy", baseline=BASELINE)[0]
             a["delta_test"], a["delta_half"], a["delta_val"] = dm, dh, vm
             a["effect"] = "baseline" if name == BASELINE else experiment.effect(dm, dh)
-            table_rows.append({
-                "per class": size, "variant": name, "augmentation": settings[(size, name)],
-                "n": a["n"], "val_accuracy": a["val_accuracy"], "test_accuracy": a["test_accuracy"],
-                "Δ test vs none (pts, 95% CI)": ("-" if name == BASELINE else
-                                                  f"{dm * 100:+.1f} ± {dh * 100:.1f}"),
-                "seeds above none": "-" if name == BASELINE else f"{above}/{n}",
-                "effect": a["effect"]})
-        fig = experiment.bar_plot(agg, "test_accuracy", workdir / f"test_accuracy_n{size}.png",
-                                  baseline=BASELINE,
-                                  title=f"Test accuracy, {size} training images per class")
+            table_rows.append(
+                {
+                    "per class": size,
+                    "variant": name,
+                    "augmentation": settings[(size, name)],
+                    "n": a["n"],
+                    "val_accuracy": a["val_accuracy"],
+                    "test_accuracy": a["test_accuracy"],
+                    "Δ test vs none (pts, 95% CI)": (
+                        "-" if name == BASELINE else f"{dm * 100:+.1f} ± {dh * 100:.1f}"
+                    ),
+                    "seeds above none": "-" if name == BASELINE else f"{above}/{n}",
+                    "effect": a["effect"],
+                }
+            )
+        fig = experiment.bar_plot(
+            agg,
+            "test_accuracy",
+            workdir / f"test_accuracy_n{size}.png",
+            baseline=BASELINE,
+            title=f"Test accuracy, {size} training images per class",
+        )
         figures.append(fig.name)
     figures.append(_delta_figure(per_size, workdir / "delta_vs_none.png").name)
     verdict = make_verdict(per_size)
     wall = time.perf_counter() - t0
-    extra_md = "\n".join([
-        "## Protocol", "",
-        f"- Data {config.data}; training subsets of {list(sizes)} images per class (subset k for "
-        f"seed k, shared by every variant); full validation and test splits.",
-        f"- Model {config.model} (BatchNorm {config.batch_norm}), {config.optimizer} lr "
-        f"{config.learning_rate:g} ({config.schedule}), batch {config.batch_size}, at least "
-        f"{config.epochs} epochs and {min_steps} steps; best epoch by validation accuracy.",
-        "- top2/top3 combine the singles with the largest mean paired validation gain "
-        "(chosen on validation, never on test).",
-        f"- Wall time of this invocation: {wall:.0f} s (finished runs are read back).", "",
-        "<details><summary>Per-seed results</summary>", "",
-        report.markdown_table(rows, ["size", "variant", "seed", "val_accuracy", "test_accuracy",
-                                     "best_epoch"]).rstrip("\n"), "", "</details>"])
+    extra_md = "\n".join(
+        [
+            "## Protocol",
+            "",
+            f"- Data {config.data}; training subsets of {list(sizes)} images per class (subset k for "
+            f"seed k, shared by every variant); full validation and test splits.",
+            f"- Model {config.model} (BatchNorm {config.batch_norm}), {config.optimizer} lr "
+            f"{config.learning_rate:g} ({config.schedule}), batch {config.batch_size}, at least "
+            f"{config.epochs} epochs and {min_steps} steps; best epoch by validation accuracy.",
+            "- top2/top3 combine the singles with the largest mean paired validation gain "
+            "(chosen on validation, never on test).",
+            f"- Wall time of this invocation: {wall:.0f} s (finished runs are read back).",
+            "",
+            "<details><summary>Per-seed results</summary>",
+            "",
+            report.markdown_table(
+                rows, ["size", "variant", "seed", "val_accuracy", "test_accuracy", "best_epoch"]
+            ).rstrip("\n"),
+            "",
+            "</details>",
+        ]
+    )
     experiment.write_report(
-        workdir, title="Augmentation ablation on limited data",
-        question=("With 20 and 100 training images per class, which augmentations help a small "
-                  "CNN, which hurt, by how much, and do combinations add up?"),
-        expectation=("Small geometric jitter (rotate, scale, crop) helps by a few points at 20 "
-                     "per class and less at 100; horizontal flips do not help digits; noise, "
-                     "jitter and corner patches are about neutral; Mixup/CutMix help little in "
-                     "few steps; a combination of the best singles is at least as good as the "
-                     "best single."),
-        table_rows=table_rows, verdict=verdict, figures=figures, extra_md=extra_md,
-        wall_time_s=wall)
-    return {"rows": rows, "aggregate": per_size, "table": table_rows, "verdict": verdict,
-            "wall_time_s": wall}
+        workdir,
+        title="Augmentation ablation on limited data",
+        question=(
+            "With 20 and 100 training images per class, which augmentations help a small "
+            "CNN, which hurt, by how much, and do combinations add up?"
+        ),
+        expectation=(
+            "Small geometric jitter (rotate, scale, crop) helps by a few points at 20 "
+            "per class and less at 100; horizontal flips do not help digits; noise, "
+            "jitter and corner patches are about neutral; Mixup/CutMix help little in "
+            "few steps; a combination of the best singles is at least as good as the "
+            "best single."
+        ),
+        table_rows=table_rows,
+        verdict=verdict,
+        figures=figures,
+        extra_md=extra_md,
+        wall_time_s=wall,
+    )
+    return {
+        "rows": rows,
+        "aggregate": per_size,
+        "table": table_rows,
+        "verdict": verdict,
+        "wall_time_s": wall,
+    }
 
 
 def _delta_figure(per_size: Mapping[int, Sequence[Mapping]], path: Path) -> Path:
@@ -241,8 +298,9 @@ def _delta_figure(per_size: Mapping[int, Sequence[Mapping]], path: Path) -> Path
 
     names = []
     for agg in per_size.values():
-        names += [a["variant"] for a in agg
-                  if a["variant"] != BASELINE and a["variant"] not in names]
+        names += [
+            a["variant"] for a in agg if a["variant"] != BASELINE and a["variant"] not in names
+        ]
     fig = Figure(figsize=(8, 0.4 * len(names) + 1.8))
     ax = fig.add_subplot(1, 1, 1)
     height = 0.8 / max(1, len(per_size))
@@ -250,8 +308,11 @@ def _delta_figure(per_size: Mapping[int, Sequence[Mapping]], path: Path) -> Path
         by = {a["variant"]: a for a in agg}
         y = [j + i * height for j, n in enumerate(names) if n in by]
         m = [by[n]["delta_test"] * 100 for n in names if n in by]
-        h = [0.0 if not math.isfinite(by[n]["delta_half"]) else by[n]["delta_half"] * 100
-             for n in names if n in by]
+        h = [
+            0.0 if not math.isfinite(by[n]["delta_half"]) else by[n]["delta_half"] * 100
+            for n in names
+            if n in by
+        ]
         ax.barh(y, m, height=height, xerr=h, capsize=2, label=f"{size} per class")
     ax.set_yticks([j + 0.4 - height / 2 for j in range(len(names))], names)
     ax.invert_yaxis()
@@ -277,31 +338,39 @@ def make_verdict(per_size: Mapping[int, Sequence[Mapping[str, Any]]]) -> str:
         noise = [fmt(a) for a in agg if a["effect"] in ("within noise", "one seed")]
         others = [a for a in agg if a["variant"] != BASELINE]
         join = experiment.join_names
-        text = (f"With {size} images per class the baseline reached {base['test_accuracy']} test "
-                f"accuracy (n={base['n']} seeds). Clearly helped (95% interval of the paired "
-                f"gain above 0): {join(helps)}. Clearly hurt: {join(hurts)}. Within the "
-                f"seed noise: {join(noise)}.")
+        text = (
+            f"With {size} images per class the baseline reached {base['test_accuracy']} test "
+            f"accuracy (n={base['n']} seeds). Clearly helped (95% interval of the paired "
+            f"gain above 0): {join(helps)}. Clearly hurt: {join(hurts)}. Within the "
+            f"seed noise: {join(noise)}."
+        )
         if others:
             pick = max(others, key=lambda a: a["delta_val"])
             best_gain[size] = pick
-            text += (f" The best variant on validation was {pick['variant']} "
-                     f"({pick['val_accuracy']} val), which changed test accuracy by "
-                     f"{pick['delta_test'] * 100:+.1f} pts.")
+            text += (
+                f" The best variant on validation was {pick['variant']} "
+                f"({pick['val_accuracy']} val), which changed test accuracy by "
+                f"{pick['delta_test'] * 100:+.1f} pts."
+            )
             singles = [a for a in others if a["variant"] in SINGLES]
             combos = [a for a in others if a["variant"] not in SINGLES]
             if singles and combos:
                 bs = max(singles, key=lambda a: a["delta_test"])
                 bc = max(combos, key=lambda a: a["delta_test"])
                 word = "above" if bc["delta_test"] > bs["delta_test"] else "not above"
-                text += (f" The best combination ({bc['variant']}, {bc['delta_test'] * 100:+.1f}"
-                         f" pts) was {word} the best single ({bs['variant']}, "
-                         f"{bs['delta_test'] * 100:+.1f} pts).")
+                text += (
+                    f" The best combination ({bc['variant']}, {bc['delta_test'] * 100:+.1f}"
+                    f" pts) was {word} the best single ({bs['variant']}, "
+                    f"{bs['delta_test'] * 100:+.1f} pts)."
+                )
         parts.append(text)
     if len(best_gain) >= 2:
         sizes = sorted(best_gain)
         lo, hi = best_gain[sizes[0]], best_gain[sizes[-1]]
-        trend = ("shrank" if hi["delta_test"] < lo["delta_test"] else "did not shrink")
-        parts.append(f"The gain of the validation-best variant {trend} with more data: "
-                     f"{lo['delta_test'] * 100:+.1f} pts at {sizes[0]} per class vs "
-                     f"{hi['delta_test'] * 100:+.1f} pts at {sizes[-1]} per class.")
+        trend = "shrank" if hi["delta_test"] < lo["delta_test"] else "did not shrink"
+        parts.append(
+            f"The gain of the validation-best variant {trend} with more data: "
+            f"{lo['delta_test'] * 100:+.1f} pts at {sizes[0]} per class vs "
+            f"{hi['delta_test'] * 100:+.1f} pts at {sizes[-1]} per class."
+        )
     return " ".join(parts)

@@ -46,8 +46,15 @@ ALL_VARIANTS = ("none",) + GEOMETRIC + DEGRADING
 SMOKE_VARIANTS = ("none", "digits", "degrade")
 CORRUPTIONS = ("noise", "blur", "lowres", "jpeg")
 WATCHED_PAIRS = ((6, 9), (9, 6), (2, 5), (5, 2), (3, 8), (8, 3))
-EXPERIMENT_KEYS = ("seeds", "train_per_class_", "variants", "degrade_spec", "corruption",
-                   "min_steps", "compile_cache")
+EXPERIMENT_KEYS = (
+    "seeds",
+    "train_per_class_",
+    "variants",
+    "degrade_spec",
+    "corruption",
+    "min_steps",
+    "compile_cache",
+)
 
 
 def get_config() -> ConfigDict:
@@ -68,28 +75,49 @@ def get_config() -> ConfigDict:
     c.seeds = (0, 1, 2)
     c.variants = ""  # comma-separated subset of ALL_VARIANTS; "" = all
     # training-time degradations, covering the deployment conditions below
-    c.degrade_spec = ("noise(sigma=(0.0,0.3),p=0.5)+blur(sigma=(0.1,2.0),p=0.5)"
-                      "+downscale(factors=(2,3),p=0.3)+jpeg(quality=(10,50),p=0.3)")
+    c.degrade_spec = (
+        "noise(sigma=(0.0,0.3),p=0.5)+blur(sigma=(0.1,2.0),p=0.5)"
+        "+downscale(factors=(2,3),p=0.3)+jpeg(quality=(10,50),p=0.3)"
+    )
     # the deployment conditions: the corrupted test set (fixed strengths)
-    c.corruption = ConfigDict({"noise_sigma": 0.25, "blur_sigma": 1.5, "lowres_factor": 3,
-                               "jpeg_quality": 15, "key": 1234})
+    c.corruption = ConfigDict(
+        {
+            "noise_sigma": 0.25,
+            "blur_sigma": 1.5,
+            "lowres_factor": 3,
+            "jpeg_quality": 15,
+            "key": 1234,
+        }
+    )
     c.min_steps = 300
     c.compile_cache = True
     return c
 
 
 def variant_specs(degrade_spec: str) -> dict[str, str]:
-    return {"none": "", "digits": "digits", "rotate_large": "rotate(max_degrees=180)",
-            "hflip": "hflip", "vflip": "vflip", "degrade": degrade_spec,
-            "digits_degrade": "digits+" + degrade_spec}
+    return {
+        "none": "",
+        "digits": "digits",
+        "rotate_large": "rotate(max_degrees=180)",
+        "hflip": "hflip",
+        "vflip": "vflip",
+        "degrade": degrade_spec,
+        "digits_degrade": "digits+" + degrade_spec,
+    }
 
 
 # ----------------------------------------------------------------------------- corrupted test set
 
 
-def corrupt_test_set(test: data_lib.Dataset, *, noise_sigma: float, blur_sigma: float,
-                     lowres_factor: int, jpeg_quality: float, key: int
-                     ) -> dict[str, data_lib.Dataset]:
+def corrupt_test_set(
+    test: data_lib.Dataset,
+    *,
+    noise_sigma: float,
+    blur_sigma: float,
+    lowres_factor: int,
+    jpeg_quality: float,
+    key: int,
+) -> dict[str, data_lib.Dataset]:
     """Deterministic corrupted copies of ``test``: one per corruption and a mixed one.
 
     ``test_<type>`` applies one corruption to every image; ``test_corrupt`` gives image i the
@@ -113,12 +141,14 @@ def corrupt_test_set(test: data_lib.Dataset, *, noise_sigma: float, blur_sigma: 
     for name, fn in fns.items():
         imgs = np.clip(np.asarray(fn(keys, x), np.float32), 0.0, 1.0)
         per_type[name] = imgs
-        out[f"test_{name}"] = data_lib.Dataset(imgs, test.labels, test.num_classes,
-                                               test.class_names, f"{test.name}-{name}")
+        out[f"test_{name}"] = data_lib.Dataset(
+            imgs, test.labels, test.num_classes, test.class_names, f"{test.name}-{name}"
+        )
     which = np.arange(x.shape[0]) % len(CORRUPTIONS)
     mixed = np.stack([per_type[CORRUPTIONS[w]][i] for i, w in enumerate(which)])
-    out["test_corrupt"] = data_lib.Dataset(mixed, test.labels, test.num_classes, test.class_names,
-                                           f"{test.name}-corrupt")
+    out["test_corrupt"] = data_lib.Dataset(
+        mixed, test.labels, test.num_classes, test.class_names, f"{test.name}-corrupt"
+    )
     return out
 
 
@@ -131,8 +161,12 @@ def run(config: ConfigDict, workdir: str) -> dict:
     config = ConfigDict(config.to_dict())
     smoke = bool(config.smoke)
     seeds = experiment.parse_seeds(config.seeds)
-    names = experiment.select_variants(config.variants, allowed=ALL_VARIANTS, baseline=BASELINE,
-                                       default=SMOKE_VARIANTS if smoke else ALL_VARIANTS)
+    names = experiment.select_variants(
+        config.variants,
+        allowed=ALL_VARIANTS,
+        baseline=BASELINE,
+        default=SMOKE_VARIANTS if smoke else ALL_VARIANTS,
+    )
     specs = variant_specs(config.degrade_spec)
     corr = dict(config.corruption)
     min_steps, use_cache = int(config.min_steps), bool(config.compile_cache)
@@ -152,21 +186,30 @@ def run(config: ConfigDict, workdir: str) -> dict:
     per_class = int(config.train_per_class) if config.train_per_class is not None else None
     data_fn = experiment.subset_data_fn(splits, per_class)
     n_train = len(data_fn(None, seeds[0])["train"])
-    config.epochs = experiment.epochs_for(n_train, int(config.batch_size), int(config.epochs),
-                                          min_steps)
-    print(f"domain_fit: {len(names)} variants x {len(seeds)} seeds, {n_train} training images, "
-          f"{config.epochs} epochs")
+    config.epochs = experiment.epochs_for(
+        n_train, int(config.batch_size), int(config.epochs), min_steps
+    )
+    print(
+        f"domain_fit: {len(names)} variants x {len(seeds)} seeds, {n_train} training images, "
+        f"{config.epochs} epochs"
+    )
     with experiment.compile_cache(workdir, use_cache):
         rows = experiment.run_variants_with_predictions(
-            config, workdir, {n: {"augment": specs[n]} for n in names}, seeds=seeds,
-            data_fn=data_fn, extra_eval=extra)
+            config,
+            workdir,
+            {n: {"augment": specs[n]} for n in names},
+            seeds=seeds,
+            data_fn=data_fn,
+            extra_eval=extra,
+        )
     for r in rows:
         r["corrupt_accuracy"] = r["extra"]["test_corrupt"]["accuracy"]
         for cname in CORRUPTIONS:
             r[f"{cname}_accuracy"] = r["extra"][f"test_{cname}"]["accuracy"]
         r["confusion"] = experiment.confusion_matrix(r["pred"]["test"], r["labels"]["test"], k)
     metrics = ("val_accuracy", "test_accuracy", "corrupt_accuracy") + tuple(
-        f"{c}_accuracy" for c in CORRUPTIONS)
+        f"{c}_accuracy" for c in CORRUPTIONS
+    )
     agg = experiment.aggregate(rows, metrics=metrics)
     conf = {n: np.sum([r["confusion"] for r in rows if r["variant"] == n], axis=0) for n in names}
     nseeds = {n: sum(r["variant"] == n for r in rows) for n in names}
@@ -180,51 +223,79 @@ def run(config: ConfigDict, workdir: str) -> dict:
         np.fill_diagonal(diff, 0)
         top = np.dstack(np.unravel_index(np.argsort(-diff, axis=None), diff.shape))[0][:3]
         a["top_pairs"] = [(int(i), int(j), float(diff[i, j])) for i, j in top if diff[i, j] > 0]
-        watched = " ".join(f"{i}→{j}:{conf[name][i, j]}" for i, j in WATCHED_PAIRS
-                           if i < k and j < k)
-        table.append({
-            "variant": name, "augmentation": specs[name] or "-", "n": a["n"],
-            "clean test acc": a["test_accuracy"],
-            "Δ clean (pts, 95% CI)": "-" if name == BASELINE else format_pm(dc[0], dc[1]),
-            "corrupted test acc": a["corrupt_accuracy"],
-            "Δ corrupted (pts, 95% CI)": "-" if name == BASELINE else format_pm(dk[0], dk[1]),
-            **{f"{c} acc": a[f"{c}_accuracy"] for c in CORRUPTIONS},
-            "watched confusions (true→pred: count over seeds)": watched,
-            "most increased confusions vs none (per seed)": "-" if name == BASELINE else (
-                " ".join(f"{i}→{j}:{d:+.1f}" for i, j, d in a["top_pairs"]) or "none")})
+        watched = " ".join(
+            f"{i}→{j}:{conf[name][i, j]}" for i, j in WATCHED_PAIRS if i < k and j < k
+        )
+        table.append(
+            {
+                "variant": name,
+                "augmentation": specs[name] or "-",
+                "n": a["n"],
+                "clean test acc": a["test_accuracy"],
+                "Δ clean (pts, 95% CI)": "-" if name == BASELINE else format_pm(dc[0], dc[1]),
+                "corrupted test acc": a["corrupt_accuracy"],
+                "Δ corrupted (pts, 95% CI)": "-" if name == BASELINE else format_pm(dk[0], dk[1]),
+                **{f"{c} acc": a[f"{c}_accuracy"] for c in CORRUPTIONS},
+                "watched confusions (true→pred: count over seeds)": watched,
+                "most increased confusions vs none (per seed)": "-"
+                if name == BASELINE
+                else (" ".join(f"{i}→{j}:{d:+.1f}" for i, j, d in a["top_pairs"]) or "none"),
+            }
+        )
     figures = [_accuracy_figure(agg, workdir / "clean_vs_corrupted.png").name]
     geo = [n for n in names if n in GEOMETRIC]
     if geo:
         figures.append(
-            _confusion_figure(conf, nseeds, geo, workdir / "confusion_increase.png").name)
+            _confusion_figure(conf, nseeds, geo, workdir / "confusion_increase.png").name
+        )
     verdict = make_verdict(agg, conf, nseeds, k)
     wall = time.perf_counter() - t0
-    extra_md = "\n".join([
-        "## Protocol", "",
-        f"- Data {config.data}, {per_class} training images per class (subset k for seed k), "
-        f"clean validation chooses the epoch; model {config.model}, {config.epochs} epochs, "
-        f"batch {config.batch_size}, lr {config.learning_rate:g} ({config.schedule}); seeds "
-        f"{list(seeds)}.",
-        f"- Corrupted test set (built once, key {corr['key']}): gaussian_noise sigma "
-        f"{corr['noise_sigma']}, gaussian_blur sigma {corr['blur_sigma']}, downscale x"
-        f"{corr['lowres_factor']}, jpeg_compress quality {corr['jpeg_quality']}; "
-        "'corrupted' mixes them (image i gets corruption i mod 4).",
-        "- Confusion counts: clean test split, restored model, summed over seeds.",
-        f"- Wall time of this invocation: {wall:.0f} s (finished runs are read back).",
-    ])
+    extra_md = "\n".join(
+        [
+            "## Protocol",
+            "",
+            f"- Data {config.data}, {per_class} training images per class (subset k for seed k), "
+            f"clean validation chooses the epoch; model {config.model}, {config.epochs} epochs, "
+            f"batch {config.batch_size}, lr {config.learning_rate:g} ({config.schedule}); seeds "
+            f"{list(seeds)}.",
+            f"- Corrupted test set (built once, key {corr['key']}): gaussian_noise sigma "
+            f"{corr['noise_sigma']}, gaussian_blur sigma {corr['blur_sigma']}, downscale x"
+            f"{corr['lowres_factor']}, jpeg_compress quality {corr['jpeg_quality']}; "
+            "'corrupted' mixes them (image i gets corruption i mod 4).",
+            "- Confusion counts: clean test split, restored model, summed over seeds.",
+            f"- Wall time of this invocation: {wall:.0f} s (finished runs are read back).",
+        ]
+    )
     experiment.write_report(
-        workdir, title="Domain fit: augmentations must match deployment",
-        question=("Do flips and large rotations hurt digit recognition (which confusions "
-                  "appear), and does training with degradations help when the test images are "
-                  "degraded?"),
-        expectation=("Flips and large rotations cost accuracy and raise 6↔9 / 2↔5 confusions; "
-                     "small geometric jitter helps; degradation training recovers most of the "
-                     "loss on the corrupted test set at little cost on clean images."),
-        table_rows=table, verdict=verdict, figures=figures, extra_md=extra_md, wall_time_s=wall)
-    slim = [{k_: v for k_, v in r.items() if k_ not in ("pred", "labels", "confusion")}
-            for r in rows]
-    return {"rows": slim, "aggregate": agg, "table": table, "verdict": verdict,
-            "confusion": {n: conf[n].tolist() for n in names}, "wall_time_s": wall}
+        workdir,
+        title="Domain fit: augmentations must match deployment",
+        question=(
+            "Do flips and large rotations hurt digit recognition (which confusions "
+            "appear), and does training with degradations help when the test images are "
+            "degraded?"
+        ),
+        expectation=(
+            "Flips and large rotations cost accuracy and raise 6↔9 / 2↔5 confusions; "
+            "small geometric jitter helps; degradation training recovers most of the "
+            "loss on the corrupted test set at little cost on clean images."
+        ),
+        table_rows=table,
+        verdict=verdict,
+        figures=figures,
+        extra_md=extra_md,
+        wall_time_s=wall,
+    )
+    slim = [
+        {k_: v for k_, v in r.items() if k_ not in ("pred", "labels", "confusion")} for r in rows
+    ]
+    return {
+        "rows": slim,
+        "aggregate": agg,
+        "table": table,
+        "verdict": verdict,
+        "confusion": {n: conf[n].tolist() for n in names},
+        "wall_time_s": wall,
+    }
 
 
 def _accuracy_figure(agg, path: Path) -> Path:
@@ -237,10 +308,17 @@ def _accuracy_figure(agg, path: Path) -> Path:
     fig = Figure(figsize=(9, 4.4))
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(len(names))
-    for i, (m, label) in enumerate((("test_accuracy", "clean test"),
-                                    ("corrupt_accuracy", "corrupted test"))):
-        ax.bar(x + (i - 0.5) * 0.38, [a[f"{m}_mean"] for a in agg], 0.38,
-               yerr=[a[f"{m}_std"] for a in agg], capsize=2, label=label)
+    for i, (m, label) in enumerate(
+        (("test_accuracy", "clean test"), ("corrupt_accuracy", "corrupted test"))
+    ):
+        ax.bar(
+            x + (i - 0.5) * 0.38,
+            [a[f"{m}_mean"] for a in agg],
+            0.38,
+            yerr=[a[f"{m}_std"] for a in agg],
+            capsize=2,
+            label=label,
+        )
     ax.set_xticks(x, names, rotation=20)
     lo = min(min(a["test_accuracy_mean"], a["corrupt_accuracy_mean"]) for a in agg)
     ax.set_ylim(max(0.0, lo - 0.1), 1.0)
@@ -286,8 +364,10 @@ def make_verdict(agg, conf, nseeds, k) -> str:
     """One paragraph from the measured numbers."""
     by = {a["variant"]: a for a in agg}
     b = by[BASELINE]
-    parts = [f"Without augmentation the model reached {b['test_accuracy']} on clean and "
-             f"{b['corrupt_accuracy']} on corrupted test images (n={b['n']} seeds)."]
+    parts = [
+        f"Without augmentation the model reached {b['test_accuracy']} on clean and "
+        f"{b['corrupt_accuracy']} on corrupted test images (n={b['n']} seeds)."
+    ]
 
     def pair(name, i, j):
         return (conf[name][i, j] + conf[name][j, i]) / nseeds[name]
@@ -298,26 +378,35 @@ def make_verdict(agg, conf, nseeds, k) -> str:
         m, h = a["d_clean"][0], a["d_clean"][1]
         text = f"{n}: clean accuracy {format_pm(m, h)} pts ({effect(m, h)})"
         if 9 < k:
-            text += (f", 6↔9 confusions {pair(BASELINE, 6, 9):.1f} → {pair(n, 6, 9):.1f} and "
-                     f"2↔5 {pair(BASELINE, 2, 5):.1f} → {pair(n, 2, 5):.1f} per seed")
+            text += (
+                f", 6↔9 confusions {pair(BASELINE, 6, 9):.1f} → {pair(n, 6, 9):.1f} and "
+                f"2↔5 {pair(BASELINE, 2, 5):.1f} → {pair(n, 2, 5):.1f} per seed"
+            )
         if a["top_pairs"]:
-            text += ("; largest increases " +
-                     ", ".join(f"{i}→{j} (+{d:.1f})" for i, j, d in a["top_pairs"]))
+            text += "; largest increases " + ", ".join(
+                f"{i}→{j} (+{d:.1f})" for i, j, d in a["top_pairs"]
+            )
         parts.append(text + ".")
     clear = [n for n in geo if effect(*by[n]["d_clean"][:2]) == "hurts"]
     lower = [n for n in geo if by[n]["d_clean"][0] < 0 and n not in clear]
     if geo:
-        parts.append("Geometric augmentations that clearly lowered clean accuracy (95% CI below "
-                     f"0): {join_names(clear)}; lower on average but within the seed noise: "
-                     f"{join_names(lower)}.")
+        parts.append(
+            "Geometric augmentations that clearly lowered clean accuracy (95% CI below "
+            f"0): {join_names(clear)}; lower on average but within the seed noise: "
+            f"{join_names(lower)}."
+        )
     for n in (x for x in DEGRADING if x in by):
         a = by[n]
         (cm, ch), (km, kh) = a["d_clean"][:2], a["d_corrupt"][:2]
-        parts.append(f"{n}: corrupted-test accuracy {format_pm(km, kh)} pts ({effect(km, kh)}, "
-                     f"{b['corrupt_accuracy_mean']:.3f} → {a['corrupt_accuracy_mean']:.3f}), "
-                     f"clean accuracy {format_pm(cm, ch)} pts ({effect(cm, ch)}).")
+        parts.append(
+            f"{n}: corrupted-test accuracy {format_pm(km, kh)} pts ({effect(km, kh)}, "
+            f"{b['corrupt_accuracy_mean']:.3f} → {a['corrupt_accuracy_mean']:.3f}), "
+            f"clean accuracy {format_pm(cm, ch)} pts ({effect(cm, ch)})."
+        )
         worst = min(CORRUPTIONS, key=lambda c: b[f"{c}_accuracy_mean"])
-        parts.append(f"The corruption that hurt the baseline most was {worst} "
-                     f"({b[f'{worst}_accuracy_mean']:.3f}); with {n} it reached "
-                     f"{a[f'{worst}_accuracy_mean']:.3f}.")
+        parts.append(
+            f"The corruption that hurt the baseline most was {worst} "
+            f"({b[f'{worst}_accuracy_mean']:.3f}); with {n} it reached "
+            f"{a[f'{worst}_accuracy_mean']:.3f}."
+        )
     return " ".join(parts)

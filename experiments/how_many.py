@@ -42,8 +42,17 @@ from jaxreg import experiment, report
 from jaxreg.experiment import format_pm
 from jaxreg.train.config import default_config
 
-EXPERIMENT_KEYS = ("seeds", "copies", "policy", "generate_key", "steps", "patience", "min_delta",
-                   "online_reference", "compile_cache")
+EXPERIMENT_KEYS = (
+    "seeds",
+    "copies",
+    "policy",
+    "generate_key",
+    "steps",
+    "patience",
+    "min_delta",
+    "online_reference",
+    "compile_cache",
+)
 
 
 def get_config() -> ConfigDict:
@@ -100,8 +109,9 @@ def make_copies(train: data_lib.Dataset, policy: str, k: int, key: int) -> data_
     copies = [np.asarray(fn(jax.random.fold_in(root, j), x), np.float32) for j in range(k)]
     images = np.concatenate([np.asarray(train.images, np.float32)] + copies)
     labels = np.concatenate([np.asarray(train.labels)] * (k + 1))
-    return data_lib.Dataset(images, labels, train.num_classes, train.class_names,
-                            f"{train.name}+{k}copies")
+    return data_lib.Dataset(
+        images, labels, train.num_classes, train.class_names, f"{train.name}+{k}copies"
+    )
 
 
 # ----------------------------------------------------------------------------- run
@@ -130,8 +140,10 @@ def run(config: ConfigDict, workdir: str) -> dict:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     splits = data_lib.load_splits(config.data)
-    real = {s: data_lib.stratified_subset(splits["train"], int(config.train_per_class), seed=s)
-            for s in seeds}
+    real = {
+        s: data_lib.stratified_subset(splits["train"], int(config.train_per_class), seed=s)
+        for s in seeds
+    }
     n_real = len(real[seeds[0]])
     bs = int(config.batch_size)
 
@@ -140,8 +152,12 @@ def run(config: ConfigDict, workdir: str) -> dict:
             import jax
 
             key = int(jax.random.key_data(jax.random.fold_in(jax.random.key(gen_key), seed))[-1])
-            return {"train": make_copies(real[seed], policy, k, key), "val": splits["val"],
-                    "test": splits["test"]}
+            return {
+                "train": make_copies(real[seed], policy, k, key),
+                "val": splits["val"],
+                "test": splits["test"],
+            }
+
         return data_fn
 
     def epochs_for(n):  # the same step budget for every amount
@@ -152,11 +168,17 @@ def run(config: ConfigDict, workdir: str) -> dict:
     with experiment.compile_cache(workdir, use_cache):
         for k in copies:
             n = n_real * (k + 1)
-            print(f"how_many: {k} copies per real image ({n} training images, "
-                  f"{epochs_for(n)} epochs = {epochs_for(n) * (n // bs)} steps)")
-            rs = experiment.run_variants(config, workdir, {f"k{k}": {"epochs": epochs_for(n),
-                                                                     "augment": ""}},
-                                         seeds=seeds, data_fn=data_for(k))
+            print(
+                f"how_many: {k} copies per real image ({n} training images, "
+                f"{epochs_for(n)} epochs = {epochs_for(n) * (n // bs)} steps)"
+            )
+            rs = experiment.run_variants(
+                config,
+                workdir,
+                {f"k{k}": {"epochs": epochs_for(n), "augment": ""}},
+                seeds=seeds,
+                data_fn=data_for(k),
+            )
             for r in rs:
                 r["copies"] = k
                 r["train_size"] = n
@@ -170,18 +192,26 @@ def run(config: ConfigDict, workdir: str) -> dict:
                 bad += 1
                 if bad >= patience:
                     rest = [x for x in copies if x > k]
-                    stop_note = (f"stopped after k={k}: {patience} amount(s) without a mean "
-                                 f"validation gain above {min_delta:g}" +
-                                 (f"; not tried: {list(rest)}" if rest else ""))
+                    stop_note = (
+                        f"stopped after k={k}: {patience} amount(s) without a mean "
+                        f"validation gain above {min_delta:g}"
+                        + (f"; not tried: {list(rest)}" if rest else "")
+                    )
                     break
         if not stop_note:
             stop_note = "every listed amount was tried (validation still improving or flat)"
         if online:
+
             def online_fn(c, seed):
                 return {"train": real[seed], "val": splits["val"], "test": splits["test"]}
-            rs = experiment.run_variants(config, workdir, {"online": {"epochs": epochs_for(n_real),
-                                                                      "augment": policy}},
-                                         seeds=seeds, data_fn=online_fn)
+
+            rs = experiment.run_variants(
+                config,
+                workdir,
+                {"online": {"epochs": epochs_for(n_real), "augment": policy}},
+                seeds=seeds,
+                data_fn=online_fn,
+            )
             for r in rs:
                 r["copies"] = "online"
                 r["train_size"] = n_real
@@ -198,46 +228,73 @@ def run(config: ConfigDict, workdir: str) -> dict:
         a["d_test"], a["h_test"] = m, h
         a["copies"], a["train_size"] = mine[0]["copies"], mine[0]["train_size"]
         onsets = [r["onset"] for r in mine if r["onset"] is not None]
-        table.append({"copies per real": a["copies"], "train images": a["train_size"],
-                      "epochs": mine[0]["epochs"], "n": a["n"],
-                      "val_accuracy": a["val_accuracy"], "test_accuracy": a["test_accuracy"],
-                      "Δ test vs k=0 (pts, 95% CI)": "-" if name == "k0" else format_pm(m, h),
-                      "final train acc": a["train_accuracy"],
-                      "train − val gap (last epoch)": a["gap"],
-                      "overfitting onset (seeds)": f"{len(onsets)}/{len(mine)}" + (
-                          f", epoch {np.mean(onsets):.0f}" if onsets else ""),
-                      "chosen": "←" if name == f"k{best_k}" else ""})
+        table.append(
+            {
+                "copies per real": a["copies"],
+                "train images": a["train_size"],
+                "epochs": mine[0]["epochs"],
+                "n": a["n"],
+                "val_accuracy": a["val_accuracy"],
+                "test_accuracy": a["test_accuracy"],
+                "Δ test vs k=0 (pts, 95% CI)": "-" if name == "k0" else format_pm(m, h),
+                "final train acc": a["train_accuracy"],
+                "train − val gap (last epoch)": a["gap"],
+                "overfitting onset (seeds)": f"{len(onsets)}/{len(mine)}"
+                + (f", epoch {np.mean(onsets):.0f}" if onsets else ""),
+                "chosen": "←" if name == f"k{best_k}" else "",
+            }
+        )
     fig = _curve_figure(agg, best_k, workdir / "curve.png")
     verdict = make_verdict(agg, best_k, stop_note, int(config.train_per_class))
     wall = time.perf_counter() - t0
-    extra_md = "\n".join([
-        "## Protocol", "",
-        f"- {config.data}, {config.train_per_class} real images per class (subset k for seed k); "
-        f"copies made once with '{policy}' (key {gen_key} folded with the seed, then the copy "
-        "index); training on originals + copies with augmentation off.",
-        f"- {steps} optimizer steps for every amount (batch {bs}); model {config.model}, "
-        f"lr {config.learning_rate:g} ({config.schedule}); best epoch by validation accuracy.",
-        f"- Search: amounts {list(copies)} in order; {stop_note}.",
-        "- 'train − val gap' = training accuracy of the last epoch (on originals + copies) minus "
-        "validation accuracy of the last epoch; 'overfitting onset' = "
-        "jaxreg.report.overfitting_onset on the run's curves.",
-        f"- Wall time of this invocation: {wall:.0f} s (finished runs are read back).",
-    ])
+    extra_md = "\n".join(
+        [
+            "## Protocol",
+            "",
+            f"- {config.data}, {config.train_per_class} real images per class (subset k for seed k); "
+            f"copies made once with '{policy}' (key {gen_key} folded with the seed, then the copy "
+            "index); training on originals + copies with augmentation off.",
+            f"- {steps} optimizer steps for every amount (batch {bs}); model {config.model}, "
+            f"lr {config.learning_rate:g} ({config.schedule}); best epoch by validation accuracy.",
+            f"- Search: amounts {list(copies)} in order; {stop_note}.",
+            "- 'train − val gap' = training accuracy of the last epoch (on originals + copies) minus "
+            "validation accuracy of the last epoch; 'overfitting onset' = "
+            "jaxreg.report.overfitting_onset on the run's curves.",
+            f"- Wall time of this invocation: {wall:.0f} s (finished runs are read back).",
+        ]
+    )
     experiment.write_report(
-        workdir, title="How many generated examples per real one?",
-        question=("With 20 real images per class, how many augmented copies per real image "
-                  "should be generated, found by growing the amount while watching validation?"),
-        expectation=("Several points from the first copies, flat by 4-8 copies, no clear drop "
-                     "at the largest amounts."),
-        table_rows=table, verdict=verdict, figures=[fig.name], extra_md=extra_md,
-        wall_time_s=wall)
-    return {"rows": rows, "aggregate": agg, "table": table, "verdict": verdict,
-            "chosen_copies": best_k, "stop": stop_note, "wall_time_s": wall}
+        workdir,
+        title="How many generated examples per real one?",
+        question=(
+            "With 20 real images per class, how many augmented copies per real image "
+            "should be generated, found by growing the amount while watching validation?"
+        ),
+        expectation=(
+            "Several points from the first copies, flat by 4-8 copies, no clear drop "
+            "at the largest amounts."
+        ),
+        table_rows=table,
+        verdict=verdict,
+        figures=[fig.name],
+        extra_md=extra_md,
+        wall_time_s=wall,
+    )
+    return {
+        "rows": rows,
+        "aggregate": agg,
+        "table": table,
+        "verdict": verdict,
+        "chosen_copies": best_k,
+        "stop": stop_note,
+        "wall_time_s": wall,
+    }
 
 
 def _add_history(r: dict, workdir: Path) -> None:
-    hist = report.read_metrics(experiment.run_dir(workdir, r["variant"], r["seed"]) /
-                               "metrics.jsonl")
+    hist = report.read_metrics(
+        experiment.run_dir(workdir, r["variant"], r["seed"]) / "metrics.jsonl"
+    )
     last = hist[-1]
     r["train_accuracy"] = float(last["train_accuracy"])
     r["gap"] = float(last["train_accuracy"]) - float(last["val_accuracy"])
@@ -262,19 +319,30 @@ def _curve_figure(agg, best_k, path: Path) -> Path:
         ax.plot(x, mean, marker="o", label=label)
         ax.fill_between(x, mean - std, mean + std, alpha=0.2)
         if ref:
-            ax.axhline(ref[0][f"{m}_mean"], ls=":", lw=1, color=ax.lines[-1].get_color(),
-                       label=f"on-the-fly augmentation ({label})")
+            ax.axhline(
+                ref[0][f"{m}_mean"],
+                ls=":",
+                lw=1,
+                color=ax.lines[-1].get_color(),
+                label=f"on-the-fly augmentation ({label})",
+            )
     if best_k is not None:
-        ax.axvline([a["copies"] for a in ks].index(best_k), color="k", ls="--", lw=1,
-                   label=f"chosen on validation: k={best_k}")
+        ax.axvline(
+            [a["copies"] for a in ks].index(best_k),
+            color="k",
+            ls="--",
+            lw=1,
+            label=f"chosen on validation: k={best_k}",
+        )
     ax.set_xticks(x, [str(a["copies"]) for a in ks])
     ax.set_xlabel("augmented copies per real image (k)")
     ax.set_ylabel("accuracy (mean ± std over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax2 = fig.add_subplot(1, 2, 2)
-    ax2.errorbar(x, [a["gap_mean"] for a in ks], yerr=[a["gap_std"] for a in ks], marker="o",
-                 capsize=2)
+    ax2.errorbar(
+        x, [a["gap_mean"] for a in ks], yerr=[a["gap_std"] for a in ks], marker="o", capsize=2
+    )
     ax2.set_xticks(x, [str(a["copies"]) for a in ks])
     ax2.set_xlabel("augmented copies per real image (k)")
     ax2.set_ylabel("train − validation accuracy, last epoch")
@@ -290,38 +358,51 @@ def make_verdict(agg, best_k, stop_note: str, per_class: int) -> str:
     ks = [a for a in agg if a["copies"] != "online"]
     by = {a["copies"]: a for a in ks}
     base = by.get(0, ks[0])
-    text = (f"With {per_class} real images per class and no copies, the model reached "
-            f"{base['val_accuracy']} validation and {base['test_accuracy']} test accuracy. "
-            f"Curve (mean validation accuracy by copies per real image): " +
-            ", ".join(f"k={a['copies']}: {a['val_accuracy_mean']:.3f}" for a in ks) + ". ")
+    text = (
+        f"With {per_class} real images per class and no copies, the model reached "
+        f"{base['val_accuracy']} validation and {base['test_accuracy']} test accuracy. "
+        f"Curve (mean validation accuracy by copies per real image): "
+        + ", ".join(f"k={a['copies']}: {a['val_accuracy_mean']:.3f}" for a in ks)
+        + ". "
+    )
     chosen = by.get(best_k)
     if best_k == 0:
-        text += (f"No amount of copies beat the real images alone on validation by more than the "
-                 f"threshold, so k=0 was chosen ({stop_note}). ")
+        text += (
+            f"No amount of copies beat the real images alone on validation by more than the "
+            f"threshold, so k=0 was chosen ({stop_note}). "
+        )
     elif chosen is not None:
-        text += (f"The amount chosen on validation is k={best_k} ({stop_note}); its test accuracy "
-                 f"was {chosen['test_accuracy']}, "
-                 f"{format_pm(chosen['d_test'], chosen['h_test'])} pts vs no copies (paired by "
-                 "seed, 95% CI). ")
+        text += (
+            f"The amount chosen on validation is k={best_k} ({stop_note}); its test accuracy "
+            f"was {chosen['test_accuracy']}, "
+            f"{format_pm(chosen['d_test'], chosen['h_test'])} pts vs no copies (paired by "
+            "seed, 95% CI). "
+        )
     after = [a for a in ks if best_k is not None and a["copies"] > best_k]
     drops = [a for a in after if a["val_accuracy_mean"] < chosen["val_accuracy_mean"]]
     if drops:
         worst = min(drops, key=lambda a: a["val_accuracy_mean"])
-        text += (f"Beyond it, more copies did not help: validation fell to "
-                 f"{worst['val_accuracy_mean']:.3f} at k={worst['copies']} "
-                 f"({(worst['val_accuracy_mean'] - chosen['val_accuracy_mean']) * 100:+.1f} pts); ")
+        text += (
+            f"Beyond it, more copies did not help: validation fell to "
+            f"{worst['val_accuracy_mean']:.3f} at k={worst['copies']} "
+            f"({(worst['val_accuracy_mean'] - chosen['val_accuracy_mean']) * 100:+.1f} pts); "
+        )
     elif after:
         text += "Beyond it, validation stayed within the stopping threshold (flat, no drop); "
     else:
         text += "No larger amount was tried after the chosen one, so no drop was observed; "
     gaps = [a["gap_mean"] for a in ks]
     i = int(np.argmax(gaps))
-    text += (f"the train−validation gap at the last epoch was largest at k={ks[i]['copies']} "
-             f"({gaps[i]:.3f}) and {gaps[-1]:.3f} at k={ks[-1]['copies']}.")
+    text += (
+        f"the train−validation gap at the last epoch was largest at k={ks[i]['copies']} "
+        f"({gaps[i]:.3f}) and {gaps[-1]:.3f} at k={ks[-1]['copies']}."
+    )
     ref = [a for a in agg if a["copies"] == "online"]
     if ref and chosen is not None:
         r = ref[0]
         word = "above" if r["test_accuracy_mean"] > chosen["test_accuracy_mean"] else "not above"
-        text += (f" On-the-fly augmentation with the same policy and steps reached "
-                 f"{r['test_accuracy']} test accuracy, {word} the chosen fixed set.")
+        text += (
+            f" On-the-fly augmentation with the same policy and steps reached "
+            f"{r['test_accuracy']} test accuracy, {word} the chosen fixed set."
+        )
     return text

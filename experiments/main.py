@@ -52,26 +52,42 @@ def run(config: ConfigDict, workdir: str) -> dict:
         print(f"== {name}: augment={augment or 'none'}")
         t0 = time.perf_counter()
         r = train_and_evaluate(c, workdir / name, data=data, title=f"main: {name}")
-        rows.append({"run": name, "augment": augment or "none",
-                     "val_accuracy": r["val_accuracy"], "test_accuracy": r["test_accuracy"],
-                     "best_epoch": r["best_epoch"], "wall_time_s": time.perf_counter() - t0})
+        rows.append(
+            {
+                "run": name,
+                "augment": augment or "none",
+                "val_accuracy": r["val_accuracy"],
+                "test_accuracy": r["test_accuracy"],
+                "best_epoch": r["best_epoch"],
+                "wall_time_s": time.perf_counter() - t0,
+            }
+        )
     table = report.markdown_table(rows, floatfmt=".4f")
     print()
-    print(f"mnist5k, {len(data['train'])} training images ({config.train_per_class} per class), "
-          f"val {len(data['val'])}, test {len(data['test'])}")
+    print(
+        f"mnist5k, {len(data['train'])} training images ({config.train_per_class} per class), "
+        f"val {len(data['val'])}, test {len(data['test'])}"
+    )
     print(table)
     delta = rows[1]["test_accuracy"] - rows[0]["test_accuracy"]
-    verdict = (f"Augmentation ({spec}) changed test accuracy by {delta * 100:+.1f} points "
-               f"({rows[0]['test_accuracy']:.4f} -> {rows[1]['test_accuracy']:.4f}); one seed, "
-               "see experiments/augmentation_ablation.py for the multi-seed answer.")
+    verdict = (
+        f"Augmentation ({spec}) changed test accuracy by {delta * 100:+.1f} points "
+        f"({rows[0]['test_accuracy']:.4f} -> {rows[1]['test_accuracy']:.4f}); one seed, "
+        "see experiments/augmentation_ablation.py for the multi-seed answer."
+    )
     print(verdict)
     report.write_experiment_report(
-        workdir, title="Main job: baseline vs augmentation on limited mnist5k",
+        workdir,
+        title="Main job: baseline vs augmentation on limited mnist5k",
         question="Does simple augmentation help a small CNN trained on 50 images per class?",
         expectation="A few points of test accuracy gained with shifts/rotations/zoom.",
-        table_rows=rows, verdict=verdict,
-        figures=[str(Path(r["run"]) / "curves.png") for r in rows])
+        table_rows=rows,
+        verdict=verdict,
+        figures=[str(Path(r["run"]) / "curves.png") for r in rows],
+    )
     (workdir / "results.json").write_text(json.dumps(rows, indent=2))
-    print(f"Report: {workdir / 'report.md'} (per run: {workdir}/baseline/report.md, "
-          f"{workdir}/augmented/report.md)")
+    print(
+        f"Report: {workdir / 'report.md'} (per run: {workdir}/baseline/report.md, "
+        f"{workdir}/augmented/report.md)"
+    )
     return {"rows": rows, "verdict": verdict}

@@ -76,10 +76,16 @@ def variant_overrides(spec: str, reg: Mapping[str, Any]) -> dict[str, dict[str, 
         "plain": {},
         "early_stopping": dict(es),
         "augment": {"augment": spec},
-        "dropout_wd": {"dropout": float(reg["dropout"]),
-                       "weight_decay": float(reg["weight_decay"])},
-        "all": {"augment": spec, "dropout": float(reg["dropout"]),
-                "weight_decay": float(reg["weight_decay"]), **es},
+        "dropout_wd": {
+            "dropout": float(reg["dropout"]),
+            "weight_decay": float(reg["weight_decay"]),
+        },
+        "all": {
+            "augment": spec,
+            "dropout": float(reg["dropout"]),
+            "weight_decay": float(reg["weight_decay"]),
+            **es,
+        },
     }
 
 
@@ -97,8 +103,12 @@ def run(config: ConfigDict, workdir: str) -> dict:
     config = ConfigDict(config.to_dict())
     smoke = bool(config.smoke)
     seeds = experiment.parse_seeds(config.seeds)
-    names = experiment.select_variants(config.variants, allowed=ALL_VARIANTS, baseline=BASELINE,
-                                       default=SMOKE_VARIANTS if smoke else ALL_VARIANTS)
+    names = experiment.select_variants(
+        config.variants,
+        allowed=ALL_VARIANTS,
+        baseline=BASELINE,
+        default=SMOKE_VARIANTS if smoke else ALL_VARIANTS,
+    )
     overrides = variant_overrides(config.augment_spec, dict(config.reg))
     onset_patience, use_cache = int(config.onset_patience), bool(config.compile_cache)
     for key in EXPERIMENT_KEYS:
@@ -115,15 +125,19 @@ def run(config: ConfigDict, workdir: str) -> dict:
     splits = data_lib.load_splits(config.data)
     data_fn = experiment.subset_data_fn(splits, int(config.train_per_class))
 
-    print(f"overfitting: {len(names)} variants x {len(seeds)} seeds, {config.epochs} epochs on "
-          f"{config.train_per_class} per class")
+    print(
+        f"overfitting: {len(names)} variants x {len(seeds)} seeds, {config.epochs} epochs on "
+        f"{config.train_per_class} per class"
+    )
     with experiment.compile_cache(workdir, use_cache):
-        rows = experiment.run_variants(config, workdir, {n: overrides[n] for n in names},
-                                       seeds=seeds, data_fn=data_fn)
+        rows = experiment.run_variants(
+            config, workdir, {n: overrides[n] for n in names}, seeds=seeds, data_fn=data_fn
+        )
     hists = {}
     for r in rows:
-        h = report.read_metrics(experiment.run_dir(workdir, r["variant"], r["seed"]) /
-                                "metrics.jsonl")
+        h = report.read_metrics(
+            experiment.run_dir(workdir, r["variant"], r["seed"]) / "metrics.jsonl"
+        )
         hists[(r["variant"], r["seed"])] = h
         vl = np.array([x["val_loss"] for x in h], np.float64)
         i = int(np.nanargmin(vl))
@@ -134,8 +148,17 @@ def run(config: ConfigDict, workdir: str) -> dict:
         r["final_train_accuracy"] = float(h[-1]["train_accuracy"])
         r["final_gap"] = float(h[-1]["train_accuracy"] - h[-1]["val_accuracy"])
         r["epochs_run"] = len(h)
-    metrics = ("test_accuracy", "test_loss", "min_val_loss", "final_val_loss", "rise",
-               "final_train_accuracy", "final_gap", "epochs_run", "min_epoch")
+    metrics = (
+        "test_accuracy",
+        "test_loss",
+        "min_val_loss",
+        "final_val_loss",
+        "rise",
+        "final_train_accuracy",
+        "final_gap",
+        "epochs_run",
+        "min_epoch",
+    )
     agg = experiment.aggregate(rows, metrics=metrics)
     table = []
     for a in agg:
@@ -145,56 +168,86 @@ def run(config: ConfigDict, workdir: str) -> dict:
         a["onsets"], a["onset_mean"] = onsets, (float(np.mean(onsets)) if onsets else None)
         a["d_acc"] = experiment.paired_ci(rows, name, "test_accuracy", baseline=BASELINE)
         a["d_loss"] = experiment.paired_ci(rows, name, "test_loss", baseline=BASELINE)
-        table.append({
-            "variant": name, "settings": ", ".join(f"{k.split('.')[0]}={v}" for k, v in
-                                                   overrides[name].items()
-                                                   if k != "restore_best") or "no regularization",
-            "n": a["n"],
-            "onset epoch (seeds with onset)": (f"{np.mean(onsets):.1f} ({len(onsets)}/{len(mine)})"
-                                               if onsets else f"none (0/{len(mine)})"),
-            "min val loss @ epoch": f"{a['min_val_loss_mean']:.3f} @ {a['min_epoch_mean']:.0f}",
-            "val loss rise after min": a["rise"], "final train acc": a["final_train_accuracy"],
-            "train − val gap": a["final_gap"], "epochs run": a["epochs_run"],
-            "test_accuracy": a["test_accuracy"],
-            "Δ test acc vs plain (pts)": "-" if name == BASELINE else format_pm(*a["d_acc"][:2]),
-            "test_loss": a["test_loss"]})
+        table.append(
+            {
+                "variant": name,
+                "settings": ", ".join(
+                    f"{k.split('.')[0]}={v}"
+                    for k, v in overrides[name].items()
+                    if k != "restore_best"
+                )
+                or "no regularization",
+                "n": a["n"],
+                "onset epoch (seeds with onset)": (
+                    f"{np.mean(onsets):.1f} ({len(onsets)}/{len(mine)})"
+                    if onsets
+                    else f"none (0/{len(mine)})"
+                ),
+                "min val loss @ epoch": f"{a['min_val_loss_mean']:.3f} @ {a['min_epoch_mean']:.0f}",
+                "val loss rise after min": a["rise"],
+                "final train acc": a["final_train_accuracy"],
+                "train − val gap": a["final_gap"],
+                "epochs run": a["epochs_run"],
+                "test_accuracy": a["test_accuracy"],
+                "Δ test acc vs plain (pts)": "-"
+                if name == BASELINE
+                else format_pm(*a["d_acc"][:2]),
+                "test_loss": a["test_loss"],
+            }
+        )
     figures = [_mean_curves_figure(agg, hists, names, seeds, workdir / "val_loss_curves.png").name]
     for name in names:
         seed = seeds[0]
         r = next(x for x in rows if x["variant"] == name and x["seed"] == seed)
         h = hists[(name, seed)]
         best = r["best_epoch"] if overrides[name].get("restore_best") else r["min_epoch"]
-        p = report.plot_curves(h, workdir / f"curves_{name}.png", onset=r["onset"],
-                               best_epoch=best if best else None,
-                               title=f"{name}, seed {seed}")
+        p = report.plot_curves(
+            h,
+            workdir / f"curves_{name}.png",
+            onset=r["onset"],
+            best_epoch=best if best else None,
+            title=f"{name}, seed {seed}",
+        )
         figures.append(p.name)
     verdict = make_verdict(agg, int(config.epochs))
     wall = time.perf_counter() - t0
-    extra_md = "\n".join([
-        "## Protocol", "",
-        f"- {config.data}, {config.train_per_class} training images per class (subset k for "
-        f"seed k); model {config.model} without BatchNorm; {config.optimizer} lr "
-        f"{config.learning_rate:g} constant; batch {config.batch_size}; up to {config.epochs} "
-        f"epochs; seeds {list(seeds)}.",
-        "- Onset: first epoch of the first run of "
-        f"{onset_patience} epochs whose validation loss is above the running minimum while "
-        "training accuracy is above its value at that minimum (jaxreg.report.overfitting_onset).",
-        "- 'rise' = last-epoch validation loss minus the minimum; variants without early "
-        "stopping report the last epoch, early stopping restores the epoch of minimum "
-        "validation loss.",
-        f"- Wall time of this invocation: {wall:.0f} s (finished runs are read back).",
-    ])
+    extra_md = "\n".join(
+        [
+            "## Protocol",
+            "",
+            f"- {config.data}, {config.train_per_class} training images per class (subset k for "
+            f"seed k); model {config.model} without BatchNorm; {config.optimizer} lr "
+            f"{config.learning_rate:g} constant; batch {config.batch_size}; up to {config.epochs} "
+            f"epochs; seeds {list(seeds)}.",
+            "- Onset: first epoch of the first run of "
+            f"{onset_patience} epochs whose validation loss is above the running minimum while "
+            "training accuracy is above its value at that minimum (jaxreg.report.overfitting_onset).",
+            "- 'rise' = last-epoch validation loss minus the minimum; variants without early "
+            "stopping report the last epoch, early stopping restores the epoch of minimum "
+            "validation loss.",
+            f"- Wall time of this invocation: {wall:.0f} s (finished runs are read back).",
+        ]
+    )
     experiment.write_report(
-        workdir, title="Overfitting: long training on little data, with and without regularization",
-        question=("Where does a small CNN trained long on 30 images per class start to overfit, "
-                  "what does it cost, and what do augmentation, dropout + weight decay and early "
-                  "stopping change?"),
-        expectation=("Plain: onset in every seed soon after the training set is fitted, rising "
-                     "validation loss; early stopping restores the minimum; augmentation delays "
-                     "or removes the onset; all together give the best test accuracy."),
-        table_rows=table, verdict=verdict, figures=figures, extra_md=extra_md, wall_time_s=wall)
-    return {"rows": rows, "aggregate": agg, "table": table, "verdict": verdict,
-            "wall_time_s": wall}
+        workdir,
+        title="Overfitting: long training on little data, with and without regularization",
+        question=(
+            "Where does a small CNN trained long on 30 images per class start to overfit, "
+            "what does it cost, and what do augmentation, dropout + weight decay and early "
+            "stopping change?"
+        ),
+        expectation=(
+            "Plain: onset in every seed soon after the training set is fitted, rising "
+            "validation loss; early stopping restores the minimum; augmentation delays "
+            "or removes the onset; all together give the best test accuracy."
+        ),
+        table_rows=table,
+        verdict=verdict,
+        figures=figures,
+        extra_md=extra_md,
+        wall_time_s=wall,
+    )
+    return {"rows": rows, "aggregate": agg, "table": table, "verdict": verdict, "wall_time_s": wall}
 
 
 def _mean_curves_figure(agg, hists, names, seeds, path: Path) -> Path:
@@ -205,12 +258,13 @@ def _mean_curves_figure(agg, hists, names, seeds, path: Path) -> Path:
 
     fig = Figure(figsize=(12, 4.4))
     by = {a["variant"]: a for a in agg}
-    for col, (key, label) in enumerate((("val_loss", "validation loss"),
-                                        ("train_accuracy", "training accuracy"))):
+    for col, (key, label) in enumerate(
+        (("val_loss", "validation loss"), ("train_accuracy", "training accuracy"))
+    ):
         ax = fig.add_subplot(1, 2, col + 1)
         for name in names:
             ep, mean = experiment.mean_curve((hists.get((name, seed), []) for seed in seeds), key)
-            line, = ax.plot(ep, mean, label=name)
+            (line,) = ax.plot(ep, mean, label=name)
             onset = by[name]["onset_mean"]
             if onset is not None and key == "val_loss":
                 ax.axvline(onset, color=line.get_color(), ls="--", lw=1)
@@ -231,26 +285,37 @@ def make_verdict(agg, epochs: int) -> str:
     b = by[BASELINE]
     n = b["n"]
     if b["onsets"]:
-        text = (f"Without regularization, overfitting was detected in {len(b['onsets'])}/{n} "
-                f"seeds, at epoch {b['onset_mean']:.1f} on average: validation loss bottomed at "
-                f"{b['min_val_loss_mean']:.3f} (epoch {b['min_epoch_mean']:.0f}) and ended "
-                f"{b['rise_mean']:+.3f} higher after {epochs} epochs, while training accuracy "
-                f"reached {b['final_train_accuracy_mean']:.3f}.")
+        text = (
+            f"Without regularization, overfitting was detected in {len(b['onsets'])}/{n} "
+            f"seeds, at epoch {b['onset_mean']:.1f} on average: validation loss bottomed at "
+            f"{b['min_val_loss_mean']:.3f} (epoch {b['min_epoch_mean']:.0f}) and ended "
+            f"{b['rise_mean']:+.3f} higher after {epochs} epochs, while training accuracy "
+            f"reached {b['final_train_accuracy_mean']:.3f}."
+        )
     else:
-        text = (f"Without regularization no overfitting onset was detected in any of {n} seeds "
-                f"within {epochs} epochs (validation loss rise after its minimum: "
-                f"{b['rise_mean']:+.3f}), so the expected overfitting did not appear here.")
+        text = (
+            f"Without regularization no overfitting onset was detected in any of {n} seeds "
+            f"within {epochs} epochs (validation loss rise after its minimum: "
+            f"{b['rise_mean']:+.3f}), so the expected overfitting did not appear here."
+        )
     text += f" Its last-epoch test accuracy was {b['test_accuracy']} (test loss {b['test_loss']})."
     for name, a in by.items():
         if name == BASELINE:
             continue
         (am, ah), (lm, lh) = a["d_acc"][:2], a["d_loss"][:2]
-        onset = (f"onset in {len(a['onsets'])}/{a['n']} seeds (mean epoch {a['onset_mean']:.1f})"
-                 if a["onsets"] else f"no onset in {a['n']} seeds")
-        text += (f" {name}: {onset}, val-loss rise {a['rise_mean']:+.3f}, "
-                 f"{a['epochs_run_mean']:.0f} epochs run, test accuracy {format_pm(am, ah)} pts "
-                 f"({_effect(am, ah)}), test loss {lm:+.3f} ({_effect(lm, lh)}).")
+        onset = (
+            f"onset in {len(a['onsets'])}/{a['n']} seeds (mean epoch {a['onset_mean']:.1f})"
+            if a["onsets"]
+            else f"no onset in {a['n']} seeds"
+        )
+        text += (
+            f" {name}: {onset}, val-loss rise {a['rise_mean']:+.3f}, "
+            f"{a['epochs_run_mean']:.0f} epochs run, test accuracy {format_pm(am, ah)} pts "
+            f"({_effect(am, ah)}), test loss {lm:+.3f} ({_effect(lm, lh)})."
+        )
     best = max(agg, key=lambda a: a["test_accuracy_mean"])
-    text += (f" Highest mean test accuracy: {best['variant']} ({best['test_accuracy']}); this is "
-             f"a report, not a choice (no model was selected on test).")
+    text += (
+        f" Highest mean test accuracy: {best['variant']} ({best['test_accuracy']}); this is "
+        f"a report, not a choice (no model was selected on test)."
+    )
     return text

@@ -68,8 +68,16 @@ EXPECTED: dict[str, tuple[int, str]] = {
 }
 ALL_VARIANTS = tuple(EXPECTED)
 SMOKE_VARIANTS = ("none", "l1_prox", "early_stopping")
-CHECK_COLUMNS = ("variant", "expected", "test acc vs none", "accuracy", "accuracy as expected",
-                 "other check", "measured", "other as expected")
+CHECK_COLUMNS = (
+    "variant",
+    "expected",
+    "test acc vs none",
+    "accuracy",
+    "accuracy as expected",
+    "other check",
+    "measured",
+    "other as expected",
+)
 
 
 def get_config() -> ConfigDict:
@@ -89,22 +97,24 @@ def get_config() -> ConfigDict:
     # experiment keys (removed before training)
     c.seeds = (0, 1, 2)
     c.variants = ""  # comma-separated subset of the variant names; "" = all
-    c.rates = ConfigDict({
-        "l1": 1e-4,  # coefficient of ||w||_1 in the loss (subgradient before Adam)
-        # prox threshold per step = learning_rate * l1_prox. After Adam the update is already
-        # normalised (|step| ~ learning_rate), so this rate is in units of Adam's normalised
-        # gradient: weights whose |m / sqrt(v)| stays below it are held at exactly 0.
-        "l1_prox": 0.1,
-        "l2": 5e-4,  # coupled: rate * w added to the gradient before Adam
-        # decoupled: w -= learning_rate * rate * w per step; with 200 steps at lr 1e-3 a rate of
-        # 1e-2 would shrink weights by 0.2 % in total (a no-op), 1.0 by up to ~18 %.
-        "weight_decay": 1.0,
-        "dropout": 0.5,
-        "label_smoothing": 0.1,
-        "ema_decay": 0.99,
-        "patience": 5,
-        "combo_dropout": 0.3,
-    })
+    c.rates = ConfigDict(
+        {
+            "l1": 1e-4,  # coefficient of ||w||_1 in the loss (subgradient before Adam)
+            # prox threshold per step = learning_rate * l1_prox. After Adam the update is already
+            # normalised (|step| ~ learning_rate), so this rate is in units of Adam's normalised
+            # gradient: weights whose |m / sqrt(v)| stays below it are held at exactly 0.
+            "l1_prox": 0.1,
+            "l2": 5e-4,  # coupled: rate * w added to the gradient before Adam
+            # decoupled: w -= learning_rate * rate * w per step; with 200 steps at lr 1e-3 a rate of
+            # 1e-2 would shrink weights by 0.2 % in total (a no-op), 1.0 by up to ~18 %.
+            "weight_decay": 1.0,
+            "dropout": 0.5,
+            "label_smoothing": 0.1,
+            "ema_decay": 0.99,
+            "patience": 5,
+            "combo_dropout": 0.3,
+        }
+    )
     return c
 
 
@@ -121,26 +131,37 @@ def variant_overrides(rates: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         "label_smoothing": {"label_smoothing": rates["label_smoothing"]},
         "ema": {"ema_decay": rates["ema_decay"]},
         "early_stopping": {"early_stopping.patience": int(rates["patience"]), "restore_best": True},
-        "combo": {"batch_norm": True, "dropout": rates["combo_dropout"],
-                  "weight_decay": rates["weight_decay"], "ema_decay": rates["ema_decay"],
-                  "ema_batch_stats": "recompute"},
+        "combo": {
+            "batch_norm": True,
+            "dropout": rates["combo_dropout"],
+            "weight_decay": rates["weight_decay"],
+            "ema_decay": rates["ema_decay"],
+            "ema_batch_stats": "recompute",
+        },
     }
 
 
 def _settings(overrides: Mapping[str, Any]) -> str:
     shown = {k: v for k, v in overrides.items() if k not in ("restore_best", "ema_batch_stats")}
-    return ", ".join(f"{k.split('.')[-1]}={v:g}" if isinstance(v, float) else
-                     f"{k.split('.')[-1]}={v}" for k, v in shown.items()) or "-"
+    return (
+        ", ".join(
+            f"{k.split('.')[-1]}={v:g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
+            for k, v in shown.items()
+        )
+        or "-"
+    )
 
 
-def _mean_curves(workdir: Path, names: Sequence[str], seeds: Sequence[int],
-                 key: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _mean_curves(
+    workdir: Path, names: Sequence[str], seeds: Sequence[int], key: str
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Variant -> (epochs, mean of ``key`` over the seeds that reached each epoch)."""
     out = {}
     for name in names:
         paths = [experiment.run_dir(workdir, name, seed) / "metrics.jsonl" for seed in seeds]
-        out[name] = experiment.mean_curve([report.read_metrics(p) for p in paths if p.exists()],
-                                          key)
+        out[name] = experiment.mean_curve(
+            [report.read_metrics(p) for p in paths if p.exists()], key
+        )
     return out
 
 
@@ -153,14 +174,18 @@ def _curves_figure(workdir: Path, names: Sequence[str], seeds: Sequence[int], pa
 
     fig = Figure(figsize=(12, 4.6))
     cmap = matplotlib.colormaps["tab20"]
-    for i, (key, label) in enumerate((("val_loss", "validation loss"),
-                                      ("val_accuracy", "validation accuracy"))):
+    for i, (key, label) in enumerate(
+        (("val_loss", "validation loss"), ("val_accuracy", "validation accuracy"))
+    ):
         ax = fig.add_subplot(1, 2, i + 1)
         curves = _mean_curves(workdir, names, seeds, key)
         shown = []  # values after the first quarter of training set the y range
         for j, (name, (ep, mean)) in enumerate(curves.items()):
-            style = ({"color": "k", "lw": 2.2, "zorder": 5} if name == BASELINE
-                     else {"color": cmap(j % 20), "lw": 1.4})
+            style = (
+                {"color": "k", "lw": 2.2, "zorder": 5}
+                if name == BASELINE
+                else {"color": cmap(j % 20), "lw": 1.4}
+            )
             ax.plot(ep, mean, label=name, **style)
             if len(ep):
                 shown.extend(mean[ep > ep.max() // 4] if ep.max() >= 8 else mean)
@@ -178,7 +203,9 @@ def _curves_figure(workdir: Path, names: Sequence[str], seeds: Sequence[int], pa
     return path
 
 
-def _compare(agg: Mapping[str, Mapping[str, Any]], name: str, metric: str) -> tuple[float, float, int]:
+def _compare(
+    agg: Mapping[str, Mapping[str, Any]], name: str, metric: str
+) -> tuple[float, float, int]:
     """(mean difference to the baseline, noise = sqrt(std_b^2 + std_v^2), sign beyond noise)."""
     b, v = agg[BASELINE], agg[name]
     diff = v[f"{metric}_mean"] - b[f"{metric}_mean"]
@@ -187,14 +214,18 @@ def _compare(agg: Mapping[str, Mapping[str, Any]], name: str, metric: str) -> tu
     return diff, noise, sign
 
 
-def _side_check(name: str, agg: Mapping[str, Mapping[str, Any]], epochs: int
-                ) -> tuple[str, str, bool] | None:
+def _side_check(
+    name: str, agg: Mapping[str, Mapping[str, Any]], epochs: int
+) -> tuple[str, str, bool] | None:
     """The expectation other than accuracy: (expected, measured, whether it held)."""
     v, b = agg[name], agg[BASELINE]
     zf = v["zero_fraction_mean"]
     if name == BASELINE:
-        return ("best val loss before the last epoch", f"epoch {v['best_epoch_mean']:.1f} of {epochs}",
-                v["best_epoch_mean"] < epochs)
+        return (
+            "best val loss before the last epoch",
+            f"epoch {v['best_epoch_mean']:.1f} of {epochs}",
+            v["best_epoch_mean"] < epochs,
+        )
     if name == "l1":
         return "no exact zeros", f"{zf * 100:.2f} % zeros", zf == 0
     if name == "l1_prox":
@@ -203,18 +234,24 @@ def _side_check(name: str, agg: Mapping[str, Mapping[str, Any]], epochs: int
         diff, noise, sign = _compare(agg, name, "test_ece")
         return ("lower ECE beyond noise", f"ECE {diff:+.3f} (noise {noise:.3f})", sign < 0)
     if name == "dropout":
-        return ("later best epoch", f"epoch {v['best_epoch_mean']:.1f} vs {b['best_epoch_mean']:.1f}",
-                v["best_epoch_mean"] > b["best_epoch_mean"])
+        return (
+            "later best epoch",
+            f"epoch {v['best_epoch_mean']:.1f} vs {b['best_epoch_mean']:.1f}",
+            v["best_epoch_mean"] > b["best_epoch_mean"],
+        )
     if name == "early_stopping":
         d = v["test_loss_mean"] - b["test_loss_mean"]
-        return ("stops early, lower test loss",
-                f"{v['epochs_run_mean']:.1f} epochs run, test loss {d:+.3f}",
-                v["epochs_run_mean"] < epochs and d < 0)
+        return (
+            "stops early, lower test loss",
+            f"{v['epochs_run_mean']:.1f} epochs run, test loss {d:+.3f}",
+            v["epochs_run_mean"] < epochs and d < 0,
+        )
     return None
 
 
-def make_verdict(agg_rows: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]],
-                 epochs: int) -> tuple[str, list[dict]]:
+def make_verdict(
+    agg_rows: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]], epochs: int
+) -> tuple[str, list[dict]]:
     """The verdict paragraph and the expectation-vs-measurement rows, from the numbers only."""
     agg = {r["variant"]: r for r in agg_rows}
     b = agg[BASELINE]
@@ -225,57 +262,85 @@ def make_verdict(agg_rows: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[s
         check = {"variant": name, "expected": EXPECTED[name][1]}
         if name != BASELINE:
             diff, noise, sign = _compare(agg, name, "test_accuracy")
-            paired = experiment.paired_differences(rows, name, "test_accuracy",
-                                                   baseline=BASELINE)
+            paired = experiment.paired_differences(rows, name, "test_accuracy", baseline=BASELINE)
             wins = sum(d > 0 for d in paired)
-            text = (f"{name} ({diff * 100:+.1f} pts, noise {noise * 100:.1f}, "
-                    f"{wins}/{len(paired)} seeds above)")
+            text = (
+                f"{name} ({diff * 100:+.1f} pts, noise {noise * 100:.1f}, "
+                f"{wins}/{len(paired)} seeds above)"
+            )
             (better if sign > 0 else worse if sign < 0 else within).append(text)
-            check.update({"test acc vs none": f"{diff * 100:+.1f} ± {noise * 100:.1f} pts",
-                          "accuracy": word[sign],
-                          "accuracy as expected": "yes" if sign == EXPECTED[name][0] else "NO"})
+            check.update(
+                {
+                    "test acc vs none": f"{diff * 100:+.1f} ± {noise * 100:.1f} pts",
+                    "accuracy": word[sign],
+                    "accuracy as expected": "yes" if sign == EXPECTED[name][0] else "NO",
+                }
+            )
         side = _side_check(name, agg, epochs)
         if side is not None:
-            check.update({"other check": side[0], "measured": side[1],
-                          "other as expected": "yes" if side[2] else "NO"})
+            check.update(
+                {
+                    "other check": side[0],
+                    "measured": side[1],
+                    "other as expected": "yes" if side[2] else "NO",
+                }
+            )
         checks.append(check)
-    parts = [f"Against the baseline 'none' (test accuracy {b['test_accuracy']}, n={n} seeds, "
-             f"ECE {b['test_ece']}), a variant counts as better or worse only when its mean test "
-             f"accuracy differs by more than the noise sqrt(std_none^2 + std_variant^2)."]
+    parts = [
+        f"Against the baseline 'none' (test accuracy {b['test_accuracy']}, n={n} seeds, "
+        f"ECE {b['test_ece']}), a variant counts as better or worse only when its mean test "
+        f"accuracy differs by more than the noise sqrt(std_none^2 + std_variant^2)."
+    ]
     parts.append(f"Better beyond the noise: {experiment.join_names(better)}.")
     if worse:
         parts.append(f"Worse beyond the noise: {experiment.join_names(worse)}.")
     parts.append(f"Within the noise of the baseline: {experiment.join_names(within)}.")
     best_ece = min(agg_rows, key=lambda r: r["test_ece_mean"])
     worst_ece = max(agg_rows, key=lambda r: r["test_ece_mean"])
-    parts.append(f"Calibration: the lowest mean test ECE is {best_ece['variant']}'s "
-                 f"({best_ece['test_ece_mean']:.3f}), the highest {worst_ece['variant']}'s "
-                 f"({worst_ece['test_ece_mean']:.3f}); the baseline has {b['test_ece_mean']:.3f}.")
+    parts.append(
+        f"Calibration: the lowest mean test ECE is {best_ece['variant']}'s "
+        f"({best_ece['test_ece_mean']:.3f}), the highest {worst_ece['variant']}'s "
+        f"({worst_ece['test_ece_mean']:.3f}); the baseline has {b['test_ece_mean']:.3f}."
+    )
     sparse = [r for r in agg_rows if r["zero_fraction_mean"] > 0]
     if sparse:
-        parts.append("Exact zeros among kernel weights: " + experiment.join_names(
-            [f"{r['variant']} {r['zero_fraction_mean'] * 100:.1f} %" for r in sparse])
-            + "; every other variant has none.")
+        parts.append(
+            "Exact zeros among kernel weights: "
+            + experiment.join_names(
+                [f"{r['variant']} {r['zero_fraction_mean'] * 100:.1f} %" for r in sparse]
+            )
+            + "; every other variant has none."
+        )
     else:
         parts.append("No variant produced exact-zero weights.")
-    best = (f"The baseline's validation loss was lowest at epoch {b['best_epoch_mean']:.1f} "
-            f"on average (of {epochs})")
+    best = (
+        f"The baseline's validation loss was lowest at epoch {b['best_epoch_mean']:.1f} "
+        f"on average (of {epochs})"
+    )
     if "early_stopping" in agg:
         es = agg["early_stopping"]
-        best += (f"; early stopping ran {es['epochs_run_mean']:.1f} epochs, restored epoch "
-                 f"{es['best_epoch_mean']:.1f} and changed test loss by "
-                 f"{es['test_loss_mean'] - b['test_loss_mean']:+.3f} "
-                 f"({b['test_loss_mean']:.3f} -> {es['test_loss_mean']:.3f})")
+        best += (
+            f"; early stopping ran {es['epochs_run_mean']:.1f} epochs, restored epoch "
+            f"{es['best_epoch_mean']:.1f} and changed test loss by "
+            f"{es['test_loss_mean'] - b['test_loss_mean']:+.3f} "
+            f"({b['test_loss_mean']:.3f} -> {es['test_loss_mean']:.3f})"
+        )
     parts.append(best + ".")
     missed = []
     for c in checks:
-        failed = (["accuracy"] if c.get("accuracy as expected") == "NO" else []) + \
-                 ([c["other check"]] if c.get("other as expected") == "NO" else [])
+        failed = (["accuracy"] if c.get("accuracy as expected") == "NO" else []) + (
+            [c["other check"]] if c.get("other as expected") == "NO" else []
+        )
         if failed:
             missed.append(f"{c['variant']} ({'; '.join(failed)})")
-    parts.append("Compared with the expectation stated before the run, "
-                 + (f"the measurement disagrees for {experiment.join_names(missed)}." if missed
-                    else "every checked outcome matched."))
+    parts.append(
+        "Compared with the expectation stated before the run, "
+        + (
+            f"the measurement disagrees for {experiment.join_names(missed)}."
+            if missed
+            else "every checked outcome matched."
+        )
+    )
     return " ".join(parts), checks
 
 
@@ -286,8 +351,12 @@ def run(config: ConfigDict, workdir: str) -> dict:
     seeds = experiment.parse_seeds(config.seeds)
     rates = dict(config.rates)
     smoke = bool(config.smoke)
-    names = experiment.select_variants(config.variants, allowed=ALL_VARIANTS, baseline=BASELINE,
-                                       default=SMOKE_VARIANTS if smoke else ALL_VARIANTS)
+    names = experiment.select_variants(
+        config.variants,
+        allowed=ALL_VARIANTS,
+        baseline=BASELINE,
+        default=SMOKE_VARIANTS if smoke else ALL_VARIANTS,
+    )
     for key in ("seeds", "variants", "rates"):
         del config[key]
     if smoke:
@@ -313,12 +382,15 @@ def run(config: ConfigDict, workdir: str) -> dict:
             cache[seed] = prepare_data(d)
         return cache[seed]
 
-    print(f"regularization: {len(variants)} variants x {len(seeds)} seeds on {config.data} "
-          f"({config.train_per_class} per class), {config.model}, {config.epochs} epochs")
+    print(
+        f"regularization: {len(variants)} variants x {len(seeds)} seeds on {config.data} "
+        f"({config.train_per_class} per class), {config.model}, {config.epochs} epochs"
+    )
     rows = experiment.run_variants(config, workdir, variants, seeds=seeds, data_fn=data_fn)
     for r in rows:
-        res = json.loads((experiment.run_dir(workdir, r["variant"], r["seed"]) /
-                          "results.json").read_text())
+        res = json.loads(
+            (experiment.run_dir(workdir, r["variant"], r["seed"]) / "results.json").read_text()
+        )
         r["epochs_run"] = res.get("epochs_run")
         r["wall_time_s"] = res.get("wall_time_s")
     metrics = experiment.METRICS + ("epochs_run",)
@@ -326,33 +398,66 @@ def run(config: ConfigDict, workdir: str) -> dict:
     for a in agg:
         a["settings"] = _settings(variants[a["variant"]])
         if a["variant"] != BASELINE:
-            diff, noise, sign = _compare({x["variant"]: x for x in agg}, a["variant"], "test_accuracy")
-            a["vs none"] = (f"{diff * 100:+.1f} pts " +
-                            {1: "(better)", 0: "(within noise)", -1: "(worse)"}[sign])
+            diff, noise, sign = _compare(
+                {x["variant"]: x for x in agg}, a["variant"], "test_accuracy"
+            )
+            a["vs none"] = (
+                f"{diff * 100:+.1f} pts "
+                + {1: "(better)", 0: "(within noise)", -1: "(worse)"}[sign]
+            )
         else:
             a["vs none"] = "baseline"
         mine = [r for r in rows if r["variant"] == a["variant"]]
         for key, fmt in (("zero_fraction", ".4f"), ("best_epoch", ".1f"), ("epochs_run", ".1f")):
-            a[key] = report.mean_std([math.nan if r[key] is None else float(r[key]) for r in mine],
-                                     fmt=fmt)
+            a[key] = report.mean_std(
+                [math.nan if r[key] is None else float(r[key]) for r in mine], fmt=fmt
+            )
 
     verdict, checks = make_verdict(agg, rows, int(config.epochs))
-    columns = ["variant", "settings", "n", "test_accuracy", "vs none", "test_ece", "test_loss",
-               "val_accuracy", "zero_fraction", "best_epoch", "epochs_run"]
+    columns = [
+        "variant",
+        "settings",
+        "n",
+        "test_accuracy",
+        "vs none",
+        "test_ece",
+        "test_loss",
+        "val_accuracy",
+        "zero_fraction",
+        "best_epoch",
+        "epochs_run",
+    ]
     table_rows = [{c: a[c] for c in columns} for a in agg]
 
     figures = []
     figures.append(_curves_figure(workdir, names, seeds, workdir / "val_curves.png").name)
-    figures.append(experiment.bar_plot(agg, "test_accuracy", workdir / "test_accuracy.png",
-                                       baseline=BASELINE, title="Test accuracy").name)
-    figures.append(experiment.bar_plot(agg, "test_ece", workdir / "test_ece.png",
-                                       baseline=BASELINE, title="Test ECE (lower is better)").name)
+    figures.append(
+        experiment.bar_plot(
+            agg,
+            "test_accuracy",
+            workdir / "test_accuracy.png",
+            baseline=BASELINE,
+            title="Test accuracy",
+        ).name
+    )
+    figures.append(
+        experiment.bar_plot(
+            agg,
+            "test_ece",
+            workdir / "test_ece.png",
+            baseline=BASELINE,
+            title="Test ECE (lower is better)",
+        ).name
+    )
     wall = time.perf_counter() - t0
-    expectation = ("Before running: " + "; ".join(f"{n}: {EXPECTED[n][1]}" for n in names) + ".")
+    expectation = "Before running: " + "; ".join(f"{n}: {EXPECTED[n][1]}" for n in names) + "."
     extra = [
-        "## Expectation vs measurement", "",
-        report.markdown_table(checks, CHECK_COLUMNS).rstrip("\n"), "",
-        "## Protocol", "",
+        "## Expectation vs measurement",
+        "",
+        report.markdown_table(checks, CHECK_COLUMNS).rstrip("\n"),
+        "",
+        "## Protocol",
+        "",
         f"- Data: {config.data}, {config.train_per_class} training images per class (subset k "
         f"for seed k, the same for every variant), full validation and test splits.",
         f"- Model {config.model}, {config.optimizer} lr {config.learning_rate:g} "
@@ -365,18 +470,46 @@ def run(config: ConfigDict, workdir: str) -> dict:
         "not the same scale as the subgradient l1 coefficient.",
         f"- Wall time of this invocation: {wall:.0f} s (finished runs are read back, not re-run).",
         "",
-        "<details><summary>Per-seed results</summary>", "",
-        report.markdown_table(rows, ["variant", "seed", "val_accuracy", "test_accuracy",
-                                     "test_loss", "test_ece", "zero_fraction", "best_epoch",
-                                     "epochs_run", "wall_time_s"]).rstrip("\n"),
-        "", "</details>",
+        "<details><summary>Per-seed results</summary>",
+        "",
+        report.markdown_table(
+            rows,
+            [
+                "variant",
+                "seed",
+                "val_accuracy",
+                "test_accuracy",
+                "test_loss",
+                "test_ece",
+                "zero_fraction",
+                "best_epoch",
+                "epochs_run",
+                "wall_time_s",
+            ],
+        ).rstrip("\n"),
+        "",
+        "</details>",
     ]
     print()
     experiment.write_report(
-        workdir, title="Regularizers on limited mnist5k",
-        question=("Which regularizers improve a small CNN trained on 50 images per class by more "
-                  "than seed noise, and what do they do to calibration, sparsity and the best epoch?"),
-        expectation=expectation, table_rows=table_rows, verdict=verdict, figures=figures,
-        extra_md="\n".join(extra), wall_time_s=wall)
-    return {"rows": rows, "aggregate": agg, "table": table_rows, "verdict": verdict,
-            "checks": checks, "wall_time_s": wall}
+        workdir,
+        title="Regularizers on limited mnist5k",
+        question=(
+            "Which regularizers improve a small CNN trained on 50 images per class by more "
+            "than seed noise, and what do they do to calibration, sparsity and the best epoch?"
+        ),
+        expectation=expectation,
+        table_rows=table_rows,
+        verdict=verdict,
+        figures=figures,
+        extra_md="\n".join(extra),
+        wall_time_s=wall,
+    )
+    return {
+        "rows": rows,
+        "aggregate": agg,
+        "table": table_rows,
+        "verdict": verdict,
+        "checks": checks,
+        "wall_time_s": wall,
+    }

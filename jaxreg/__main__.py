@@ -1,4 +1,5 @@
 """``python -m jaxreg`` runs the command line (see jaxreg.cli)."""
+
 import sys
 
 from jaxreg.cli import main

@@ -68,7 +68,9 @@ def list_experiments() -> dict[str, str]:
     d = experiments_dir()
     if not d.is_dir():
         return {}
-    return {p.stem: _module_doc_line(p) for p in sorted(d.glob("*.py")) if not p.stem.startswith("_")}
+    return {
+        p.stem: _module_doc_line(p) for p in sorted(d.glob("*.py")) if not p.stem.startswith("_")
+    }
 
 
 def load_module(name_or_path: str) -> ModuleType:
@@ -80,8 +82,10 @@ def load_module(name_or_path: str) -> ModuleType:
     else:
         path = experiments_dir() / f"{name_or_path}.py"
         if not path.is_file():
-            raise ValueError(f"unknown experiment {name_or_path!r}; allowed: "
-                             f"{sorted(list_experiments())} or a path to a config .py file")
+            raise ValueError(
+                f"unknown experiment {name_or_path!r}; allowed: "
+                f"{sorted(list_experiments())} or a path to a config .py file"
+            )
     spec = importlib.util.spec_from_file_location(f"jaxreg_exp_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # type: ignore[union-attr]
@@ -90,8 +94,14 @@ def load_module(name_or_path: str) -> ModuleType:
     return module
 
 
-def run(target: str, overrides: Sequence[str] = (), *, workdir: str | None = None,
-        fresh: bool = False, resume: bool = False) -> Any:
+def run(
+    target: str,
+    overrides: Sequence[str] = (),
+    *,
+    workdir: str | None = None,
+    fresh: bool = False,
+    resume: bool = False,
+) -> Any:
     """Runs an experiment (its ``run``) or a config file (``train_and_evaluate``).
 
     Args:
@@ -126,8 +136,17 @@ def run(target: str, overrides: Sequence[str] = (), *, workdir: str | None = Non
 
 
 def _print_results(results: dict, workdir: Path) -> None:
-    keys = ["val_accuracy", "test_accuracy", "val_loss", "test_loss", "test_ece", "best_epoch",
-            "epochs_run", "stop_reason", "wall_time_s"]
+    keys = [
+        "val_accuracy",
+        "test_accuracy",
+        "val_loss",
+        "test_loss",
+        "test_ece",
+        "best_epoch",
+        "epochs_run",
+        "stop_reason",
+        "wall_time_s",
+    ]
     for k in keys:
         if k in results:
             v = results[k]
@@ -186,7 +205,7 @@ def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     it = iter(argv)
     for a in it:
         if a.startswith("--config."):
-            item = a[len("--config."):]
+            item = a[len("--config.") :]
             if "=" not in item:
                 try:
                     item = f"{item}={next(it)}"
@@ -205,8 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("target", help="experiment name (see `jaxreg list`) or path to a config .py")
     r.add_argument("--workdir", help="output folder (default runs/NAME)")
     r.add_argument("--fresh", action="store_true", help="delete the workdir before running")
-    r.add_argument("--resume", action="store_true",
-                   help="require checkpoints to resume from (resume is automatic otherwise)")
+    r.add_argument(
+        "--resume",
+        action="store_true",
+        help="require checkpoints to resume from (resume is automatic otherwise)",
+    )
     r.set_defaults(func=_cmd_run)
     ls = sub.add_parser("list", help="list experiments, data sets, models and augmentations")
     ls.set_defaults(func=_cmd_list)

@@ -77,8 +77,9 @@ def split_names(spec: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in spec.split(",") if s.strip())
 
 
-def select_variants(spec: str, *, allowed: Iterable[str], default: Sequence[str],
-                    baseline: str) -> tuple[str, ...]:
+def select_variants(
+    spec: str, *, allowed: Iterable[str], default: Sequence[str], baseline: str
+) -> tuple[str, ...]:
     """The variants named in ``spec`` (comma-separated), the baseline always among them.
 
     Args:
@@ -124,8 +125,12 @@ def epochs_for(n_train: int, batch_size: int, epochs: int, min_steps: int) -> in
     Raises:
       ValueError: an argument is out of its range (the message names it).
     """
-    for arg, value, lo in (("n_train", n_train, 0), ("batch_size", batch_size, 1),
-                           ("epochs", epochs, 0), ("min_steps", min_steps, 0)):
+    for arg, value, lo in (
+        ("n_train", n_train, 0),
+        ("batch_size", batch_size, 1),
+        ("epochs", epochs, 0),
+        ("min_steps", min_steps, 0),
+    ):
         if int(value) < lo:
             raise ValueError(f"{arg} must be >= {lo}, got {value}")
     steps_per_epoch = max(1, int(n_train) // int(batch_size))
@@ -158,8 +163,9 @@ def compile_cache(workdir: str | Path, enabled: bool = True) -> Iterator[None]:
 
     old_dir = jax.config.jax_compilation_cache_dir
     old_min = jax.config.jax_persistent_cache_min_compile_time_secs
-    jax.config.update("jax_compilation_cache_dir",
-                      str(Path(workdir).resolve().parent / ".xla_cache"))
+    jax.config.update(
+        "jax_compilation_cache_dir", str(Path(workdir).resolve().parent / ".xla_cache")
+    )
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     cc.reset_cache()
     try:
@@ -191,12 +197,18 @@ def variant_config(base: ConfigDict, overrides: Mapping[str, Any], seed: int) ->
     return c
 
 
-def run_variants(base: ConfigDict, workdir: str | Path, variants: Mapping[str, Mapping[str, Any]], *,
-                 seeds: Sequence[int], data: Mapping[str, Any] | None = None,
-                 data_fn: Callable[[ConfigDict, int], Mapping[str, Any]] | None = None,
-                 augment_fns: Mapping[str, Callable] | None = None,
-                 extra_eval: Mapping[str, Any] | None = None,
-                 log: Callable[[str], None] = print) -> list[dict]:
+def run_variants(
+    base: ConfigDict,
+    workdir: str | Path,
+    variants: Mapping[str, Mapping[str, Any]],
+    *,
+    seeds: Sequence[int],
+    data: Mapping[str, Any] | None = None,
+    data_fn: Callable[[ConfigDict, int], Mapping[str, Any]] | None = None,
+    augment_fns: Mapping[str, Callable] | None = None,
+    extra_eval: Mapping[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
     """Trains every variant with every seed; returns one row per (variant, seed).
 
     Each run lives in ``workdir/<variant>/seed<k>`` (so a killed experiment resumes where it
@@ -225,8 +237,14 @@ def run_variants(base: ConfigDict, workdir: str | Path, variants: Mapping[str, M
         else:
             d = data_fn(c, seed) if data_fn is not None else (data or prepare_data(c))
             fn = (augment_fns or {}).get(name)
-            r = train_and_evaluate(c, folder, data=d, augment_fn=fn, extra_eval=extra_eval,
-                                   title=f"{workdir.name}: {name}, seed {seed}")
+            r = train_and_evaluate(
+                c,
+                folder,
+                data=d,
+                augment_fn=fn,
+                extra_eval=extra_eval,
+                title=f"{workdir.name}: {name}, seed {seed}",
+            )
         row = {"variant": name, "seed": seed, **{k: r.get(k) for k in METRICS}}
         if r.get("extra"):
             row["extra"] = r["extra"]
@@ -236,10 +254,15 @@ def run_variants(base: ConfigDict, workdir: str | Path, variants: Mapping[str, M
 
 
 def run_variants_with_predictions(
-        base: ConfigDict, workdir: str | Path, variants: Mapping[str, Mapping[str, Any]], *,
-        seeds: Sequence[int], data_fn: Callable[[ConfigDict, int], Mapping[str, Any]],
-        extra_eval: Mapping[str, Any] | None = None,
-        log: Callable[[str], None] = print) -> list[dict]:
+    base: ConfigDict,
+    workdir: str | Path,
+    variants: Mapping[str, Mapping[str, Any]],
+    *,
+    seeds: Sequence[int],
+    data_fn: Callable[[ConfigDict, int], Mapping[str, Any]],
+    extra_eval: Mapping[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
     """Like :func:`run_variants`, but also keeps the restored model's predicted labels.
 
     Each run stores ``predictions.npz`` (the predicted class per example of ``val``, ``test``
@@ -273,22 +296,35 @@ def run_variants_with_predictions(
             with np.load(pred_path) as z:
                 preds = {k: z[k] for k in z.files}
         else:
-            r = train_and_evaluate(c, folder, data=d, extra_eval=extra_eval,
-                                   title=f"{workdir.name}: {name}, seed {seed}")
-            preds = {k: np.asarray(np.argmax(np.asarray(predict(r["state"], ds.images)), -1),
-                                   np.int16) for k, ds in sets.items()}
+            r = train_and_evaluate(
+                c,
+                folder,
+                data=d,
+                extra_eval=extra_eval,
+                title=f"{workdir.name}: {name}, seed {seed}",
+            )
+            preds = {
+                k: np.asarray(np.argmax(np.asarray(predict(r["state"], ds.images)), -1), np.int16)
+                for k, ds in sets.items()
+            }
             np.savez(pred_path, **preds)
-        row = {"variant": name, "seed": seed, **{k: r.get(k) for k in METRICS},
-               "extra": r.get("extra") or {}, "pred": preds,
-               "labels": {k: np.asarray(ds.labels) for k, ds in sets.items()},
-               "train_size": r.get("train_size")}
+        row = {
+            "variant": name,
+            "seed": seed,
+            **{k: r.get(k) for k in METRICS},
+            "extra": r.get("extra") or {},
+            "pred": preds,
+            "labels": {k: np.asarray(ds.labels) for k, ds in sets.items()},
+            "train_size": r.get("train_size"),
+        }
         rows.append(row)
         _log_row(log, row)
     return rows
 
 
-def _runs(base: ConfigDict, workdir: Path, variants: Mapping[str, Mapping[str, Any]],
-          seeds: Sequence[int]) -> Iterator[tuple[str, int, ConfigDict, Path]]:
+def _runs(
+    base: ConfigDict, workdir: Path, variants: Mapping[str, Mapping[str, Any]], seeds: Sequence[int]
+) -> Iterator[tuple[str, int, ConfigDict, Path]]:
     """``(variant, seed, config, run folder)`` for every variant, then every seed."""
     for name, overrides in variants.items():
         for seed in seeds:
@@ -296,8 +332,10 @@ def _runs(base: ConfigDict, workdir: Path, variants: Mapping[str, Mapping[str, A
 
 
 def _log_row(log: Callable[[str], None], row: Mapping[str, Any]) -> None:
-    log(f"  {row['variant']:28s} seed {row['seed']}: val {row['val_accuracy']:.4f} "
-        f"test {row['test_accuracy']:.4f}")
+    log(
+        f"  {row['variant']:28s} seed {row['seed']}: val {row['val_accuracy']:.4f} "
+        f"test {row['test_accuracy']:.4f}"
+    )
 
 
 def run_dir(workdir: str | Path, variant: str, seed: int) -> Path:
@@ -305,8 +343,7 @@ def run_dir(workdir: str | Path, variant: str, seed: int) -> Path:
     return Path(workdir) / variant / f"seed{int(seed)}"
 
 
-def subset_data_fn(splits: Mapping[str, Any], per_class: int | None
-                   ) -> Callable[[Any, int], dict]:
+def subset_data_fn(splits: Mapping[str, Any], per_class: int | None) -> Callable[[Any, int], dict]:
     """A ``data_fn`` for :func:`run_variants`: seed k trains on stratified subset k.
 
     The subset depends on the seed only, so every variant of a seed sees the same training
@@ -343,8 +380,9 @@ def subset_data_fn(splits: Mapping[str, Any], per_class: int | None
     return data_fn
 
 
-def aggregate(rows: Sequence[Mapping[str, Any]], *, metrics: Sequence[str] = METRICS,
-              key: str = "variant") -> list[dict]:
+def aggregate(
+    rows: Sequence[Mapping[str, Any]], *, metrics: Sequence[str] = METRICS, key: str = "variant"
+) -> list[dict]:
     """Mean ± std over seeds per ``key`` value, in first-seen order.
 
     Returns rows with ``key``, ``n`` (seeds), ``<metric>`` formatted as "mean ± std" and
@@ -374,8 +412,16 @@ def _save_figure(fig, ax, title: str | None, path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     return path
 
-def bar_plot(agg_rows: Sequence[Mapping[str, Any]], metric: str, path: str | Path, *,
-             key: str = "variant", title: str | None = None, baseline: str | None = None) -> Path:
+
+def bar_plot(
+    agg_rows: Sequence[Mapping[str, Any]],
+    metric: str,
+    path: str | Path,
+    *,
+    key: str = "variant",
+    title: str | None = None,
+    baseline: str | None = None,
+) -> Path:
     """Horizontal bars of ``<metric>_mean`` with ± std error bars; a line at ``baseline``'s mean."""
     import matplotlib
 
@@ -402,9 +448,16 @@ def bar_plot(agg_rows: Sequence[Mapping[str, Any]], metric: str, path: str | Pat
     return _save_figure(fig, ax, title, path)
 
 
-def line_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]],
-              path: str | Path, *, xlabel: str, ylabel: str, title: str | None = None,
-              logx: bool = False, marker_x: float | None = None) -> Path:
+def line_plot(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]],
+    path: str | Path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str | None = None,
+    logx: bool = False,
+    marker_x: float | None = None,
+) -> Path:
     """Lines with ± std bands: ``series[name] = (x, mean, std)``; optional vertical marker."""
     import matplotlib
 
@@ -428,8 +481,9 @@ def line_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float], Seque
     return _save_figure(fig, ax, title, path)
 
 
-def mean_curve(histories: Iterable[Sequence[Mapping[str, Any]]], key: str
-               ) -> tuple[np.ndarray, np.ndarray]:
+def mean_curve(
+    histories: Iterable[Sequence[Mapping[str, Any]]], key: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-epoch mean of ``key`` over several runs' histories (e.g. one per seed).
 
     An epoch is averaged over the runs that reached it (early-stopped runs are shorter).
@@ -458,8 +512,14 @@ def mean_curve(histories: Iterable[Sequence[Mapping[str, Any]]], key: str
 # ----------------------------------------------------------------------------- paired statistics
 
 
-def paired_differences(rows: Sequence[Mapping[str, Any]], name: str, metric: str, *,
-                       baseline: str, key: str = "variant") -> np.ndarray:
+def paired_differences(
+    rows: Sequence[Mapping[str, Any]],
+    name: str,
+    metric: str,
+    *,
+    baseline: str,
+    key: str = "variant",
+) -> np.ndarray:
     """Per-seed differences ``metric(name) - metric(baseline)``, paired by ``seed``.
 
     Args:
@@ -480,13 +540,28 @@ def paired_differences(rows: Sequence[Mapping[str, Any]], name: str, metric: str
         if not isinstance(value, str) or not value:
             raise ValueError(f"{arg} must be a non-empty variant name, got {value!r}")
     base = {r["seed"]: r[metric] for r in rows if r[key] == baseline}
-    return np.array([r[metric] - base[r["seed"]] for r in rows
-                     if r[key] == name and r["seed"] in base
-                     and r[metric] is not None and base[r["seed"]] is not None], np.float64)
+    return np.array(
+        [
+            r[metric] - base[r["seed"]]
+            for r in rows
+            if r[key] == name
+            and r["seed"] in base
+            and r[metric] is not None
+            and base[r["seed"]] is not None
+        ],
+        np.float64,
+    )
 
 
-def paired_ci(rows: Sequence[Mapping[str, Any]], name: str, metric: str, *, baseline: str,
-              key: str = "variant", confidence: float = 0.95) -> tuple[float, float, int, int]:
+def paired_ci(
+    rows: Sequence[Mapping[str, Any]],
+    name: str,
+    metric: str,
+    *,
+    baseline: str,
+    key: str = "variant",
+    confidence: float = 0.95,
+) -> tuple[float, float, int, int]:
     """Paired (by seed) difference to the baseline with a Student-t confidence interval.
 
     The interval is ``mean ± t_{(1+confidence)/2, n-1} * std(d, ddof=1) / sqrt(n)`` over the
@@ -593,8 +668,9 @@ def _check_labels(pred: Any, labels: Any, num_classes: int) -> tuple[np.ndarray,
         if a.size and (a.min() < 0 or a.max() >= num_classes):
             raise ValueError(f"{arg} must be in [0, {num_classes}), got [{a.min()}, {a.max()}]")
     if pred.shape != labels.shape:
-        raise ValueError(f"pred and labels must have the same shape, got {pred.shape} and "
-                         f"{labels.shape}")
+        raise ValueError(
+            f"pred and labels must have the same shape, got {pred.shape} and {labels.shape}"
+        )
     return pred.astype(np.int64), labels.astype(np.int64)
 
 
@@ -643,9 +719,19 @@ def per_class_recall(pred: Any, labels: Any, num_classes: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- report
 
 
-def write_report(workdir: str | Path, *, title: str, question: str, expectation: str,
-                 table_rows: Sequence[Mapping[str, Any]], verdict: str, figures: Sequence[str],
-                 extra_md: str, wall_time_s: float, log: Callable[[str], None] = print) -> Path:
+def write_report(
+    workdir: str | Path,
+    *,
+    title: str,
+    question: str,
+    expectation: str,
+    table_rows: Sequence[Mapping[str, Any]],
+    verdict: str,
+    figures: Sequence[str],
+    extra_md: str,
+    wall_time_s: float,
+    log: Callable[[str], None] = print,
+) -> Path:
     """Writes ``report.md`` and ``summary.json`` (``report.write_experiment_report``) and logs
     the table, the verdict and where the report is.
 
@@ -666,8 +752,15 @@ def write_report(workdir: str | Path, *, title: str, question: str, expectation:
         raise ValueError("verdict must be a non-empty string")
     workdir = Path(workdir)
     report.write_experiment_report(
-        workdir, title=title, question=question, expectation=expectation,
-        table_rows=table_rows, verdict=verdict, figures=figures, extra_md=extra_md)
+        workdir,
+        title=title,
+        question=question,
+        expectation=expectation,
+        table_rows=table_rows,
+        verdict=verdict,
+        figures=figures,
+        extra_md=extra_md,
+    )
     log(report.markdown_table(table_rows))
     log(verdict)
     log(f"Report: {workdir / 'report.md'} ({wall_time_s:.0f} s)")

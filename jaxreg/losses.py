@@ -42,7 +42,9 @@ def _to_soft(labels: Any, num_classes: int, name: str) -> jax.Array:
     labels = jnp.asarray(labels)
     if labels.ndim == 1:
         if not jnp.issubdtype(labels.dtype, jnp.integer):
-            raise TypeError(f"{name} of shape (B,) must be integer class ids, got dtype {labels.dtype}")
+            raise TypeError(
+                f"{name} of shape (B,) must be integer class ids, got dtype {labels.dtype}"
+            )
         return jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
     if labels.ndim == 2:
         if labels.shape[1] != num_classes:
@@ -128,11 +130,15 @@ def _hard_labels(labels: Any, num_classes: int, name: str) -> jax.Array:
     labels = jnp.asarray(labels)
     if labels.ndim == 1:
         if not jnp.issubdtype(labels.dtype, jnp.integer):
-            raise TypeError(f"{name} of shape (B,) must be integer class ids, got dtype {labels.dtype}")
+            raise TypeError(
+                f"{name} of shape (B,) must be integer class ids, got dtype {labels.dtype}"
+            )
         return labels.astype(jnp.int32)
     if labels.ndim == 2:
         if labels.shape[1] != num_classes:
-            raise ValueError(f"{name} of shape (B, K) must have K == {num_classes}, got shape {labels.shape}")
+            raise ValueError(
+                f"{name} of shape (B, K) must have K == {num_classes}, got shape {labels.shape}"
+            )
         return jnp.argmax(labels, axis=-1).astype(jnp.int32)
     raise ValueError(f"{name} must have shape (B,) or (B, K), got shape {labels.shape}")
 

@@ -77,11 +77,13 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
         if not isinstance(record, dict):
             raise ValueError(
                 f"path {str(path)!r}: line {lineno} must be a JSON object; "
-                f"got {type(record).__name__}.")
+                f"got {type(record).__name__}."
+            )
         epoch = record.get("epoch")
         if isinstance(epoch, bool) or not isinstance(epoch, int):
             raise ValueError(
-                f"path {str(path)!r}: line {lineno} needs an integer 'epoch' key; got {epoch!r}.")
+                f"path {str(path)!r}: line {lineno} needs an integer 'epoch' key; got {epoch!r}."
+            )
         by_epoch[epoch] = record
     return [by_epoch[e] for e in sorted(by_epoch)]
 
@@ -91,7 +93,9 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
 
 def _check_history(history: Any, name: str = "history") -> list[Mapping]:
     if isinstance(history, (str, bytes, Mapping)) or not isinstance(history, Sequence):
-        raise TypeError(f"{name} must be a list of dicts (one per epoch); got {type(history).__name__}.")
+        raise TypeError(
+            f"{name} must be a list of dicts (one per epoch); got {type(history).__name__}."
+        )
     for i, rec in enumerate(history):
         if not isinstance(rec, Mapping):
             raise TypeError(f"{name}[{i}] must be a dict; got {type(rec).__name__}.")
@@ -104,7 +108,8 @@ def _require_keys(history: list[Mapping], keys: Sequence[str], name: str = "hist
         if missing:
             raise ValueError(
                 f"{name}[{i}] (epoch {rec.get('epoch', '?')}) is missing key(s) {missing}; "
-                f"required: {list(keys)}.")
+                f"required: {list(keys)}."
+            )
 
 
 def _as_float(value: Any) -> float:
@@ -136,8 +141,9 @@ def _check_epoch_arg(value: Any, name: str, epochs: np.ndarray) -> int | None:
 # --------------------------------------------------------------------------- onset detection
 
 
-def overfitting_onset(history: Sequence[Mapping], *, patience: int = 2,
-                      min_delta: float = 0.0, rel_delta: float = 0.0) -> int | None:
+def overfitting_onset(
+    history: Sequence[Mapping], *, patience: int = 2, min_delta: float = 0.0, rel_delta: float = 0.0
+) -> int | None:
     """Finds the epoch where validation loss starts to rise while training accuracy still rises.
 
     Exact rule. Let ``m`` be the epoch of the lowest finite ``val_loss`` of the whole
@@ -196,8 +202,13 @@ def overfitting_onset(history: Sequence[Mapping], *, patience: int = 2,
     run_start, run_len = -1, 0
     for j in range(m + 1, len(history)):
         v, a = val[j], acc[j]
-        rising = (math.isfinite(v) and v > best + delta and math.isfinite(a)
-                  and math.isfinite(acc[m]) and a >= acc[m])
+        rising = (
+            math.isfinite(v)
+            and v > best + delta
+            and math.isfinite(a)
+            and math.isfinite(acc[m])
+            and a >= acc[m]
+        )
         if not rising:
             run_start, run_len = -1, 0
             continue
@@ -212,8 +223,14 @@ def overfitting_onset(history: Sequence[Mapping], *, patience: int = 2,
 # --------------------------------------------------------------------------- plotting
 
 
-def plot_curves(history: Sequence[Mapping], path: str | os.PathLike, *, onset: int | None = None,
-                best_epoch: int | None = None, title: str | None = None) -> Path:
+def plot_curves(
+    history: Sequence[Mapping],
+    path: str | os.PathLike,
+    *,
+    onset: int | None = None,
+    best_epoch: int | None = None,
+    title: str | None = None,
+) -> Path:
     """Writes a PNG with two panels: loss and accuracy per epoch, train vs validation.
 
     Series missing from a record (or NaN) leave a gap. Each panel needs at least one of
@@ -266,11 +283,21 @@ def plot_curves(history: Sequence[Mapping], path: str | os.PathLike, *, onset: i
                 label = "train" if key.startswith("train") else "validation"
                 ax.plot(epochs, _series(history, key), style, markersize=3, label=label)
         if onset is not None:
-            ax.axvline(onset, color="tab:red", linestyle="--", linewidth=1.2,
-                       label=f"overfitting onset (epoch {onset})")
+            ax.axvline(
+                onset,
+                color="tab:red",
+                linestyle="--",
+                linewidth=1.2,
+                label=f"overfitting onset (epoch {onset})",
+            )
         if best_epoch is not None:
-            ax.axvline(best_epoch, color="tab:green", linestyle=":", linewidth=1.5,
-                       label=f"best epoch ({best_epoch})")
+            ax.axvline(
+                best_epoch,
+                color="tab:green",
+                linestyle=":",
+                linewidth=1.5,
+                label=f"best epoch ({best_epoch})",
+            )
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
@@ -401,8 +428,9 @@ def _md_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
-def markdown_table(rows: Sequence[Mapping], columns: Sequence[str] | None = None,
-                   floatfmt: str = ".4f") -> str:
+def markdown_table(
+    rows: Sequence[Mapping], columns: Sequence[str] | None = None, floatfmt: str = ".4f"
+) -> str:
     """Renders dicts as a GitHub-flavoured Markdown table.
 
     Columns default to the union of the rows' keys in first-seen order; a missing cell is
@@ -431,8 +459,10 @@ def markdown_table(rows: Sequence[Mapping], columns: Sequence[str] | None = None
     for c in cols:
         present = [r[c] for r in lookup if r.get(c) is not None]
         aligns.append("---:" if present and all(_is_numeric(v) for v in present) else "---")
-    lines = ["| " + " | ".join(_md_escape(c) for c in cols) + " |",
-             "| " + " | ".join(aligns) + " |"]
+    lines = [
+        "| " + " | ".join(_md_escape(c) for c in cols) + " |",
+        "| " + " | ".join(aligns) + " |",
+    ]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
     return "\n".join(lines) + "\n"
 
@@ -480,10 +510,18 @@ def _fence(text: str, lang: str = "") -> str:
     return f"{ticks}{lang}\n{text}\n{ticks}"
 
 
-def write_run_report(workdir: str | os.PathLike, *, title: str, config: Mapping,
-                     history: Sequence[Mapping], results: Mapping,
-                     notes: Sequence[str] | None = None, onset_patience: int = 2,
-                     onset_min_delta: float = 0.0, onset_rel_delta: float = 0.05) -> Path:
+def write_run_report(
+    workdir: str | os.PathLike,
+    *,
+    title: str,
+    config: Mapping,
+    history: Sequence[Mapping],
+    results: Mapping,
+    notes: Sequence[str] | None = None,
+    onset_patience: int = 2,
+    onset_min_delta: float = 0.0,
+    onset_rel_delta: float = 0.05,
+) -> Path:
     """Writes ``workdir/report.md`` for one training run (and ``workdir/curves.png``).
 
     The report has: the title; a results table (one row per ``results`` item, in order,
@@ -529,13 +567,16 @@ def write_run_report(workdir: str | os.PathLike, *, title: str, config: Mapping,
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
 
-    onset = overfitting_onset(history, patience=onset_patience, min_delta=onset_min_delta,
-                              rel_delta=onset_rel_delta)
+    onset = overfitting_onset(
+        history, patience=onset_patience, min_delta=onset_min_delta, rel_delta=onset_rel_delta
+    )
     n = len(history)
     if onset is not None:
-        onset_md = (f"Validation loss started rising at epoch {onset} while training accuracy "
-                    f"kept rising (patience {onset_patience}, min_delta {onset_min_delta:g}, "
-                    f"rel_delta {onset_rel_delta:g}).")
+        onset_md = (
+            f"Validation loss started rising at epoch {onset} while training accuracy "
+            f"kept rising (patience {onset_patience}, min_delta {onset_min_delta:g}, "
+            f"rel_delta {onset_rel_delta:g})."
+        )
     else:
         onset_md = f"No overfitting onset detected in {n} epoch{'s' if n != 1 else ''}."
 
@@ -554,20 +595,40 @@ def write_run_report(workdir: str | os.PathLike, *, title: str, config: Mapping,
     if n:
         epochs = _series(history, "epoch")
         best = _plain(results.get("best_epoch"))
-        best_epoch = (int(best) if isinstance(best, numbers.Integral) and not isinstance(best, bool)
-                      and np.nanmin(epochs) <= best <= np.nanmax(epochs) else None)
-        plot_curves(history, workdir / "curves.png", onset=onset, best_epoch=best_epoch,
-                    title=title)
+        best_epoch = (
+            int(best)
+            if isinstance(best, numbers.Integral)
+            and not isinstance(best, bool)
+            and np.nanmin(epochs) <= best <= np.nanmax(epochs)
+            else None
+        )
+        plot_curves(
+            history, workdir / "curves.png", onset=onset, best_epoch=best_epoch, title=title
+        )
         parts += ["![Loss and accuracy per epoch](curves.png)", ""]
         metric_cols = ["epoch"] + [c for c in _columns(history, None) if c != "epoch"]
-        parts += ["<details><summary>Per-epoch metrics</summary>", "",
-                  markdown_table(history, metric_cols).rstrip("\n"), "", "</details>", ""]
+        parts += [
+            "<details><summary>Per-epoch metrics</summary>",
+            "",
+            markdown_table(history, metric_cols).rstrip("\n"),
+            "",
+            "</details>",
+            "",
+        ]
     else:
         parts += ["No epochs recorded; no curves.", ""]
 
     cfg_json = json.dumps(cfg, indent=2, default=_json_default)
-    parts += ["## Config", "", "<details><summary>Config</summary>", "",
-              _fence(cfg_json, "json"), "", "</details>", ""]
+    parts += [
+        "## Config",
+        "",
+        "<details><summary>Config</summary>",
+        "",
+        _fence(cfg_json, "json"),
+        "",
+        "</details>",
+        "",
+    ]
     path = workdir / "report.md"
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
@@ -584,15 +645,25 @@ def _figure_name(workdir: Path, fig: Any, i: int) -> str:
     try:
         rel = full.resolve().relative_to(workdir.resolve())
     except ValueError:
-        raise ValueError(f"figures[{i}] must be inside workdir {str(workdir)!r}; got {str(fig)!r}.") from None
+        raise ValueError(
+            f"figures[{i}] must be inside workdir {str(workdir)!r}; got {str(fig)!r}."
+        ) from None
     if not full.is_file():
         raise ValueError(f"figures[{i}]: file {str(full)!r} does not exist.")
     return rel.as_posix()
 
 
-def write_experiment_report(workdir: str | os.PathLike, *, title: str, question: str,
-                            expectation: str, table_rows: Sequence[Mapping], verdict: str,
-                            figures: Sequence[str], extra_md: str = "") -> Path:
+def write_experiment_report(
+    workdir: str | os.PathLike,
+    *,
+    title: str,
+    question: str,
+    expectation: str,
+    table_rows: Sequence[Mapping],
+    verdict: str,
+    figures: Sequence[str],
+    extra_md: str = "",
+) -> Path:
     """Writes ``workdir/report.md`` and ``workdir/summary.json`` for one experiment.
 
     ``summary.json`` holds ``title``, ``question``, ``expectation``, ``verdict``,
@@ -630,8 +701,20 @@ def write_experiment_report(workdir: str | os.PathLike, *, title: str, question:
     workdir.mkdir(parents=True, exist_ok=True)
     names = [_figure_name(workdir, f, i) for i, f in enumerate(figures)]
 
-    parts = [f"# {_one_line(title)}", "", "## Question", "", question, "",
-             "## Expectation", "", expectation, "", "## Results", ""]
+    parts = [
+        f"# {_one_line(title)}",
+        "",
+        "## Question",
+        "",
+        question,
+        "",
+        "## Expectation",
+        "",
+        expectation,
+        "",
+        "## Results",
+        "",
+    ]
     parts += [markdown_table(rows).rstrip("\n") if rows else "(no rows)", ""]
     parts += ["## Verdict", "", verdict, ""]
     if names:
@@ -641,10 +724,17 @@ def write_experiment_report(workdir: str | os.PathLike, *, title: str, question:
     path = workdir / "report.md"
     path.write_text("\n".join(parts), encoding="utf-8")
 
-    summary = {"title": title, "question": question, "expectation": expectation,
-               "verdict": verdict, "table_rows": [dict(r) for r in rows], "figures": names}
+    summary = {
+        "title": title,
+        "question": question,
+        "expectation": expectation,
+        "verdict": verdict,
+        "table_rows": [dict(r) for r in rows],
+        "figures": names,
+    }
     (workdir / "summary.json").write_text(
-        json.dumps(summary, indent=2, default=_json_default) + "\n", encoding="utf-8")
+        json.dumps(summary, indent=2, default=_json_default) + "\n", encoding="utf-8"
+    )
     return path
 
 
@@ -671,8 +761,11 @@ def _html_table(rows: list[Mapping]) -> str:
         return "<p>(no rows)</p>"
     cols = _columns(rows, None)
     lookup = [{str(k): v for k, v in row.items()} for row in rows]
-    out = ["<table>", "<thead><tr>"
-           + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr></thead>", "<tbody>"]
+    out = [
+        "<table>",
+        "<thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr></thead>",
+        "<tbody>",
+    ]
     for r in lookup:
         cells = []
         for c in cols:
@@ -702,8 +795,11 @@ def _html_section(run_dir: Path, anchor: str) -> tuple[str, str]:
         body = f'<p class="error">Could not read summary.json: {esc(str(e))}</p>'
         return title, f'<section id="{esc(anchor)}">\n<h2>{esc(title)}</h2>\n{body}\n</section>'
     title = str(summary.get("title") or run_dir.name)
-    out = [f'<section id="{esc(anchor)}">', f"<h2>{esc(title)}</h2>",
-           f'<p class="run">run folder: {esc(run_dir.name)}</p>']
+    out = [
+        f'<section id="{esc(anchor)}">',
+        f"<h2>{esc(title)}</h2>",
+        f'<p class="run">run folder: {esc(run_dir.name)}</p>',
+    ]
     for key, heading in (("question", "Question"), ("expectation", "Expectation")):
         if summary.get(key):
             out += [f"<h3>{heading}</h3>", f'<p class="text">{esc(str(summary[key]))}</p>']
@@ -720,8 +816,10 @@ def _html_section(run_dir: Path, anchor: str) -> tuple[str, str]:
     for name in figures:
         fig = run_dir / str(name)
         if fig.is_file():
-            out.append(f'<figure><img src="{_data_uri(fig)}" alt="{esc(str(name))}">'
-                       f"<figcaption>{esc(str(name))}</figcaption></figure>")
+            out.append(
+                f'<figure><img src="{_data_uri(fig)}" alt="{esc(str(name))}">'
+                f"<figcaption>{esc(str(name))}</figcaption></figure>"
+            )
         else:
             out.append(f'<p class="error">Missing figure: {esc(str(name))}</p>')
     out.append("</section>")
@@ -757,11 +855,21 @@ def html_index(root: str | os.PathLike, out_path: str | os.PathLike) -> Path:
         anchor = f"exp-{k}"
         title, section = _html_section(run_dir, anchor)
         sections.append(section)
-        toc.append(f'<li><a href="#{anchor}">{html.escape(title)}</a> '
-                   f'<span class="run">({html.escape(run_dir.name)})</span></li>')
-    page = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-            "<title>jaxreg experiments</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
-            "<h1>jaxreg experiments</h1>"]
+        toc.append(
+            f'<li><a href="#{anchor}">{html.escape(title)}</a> '
+            f'<span class="run">({html.escape(run_dir.name)})</span></li>'
+        )
+    page = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        "<title>jaxreg experiments</title>",
+        f"<style>{_CSS}</style>",
+        "</head>",
+        "<body>",
+        "<h1>jaxreg experiments</h1>",
+    ]
     if run_dirs:
         page += [f"<p>{len(run_dirs)} experiment run(s).</p>", "<ul>"] + toc + ["</ul>"]
         page += sections

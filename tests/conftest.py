@@ -1,12 +1,15 @@
 """Test-wide settings: strict dtype promotion, rank promotion that raises (DESIGN.md), and a
 persistent XLA compilation cache so repeated runs of the same program compile once."""
+
 import os
 import tempfile
 
 # Same seed -> same numbers, resume -> same parameters: bit-identical on GPU only with XLA's
 # deterministic kernels (CPU runs are deterministic anyway). Read when the backend starts.
 if "xla_gpu_deterministic_ops" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_deterministic_ops=true").strip()
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_gpu_deterministic_ops=true"
+    ).strip()
 
 import jax  # noqa: E402
 
@@ -16,7 +19,8 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 # Many tests train the same tiny programs again (determinism, resume, subprocesses): the
 # persistent cache turns those recompilations into disk reads. Subprocesses get it via env.
 CACHE_DIR = os.environ.setdefault(
-    "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "jaxreg-test-xla-cache"))
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "jaxreg-test-xla-cache")
+)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # The native CPU warp (jaxreg/augment/_native.py) is built once into this folder, not $HOME.
 os.environ.setdefault("JAXREG_CACHE_DIR", os.path.join(tempfile.gettempdir(), "jaxreg-test-native"))

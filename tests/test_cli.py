@@ -43,8 +43,13 @@ def _write_config(tmp_path: Path, epochs: int = 2) -> Path:
 
 def _cli(*args, timeout=300):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, "-m", "jaxreg", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "jaxreg", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def test_run_config_file_end_to_end(tmp_path):
@@ -55,7 +60,10 @@ def test_run_config_file_end_to_end(tmp_path):
     recs = [json.loads(l) for l in (w / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in recs] == [1, 2]
     assert json.loads((w / "config.json").read_text())["learning_rate"] == 0.003
-    assert "Validation loss" in (w / "report.md").read_text() or "overfitting" in (w / "report.md").read_text().lower()
+    assert (
+        "Validation loss" in (w / "report.md").read_text()
+        or "overfitting" in (w / "report.md").read_text().lower()
+    )
     assert (w / "curves.png").stat().st_size > 1000
     assert "test_accuracy" in out.stdout and "report.md" in out.stdout
 
@@ -66,13 +74,16 @@ def test_list_names_every_experiment(capsys):
     assert "main" in out and "mnist5k" in out and "resnet20" in out and "digits" in out
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["run", "no_such_experiment"], "unknown experiment"),
-    (["run", "main", "--config.no_such_key=1"], "unknown config key"),
-    (["run", "main", "--config.epochs=abc"], "epochs"),
-    (["run", "main", "--config.data=nope", "--config.smoke=true"], "nope"),
-    (["run", "/nonexistent/cfg.py"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["run", "no_such_experiment"], "unknown experiment"),
+        (["run", "main", "--config.no_such_key=1"], "unknown config key"),
+        (["run", "main", "--config.epochs=abc"], "epochs"),
+        (["run", "main", "--config.data=nope", "--config.smoke=true"], "nope"),
+        (["run", "/nonexistent/cfg.py"], "does not exist"),
+    ],
+)
 def test_bad_input_gives_a_clear_error(argv, needle, capsys, tmp_path):
     assert cli.main(argv + ["--workdir", str(tmp_path / "w")]) == 2
     err = capsys.readouterr().err
@@ -107,13 +118,25 @@ def test_sigkill_at_random_points_then_resume_gives_identical_parameters(tmp_pat
     kills = 0
     for attempt in range(2):
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        proc = subprocess.Popen([sys.executable, "-m", "jaxreg", "run", str(cfg), "--workdir", str(w)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jaxreg", "run", str(cfg), "--workdir", str(w)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         # wait until this process has written at least one new epoch, then kill at a random moment
-        seen = len((w / "metrics.jsonl").read_text().splitlines()) if (w / "metrics.jsonl").exists() else 0
+        seen = (
+            len((w / "metrics.jsonl").read_text().splitlines())
+            if (w / "metrics.jsonl").exists()
+            else 0
+        )
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
-            n = len((w / "metrics.jsonl").read_text().splitlines()) if (w / "metrics.jsonl").exists() else 0
+            n = (
+                len((w / "metrics.jsonl").read_text().splitlines())
+                if (w / "metrics.jsonl").exists()
+                else 0
+            )
             if n > seen:
                 break
             time.sleep(0.05)
@@ -135,8 +158,12 @@ def test_sigkill_at_random_points_then_resume_gives_identical_parameters(tmp_pat
 
 def test_augment_show_writes_a_grid_from_real_data(tmp_path, capsys):
     out = tmp_path / "grid.png"
-    assert cli.main(["augment", "--show", "digits", "--data", "digits", "--num", "4",
-                     "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            ["augment", "--show", "digits", "--data", "digits", "--num", "4", "--out", str(out)]
+        )
+        == 0
+    )
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 2000
     assert cli.main(["augment", "--show", "no_such_op", "--data", "digits"]) == 2
     assert "no_such_op" in capsys.readouterr().err
@@ -146,9 +173,15 @@ def test_report_collects_experiments_into_one_html_page(tmp_path):
     from jaxreg import report
 
     for name in ("exp_a", "exp_b"):
-        report.write_experiment_report(tmp_path / name, title=f"Title {name}", question="q?",
-                                       expectation="e", table_rows=[{"variant": "x", "acc": 0.5}],
-                                       verdict=f"verdict {name}", figures=[])
+        report.write_experiment_report(
+            tmp_path / name,
+            title=f"Title {name}",
+            question="q?",
+            expectation="e",
+            table_rows=[{"variant": "x", "acc": 0.5}],
+            verdict=f"verdict {name}",
+            figures=[],
+        )
     assert cli.main(["report", "--root", str(tmp_path)]) == 0
     page = (tmp_path / "index.html").read_text()
     assert "Title exp_a" in page and "verdict exp_b" in page

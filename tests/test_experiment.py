@@ -16,8 +16,11 @@ from jaxreg.data import Dataset
 
 def _rows(values):
     """variant -> per-seed values as run_variants rows."""
-    return [{"variant": name, "seed": seed, "m": v}
-            for name, vs in values.items() for seed, v in enumerate(vs)]
+    return [
+        {"variant": name, "seed": seed, "m": v}
+        for name, vs in values.items()
+        for seed, v in enumerate(vs)
+    ]
 
 
 # ----------------------------------------------------------------------------- config values
@@ -49,23 +52,27 @@ def test_split_names_and_select_variants():
     assert experiment.select_variants("", **kw) == ("none", "mixup")
     assert experiment.select_variants("rotate", **kw) == ("none", "rotate")
     assert experiment.select_variants("rotate, none", **kw) == ("rotate", "none")
-    assert experiment.select_variants("none,rotate", allowed={"none": 1, "rotate": 2},
-                                      default=(), baseline="none") == ("none", "rotate")
+    assert experiment.select_variants(
+        "none,rotate", allowed={"none": 1, "rotate": 2}, default=(), baseline="none"
+    ) == ("none", "rotate")
     with pytest.raises(ValueError, match=r"unknown variants \['bogus'\]; allowed: \['none'"):
         experiment.select_variants("none,bogus", **kw)
     with pytest.raises(ValueError, match="baseline"):
         experiment.select_variants("", allowed=allowed, default=(), baseline="plain")
 
 
-@pytest.mark.parametrize("n_train,batch_size,epochs,min_steps,want", [
-    (200, 32, 12, 240, 40),   # 6 steps per epoch -> ceil(240 / 6)
-    (100, 32, 12, 240, 80),   # 3 steps per epoch
-    (1000, 32, 12, 240, 12),  # 31 steps per epoch: 12 epochs already give 372 steps
-    (10, 32, 2, 5, 5),        # fewer images than a batch: one step per epoch
-    (0, 32, 2, 5, 5),
-    (500, 50, 20, 0, 20),     # no step budget
-    (300, 32, 1, 500, 56),    # how_many's budget: ceil(500 / 9)
-])
+@pytest.mark.parametrize(
+    "n_train,batch_size,epochs,min_steps,want",
+    [
+        (200, 32, 12, 240, 40),  # 6 steps per epoch -> ceil(240 / 6)
+        (100, 32, 12, 240, 80),  # 3 steps per epoch
+        (1000, 32, 12, 240, 12),  # 31 steps per epoch: 12 epochs already give 372 steps
+        (10, 32, 2, 5, 5),  # fewer images than a batch: one step per epoch
+        (0, 32, 2, 5, 5),
+        (500, 50, 20, 0, 20),  # no step budget
+        (300, 32, 1, 500, 56),  # how_many's budget: ceil(500 / 9)
+    ],
+)
 def test_epochs_for(n_train, batch_size, epochs, min_steps, want):
     got = experiment.epochs_for(n_train, batch_size, epochs, min_steps)
     assert got == want
@@ -74,8 +81,15 @@ def test_epochs_for(n_train, batch_size, epochs, min_steps, want):
     assert (got - 1) * steps_per_epoch < min_steps or got == epochs  # the smallest such
 
 
-@pytest.mark.parametrize("arg,args", [("n_train", (-1, 32, 1, 1)), ("batch_size", (10, 0, 1, 1)),
-                                      ("epochs", (10, 2, -1, 1)), ("min_steps", (10, 2, 1, -5))])
+@pytest.mark.parametrize(
+    "arg,args",
+    [
+        ("n_train", (-1, 32, 1, 1)),
+        ("batch_size", (10, 0, 1, 1)),
+        ("epochs", (10, 2, -1, 1)),
+        ("min_steps", (10, 2, 1, -5)),
+    ],
+)
 def test_epochs_for_rejects_out_of_range(arg, args):
     with pytest.raises(ValueError, match=arg):
         experiment.epochs_for(*args)
@@ -108,11 +122,16 @@ def test_paired_ci_matches_hand_computation_and_scipy():
 
 
 def test_paired_ci_pairs_by_seed_and_handles_few_seeds():
-    rows = [{"variant": "none", "seed": 0, "m": 0.5}, {"variant": "none", "seed": 2, "m": 0.4},
-            {"variant": "a", "seed": 2, "m": 0.7}, {"variant": "a", "seed": 0, "m": 0.5},
-            {"variant": "a", "seed": 5, "m": 0.9}]  # seed 5 has no baseline: left out
+    rows = [
+        {"variant": "none", "seed": 0, "m": 0.5},
+        {"variant": "none", "seed": 2, "m": 0.4},
+        {"variant": "a", "seed": 2, "m": 0.7},
+        {"variant": "a", "seed": 0, "m": 0.5},
+        {"variant": "a", "seed": 5, "m": 0.9},
+    ]  # seed 5 has no baseline: left out
     np.testing.assert_allclose(
-        experiment.paired_differences(rows, "a", "m", baseline="none"), [0.3, 0.0])
+        experiment.paired_differences(rows, "a", "m", baseline="none"), [0.3, 0.0]
+    )
     mean, half, above, n = experiment.paired_ci(rows, "a", "m", baseline="none")
     assert (mean, above, n) == (pytest.approx(0.15), 1, 2) and math.isfinite(half)
     one = experiment.paired_ci(rows[:1] + rows[3:4], "a", "m", baseline="none")
@@ -122,8 +141,12 @@ def test_paired_ci_pairs_by_seed_and_handles_few_seeds():
 
 
 def test_paired_differences_skip_missing_values_and_use_key():
-    rows = [{"size": "b", "seed": 0, "m": 1.0}, {"size": "b", "seed": 1, "m": None},
-            {"size": "v", "seed": 0, "m": 3.0}, {"size": "v", "seed": 1, "m": 2.0}]
+    rows = [
+        {"size": "b", "seed": 0, "m": 1.0},
+        {"size": "b", "seed": 1, "m": None},
+        {"size": "v", "seed": 0, "m": 3.0},
+        {"size": "v", "seed": 1, "m": 2.0},
+    ]
     d = experiment.paired_differences(rows, "v", "m", baseline="b", key="size")
     assert d.dtype == np.float64 and d.tolist() == [2.0]
 
@@ -186,8 +209,10 @@ def test_confusion_matrix_and_recall_match_sklearn():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 10, 500)
     pred = np.where(rng.random(500) < 0.7, labels, rng.integers(0, 10, 500))
-    np.testing.assert_array_equal(experiment.confusion_matrix(pred, labels, 10),
-                                  skm.confusion_matrix(labels, pred, labels=range(10)))
+    np.testing.assert_array_equal(
+        experiment.confusion_matrix(pred, labels, 10),
+        skm.confusion_matrix(labels, pred, labels=range(10)),
+    )
     rec = experiment.per_class_recall(pred, labels, 10)
     np.testing.assert_allclose(rec, skm.recall_score(labels, pred, average=None))
     assert np.nanmean(rec) == pytest.approx(skm.balanced_accuracy_score(labels, pred))
@@ -216,8 +241,11 @@ def test_confusion_matrix_rejects_bad_input():
 
 
 def test_mean_curve_averages_over_the_runs_that_reached_an_epoch():
-    h1 = [{"epoch": 1, "val_loss": 1.0}, {"epoch": 2, "val_loss": 0.5},
-          {"epoch": 3, "val_loss": 0.7}]
+    h1 = [
+        {"epoch": 1, "val_loss": 1.0},
+        {"epoch": 2, "val_loss": 0.5},
+        {"epoch": 3, "val_loss": 0.7},
+    ]
     h2 = [{"epoch": 1, "val_loss": 3.0}, {"epoch": 2, "val_loss": 1.5}]  # stopped early
     epochs, mean = experiment.mean_curve([h1, h2, []], "val_loss")
     assert epochs.tolist() == [1, 2, 3]
@@ -263,17 +291,29 @@ def test_run_variants_reads_finished_runs_back(tmp_path):
 
     base = ConfigDict({"seed": 0, "augment": ""})
     for seed, acc in ((0, 0.5), (1, 0.7)):
-        _finished_run(tmp_path / "rot" / f"seed{seed}", val_accuracy=acc, test_accuracy=acc,
-                      extra={"test_x": {"accuracy": 0.1}})
+        _finished_run(
+            tmp_path / "rot" / f"seed{seed}",
+            val_accuracy=acc,
+            test_accuracy=acc,
+            extra={"test_x": {"accuracy": 0.1}},
+        )
 
     def no_data(c, seed):
         raise AssertionError("a finished run must not be trained again")
 
     log = []
-    rows = experiment.run_variants(base, tmp_path, {"rot": {"augment": "rotate"}}, seeds=(0, 1),
-                                   data_fn=no_data, log=log.append)
+    rows = experiment.run_variants(
+        base,
+        tmp_path,
+        {"rot": {"augment": "rotate"}},
+        seeds=(0, 1),
+        data_fn=no_data,
+        log=log.append,
+    )
     assert [(r["variant"], r["seed"], r["test_accuracy"]) for r in rows] == [
-        ("rot", 0, 0.5), ("rot", 1, 0.7)]
+        ("rot", 0, 0.5),
+        ("rot", 1, 0.7),
+    ]
     assert rows[0]["extra"] == {"test_x": {"accuracy": 0.1}} and rows[0]["test_ece"] is None
     assert len(log) == 2 and "seed 1: val 0.7000 test 0.7000" in log[1]
 
@@ -293,8 +333,9 @@ def test_run_variants_with_predictions_reads_predictions_back(tmp_path):
         seen.append((c.seed, seed))
         return {"train": None, "val": val, "test": test}
 
-    rows = experiment.run_variants_with_predictions(base, tmp_path, {"none": {}}, seeds=(3,),
-                                                    data_fn=data_fn, log=lambda s: None)
+    rows = experiment.run_variants_with_predictions(
+        base, tmp_path, {"none": {}}, seeds=(3,), data_fn=data_fn, log=lambda s: None
+    )
     assert seen == [(3, 3)]
     (row,) = rows
     assert row["train_size"] == 12 and row["extra"] == {} and row["val_accuracy"] == 0.9
@@ -305,16 +346,33 @@ def test_run_variants_with_predictions_reads_predictions_back(tmp_path):
 def test_write_report_writes_summary_and_logs(tmp_path):
     log = []
     path = experiment.write_report(
-        tmp_path, title="T", question="Q?", expectation="E", table_rows=[{"variant": "a", "n": 2}],
-        verdict="a won by 1.0 pts", figures=[], extra_md="## Protocol", wall_time_s=12.4,
-        log=log.append)
+        tmp_path,
+        title="T",
+        question="Q?",
+        expectation="E",
+        table_rows=[{"variant": "a", "n": 2}],
+        verdict="a won by 1.0 pts",
+        figures=[],
+        extra_md="## Protocol",
+        wall_time_s=12.4,
+        log=log.append,
+    )
     assert path == tmp_path / "report.md" and path.is_file()
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["verdict"] == "a won by 1.0 pts" and summary["table_rows"][0]["variant"] == "a"
     assert log[1] == "a won by 1.0 pts" and log[2] == f"Report: {path} (12 s)"
     with pytest.raises(ValueError, match="verdict"):
-        experiment.write_report(tmp_path, title="T", question="Q", expectation="E", table_rows=[],
-                                verdict=" ", figures=[], extra_md="", wall_time_s=0.0)
+        experiment.write_report(
+            tmp_path,
+            title="T",
+            question="Q",
+            expectation="E",
+            table_rows=[],
+            verdict=" ",
+            figures=[],
+            extra_md="",
+            wall_time_s=0.0,
+        )
 
 
 # ----------------------------------------------------------------------------- compile cache

@@ -1,4 +1,5 @@
 """Tests for jaxreg.losses: agreement with optax, stability, ECE by hand, validation."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,8 +22,12 @@ SOFT = jax.nn.softmax(jnp.asarray(RNG.normal(size=(6, 5)), jnp.float32))
 
 def test_smooth_labels_matches_optax():
     one_hot = jax.nn.one_hot(INT_LABELS, 5)
-    np.testing.assert_allclose(smooth_labels(INT_LABELS, 5, 0.1), optax.smooth_labels(one_hot, 0.1), rtol=1e-6)
-    np.testing.assert_allclose(smooth_labels(SOFT, 5, 0.2), optax.smooth_labels(SOFT, 0.2), rtol=1e-6)
+    np.testing.assert_allclose(
+        smooth_labels(INT_LABELS, 5, 0.1), optax.smooth_labels(one_hot, 0.1), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        smooth_labels(SOFT, 5, 0.2), optax.smooth_labels(SOFT, 0.2), rtol=1e-6
+    )
     out = smooth_labels(INT_LABELS, 5, 0.0)
     assert out.dtype == jnp.float32 and out.shape == (6, 5)
     np.testing.assert_allclose(out.sum(-1), 1.0, rtol=1e-6)
@@ -44,7 +49,9 @@ def test_soft_cross_entropy_matches_optax():
         rtol=1e-5,
     )
     jitted = jax.jit(lambda lg, y: soft_cross_entropy(lg, y, label_smoothing=0.1))(LOGITS, SOFT)
-    np.testing.assert_allclose(jitted, soft_cross_entropy(LOGITS, SOFT, label_smoothing=0.1), rtol=1e-6)
+    np.testing.assert_allclose(
+        jitted, soft_cross_entropy(LOGITS, SOFT, label_smoothing=0.1), rtol=1e-6
+    )
 
 
 def test_soft_cross_entropy_is_stable_and_float32():
@@ -71,10 +78,14 @@ def test_ece_by_hand():
     labels = jnp.asarray([0, 0, 1, 0], jnp.int32)
     # 5 bins of width 0.2: {0.85: right} in (0.8, 1]; {0.75: wrong, 0.65: right} in (0.6, 0.8];
     # {0.55: right} in (0.4, 0.6].  ECE = 1/4*0.15 + 2/4*|0.5-0.7| + 1/4*0.45 = 0.25.
-    assert float(expected_calibration_error(probs, labels, num_bins=5)) == pytest.approx(0.25, abs=1e-6)
+    assert float(expected_calibration_error(probs, labels, num_bins=5)) == pytest.approx(
+        0.25, abs=1e-6
+    )
     # Soft labels use their argmax.
     soft = jax.nn.one_hot(labels, 2)
-    assert float(expected_calibration_error(probs, soft, num_bins=5)) == pytest.approx(0.25, abs=1e-6)
+    assert float(expected_calibration_error(probs, soft, num_bins=5)) == pytest.approx(
+        0.25, abs=1e-6
+    )
 
 
 def _ece_reference(probs, labels, num_bins):
@@ -84,14 +95,18 @@ def _ece_reference(probs, labels, num_bins):
     for lo, hi in zip(edges[:-1], edges[1:]):
         in_bin = (conf > lo) & (conf <= hi)
         if in_bin.any():
-            total += in_bin.mean() * abs((pred[in_bin] == labels[in_bin]).mean() - conf[in_bin].mean())
+            total += in_bin.mean() * abs(
+                (pred[in_bin] == labels[in_bin]).mean() - conf[in_bin].mean()
+            )
     return total
 
 
 def test_ece_matches_loop_reference_and_jits():
     probs = np.asarray(jax.nn.softmax(jnp.asarray(RNG.normal(size=(200, 7)) * 2, jnp.float32)))
     labels = RNG.integers(0, 7, size=200).astype(np.int32)
-    ours = jax.jit(expected_calibration_error, static_argnames="num_bins")(probs, labels, num_bins=15)
+    ours = jax.jit(expected_calibration_error, static_argnames="num_bins")(
+        probs, labels, num_bins=15
+    )
     assert float(ours) == pytest.approx(_ece_reference(probs, labels, 15), abs=1e-5)
     perfect = jnp.asarray([[1.0, 0.0], [0.0, 1.0]])
     assert float(expected_calibration_error(perfect, jnp.asarray([0, 1], jnp.int32))) == 0.0
@@ -102,7 +117,9 @@ def test_reconstruction_loss():
     y = jnp.asarray(RNG.uniform(size=(3, 4, 4, 1)), jnp.float32)
     mse = reconstruction_loss(x, y)
     assert mse.shape == (3,)
-    np.testing.assert_allclose(mse, np.mean((np.asarray(x) - np.asarray(y)) ** 2, axis=(1, 2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(
+        mse, np.mean((np.asarray(x) - np.asarray(y)) ** 2, axis=(1, 2, 3)), rtol=1e-6
+    )
     bce = reconstruction_loss(x, y, kind="bce")
     ref = optax.sigmoid_binary_cross_entropy(x, y).mean(axis=(1, 2, 3))
     np.testing.assert_allclose(bce, ref, rtol=1e-5)

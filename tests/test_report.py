@@ -18,9 +18,15 @@ def make_history(val_loss, train_acc, *, train_loss=None, val_acc=None):
     train_loss = train_loss if train_loss is not None else np.linspace(2.0, 0.1, n)
     val_acc = val_acc if val_acc is not None else np.linspace(0.3, 0.8, n)
     return [
-        {"epoch": i + 1, "train_loss": float(train_loss[i]), "train_accuracy": float(train_acc[i]),
-         "val_loss": float(val_loss[i]), "val_accuracy": float(val_acc[i]), "lr": 0.1,
-         "time_s": 1.5}
+        {
+            "epoch": i + 1,
+            "train_loss": float(train_loss[i]),
+            "train_accuracy": float(train_acc[i]),
+            "val_loss": float(val_loss[i]),
+            "val_accuracy": float(val_acc[i]),
+            "lr": 0.1,
+            "time_s": 1.5,
+        }
         for i in range(n)
     ]
 
@@ -67,8 +73,16 @@ def test_read_metrics_corrupt_middle_line_raises(tmp_path):
 
 def test_read_metrics_resume_dedup_blank_lines_nan(tmp_path):
     p = tmp_path / "metrics.jsonl"
-    write_lines(p, ['{"epoch": 1, "val_loss": 1.0}', "", '{"epoch": 2, "val_loss": NaN}',
-                    '{"epoch": 2, "val_loss": 0.5}', '{"epoch": 3, "val_loss": 0.4}'])
+    write_lines(
+        p,
+        [
+            '{"epoch": 1, "val_loss": 1.0}',
+            "",
+            '{"epoch": 2, "val_loss": NaN}',
+            '{"epoch": 2, "val_loss": 0.5}',
+            '{"epoch": 3, "val_loss": 0.4}',
+        ],
+    )
     got = report.read_metrics(p)
     assert [r["epoch"] for r in got] == [1, 2, 3]
     assert got[1]["val_loss"] == 0.5  # the resumed run's record wins
@@ -213,8 +227,9 @@ def check_png(path):
 
 def test_plot_curves_writes_png(tmp_path):
     hist = u_shaped(10, 5)
-    out = report.plot_curves(hist, tmp_path / "sub" / "curves.png", onset=6, best_epoch=5,
-                             title="run")
+    out = report.plot_curves(
+        hist, tmp_path / "sub" / "curves.png", onset=6, best_epoch=5, title="run"
+    )
     assert out == tmp_path / "sub" / "curves.png"
     img = check_png(out)
     # Two panels and markers: the image is not blank.
@@ -262,8 +277,10 @@ def test_plot_curves_partial_series_and_bad_input(tmp_path):
 
 
 def test_markdown_table_formatting():
-    rows = [{"method": "baseline", "acc": 0.91234567, "epochs": 10, "note": "a|b"},
-            {"method": "mixup", "acc": np.float32(0.5), "lr": 3e-5, "epochs": np.int64(12)}]
+    rows = [
+        {"method": "baseline", "acc": 0.91234567, "epochs": 10, "note": "a|b"},
+        {"method": "mixup", "acc": np.float32(0.5), "lr": 3e-5, "epochs": np.int64(12)},
+    ]
     md = report.markdown_table(rows)
     lines = md.strip().split("\n")
     assert lines[0] == "| method | acc | epochs | note | lr |"
@@ -274,7 +291,9 @@ def test_markdown_table_formatting():
     md = report.markdown_table(rows, columns=["acc", "method"], floatfmt=".2f")
     assert md.split("\n")[2] == "| 0.91 | baseline |"
     assert report.markdown_table([], columns=["a", "b"]).strip().split("\n") == [
-        "| a | b |", "| --- | --- |"]
+        "| a | b |",
+        "| --- | --- |",
+    ]
     with pytest.raises(ValueError, match="rows"):
         report.markdown_table([])
     with pytest.raises(TypeError, match="rows"):
@@ -313,10 +332,22 @@ def test_mean_std():
 def test_write_run_report_with_onset(tmp_path):
     hist = u_shaped(10, 5)
     config = {"model": "tiny_cnn", "optimizer": {"name": "sgd", "lr": 0.1}, "seed": 0}
-    results = {"test_accuracy": 0.9123456, "val_loss": 0.5, "best_epoch": 5, "stopped_epoch": 10,
-               "wall_time_s": 12.3456, "val_ece": np.float32(0.031)}
-    path = report.write_run_report(tmp_path / "run", title="Tiny CNN on digits", config=config,
-                                   history=hist, results=results, notes=["smoke run"])
+    results = {
+        "test_accuracy": 0.9123456,
+        "val_loss": 0.5,
+        "best_epoch": 5,
+        "stopped_epoch": 10,
+        "wall_time_s": 12.3456,
+        "val_ece": np.float32(0.031),
+    }
+    path = report.write_run_report(
+        tmp_path / "run",
+        title="Tiny CNN on digits",
+        config=config,
+        history=hist,
+        results=results,
+        notes=["smoke run"],
+    )
     assert path == tmp_path / "run" / "report.md"
     md = path.read_text()
     assert md.startswith("# Tiny CNN on digits\n")
@@ -335,8 +366,9 @@ def test_write_run_report_with_onset(tmp_path):
 
 def test_write_run_report_without_onset(tmp_path):
     hist = make_history(np.linspace(2.0, 0.2, 7), np.linspace(0.3, 0.95, 7))
-    path = report.write_run_report(tmp_path, title="t", config={}, history=hist,
-                                   results={"best_epoch": 7})
+    path = report.write_run_report(
+        tmp_path, title="t", config={}, history=hist, results={"best_epoch": 7}
+    )
     md = path.read_text()
     assert "No overfitting onset detected in 7 epochs." in md
     assert "curves.png" in md and (tmp_path / "curves.png").exists()
@@ -352,8 +384,9 @@ def test_write_run_report_empty_history_and_bad_input(tmp_path):
     with pytest.raises(TypeError, match="results"):
         report.write_run_report(tmp_path, title="t", config={}, history=[], results=[])
     with pytest.raises(TypeError, match="notes"):
-        report.write_run_report(tmp_path, title="t", config={}, history=[], results={},
-                                notes="one string")
+        report.write_run_report(
+            tmp_path, title="t", config={}, history=[], results={}, notes="one string"
+        )
 
 
 # --------------------------------------------------------------------------- experiment report + index
@@ -373,20 +406,33 @@ def make_experiment(workdir, title, rows=None):
     workdir.mkdir(parents=True)
     save_png(workdir / "acc.png", 0.2)
     return report.write_experiment_report(
-        workdir, title=title, question="Does mixup help <small> data?",
-        expectation="Yes & by > 1 point", table_rows=rows or [
+        workdir,
+        title=title,
+        question="Does mixup help <small> data?",
+        expectation="Yes & by > 1 point",
+        table_rows=rows
+        or [
             {"method": "baseline", "accuracy": report.mean_std([0.90, 0.91, 0.92])},
-            {"method": "mixup", "accuracy": report.mean_std([0.93, 0.93, 0.94]), "n": 3}],
-        verdict="Confirmed: +2 points.", figures=["acc.png"], extra_md="## Extra\n\nmore")
+            {"method": "mixup", "accuracy": report.mean_std([0.93, 0.93, 0.94]), "n": 3},
+        ],
+        verdict="Confirmed: +2 points.",
+        figures=["acc.png"],
+        extra_md="## Extra\n\nmore",
+    )
 
 
 def test_write_experiment_report(tmp_path):
     path = make_experiment(tmp_path / "mixup", "Mixup on digits")
     md = path.read_text()
     assert md.startswith("# Mixup on digits")
-    for text in ("Does mixup help <small> data?", "| method | accuracy | n |",
-                 "| baseline | 0.910 ± 0.010 |  |", "Confirmed: +2 points.", "![acc.png](acc.png)",
-                 "## Extra"):
+    for text in (
+        "Does mixup help <small> data?",
+        "| method | accuracy | n |",
+        "| baseline | 0.910 ± 0.010 |  |",
+        "Confirmed: +2 points.",
+        "![acc.png](acc.png)",
+        "## Extra",
+    ):
         assert text in md
     summary = json.loads((tmp_path / "mixup" / "summary.json").read_text())
     assert set(summary) >= {"title", "question", "expectation", "verdict", "table_rows", "figures"}
@@ -448,7 +494,8 @@ def test_html_index_missing_figure_and_empty_root(tmp_path):
 def test_write_run_report_accepts_configdict(tmp_path):
     ml_collections = pytest.importorskip("ml_collections")
     config = ml_collections.ConfigDict({"model": "cnn", "optimizer": {"lr": 0.1}, "shape": (8, 8)})
-    md = report.write_run_report(tmp_path, title="t", config=config, history=u_shaped(6, 3),
-                                 results={"best_epoch": 3}).read_text()
+    md = report.write_run_report(
+        tmp_path, title="t", config=config, history=u_shaped(6, 3), results={"best_epoch": 3}
+    ).read_text()
     block = re.search(r"```json\n(.*?)\n```", md, re.S).group(1)
     assert json.loads(block) == {"model": "cnn", "optimizer": {"lr": 0.1}, "shape": [8, 8]}

@@ -15,6 +15,7 @@ at one or two components (same arithmetic). On the CPU, the bilinear batch form 
 images runs as a native kernel instead (`_native`, `_warp_native.cc`: the same arithmetic in
 one pass), falling back to the XLA form where that kernel is not available.
 """
+
 from __future__ import annotations
 
 import functools
@@ -34,378 +35,449 @@ _EPS = 1e-3  # coordinates this far outside the border still count as inside (fl
 
 
 def matrix(a, b, c, d, e, f) -> jax.Array:
-  """[[a, b, c], [d, e, f], [0, 0, 1]] as float32 (entries may be traced scalars)."""
-  rows = [jnp.asarray(v, jnp.float32) for v in (a, b, c, d, e, f)]
-  zero, one = jnp.zeros((), jnp.float32), jnp.ones((), jnp.float32)
-  return jnp.stack(rows + [zero, zero, one]).reshape(3, 3)
+    """[[a, b, c], [d, e, f], [0, 0, 1]] as float32 (entries may be traced scalars)."""
+    rows = [jnp.asarray(v, jnp.float32) for v in (a, b, c, d, e, f)]
+    zero, one = jnp.zeros((), jnp.float32), jnp.ones((), jnp.float32)
+    return jnp.stack(rows + [zero, zero, one]).reshape(3, 3)
 
 
 def identity_matrix() -> jax.Array:
-  return jnp.eye(3, dtype=jnp.float32)
+    return jnp.eye(3, dtype=jnp.float32)
 
 
 def _fold(t: jax.Array, n: int, mode: str, exact: bool):
-  """Maps coordinates along one axis of size n into range; returns (t, valid or None)."""
-  if exact:
+    """Maps coordinates along one axis of size n into range; returns (t, valid or None)."""
+    if exact:
+        if mode == "constant":
+            return jnp.clip(t, 0, n - 1), (t >= 0) & (t <= n - 1)
+        if mode == "edge" or n == 1:
+            return jnp.clip(t, 0, n - 1), None
+        if mode == "reflect":
+            p = 2 * (n - 1)
+            t = jnp.mod(t, p)
+            return jnp.where(t >= n, p - t, t), None
+        if mode == "symmetric":
+            t = jnp.mod(t, 2 * n)
+            return jnp.where(t >= n, 2 * n - 1 - t, t), None
+        return jnp.mod(t, n), None  # wrap
+    hi = float(n - 1)
     if mode == "constant":
-      return jnp.clip(t, 0, n - 1), (t >= 0) & (t <= n - 1)
+        return jnp.clip(t, 0.0, hi), (t >= -_EPS) & (t <= hi + _EPS)
     if mode == "edge" or n == 1:
-      return jnp.clip(t, 0, n - 1), None
+        return jnp.clip(t, 0.0, hi), None
     if mode == "reflect":
-      p = 2 * (n - 1)
-      t = jnp.mod(t, p)
-      return jnp.where(t >= n, p - t, t), None
-    if mode == "symmetric":
-      t = jnp.mod(t, 2 * n)
-      return jnp.where(t >= n, 2 * n - 1 - t, t), None
-    return jnp.mod(t, n), None  # wrap
-  hi = float(n - 1)
-  if mode == "constant":
-    return jnp.clip(t, 0.0, hi), (t >= -_EPS) & (t <= hi + _EPS)
-  if mode == "edge" or n == 1:
+        p = 2.0 * hi
+        t = jnp.mod(t, p)
+        t = jnp.where(t > hi, p - t, t)
+    elif mode == "symmetric":
+        t = jnp.mod(t + 0.5, 2.0 * n)
+        t = jnp.where(t > n, 2.0 * n - t, t) - 0.5
+    else:  # wrap
+        t = jnp.mod(t + 0.5, float(n)) - 0.5
     return jnp.clip(t, 0.0, hi), None
-  if mode == "reflect":
-    p = 2.0 * hi
-    t = jnp.mod(t, p)
-    t = jnp.where(t > hi, p - t, t)
-  elif mode == "symmetric":
-    t = jnp.mod(t + 0.5, 2.0 * n)
-    t = jnp.where(t > n, 2.0 * n - t, t) - 0.5
-  else:  # wrap
-    t = jnp.mod(t + 0.5, float(n)) - 0.5
-  return jnp.clip(t, 0.0, hi), None
 
 
 def _and(a, b):
-  if a is None:
-    return b
-  if b is None:
-    return a
-  return a & b
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a & b
 
 
 def _take(a: jax.Array, idx: jax.Array, axis: int) -> jax.Array:
-  """a[idx] along axis 0 or 1 for indices known to be in range (no clamping work)."""
-  if axis == 0:
-    return a.at[idx].get(mode="promise_in_bounds")
-  return a.at[:, idx].get(mode="promise_in_bounds")
+    """a[idx] along axis 0 or 1 for indices known to be in range (no clamping work)."""
+    if axis == 0:
+        return a.at[idx].get(mode="promise_in_bounds")
+    return a.at[:, idx].get(mode="promise_in_bounds")
 
 
 def _taps(t: jax.Array, n: int):
-  """Clamped start index of a 2-tap window and the weight of its second tap."""
-  start = jnp.minimum(jnp.floor(t), float(n - 2))
-  return start.astype(jnp.int32), t - start
+    """Clamped start index of a 2-tap window and the weight of its second tap."""
+    start = jnp.minimum(jnp.floor(t), float(n - 2))
+    return start.astype(jnp.int32), t - start
 
 
 def _coords(m: jax.Array, out_hw: tuple[int, int]):
-  """Input coordinates (y, x), each (ho, wo), of every output pixel under the map m."""
-  ho, wo = out_hw
-  yy = jnp.arange(ho, dtype=jnp.float32).reshape(ho, 1)
-  xx = jnp.arange(wo, dtype=jnp.float32).reshape(1, wo)
-  y = m[0, 0] * yy + m[0, 1] * xx + m[0, 2]
-  x = m[1, 0] * yy + m[1, 1] * xx + m[1, 2]
-  return y, x
+    """Input coordinates (y, x), each (ho, wo), of every output pixel under the map m."""
+    ho, wo = out_hw
+    yy = jnp.arange(ho, dtype=jnp.float32).reshape(ho, 1)
+    xx = jnp.arange(wo, dtype=jnp.float32).reshape(1, wo)
+    y = m[0, 0] * yy + m[0, 1] * xx + m[0, 2]
+    x = m[1, 0] * yy + m[1, 1] * xx + m[1, 2]
+    return y, x
 
 
 def _bilinear_taps(m, in_hw, padded_hw, out_hw, mode):
-  """Top-left taps (y0, x0), second-tap weights (fy, fx), validity (or None) per output pixel."""
-  h, w = in_hw
-  y, x = _coords(m, out_hw)
-  y, vy = _fold(y, h, mode, False)
-  x, vx = _fold(x, w, mode, False)
-  y0, fy = _taps(y, padded_hw[0])
-  x0, fx = _taps(x, padded_hw[1])
-  return y0, x0, fy, fx, _and(vy, vx)
+    """Top-left taps (y0, x0), second-tap weights (fy, fx), validity (or None) per output pixel."""
+    h, w = in_hw
+    y, x = _coords(m, out_hw)
+    y, vy = _fold(y, h, mode, False)
+    x, vx = _fold(x, w, mode, False)
+    y0, fy = _taps(y, padded_hw[0])
+    x0, fx = _taps(x, padded_hw[1])
+    return y0, x0, fy, fx, _and(vy, vx)
 
 
 def _blend(p00, p01, p10, p11, fy, fx, dtype):
-  """Bilinear mix of four (..., C) taps with (...) weights of the second tap along y and x."""
-  fy = fy.astype(dtype)[..., None]
-  fx = fx.astype(dtype)[..., None]
-  top = p00 + fx * (p01 - p00)
-  bot = p10 + fx * (p11 - p10)
-  return top + fy * (bot - top)
+    """Bilinear mix of four (..., C) taps with (...) weights of the second tap along y and x."""
+    fy = fy.astype(dtype)[..., None]
+    fx = fx.astype(dtype)[..., None]
+    top = p00 + fx * (p01 - p00)
+    bot = p10 + fx * (p11 - p10)
+    return top + fy * (bot - top)
 
 
 def _pad_for_bilinear(image: jax.Array, h: int, w: int) -> jax.Array:
-  if h == 1 or w == 1:  # bilinear needs two taps per axis
-    pads = [(0, 0)] * (image.ndim - 3) + [(0, int(h == 1)), (0, int(w == 1)), (0, 0)]
-    image = jnp.pad(image, pads, mode="edge")
-  return image
+    if h == 1 or w == 1:  # bilinear needs two taps per axis
+        pads = [(0, 0)] * (image.ndim - 3) + [(0, int(h == 1)), (0, int(w == 1)), (0, 0)]
+        image = jnp.pad(image, pads, mode="edge")
+    return image
 
 
-def apply_batch(images: jax.Array, ms: jax.Array, out_hw: tuple[int, int], *,
-                mode: str = "constant", fill: Any = 0.0, native: bool | None = None) -> jax.Array:
-  """`jax.vmap(apply)(images, ms)` for the bilinear, general (rotated or sheared) case.
+def apply_batch(
+    images: jax.Array,
+    ms: jax.Array,
+    out_hw: tuple[int, int],
+    *,
+    mode: str = "constant",
+    fill: Any = 0.0,
+    native: bool | None = None,
+) -> jax.Array:
+    """`jax.vmap(apply)(images, ms)` for the bilinear, general (rotated or sheared) case.
 
-  On the CPU, float32 batches run the native kernel of `_native` (one pass over the output,
-  the same arithmetic); elsewhere, and when that kernel is not available, the XLA path below.
-  Gradients (and forward-mode derivatives) always come from the XLA path.
+    On the CPU, float32 batches run the native kernel of `_native` (one pass over the output,
+    the same arithmetic); elsewhere, and when that kernel is not available, the XLA path below.
+    Gradients (and forward-mode derivatives) always come from the XLA path.
 
-  Args:
-    images: (B, H, W, C) floating images.
-    ms: (B, 3, 3) float32 output-to-input maps (pixel centres at integers, (y, x) order).
-    out_hw: static output size (Ho, Wo).
-    mode: border rule where a map leaves the image, one of `_core.PAD_MODES`.
-    fill: constant for `mode="constant"`: a scalar or one value per channel.
-    native: None uses the native kernel on the CPU when it is available; False always uses
-      the XLA path; True requires the native kernel (RuntimeError when it is not available).
+    Args:
+      images: (B, H, W, C) floating images.
+      ms: (B, 3, 3) float32 output-to-input maps (pixel centres at integers, (y, x) order).
+      out_hw: static output size (Ho, Wo).
+      mode: border rule where a map leaves the image, one of `_core.PAD_MODES`.
+      fill: constant for `mode="constant"`: a scalar or one value per channel.
+      native: None uses the native kernel on the CPU when it is available; False always uses
+        the XLA path; True requires the native kernel (RuntimeError when it is not available).
 
-  Returns:
-    (B, Ho, Wo, C) images of the input's dtype.
-  """
-  b, h, w, c = images.shape
-  fillv = _core.fill_value(fill, c).astype(images.dtype)
-  xla = functools.partial(_apply_batch_xla, out_hw=tuple(out_hw), mode=mode)
-  target = None
-  if native is not False and images.dtype == jnp.float32:
-    target = _native.warp_target()
-  if target is None:
-    if native:
-      raise RuntimeError(
-          "native=True but the native warp is not available (JAXREG_NATIVE=0, or it could not "
-          "be built; see the RuntimeWarning).")
-    return xla(images, ms, fillv)
-  call = jax.ffi.ffi_call(
-      target, jax.ShapeDtypeStruct((b, *out_hw, c), jnp.float32), vmap_method="sequential")
+    Returns:
+      (B, Ho, Wo, C) images of the input's dtype.
+    """
+    b, h, w, c = images.shape
+    fillv = _core.fill_value(fill, c).astype(images.dtype)
+    xla = functools.partial(_apply_batch_xla, out_hw=tuple(out_hw), mode=mode)
+    target = None
+    if native is not False and images.dtype == jnp.float32:
+        target = _native.warp_target()
+    if target is None:
+        if native:
+            raise RuntimeError(
+                "native=True but the native warp is not available (JAXREG_NATIVE=0, or it could not "
+                "be built; see the RuntimeWarning)."
+            )
+        return xla(images, ms, fillv)
+    call = jax.ffi.ffi_call(
+        target, jax.ShapeDtypeStruct((b, *out_hw, c), jnp.float32), vmap_method="sequential"
+    )
 
-  def on_cpu(x, m, f):
-    maps = m[:, :2, :].reshape(b, 6).astype(jnp.float32)
-    return call(_pad_for_bilinear(x, h, w), maps, f.reshape(c),
-                mode=np.int64(_native.MODES[mode]), in_h=np.int64(h), in_w=np.int64(w),
-                threads=np.int64(_native.threads()), huge_pages=np.int64(_native.huge_pages()))
+    def on_cpu(x, m, f):
+        maps = m[:, :2, :].reshape(b, 6).astype(jnp.float32)
+        return call(
+            _pad_for_bilinear(x, h, w),
+            maps,
+            f.reshape(c),
+            mode=np.int64(_native.MODES[mode]),
+            in_h=np.int64(h),
+            in_w=np.int64(w),
+            threads=np.int64(_native.threads()),
+            huge_pages=np.int64(_native.huge_pages()),
+        )
 
-  @jax.custom_jvp
-  def warp(x, m, f):
-    return lax.platform_dependent(x, m, f, cpu=on_cpu, default=xla)
+    @jax.custom_jvp
+    def warp(x, m, f):
+        return lax.platform_dependent(x, m, f, cpu=on_cpu, default=xla)
 
-  @warp.defjvp
-  def warp_jvp(primals, tangents):
-    _, tangent_out = jax.jvp(xla, primals, tangents)
-    return warp(*primals), tangent_out
+    @warp.defjvp
+    def warp_jvp(primals, tangents):
+        _, tangent_out = jax.jvp(xla, primals, tangents)
+        return warp(*primals), tangent_out
 
-  return warp(images, ms, fillv)
+    return warp(images, ms, fillv)
 
 
-def _apply_batch_xla(images: jax.Array, ms: jax.Array, fillv: jax.Array, *,
-                     out_hw: tuple[int, int], mode: str) -> jax.Array:
-  """`apply_batch` in XLA ops: the batch as one (B * H * W, C) array of pixels.
+def _apply_batch_xla(
+    images: jax.Array, ms: jax.Array, fillv: jax.Array, *, out_hw: tuple[int, int], mode: str
+) -> jax.Array:
+    """`apply_batch` in XLA ops: the batch as one (B * H * W, C) array of pixels.
 
-  Each output pixel reads two (2, C) slices (its top and bottom tap pairs) at one flat index
-  and that index + W, instead of the 3-component (batch, y, x) index that vmapping `apply`
-  produces. XLA:CPU runs gathers as scalar loops whose cost grows with the index arity, and a
-  1-component index needs no stacked index array.
-  """
-  b, h, w, c = images.shape
-  dtype = images.dtype
-  images = _pad_for_bilinear(images, h, w)
-  hp, wp = images.shape[1], images.shape[2]
-  y0, x0, fy, fx, valid = jax.vmap(
-      lambda m: _bilinear_taps(m, (h, w), (hp, wp), out_hw, mode))(ms)
-  base = ((y0 + (jnp.arange(b, dtype=jnp.int32) * hp).reshape(b, 1, 1)) * wp + x0)[..., None]
-  pixels = images.reshape(b * hp * wp, c)
-  dnums = lax.GatherDimensionNumbers(offset_dims=(3, 4), collapsed_slice_dims=(),
-                                     start_index_map=(0,))
+    Each output pixel reads two (2, C) slices (its top and bottom tap pairs) at one flat index
+    and that index + W, instead of the 3-component (batch, y, x) index that vmapping `apply`
+    produces. XLA:CPU runs gathers as scalar loops whose cost grows with the index arity, and a
+    1-component index needs no stacked index array.
+    """
+    b, h, w, c = images.shape
+    dtype = images.dtype
+    images = _pad_for_bilinear(images, h, w)
+    hp, wp = images.shape[1], images.shape[2]
+    y0, x0, fy, fx, valid = jax.vmap(lambda m: _bilinear_taps(m, (h, w), (hp, wp), out_hw, mode))(
+        ms
+    )
+    base = ((y0 + (jnp.arange(b, dtype=jnp.int32) * hp).reshape(b, 1, 1)) * wp + x0)[..., None]
+    pixels = images.reshape(b * hp * wp, c)
+    dnums = lax.GatherDimensionNumbers(
+        offset_dims=(3, 4), collapsed_slice_dims=(), start_index_map=(0,)
+    )
 
-  def pair(idx):  # pixels idx and idx + 1: (b, ho, wo, 2, c)
-    return lax.gather(pixels, idx, dnums, slice_sizes=(2, c),
-                      mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+    def pair(idx):  # pixels idx and idx + 1: (b, ho, wo, 2, c)
+        return lax.gather(
+            pixels, idx, dnums, slice_sizes=(2, c), mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS
+        )
 
-  top, bot = pair(base), pair(base + wp)
-  out = _blend(top[..., 0, :], top[..., 1, :], bot[..., 0, :], bot[..., 1, :], fy, fx, dtype)
-  if valid is not None:
-    out = jnp.where(valid[..., None], out, fillv)
-  return out
+    top, bot = pair(base), pair(base + wp)
+    out = _blend(top[..., 0, :], top[..., 1, :], bot[..., 0, :], bot[..., 1, :], fy, fx, dtype)
+    if valid is not None:
+        out = jnp.where(valid[..., None], out, fillv)
+    return out
 
 
 def _exact_taps(m, in_hw, out_hw, axis_aligned, mode):
-  """Integer source pixel (y, x), each (ho, wo), and validity (or None) for an exact map."""
-  h, w = in_hw
-  ho, wo = out_hw
-  if axis_aligned:
-    y = m[0, 0] * jnp.arange(ho, dtype=jnp.float32) + m[0, 2]
-    x = m[1, 1] * jnp.arange(wo, dtype=jnp.float32) + m[1, 2]
-    y, vy = _fold(jnp.round(y).astype(jnp.int32), h, mode, True)
-    x, vx = _fold(jnp.round(x).astype(jnp.int32), w, mode, True)
-    y, x = jnp.broadcast_to(y[:, None], out_hw), jnp.broadcast_to(x[None, :], out_hw)
-    vy = None if vy is None else jnp.broadcast_to(vy[:, None], out_hw)
-    vx = None if vx is None else jnp.broadcast_to(vx[None, :], out_hw)
-  else:
-    y, x = _coords(m, out_hw)
-    y, vy = _fold(jnp.round(y).astype(jnp.int32), h, mode, True)
-    x, vx = _fold(jnp.round(x).astype(jnp.int32), w, mode, True)
-  return y, x, _and(vy, vx)
-
-
-def apply_batch_exact(images: jax.Array, ms: jax.Array, out_hw: tuple[int, int], *,
-                      axis_aligned: bool = False, mode: str = "constant",
-                      fill: Any = 0.0) -> jax.Array:
-  """`jax.vmap(apply)(images, ms)` for exact maps (crops, flips, rot90): one copy per pixel.
-
-  Every output pixel is one C-vector gathered from the batch seen as (B * H, W, C) rows, in
-  place of the vmapped per-example row and column gathers with a (batch, y, x) index.
-  """
-  b, h, w, c = images.shape
-  dtype = images.dtype
-  fillv = _core.fill_value(fill, c).astype(dtype)
-  y, x, valid = jax.vmap(lambda m: _exact_taps(m, (h, w), out_hw, axis_aligned, mode))(ms)
-  rows = y + (jnp.arange(b, dtype=jnp.int32) * h).reshape(b, 1, 1)
-  idx = jnp.stack([rows, x], axis=-1)
-  dnums = lax.GatherDimensionNumbers(offset_dims=(3,), collapsed_slice_dims=(0, 1),
-                                     start_index_map=(0, 1))
-  out = lax.gather(images.reshape(b * h, w, c), idx, dnums, slice_sizes=(1, 1, c),
-                   mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
-  if valid is not None:
-    out = jnp.where(valid[..., None], out, fillv)
-  return out
-
-
-def apply(image: jax.Array, m: jax.Array, out_hw: tuple[int, int], *, exact: bool = False,
-          axis_aligned: bool = False, mode: str = "constant", fill: Any = 0.0) -> jax.Array:
-  """Resamples `image` (H, W, C) at `m @ (y, x, 1)` for every output pixel (y, x)."""
-  h, w, c = image.shape
-  ho, wo = out_hw
-  dtype = image.dtype
-  if not exact:
-    image = _pad_for_bilinear(image, h, w)
-  hp, wp = image.shape[0], image.shape[1]
-  fillv = _core.fill_value(fill, c).astype(dtype)
-  ys = jnp.arange(ho, dtype=jnp.float32)
-  xs = jnp.arange(wo, dtype=jnp.float32)
-  if axis_aligned:
-    y = m[0, 0] * ys + m[0, 2]
-    x = m[1, 1] * xs + m[1, 2]
-    if exact:
-      y, vy = _fold(jnp.round(y).astype(jnp.int32), h, mode, True)
-      x, vx = _fold(jnp.round(x).astype(jnp.int32), w, mode, True)
-      out = _take(_take(image, y, 0), x, 1)
+    """Integer source pixel (y, x), each (ho, wo), and validity (or None) for an exact map."""
+    h, w = in_hw
+    ho, wo = out_hw
+    if axis_aligned:
+        y = m[0, 0] * jnp.arange(ho, dtype=jnp.float32) + m[0, 2]
+        x = m[1, 1] * jnp.arange(wo, dtype=jnp.float32) + m[1, 2]
+        y, vy = _fold(jnp.round(y).astype(jnp.int32), h, mode, True)
+        x, vx = _fold(jnp.round(x).astype(jnp.int32), w, mode, True)
+        y, x = jnp.broadcast_to(y[:, None], out_hw), jnp.broadcast_to(x[None, :], out_hw)
+        vy = None if vy is None else jnp.broadcast_to(vy[:, None], out_hw)
+        vx = None if vx is None else jnp.broadcast_to(vx[None, :], out_hw)
     else:
-      y, vy = _fold(y, h, mode, False)
-      x, vx = _fold(x, w, mode, False)
-      y0, fy = _taps(y, hp)
-      x0, fx = _taps(x, wp)
-      fy = fy.astype(dtype).reshape(ho, 1, 1)
-      fx = fx.astype(dtype).reshape(1, wo, 1)
-      rows = _take(image, jnp.stack([y0, y0 + 1], axis=1).reshape(-1), 0).reshape(ho, 2, wp, c)
-      r = rows[:, 0] + fy * (rows[:, 1] - rows[:, 0])
-      cols = _take(r, jnp.stack([x0, x0 + 1], axis=1).reshape(-1), 1).reshape(ho, wo, 2, c)
-      out = cols[:, :, 0] + fx * (cols[:, :, 1] - cols[:, :, 0])
-    valid = _and(None if vy is None else vy.reshape(ho, 1, 1),
-                 None if vx is None else vx.reshape(1, wo, 1))
-  else:
-    if exact:
-      y, x = _coords(m, out_hw)
-      y, vy = _fold(jnp.round(y).astype(jnp.int32), h, mode, True)
-      x, vx = _fold(jnp.round(x).astype(jnp.int32), w, mode, True)
-      out = image[y, x]
-      valid = _and(vy, vx)
-    else:
-      y0, x0, fy, fx, valid = _bilinear_taps(m, (h, w), (hp, wp), out_hw, mode)
-      idx = jnp.stack([y0, x0], axis=-1)
-      dnums = lax.GatherDimensionNumbers(offset_dims=(2, 3, 4), collapsed_slice_dims=(),
-                                         start_index_map=(0, 1))
-      p = lax.gather(image, idx, dnums, slice_sizes=(2, 2, c),
-                     mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
-      out = _blend(p[:, :, 0, 0], p[:, :, 0, 1], p[:, :, 1, 0], p[:, :, 1, 1], fy, fx, dtype)
+        y, x = _coords(m, out_hw)
+        y, vy = _fold(jnp.round(y).astype(jnp.int32), h, mode, True)
+        x, vx = _fold(jnp.round(x).astype(jnp.int32), w, mode, True)
+    return y, x, _and(vy, vx)
+
+
+def apply_batch_exact(
+    images: jax.Array,
+    ms: jax.Array,
+    out_hw: tuple[int, int],
+    *,
+    axis_aligned: bool = False,
+    mode: str = "constant",
+    fill: Any = 0.0,
+) -> jax.Array:
+    """`jax.vmap(apply)(images, ms)` for exact maps (crops, flips, rot90): one copy per pixel.
+
+    Every output pixel is one C-vector gathered from the batch seen as (B * H, W, C) rows, in
+    place of the vmapped per-example row and column gathers with a (batch, y, x) index.
+    """
+    b, h, w, c = images.shape
+    dtype = images.dtype
+    fillv = _core.fill_value(fill, c).astype(dtype)
+    y, x, valid = jax.vmap(lambda m: _exact_taps(m, (h, w), out_hw, axis_aligned, mode))(ms)
+    rows = y + (jnp.arange(b, dtype=jnp.int32) * h).reshape(b, 1, 1)
+    idx = jnp.stack([rows, x], axis=-1)
+    dnums = lax.GatherDimensionNumbers(
+        offset_dims=(3,), collapsed_slice_dims=(0, 1), start_index_map=(0, 1)
+    )
+    out = lax.gather(
+        images.reshape(b * h, w, c),
+        idx,
+        dnums,
+        slice_sizes=(1, 1, c),
+        mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
+    )
     if valid is not None:
-      valid = valid[:, :, None]
-  if valid is not None:
-    out = jnp.where(valid, out, fillv)
-  return out
+        out = jnp.where(valid[..., None], out, fillv)
+    return out
+
+
+def apply(
+    image: jax.Array,
+    m: jax.Array,
+    out_hw: tuple[int, int],
+    *,
+    exact: bool = False,
+    axis_aligned: bool = False,
+    mode: str = "constant",
+    fill: Any = 0.0,
+) -> jax.Array:
+    """Resamples `image` (H, W, C) at `m @ (y, x, 1)` for every output pixel (y, x)."""
+    h, w, c = image.shape
+    ho, wo = out_hw
+    dtype = image.dtype
+    if not exact:
+        image = _pad_for_bilinear(image, h, w)
+    hp, wp = image.shape[0], image.shape[1]
+    fillv = _core.fill_value(fill, c).astype(dtype)
+    ys = jnp.arange(ho, dtype=jnp.float32)
+    xs = jnp.arange(wo, dtype=jnp.float32)
+    if axis_aligned:
+        y = m[0, 0] * ys + m[0, 2]
+        x = m[1, 1] * xs + m[1, 2]
+        if exact:
+            y, vy = _fold(jnp.round(y).astype(jnp.int32), h, mode, True)
+            x, vx = _fold(jnp.round(x).astype(jnp.int32), w, mode, True)
+            out = _take(_take(image, y, 0), x, 1)
+        else:
+            y, vy = _fold(y, h, mode, False)
+            x, vx = _fold(x, w, mode, False)
+            y0, fy = _taps(y, hp)
+            x0, fx = _taps(x, wp)
+            fy = fy.astype(dtype).reshape(ho, 1, 1)
+            fx = fx.astype(dtype).reshape(1, wo, 1)
+            rows = _take(image, jnp.stack([y0, y0 + 1], axis=1).reshape(-1), 0).reshape(
+                ho, 2, wp, c
+            )
+            r = rows[:, 0] + fy * (rows[:, 1] - rows[:, 0])
+            cols = _take(r, jnp.stack([x0, x0 + 1], axis=1).reshape(-1), 1).reshape(ho, wo, 2, c)
+            out = cols[:, :, 0] + fx * (cols[:, :, 1] - cols[:, :, 0])
+        valid = _and(
+            None if vy is None else vy.reshape(ho, 1, 1),
+            None if vx is None else vx.reshape(1, wo, 1),
+        )
+    else:
+        if exact:
+            y, x = _coords(m, out_hw)
+            y, vy = _fold(jnp.round(y).astype(jnp.int32), h, mode, True)
+            x, vx = _fold(jnp.round(x).astype(jnp.int32), w, mode, True)
+            out = image[y, x]
+            valid = _and(vy, vx)
+        else:
+            y0, x0, fy, fx, valid = _bilinear_taps(m, (h, w), (hp, wp), out_hw, mode)
+            idx = jnp.stack([y0, x0], axis=-1)
+            dnums = lax.GatherDimensionNumbers(
+                offset_dims=(2, 3, 4), collapsed_slice_dims=(), start_index_map=(0, 1)
+            )
+            p = lax.gather(
+                image,
+                idx,
+                dnums,
+                slice_sizes=(2, 2, c),
+                mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
+            )
+            out = _blend(p[:, :, 0, 0], p[:, :, 0, 1], p[:, :, 1, 0], p[:, :, 1, 1], fy, fx, dtype)
+        if valid is not None:
+            valid = valid[:, :, None]
+    if valid is not None:
+        out = jnp.where(valid, out, fillv)
+    return out
 
 
 class GeometricOp:
-  """A per-example geometric augmentation `op(key, image)` backed by a sampled affine map.
+    """A per-example geometric augmentation `op(key, image)` backed by a sampled affine map.
 
-  Attributes:
-    name: short description.
-    exact: maps integer pixels to integer pixels (resampled by exact copies).
-    axis_aligned: the map has no rotation or shear (resampled separably).
-    mode: border rule where the map leaves the source, or None when it never does.
-    fill: constant for `mode="constant"`.
-  """
+    Attributes:
+      name: short description.
+      exact: maps integer pixels to integer pixels (resampled by exact copies).
+      axis_aligned: the map has no rotation or shear (resampled separably).
+      mode: border rule where the map leaves the source, or None when it never does.
+      fill: constant for `mode="constant"`.
+    """
 
-  def __init__(self, name: str, sample: Callable[[jax.Array, tuple[int, int]], jax.Array], *,
-               out_hw: Callable[[tuple[int, int]], tuple[int, int]] | None = None,
-               exact: bool = False, axis_aligned: bool = False, mode: str | None = "constant",
-               fill: Any = 0.0, keyless: bool = False):
-    self.name = name
-    self._sample = sample
-    self._out_hw = out_hw
-    self.exact = exact
-    self.axis_aligned = axis_aligned
-    self.mode = mode
-    self.fill = fill
-    self.keyless = keyless
+    def __init__(
+        self,
+        name: str,
+        sample: Callable[[jax.Array, tuple[int, int]], jax.Array],
+        *,
+        out_hw: Callable[[tuple[int, int]], tuple[int, int]] | None = None,
+        exact: bool = False,
+        axis_aligned: bool = False,
+        mode: str | None = "constant",
+        fill: Any = 0.0,
+        keyless: bool = False,
+    ):
+        self.name = name
+        self._sample = sample
+        self._out_hw = out_hw
+        self.exact = exact
+        self.axis_aligned = axis_aligned
+        self.mode = mode
+        self.fill = fill
+        self.keyless = keyless
 
-  __name__ = "geometric_op"  # short: jit uses it in cache file names
+    __name__ = "geometric_op"  # short: jit uses it in cache file names
 
-  def __repr__(self):
-    return f"GeometricOp({self.name})"
+    def __repr__(self):
+        return f"GeometricOp({self.name})"
 
-  def output_hw(self, in_hw: tuple[int, int]) -> tuple[int, int]:
-    return tuple(in_hw) if self._out_hw is None else tuple(self._out_hw(tuple(in_hw)))
+    def output_hw(self, in_hw: tuple[int, int]) -> tuple[int, int]:
+        return tuple(in_hw) if self._out_hw is None else tuple(self._out_hw(tuple(in_hw)))
 
-  def matrix(self, key: jax.Array, in_hw: tuple[int, int]) -> jax.Array:
-    """Samples the (3, 3) output-to-input map for one example."""
-    return self._sample(key, tuple(in_hw))
+    def matrix(self, key: jax.Array, in_hw: tuple[int, int]) -> jax.Array:
+        """Samples the (3, 3) output-to-input map for one example."""
+        return self._sample(key, tuple(in_hw))
 
-  def __call__(self, key: jax.Array, image: jax.Array) -> jax.Array:
-    h, w, _ = _core.check_image(image)
-    if not self.keyless:
-      _core.check_key(key)
-    out_hw = self.output_hw((h, w))
-    m = self.matrix(key, (h, w))
-    return apply(image, m, out_hw, exact=self.exact, axis_aligned=self.axis_aligned,
-                 mode=self.mode or "edge", fill=self.fill)
+    def __call__(self, key: jax.Array, image: jax.Array) -> jax.Array:
+        h, w, _ = _core.check_image(image)
+        if not self.keyless:
+            _core.check_key(key)
+        out_hw = self.output_hw((h, w))
+        m = self.matrix(key, (h, w))
+        return apply(
+            image,
+            m,
+            out_hw,
+            exact=self.exact,
+            axis_aligned=self.axis_aligned,
+            mode=self.mode or "edge",
+            fill=self.fill,
+        )
 
-  def batched(self, keys: jax.Array, images: jax.Array) -> jax.Array:
-    """`jax.vmap(self)(keys, images)`, with the resampling done for the batch as a whole."""
-    if self.axis_aligned and not self.exact:  # separable path: vmapped is fine
-      return jax.vmap(self)(keys, images)
+    def batched(self, keys: jax.Array, images: jax.Array) -> jax.Array:
+        """`jax.vmap(self)(keys, images)`, with the resampling done for the batch as a whole."""
+        if self.axis_aligned and not self.exact:  # separable path: vmapped is fine
+            return jax.vmap(self)(keys, images)
 
-    def checked_matrix(key, image):
-      h, w, _ = _core.check_image(image)
-      if not self.keyless:
-        _core.check_key(key)
-      return self.matrix(key, (h, w))
+        def checked_matrix(key, image):
+            h, w, _ = _core.check_image(image)
+            if not self.keyless:
+                _core.check_key(key)
+            return self.matrix(key, (h, w))
 
-    ms = jax.vmap(checked_matrix)(keys, images)
-    out_hw = self.output_hw(tuple(images.shape[1:3]))
-    mode = self.mode or "edge"
-    if self.exact:
-      return apply_batch_exact(images, ms, out_hw, axis_aligned=self.axis_aligned, mode=mode,
-                               fill=self.fill)
-    return apply_batch(images, ms, out_hw, mode=mode, fill=self.fill)
+        ms = jax.vmap(checked_matrix)(keys, images)
+        out_hw = self.output_hw(tuple(images.shape[1:3]))
+        mode = self.mode or "edge"
+        if self.exact:
+            return apply_batch_exact(
+                images, ms, out_hw, axis_aligned=self.axis_aligned, mode=mode, fill=self.fill
+            )
+        return apply_batch(images, ms, out_hw, mode=mode, fill=self.fill)
 
 
 def chain(ops: Sequence[GeometricOp]) -> GeometricOp:
-  """Composes geometric ops (applied first to last) into one op with a single resampling.
+    """Composes geometric ops (applied first to last) into one op with a single resampling.
 
-  The border rule and fill are those of the first op that can leave the source image; the
-  composed map is checked against the source only (as torchvision's RandomAffine does).
-  """
-  ops = list(ops)
-  if len(ops) == 1:
-    return ops[0]
+    The border rule and fill are those of the first op that can leave the source image; the
+    composed map is checked against the source only (as torchvision's RandomAffine does).
+    """
+    ops = list(ops)
+    if len(ops) == 1:
+        return ops[0]
 
-  def out_hw(in_hw):
-    for op in ops:
-      in_hw = op.output_hw(in_hw)
-    return in_hw
+    def out_hw(in_hw):
+        for op in ops:
+            in_hw = op.output_hw(in_hw)
+        return in_hw
 
-  def sample(key, in_hw):
-    keys = jax.random.split(key, len(ops))
-    m = None
-    for i, op in enumerate(ops):
-      mi = op.matrix(keys[i], in_hw)
-      m = mi if m is None else m @ mi
-      in_hw = op.output_hw(in_hw)
-    return m
+    def sample(key, in_hw):
+        keys = jax.random.split(key, len(ops))
+        m = None
+        for i, op in enumerate(ops):
+            mi = op.matrix(keys[i], in_hw)
+            m = mi if m is None else m @ mi
+            in_hw = op.output_hw(in_hw)
+        return m
 
-  first = next((op for op in ops if op.mode is not None), None)
-  return GeometricOp(
-      " + ".join(op.name for op in ops), sample, out_hw=out_hw,
-      exact=all(op.exact for op in ops), axis_aligned=all(op.axis_aligned for op in ops),
-      mode=None if first is None else first.mode, fill=0.0 if first is None else first.fill,
-      keyless=all(op.keyless for op in ops))
+    first = next((op for op in ops if op.mode is not None), None)
+    return GeometricOp(
+        " + ".join(op.name for op in ops),
+        sample,
+        out_hw=out_hw,
+        exact=all(op.exact for op in ops),
+        axis_aligned=all(op.axis_aligned for op in ops),
+        mode=None if first is None else first.mode,
+        fill=0.0 if first is None else first.fill,
+        keyless=all(op.keyless for op in ops),
+    )

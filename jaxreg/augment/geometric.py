@@ -9,6 +9,7 @@ positive is counter-clockwise on screen (as dm-pix, torchvision and PIL). Biline
 the dm-pix rule at the border with `mode="constant"`: an output pixel whose source coordinate
 falls outside [0, H-1] x [0, W-1] takes `fill`, one inside is interpolated.
 """
+
 from __future__ import annotations
 
 import functools
@@ -23,10 +24,28 @@ from jaxreg.augment import _core, _rng, _warp
 from jaxreg.augment._warp import GeometricOp
 
 __all__ = [
-    "flip_left_right", "flip_up_down", "random_flip", "rot90", "random_rot90",
-    "rotate", "random_rotate", "scale", "random_scale", "translate", "random_translate",
-    "shear", "random_shear", "affine", "random_affine", "warp_affine", "resize",
-    "crop", "center_crop", "random_crop", "resized_crop", "random_resized_crop",
+    "flip_left_right",
+    "flip_up_down",
+    "random_flip",
+    "rot90",
+    "random_rot90",
+    "rotate",
+    "random_rotate",
+    "scale",
+    "random_scale",
+    "translate",
+    "random_translate",
+    "shear",
+    "random_shear",
+    "affine",
+    "random_affine",
+    "warp_affine",
+    "resize",
+    "crop",
+    "center_crop",
+    "random_crop",
+    "resized_crop",
+    "random_resized_crop",
 ]
 
 Fill = Any
@@ -36,47 +55,50 @@ _BUILDERS: dict[Callable, Callable[..., GeometricOp]] = {}
 
 
 def _register(builder):
-  def deco(fn):
-    _BUILDERS[fn] = builder
-    fn.geometric_op = builder  # e.g. random_rotate.geometric_op(max_degrees=10)
-    return fn
-  return deco
+    def deco(fn):
+        _BUILDERS[fn] = builder
+        fn.geometric_op = builder  # e.g. random_rotate.geometric_op(max_degrees=10)
+        return fn
+
+    return deco
 
 
 def as_geometric(fn: Any) -> GeometricOp | None:
-  """Returns the GeometricOp behind `fn` (an op, a registered function or a keyword partial)."""
-  if isinstance(fn, GeometricOp):
-    return fn
-  func, keywords = fn, {}
-  if isinstance(fn, functools.partial) and not fn.args:
-    func, keywords = fn.func, fn.keywords
-  if not _hashable(func) or func not in _BUILDERS:
-    return None
-  try:
-    return _BUILDERS[func](**keywords)
-  except TypeError:  # required options missing: leave it to a direct call to report
-    return None
+    """Returns the GeometricOp behind `fn` (an op, a registered function or a keyword partial)."""
+    if isinstance(fn, GeometricOp):
+        return fn
+    func, keywords = fn, {}
+    if isinstance(fn, functools.partial) and not fn.args:
+        func, keywords = fn.func, fn.keywords
+    if not _hashable(func) or func not in _BUILDERS:
+        return None
+    try:
+        return _BUILDERS[func](**keywords)
+    except TypeError:  # required options missing: leave it to a direct call to report
+        return None
 
 
 def _hashable(x):
-  try:
-    hash(x)
-    return True
-  except TypeError:
-    return False
+    try:
+        hash(x)
+        return True
+    except TypeError:
+        return False
 
 
 def _check_mode(mode, name="mode"):
-  _core.check_in(mode, name, _core.PAD_MODES)
+    _core.check_in(mode, name, _core.PAD_MODES)
 
 
 def _check_fill(fill):
-  if isinstance(fill, str):
-    raise ValueError(f"fill must be a number or one number per channel for geometric ops; got {fill!r}.")
+    if isinstance(fill, str):
+        raise ValueError(
+            f"fill must be a number or one number per channel for geometric ops; got {fill!r}."
+        )
 
 
 def _centre(n):
-  return (n - 1) / 2.0
+    return (n - 1) / 2.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,65 +106,66 @@ def _centre(n):
 
 
 def _rotation_matrix(radians, hw):
-  h, w = hw
-  cy, cx = _centre(h), _centre(w)
-  c, s = jnp.cos(radians), jnp.sin(radians)
-  return _warp.matrix(c, s, cy - c * cy - s * cx, -s, c, cx + s * cy - c * cx)
+    h, w = hw
+    cy, cx = _centre(h), _centre(w)
+    c, s = jnp.cos(radians), jnp.sin(radians)
+    return _warp.matrix(c, s, cy - c * cy - s * cx, -s, c, cx + s * cy - c * cx)
 
 
 def _scale_matrix(fy, fx, hw):
-  h, w = hw
-  cy, cx = _centre(h), _centre(w)
-  iy, ix = 1.0 / fy, 1.0 / fx
-  return _warp.matrix(iy, 0.0, cy - cy * iy, 0.0, ix, cx - cx * ix)
+    h, w = hw
+    cy, cx = _centre(h), _centre(w)
+    iy, ix = 1.0 / fy, 1.0 / fx
+    return _warp.matrix(iy, 0.0, cy - cy * iy, 0.0, ix, cx - cx * ix)
 
 
 def _translate_matrix(dy, dx):
-  return _warp.matrix(1.0, 0.0, -dy, 0.0, 1.0, -dx)
+    return _warp.matrix(1.0, 0.0, -dy, 0.0, 1.0, -dx)
 
 
 def _shear_matrix(tan_x, tan_y, hw):
-  h, w = hw
-  cy, cx = _centre(h), _centre(w)
-  return _warp.matrix(1.0, -tan_y, tan_y * cx, -tan_x, 1.0, tan_x * cy)
+    h, w = hw
+    cy, cx = _centre(h), _centre(w)
+    return _warp.matrix(1.0, -tan_y, tan_y * cx, -tan_x, 1.0, tan_x * cy)
 
 
 def _flip_matrix(flip_y, flip_x, hw):
-  """flip_y, flip_x: booleans (traced or static)."""
-  h, w = hw
-  sy = jnp.where(flip_y, -1.0, 1.0)
-  sx = jnp.where(flip_x, -1.0, 1.0)
-  return _warp.matrix(sy, 0.0, jnp.where(flip_y, h - 1.0, 0.0),
-                      0.0, sx, jnp.where(flip_x, w - 1.0, 0.0))
+    """flip_y, flip_x: booleans (traced or static)."""
+    h, w = hw
+    sy = jnp.where(flip_y, -1.0, 1.0)
+    sx = jnp.where(flip_x, -1.0, 1.0)
+    return _warp.matrix(
+        sy, 0.0, jnp.where(flip_y, h - 1.0, 0.0), 0.0, sx, jnp.where(flip_x, w - 1.0, 0.0)
+    )
 
 
 def _rot90_matrix(k, hw):
-  """Counter-clockwise k quarter turns (np.rot90 on axes (0, 1)); k static."""
-  h, w = hw
-  k %= 4
-  if k == 0:
-    return _warp.identity_matrix()
-  if k == 1:
-    return _warp.matrix(0.0, 1.0, 0.0, -1.0, 0.0, w - 1.0)
-  if k == 2:
-    return _warp.matrix(-1.0, 0.0, h - 1.0, 0.0, -1.0, w - 1.0)
-  return _warp.matrix(0.0, -1.0, h - 1.0, 1.0, 0.0, 0.0)
+    """Counter-clockwise k quarter turns (np.rot90 on axes (0, 1)); k static."""
+    h, w = hw
+    k %= 4
+    if k == 0:
+        return _warp.identity_matrix()
+    if k == 1:
+        return _warp.matrix(0.0, 1.0, 0.0, -1.0, 0.0, w - 1.0)
+    if k == 2:
+        return _warp.matrix(-1.0, 0.0, h - 1.0, 0.0, -1.0, w - 1.0)
+    return _warp.matrix(0.0, -1.0, h - 1.0, 1.0, 0.0, 0.0)
 
 
 def _resized_crop_matrix(top, left, height, width, out_hw):
-  oh, ow = out_hw
-  sy, sx = height / oh, width / ow
-  return _warp.matrix(sy, 0.0, top + 0.5 * sy - 0.5, 0.0, sx, left + 0.5 * sx - 0.5)
+    oh, ow = out_hw
+    sy, sx = height / oh, width / ow
+    return _warp.matrix(sy, 0.0, top + 0.5 * sy - 0.5, 0.0, sx, left + 0.5 * sx - 0.5)
 
 
 def _affine_matrix(degrees, scale_, translate_, shear_, hw):
-  """Shear, then scale, then rotate about the centre, then translate (pixels)."""
-  tx = jnp.tan(jnp.deg2rad(jnp.asarray(shear_[0], jnp.float32)))
-  ty = jnp.tan(jnp.deg2rad(jnp.asarray(shear_[1], jnp.float32)))
-  m = _shear_matrix(tx, ty, hw)
-  m = m @ _scale_matrix(scale_, scale_, hw)
-  m = m @ _rotation_matrix(jnp.deg2rad(jnp.asarray(degrees, jnp.float32)), hw)
-  return m @ _translate_matrix(translate_[0], translate_[1])
+    """Shear, then scale, then rotate about the centre, then translate (pixels)."""
+    tx = jnp.tan(jnp.deg2rad(jnp.asarray(shear_[0], jnp.float32)))
+    ty = jnp.tan(jnp.deg2rad(jnp.asarray(shear_[1], jnp.float32)))
+    m = _shear_matrix(tx, ty, hw)
+    m = m @ _scale_matrix(scale_, scale_, hw)
+    m = m @ _rotation_matrix(jnp.deg2rad(jnp.asarray(degrees, jnp.float32)), hw)
+    return m @ _translate_matrix(translate_[0], translate_[1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,212 +173,246 @@ def _affine_matrix(degrees, scale_, translate_, shear_, hw):
 
 
 def flip_left_right(image: jax.Array) -> jax.Array:
-  """Mirrors an image horizontally.
+    """Mirrors an image horizontally.
 
-  Args:
-    image: (H, W, C) floating image.
+    Args:
+      image: (H, W, C) floating image.
 
-  Returns:
-    (H, W, C) image with columns reversed; same as `dm_pix.flip_left_right`.
-  """
-  _core.check_image(image)
-  return image[:, ::-1, :]
+    Returns:
+      (H, W, C) image with columns reversed; same as `dm_pix.flip_left_right`.
+    """
+    _core.check_image(image)
+    return image[:, ::-1, :]
 
 
 def flip_up_down(image: jax.Array) -> jax.Array:
-  """Mirrors an image vertically. (H, W, C) -> (H, W, C) with rows reversed."""
-  _core.check_image(image)
-  return image[::-1, :, :]
+    """Mirrors an image vertically. (H, W, C) -> (H, W, C) with rows reversed."""
+    _core.check_image(image)
+    return image[::-1, :, :]
 
 
 def rot90(image: jax.Array, k: int = 1) -> jax.Array:
-  """Rotates by k quarter turns counter-clockwise (as `np.rot90` / `dm_pix.rot90`).
+    """Rotates by k quarter turns counter-clockwise (as `np.rot90` / `dm_pix.rot90`).
 
-  Args:
-    image: (H, W, C) image.
-    k: number of quarter turns (static int, any sign).
+    Args:
+      image: (H, W, C) image.
+      k: number of quarter turns (static int, any sign).
 
-  Returns:
-    (H, W, C) for even k, (W, H, C) for odd k.
-  """
-  _core.check_image(image)
-  k = _core.check_int(k, "k", minimum=-(2**31))
-  return jnp.rot90(image, k, axes=(0, 1))
-
-
-def warp_affine(image: jax.Array, matrix: jax.Array, *, size: int | Sequence[int] | None = None,
-                mode: str = "constant", fill: Fill = 0.0, order: int = 1) -> jax.Array:
-  """Resamples an image through an affine map in one pass.
-
-  Args:
-    image: (H, W, C) floating image.
-    matrix: (3, 3) or (2, 3) float map from output (y, x, 1) to input (y, x) coordinates,
-      pixel centres at integers.
-    size: output (height, width); default the input size.
-    mode: border rule outside the source: "constant" (fill), "edge", "reflect" (mirror about
-      the edge pixel), "symmetric" (mirror including the edge pixel) or "wrap".
-    fill: constant for mode "constant": a number or one per channel.
-    order: 1 bilinear, 0 nearest.
-
-  Returns:
-    (size[0], size[1], C) image of the input dtype.
-  """
-  h, w, _ = _core.check_image(image)
-  _check_mode(mode)
-  _check_fill(fill)
-  _core.check_in(order, "order", (0, 1))
-  out_hw = (h, w) if size is None else _core.check_size(size)
-  m = jnp.asarray(matrix, jnp.float32)
-  if m.shape == (2, 3):
-    m = jnp.concatenate([m, jnp.array([[0.0, 0.0, 1.0]], jnp.float32)], axis=0)
-  if m.shape != (3, 3):
-    raise ValueError(f"matrix must have shape (3, 3) or (2, 3); got {m.shape}.")
-  if order == 0:
-    m = jnp.round(m)  # nearest: integer map of rounded coordinates
-  return _warp.apply(image, m, out_hw, exact=order == 0, mode=mode, fill=fill)
+    Returns:
+      (H, W, C) for even k, (W, H, C) for odd k.
+    """
+    _core.check_image(image)
+    k = _core.check_int(k, "k", minimum=-(2**31))
+    return jnp.rot90(image, k, axes=(0, 1))
 
 
-def rotate(image: jax.Array, degrees: Any, *, fill: Fill = 0.0, mode: str = "constant") -> jax.Array:
-  """Rotates an image about its centre by `degrees` counter-clockwise (bilinear, same size).
+def warp_affine(
+    image: jax.Array,
+    matrix: jax.Array,
+    *,
+    size: int | Sequence[int] | None = None,
+    mode: str = "constant",
+    fill: Fill = 0.0,
+    order: int = 1,
+) -> jax.Array:
+    """Resamples an image through an affine map in one pass.
 
-  Matches `dm_pix.rotate(image, radians, mode="constant", cval=fill)`.
+    Args:
+      image: (H, W, C) floating image.
+      matrix: (3, 3) or (2, 3) float map from output (y, x, 1) to input (y, x) coordinates,
+        pixel centres at integers.
+      size: output (height, width); default the input size.
+      mode: border rule outside the source: "constant" (fill), "edge", "reflect" (mirror about
+        the edge pixel), "symmetric" (mirror including the edge pixel) or "wrap".
+      fill: constant for mode "constant": a number or one per channel.
+      order: 1 bilinear, 0 nearest.
 
-  Args:
-    image: (H, W, C) floating image in [0, 1].
-    degrees: angle in degrees (scalar, may be traced).
-    fill: value for pixels that come from outside the image (mode "constant").
-    mode: border rule, see `warp_affine`.
+    Returns:
+      (size[0], size[1], C) image of the input dtype.
+    """
+    h, w, _ = _core.check_image(image)
+    _check_mode(mode)
+    _check_fill(fill)
+    _core.check_in(order, "order", (0, 1))
+    out_hw = (h, w) if size is None else _core.check_size(size)
+    m = jnp.asarray(matrix, jnp.float32)
+    if m.shape == (2, 3):
+        m = jnp.concatenate([m, jnp.array([[0.0, 0.0, 1.0]], jnp.float32)], axis=0)
+    if m.shape != (3, 3):
+        raise ValueError(f"matrix must have shape (3, 3) or (2, 3); got {m.shape}.")
+    if order == 0:
+        m = jnp.round(m)  # nearest: integer map of rounded coordinates
+    return _warp.apply(image, m, out_hw, exact=order == 0, mode=mode, fill=fill)
 
-  Returns:
-    (H, W, C) rotated image.
-  """
-  h, w, _ = _core.check_image(image)
-  _check_mode(mode)
-  _check_fill(fill)
-  m = _rotation_matrix(jnp.deg2rad(jnp.asarray(degrees, jnp.float32)), (h, w))
-  return _warp.apply(image, m, (h, w), mode=mode, fill=fill)
+
+def rotate(
+    image: jax.Array, degrees: Any, *, fill: Fill = 0.0, mode: str = "constant"
+) -> jax.Array:
+    """Rotates an image about its centre by `degrees` counter-clockwise (bilinear, same size).
+
+    Matches `dm_pix.rotate(image, radians, mode="constant", cval=fill)`.
+
+    Args:
+      image: (H, W, C) floating image in [0, 1].
+      degrees: angle in degrees (scalar, may be traced).
+      fill: value for pixels that come from outside the image (mode "constant").
+      mode: border rule, see `warp_affine`.
+
+    Returns:
+      (H, W, C) rotated image.
+    """
+    h, w, _ = _core.check_image(image)
+    _check_mode(mode)
+    _check_fill(fill)
+    m = _rotation_matrix(jnp.deg2rad(jnp.asarray(degrees, jnp.float32)), (h, w))
+    return _warp.apply(image, m, (h, w), mode=mode, fill=fill)
 
 
 def scale(image: jax.Array, factor: Any, *, fill: Fill = 0.0, mode: str = "constant") -> jax.Array:
-  """Zooms about the centre, keeping the output size: factor > 1 zooms in, < 1 zooms out.
+    """Zooms about the centre, keeping the output size: factor > 1 zooms in, < 1 zooms out.
 
-  Args:
-    image: (H, W, C) floating image.
-    factor: scale factor > 0 (scalar, may be traced).
-    fill: value where zooming out reveals the outside (mode "constant").
-    mode: border rule, see `warp_affine`.
+    Args:
+      image: (H, W, C) floating image.
+      factor: scale factor > 0 (scalar, may be traced).
+      fill: value where zooming out reveals the outside (mode "constant").
+      mode: border rule, see `warp_affine`.
 
-  Returns:
-    (H, W, C) image.
-  """
-  h, w, _ = _core.check_image(image)
-  _core.check_positive(factor, "factor")
-  _check_mode(mode)
-  _check_fill(fill)
-  f = jnp.asarray(factor, jnp.float32)
-  return _warp.apply(image, _scale_matrix(f, f, (h, w)), (h, w), axis_aligned=True, mode=mode,
-                     fill=fill)
-
-
-def translate(image: jax.Array, dy: Any, dx: Any, *, fill: Fill = 0.0,
-              mode: str = "constant") -> jax.Array:
-  """Shifts content down by `dy` and right by `dx` pixels (fractional shifts interpolate).
-
-  Returns:
-    (H, W, C) image.
-  """
-  h, w, _ = _core.check_image(image)
-  _check_mode(mode)
-  _check_fill(fill)
-  return _warp.apply(image, _translate_matrix(dy, dx), (h, w), axis_aligned=True, mode=mode,
-                     fill=fill)
+    Returns:
+      (H, W, C) image.
+    """
+    h, w, _ = _core.check_image(image)
+    _core.check_positive(factor, "factor")
+    _check_mode(mode)
+    _check_fill(fill)
+    f = jnp.asarray(factor, jnp.float32)
+    return _warp.apply(
+        image, _scale_matrix(f, f, (h, w)), (h, w), axis_aligned=True, mode=mode, fill=fill
+    )
 
 
-def shear(image: jax.Array, degrees_x: Any = 0.0, degrees_y: Any = 0.0, *, fill: Fill = 0.0,
-          mode: str = "constant") -> jax.Array:
-  """Shears about the centre: rows below the centre move right by tan(degrees_x) per row.
+def translate(
+    image: jax.Array, dy: Any, dx: Any, *, fill: Fill = 0.0, mode: str = "constant"
+) -> jax.Array:
+    """Shifts content down by `dy` and right by `dx` pixels (fractional shifts interpolate).
 
-  Returns:
-    (H, W, C) image.
-  """
-  h, w, _ = _core.check_image(image)
-  _check_mode(mode)
-  _check_fill(fill)
-  tx = jnp.tan(jnp.deg2rad(jnp.asarray(degrees_x, jnp.float32)))
-  ty = jnp.tan(jnp.deg2rad(jnp.asarray(degrees_y, jnp.float32)))
-  return _warp.apply(image, _shear_matrix(tx, ty, (h, w)), (h, w), mode=mode, fill=fill)
+    Returns:
+      (H, W, C) image.
+    """
+    h, w, _ = _core.check_image(image)
+    _check_mode(mode)
+    _check_fill(fill)
+    return _warp.apply(
+        image, _translate_matrix(dy, dx), (h, w), axis_aligned=True, mode=mode, fill=fill
+    )
 
 
-def affine(image: jax.Array, *, degrees: Any = 0.0, scale: Any = 1.0,
-           translate: Sequence[Any] = (0.0, 0.0), shear: Sequence[Any] = (0.0, 0.0),
-           fill: Fill = 0.0, mode: str = "constant") -> jax.Array:
-  """Shear, scale, rotation (about the centre) and translation in one resampling.
+def shear(
+    image: jax.Array,
+    degrees_x: Any = 0.0,
+    degrees_y: Any = 0.0,
+    *,
+    fill: Fill = 0.0,
+    mode: str = "constant",
+) -> jax.Array:
+    """Shears about the centre: rows below the centre move right by tan(degrees_x) per row.
 
-  Args:
-    image: (H, W, C) floating image.
-    degrees: counter-clockwise rotation.
-    scale: zoom factor (> 1 zooms in).
-    translate: (dy, dx) shift in pixels.
-    shear: (degrees_x, degrees_y) shear angles.
-    fill, mode: border rule, see `warp_affine`.
+    Returns:
+      (H, W, C) image.
+    """
+    h, w, _ = _core.check_image(image)
+    _check_mode(mode)
+    _check_fill(fill)
+    tx = jnp.tan(jnp.deg2rad(jnp.asarray(degrees_x, jnp.float32)))
+    ty = jnp.tan(jnp.deg2rad(jnp.asarray(degrees_y, jnp.float32)))
+    return _warp.apply(image, _shear_matrix(tx, ty, (h, w)), (h, w), mode=mode, fill=fill)
 
-  Returns:
-    (H, W, C) image.
-  """
-  h, w, _ = _core.check_image(image)
-  _core.check_positive(scale, "scale")
-  _check_mode(mode)
-  _check_fill(fill)
-  m = _affine_matrix(degrees, jnp.asarray(scale, jnp.float32), translate, shear, (h, w))
-  return _warp.apply(image, m, (h, w), mode=mode, fill=fill)
+
+def affine(
+    image: jax.Array,
+    *,
+    degrees: Any = 0.0,
+    scale: Any = 1.0,
+    translate: Sequence[Any] = (0.0, 0.0),
+    shear: Sequence[Any] = (0.0, 0.0),
+    fill: Fill = 0.0,
+    mode: str = "constant",
+) -> jax.Array:
+    """Shear, scale, rotation (about the centre) and translation in one resampling.
+
+    Args:
+      image: (H, W, C) floating image.
+      degrees: counter-clockwise rotation.
+      scale: zoom factor (> 1 zooms in).
+      translate: (dy, dx) shift in pixels.
+      shear: (degrees_x, degrees_y) shear angles.
+      fill, mode: border rule, see `warp_affine`.
+
+    Returns:
+      (H, W, C) image.
+    """
+    h, w, _ = _core.check_image(image)
+    _core.check_positive(scale, "scale")
+    _check_mode(mode)
+    _check_fill(fill)
+    m = _affine_matrix(degrees, jnp.asarray(scale, jnp.float32), translate, shear, (h, w))
+    return _warp.apply(image, m, (h, w), mode=mode, fill=fill)
 
 
 def resize(image: jax.Array, size: int | Sequence[int]) -> jax.Array:
-  """Bilinear resize with half-pixel centres and no antialiasing (output (size, C))."""
-  h, w, _ = _core.check_image(image)
-  out_hw = _core.check_size(size)
-  m = _resized_crop_matrix(0.0, 0.0, float(h), float(w), out_hw)
-  return _warp.apply(image, m, out_hw, axis_aligned=True, mode="edge")
+    """Bilinear resize with half-pixel centres and no antialiasing (output (size, C))."""
+    h, w, _ = _core.check_image(image)
+    out_hw = _core.check_size(size)
+    m = _resized_crop_matrix(0.0, 0.0, float(h), float(w), out_hw)
+    return _warp.apply(image, m, out_hw, axis_aligned=True, mode="edge")
 
 
 def crop(image: jax.Array, top: Any, left: Any, *, size: int | Sequence[int]) -> jax.Array:
-  """Crops a (height, width) window whose top-left pixel is (top, left) (may be traced).
+    """Crops a (height, width) window whose top-left pixel is (top, left) (may be traced).
 
-  Offsets are clamped so that the window stays inside the image.
-  """
-  h, w, c = _core.check_image(image)
-  ch, cw = _core.check_size(size)
-  if ch > h or cw > w:
-    raise ValueError(f"size {(ch, cw)} must not exceed the image size {(h, w)}.")
-  return jax.lax.dynamic_slice(image, (jnp.asarray(top, jnp.int32), jnp.asarray(left, jnp.int32),
-                                       jnp.zeros((), jnp.int32)), (ch, cw, c))
+    Offsets are clamped so that the window stays inside the image.
+    """
+    h, w, c = _core.check_image(image)
+    ch, cw = _core.check_size(size)
+    if ch > h or cw > w:
+        raise ValueError(f"size {(ch, cw)} must not exceed the image size {(h, w)}.")
+    return jax.lax.dynamic_slice(
+        image,
+        (jnp.asarray(top, jnp.int32), jnp.asarray(left, jnp.int32), jnp.zeros((), jnp.int32)),
+        (ch, cw, c),
+    )
 
 
 def center_crop(image: jax.Array, *, size: int | Sequence[int]) -> jax.Array:
-  """Crops the central (height, width) window; offset H // 2 - height // 2 as `dm_pix.center_crop`.
+    """Crops the central (height, width) window; offset H // 2 - height // 2 as `dm_pix.center_crop`.
 
-  Raises:
-    ValueError: when `size` exceeds the image.
-  """
-  h, w, _ = _core.check_image(image)
-  ch, cw = _core.check_size(size)
-  if ch > h or cw > w:
-    raise ValueError(f"size {(ch, cw)} must not exceed the image size {(h, w)}.")
-  top, left = h // 2 - ch // 2, w // 2 - cw // 2
-  return image[top:top + ch, left:left + cw, :]
+    Raises:
+      ValueError: when `size` exceeds the image.
+    """
+    h, w, _ = _core.check_image(image)
+    ch, cw = _core.check_size(size)
+    if ch > h or cw > w:
+        raise ValueError(f"size {(ch, cw)} must not exceed the image size {(h, w)}.")
+    top, left = h // 2 - ch // 2, w // 2 - cw // 2
+    return image[top : top + ch, left : left + cw, :]
 
 
-def resized_crop(image: jax.Array, top: Any, left: Any, height: Any, width: Any, *,
-                 size: int | Sequence[int]) -> jax.Array:
-  """Crops the box (top, left, height, width) (floats, may be traced) and resizes it to `size`.
+def resized_crop(
+    image: jax.Array, top: Any, left: Any, height: Any, width: Any, *, size: int | Sequence[int]
+) -> jax.Array:
+    """Crops the box (top, left, height, width) (floats, may be traced) and resizes it to `size`.
 
-  Bilinear with half-pixel centres, no antialiasing (torchvision's `antialias=False`).
-  """
-  _core.check_image(image)
-  out_hw = _core.check_size(size)
-  m = _resized_crop_matrix(jnp.asarray(top, jnp.float32), jnp.asarray(left, jnp.float32),
-                           jnp.asarray(height, jnp.float32), jnp.asarray(width, jnp.float32), out_hw)
-  return _warp.apply(image, m, out_hw, axis_aligned=True, mode="edge")
+    Bilinear with half-pixel centres, no antialiasing (torchvision's `antialias=False`).
+    """
+    _core.check_image(image)
+    out_hw = _core.check_size(size)
+    m = _resized_crop_matrix(
+        jnp.asarray(top, jnp.float32),
+        jnp.asarray(left, jnp.float32),
+        jnp.asarray(height, jnp.float32),
+        jnp.asarray(width, jnp.float32),
+        out_hw,
+    )
+    return _warp.apply(image, m, out_hw, axis_aligned=True, mode="edge")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,333 +420,436 @@ def resized_crop(image: jax.Array, top: Any, left: Any, height: Any, width: Any,
 
 
 def _flip_op(*, horizontal: bool = True, vertical: bool = False, p: float = 0.5) -> GeometricOp:
-  _core.check_prob(p)
-  if not isinstance(horizontal, bool) or not isinstance(vertical, bool):
-    raise TypeError("horizontal and vertical must be bools.")
+    _core.check_prob(p)
+    if not isinstance(horizontal, bool) or not isinstance(vertical, bool):
+        raise TypeError("horizontal and vertical must be bools.")
 
-  def sample(key, hw):
-    u = _rng.uniform(key, (2,))
-    fy = (u[0] < p) if vertical else False
-    fx = (u[1] < p) if horizontal else False
-    return _flip_matrix(fy, fx, hw)
+    def sample(key, hw):
+        u = _rng.uniform(key, (2,))
+        fy = (u[0] < p) if vertical else False
+        fx = (u[1] < p) if horizontal else False
+        return _flip_matrix(fy, fx, hw)
 
-  return GeometricOp(f"flip(h={horizontal}, v={vertical}, p={p})", sample, exact=True,
-                     axis_aligned=True, mode=None)
+    return GeometricOp(
+        f"flip(h={horizontal}, v={vertical}, p={p})",
+        sample,
+        exact=True,
+        axis_aligned=True,
+        mode=None,
+    )
 
 
 @_register(_flip_op)
-def random_flip(key: jax.Array, image: jax.Array, *, horizontal: bool = True,
-                vertical: bool = False, p: float = 0.5) -> jax.Array:
-  """Mirrors horizontally and/or vertically, each with probability `p`.
+def random_flip(
+    key: jax.Array,
+    image: jax.Array,
+    *,
+    horizontal: bool = True,
+    vertical: bool = False,
+    p: float = 0.5,
+) -> jax.Array:
+    """Mirrors horizontally and/or vertically, each with probability `p`.
 
-  Args:
-    key: PRNG key.
-    image: (H, W, C) floating image.
-    horizontal: allow left-right flips.
-    vertical: allow up-down flips.
-    p: probability of each enabled flip, in [0, 1].
+    Args:
+      key: PRNG key.
+      image: (H, W, C) floating image.
+      horizontal: allow left-right flips.
+      vertical: allow up-down flips.
+      p: probability of each enabled flip, in [0, 1].
 
-  Returns:
-    (H, W, C) image (exact copy of pixels).
-  """
-  return _flip_op(horizontal=horizontal, vertical=vertical, p=p)(key, image)
+    Returns:
+      (H, W, C) image (exact copy of pixels).
+    """
+    return _flip_op(horizontal=horizontal, vertical=vertical, p=p)(key, image)
 
 
 def _rot90_op() -> GeometricOp:
-  def sample(key, hw):
-    if hw[0] != hw[1]:
-      raise ValueError(f"random_rot90 needs a square image; got {hw}.")
-    k = _rng.randint(key, (), 0, 4)
-    ms = jnp.stack([_rot90_matrix(i, hw) for i in range(4)])
-    return ms[k]
+    def sample(key, hw):
+        if hw[0] != hw[1]:
+            raise ValueError(f"random_rot90 needs a square image; got {hw}.")
+        k = _rng.randint(key, (), 0, 4)
+        ms = jnp.stack([_rot90_matrix(i, hw) for i in range(4)])
+        return ms[k]
 
-  return GeometricOp("rot90", sample, exact=True, mode=None)
+    return GeometricOp("rot90", sample, exact=True, mode=None)
 
 
 @_register(_rot90_op)
 def random_rot90(key: jax.Array, image: jax.Array) -> jax.Array:
-  """Rotates a square image by 0, 90, 180 or 270 degrees, uniformly. (H, H, C) -> (H, H, C)."""
-  return _rot90_op()(key, image)
+    """Rotates a square image by 0, 90, 180 or 270 degrees, uniformly. (H, H, C) -> (H, H, C)."""
+    return _rot90_op()(key, image)
 
 
 def _rotate_op(*, max_degrees: float, fill: Fill = 0.0, mode: str = "constant") -> GeometricOp:
-  _core.check_positive(max_degrees, "max_degrees", allow_zero=True)
-  _check_mode(mode)
-  _check_fill(fill)
+    _core.check_positive(max_degrees, "max_degrees", allow_zero=True)
+    _check_mode(mode)
+    _check_fill(fill)
 
-  def sample(key, hw):
-    deg = _rng.uniform(key, (), -max_degrees, max_degrees)
-    return _rotation_matrix(jnp.deg2rad(deg), hw)
+    def sample(key, hw):
+        deg = _rng.uniform(key, (), -max_degrees, max_degrees)
+        return _rotation_matrix(jnp.deg2rad(deg), hw)
 
-  return GeometricOp(f"rotate(±{max_degrees}°)", sample, mode=mode, fill=fill)
+    return GeometricOp(f"rotate(±{max_degrees}°)", sample, mode=mode, fill=fill)
 
 
 @_register(_rotate_op)
-def random_rotate(key: jax.Array, image: jax.Array, *, max_degrees: float, fill: Fill = 0.0,
-                  mode: str = "constant") -> jax.Array:
-  """Rotates by an angle drawn uniformly from [-max_degrees, max_degrees].
+def random_rotate(
+    key: jax.Array,
+    image: jax.Array,
+    *,
+    max_degrees: float,
+    fill: Fill = 0.0,
+    mode: str = "constant",
+) -> jax.Array:
+    """Rotates by an angle drawn uniformly from [-max_degrees, max_degrees].
 
-  Args:
-    key: PRNG key.
-    image: (H, W, C) floating image.
-    max_degrees: largest rotation (>= 0).
-    fill, mode: border rule, see `warp_affine`.
+    Args:
+      key: PRNG key.
+      image: (H, W, C) floating image.
+      max_degrees: largest rotation (>= 0).
+      fill, mode: border rule, see `warp_affine`.
 
-  Returns:
-    (H, W, C) image (bilinear).
-  """
-  return _rotate_op(max_degrees=max_degrees, fill=fill, mode=mode)(key, image)
+    Returns:
+      (H, W, C) image (bilinear).
+    """
+    return _rotate_op(max_degrees=max_degrees, fill=fill, mode=mode)(key, image)
 
 
-def _scale_op(*, min_scale: float, max_scale: float, fill: Fill = 0.0,
-              mode: str = "constant") -> GeometricOp:
-  lo, hi = _core.check_range((min_scale, max_scale), "(min_scale, max_scale)", positive=True)
-  _check_mode(mode)
-  _check_fill(fill)
+def _scale_op(
+    *, min_scale: float, max_scale: float, fill: Fill = 0.0, mode: str = "constant"
+) -> GeometricOp:
+    lo, hi = _core.check_range((min_scale, max_scale), "(min_scale, max_scale)", positive=True)
+    _check_mode(mode)
+    _check_fill(fill)
 
-  def sample(key, hw):
-    f = _rng.uniform(key, (), lo, hi)
-    return _scale_matrix(f, f, hw)
+    def sample(key, hw):
+        f = _rng.uniform(key, (), lo, hi)
+        return _scale_matrix(f, f, hw)
 
-  return GeometricOp(f"scale({lo}-{hi})", sample, axis_aligned=True, mode=mode, fill=fill)
+    return GeometricOp(f"scale({lo}-{hi})", sample, axis_aligned=True, mode=mode, fill=fill)
 
 
 @_register(_scale_op)
-def random_scale(key: jax.Array, image: jax.Array, *, min_scale: float, max_scale: float,
-                 fill: Fill = 0.0, mode: str = "constant") -> jax.Array:
-  """Zooms about the centre by a factor drawn uniformly from [min_scale, max_scale].
+def random_scale(
+    key: jax.Array,
+    image: jax.Array,
+    *,
+    min_scale: float,
+    max_scale: float,
+    fill: Fill = 0.0,
+    mode: str = "constant",
+) -> jax.Array:
+    """Zooms about the centre by a factor drawn uniformly from [min_scale, max_scale].
 
-  Factors above 1 zoom in, below 1 zoom out (revealing `fill`); the output size is unchanged.
+    Factors above 1 zoom in, below 1 zoom out (revealing `fill`); the output size is unchanged.
 
-  Returns:
-    (H, W, C) image.
-  """
-  return _scale_op(min_scale=min_scale, max_scale=max_scale, fill=fill, mode=mode)(key, image)
+    Returns:
+      (H, W, C) image.
+    """
+    return _scale_op(min_scale=min_scale, max_scale=max_scale, fill=fill, mode=mode)(key, image)
 
 
-def _translate_op(*, max_fraction: float | Sequence[float], fill: Fill = 0.0,
-                  mode: str = "constant") -> GeometricOp:
-  fy, fx = (max_fraction, max_fraction) if not isinstance(max_fraction, Sequence) else max_fraction
-  _core.check_range((0.0, fy), "max_fraction", lo=0.0, hi=1.0)
-  _core.check_range((0.0, fx), "max_fraction", lo=0.0, hi=1.0)
-  _check_mode(mode)
-  _check_fill(fill)
+def _translate_op(
+    *, max_fraction: float | Sequence[float], fill: Fill = 0.0, mode: str = "constant"
+) -> GeometricOp:
+    fy, fx = (
+        (max_fraction, max_fraction) if not isinstance(max_fraction, Sequence) else max_fraction
+    )
+    _core.check_range((0.0, fy), "max_fraction", lo=0.0, hi=1.0)
+    _core.check_range((0.0, fx), "max_fraction", lo=0.0, hi=1.0)
+    _check_mode(mode)
+    _check_fill(fill)
 
-  def sample(key, hw):
-    u = _rng.uniform(key, (2,), -1.0, 1.0)
-    return _translate_matrix(u[0] * fy * hw[0], u[1] * fx * hw[1])
+    def sample(key, hw):
+        u = _rng.uniform(key, (2,), -1.0, 1.0)
+        return _translate_matrix(u[0] * fy * hw[0], u[1] * fx * hw[1])
 
-  return GeometricOp(f"translate(±{max_fraction})", sample, axis_aligned=True, mode=mode,
-                     fill=fill)
+    return GeometricOp(
+        f"translate(±{max_fraction})", sample, axis_aligned=True, mode=mode, fill=fill
+    )
 
 
 @_register(_translate_op)
-def random_translate(key: jax.Array, image: jax.Array, *, max_fraction: float | Sequence[float],
-                     fill: Fill = 0.0, mode: str = "constant") -> jax.Array:
-  """Shifts by up to `max_fraction` of the height/width in each direction (uniform, sub-pixel).
+def random_translate(
+    key: jax.Array,
+    image: jax.Array,
+    *,
+    max_fraction: float | Sequence[float],
+    fill: Fill = 0.0,
+    mode: str = "constant",
+) -> jax.Array:
+    """Shifts by up to `max_fraction` of the height/width in each direction (uniform, sub-pixel).
 
-  Args:
-    max_fraction: in [0, 1]; a number or a (vertical, horizontal) pair.
+    Args:
+      max_fraction: in [0, 1]; a number or a (vertical, horizontal) pair.
 
-  Returns:
-    (H, W, C) image.
-  """
-  return _translate_op(max_fraction=max_fraction, fill=fill, mode=mode)(key, image)
+    Returns:
+      (H, W, C) image.
+    """
+    return _translate_op(max_fraction=max_fraction, fill=fill, mode=mode)(key, image)
 
 
 def _shear_op(*, max_degrees: float, fill: Fill = 0.0, mode: str = "constant") -> GeometricOp:
-  _core.check_range((0.0, max_degrees), "max_degrees", lo=0.0, hi=89.0)
-  _check_mode(mode)
-  _check_fill(fill)
+    _core.check_range((0.0, max_degrees), "max_degrees", lo=0.0, hi=89.0)
+    _check_mode(mode)
+    _check_fill(fill)
 
-  def sample(key, hw):
-    u = _rng.uniform(key, (2,), -max_degrees, max_degrees)
-    t = jnp.tan(jnp.deg2rad(u))
-    return _shear_matrix(t[0], t[1], hw)
+    def sample(key, hw):
+        u = _rng.uniform(key, (2,), -max_degrees, max_degrees)
+        t = jnp.tan(jnp.deg2rad(u))
+        return _shear_matrix(t[0], t[1], hw)
 
-  return GeometricOp(f"shear(±{max_degrees}°)", sample, mode=mode, fill=fill)
+    return GeometricOp(f"shear(±{max_degrees}°)", sample, mode=mode, fill=fill)
 
 
 @_register(_shear_op)
-def random_shear(key: jax.Array, image: jax.Array, *, max_degrees: float, fill: Fill = 0.0,
-                 mode: str = "constant") -> jax.Array:
-  """Shears along x and y by angles drawn uniformly from [-max_degrees, max_degrees] (< 89)."""
-  return _shear_op(max_degrees=max_degrees, fill=fill, mode=mode)(key, image)
+def random_shear(
+    key: jax.Array,
+    image: jax.Array,
+    *,
+    max_degrees: float,
+    fill: Fill = 0.0,
+    mode: str = "constant",
+) -> jax.Array:
+    """Shears along x and y by angles drawn uniformly from [-max_degrees, max_degrees] (< 89)."""
+    return _shear_op(max_degrees=max_degrees, fill=fill, mode=mode)(key, image)
 
 
-def _affine_op(*, max_degrees: float = 0.0, scale: Sequence[float] = (1.0, 1.0),
-               max_translate: float = 0.0, max_shear: float = 0.0, fill: Fill = 0.0,
-               mode: str = "constant") -> GeometricOp:
-  _core.check_positive(max_degrees, "max_degrees", allow_zero=True)
-  lo, hi = _core.check_range(scale, "scale", positive=True)
-  _core.check_range((0.0, max_translate), "max_translate", lo=0.0, hi=1.0)
-  _core.check_range((0.0, max_shear), "max_shear", lo=0.0, hi=89.0)
-  _check_mode(mode)
-  _check_fill(fill)
+def _affine_op(
+    *,
+    max_degrees: float = 0.0,
+    scale: Sequence[float] = (1.0, 1.0),
+    max_translate: float = 0.0,
+    max_shear: float = 0.0,
+    fill: Fill = 0.0,
+    mode: str = "constant",
+) -> GeometricOp:
+    _core.check_positive(max_degrees, "max_degrees", allow_zero=True)
+    lo, hi = _core.check_range(scale, "scale", positive=True)
+    _core.check_range((0.0, max_translate), "max_translate", lo=0.0, hi=1.0)
+    _core.check_range((0.0, max_shear), "max_shear", lo=0.0, hi=89.0)
+    _check_mode(mode)
+    _check_fill(fill)
 
-  def sample(key, hw):
-    u = _rng.uniform(key, (6,))
-    deg = (2.0 * u[0] - 1.0) * max_degrees
-    s = lo + u[1] * (hi - lo)
-    t = ((2.0 * u[2] - 1.0) * max_translate * hw[0], (2.0 * u[3] - 1.0) * max_translate * hw[1])
-    sh = ((2.0 * u[4] - 1.0) * max_shear, (2.0 * u[5] - 1.0) * max_shear)
-    return _affine_matrix(deg, s, t, sh, hw)
+    def sample(key, hw):
+        u = _rng.uniform(key, (6,))
+        deg = (2.0 * u[0] - 1.0) * max_degrees
+        s = lo + u[1] * (hi - lo)
+        t = ((2.0 * u[2] - 1.0) * max_translate * hw[0], (2.0 * u[3] - 1.0) * max_translate * hw[1])
+        sh = ((2.0 * u[4] - 1.0) * max_shear, (2.0 * u[5] - 1.0) * max_shear)
+        return _affine_matrix(deg, s, t, sh, hw)
 
-  return GeometricOp("affine", sample, mode=mode, fill=fill)
+    return GeometricOp("affine", sample, mode=mode, fill=fill)
 
 
 @_register(_affine_op)
-def random_affine(key: jax.Array, image: jax.Array, *, max_degrees: float = 0.0,
-                  scale: Sequence[float] = (1.0, 1.0), max_translate: float = 0.0,
-                  max_shear: float = 0.0, fill: Fill = 0.0, mode: str = "constant") -> jax.Array:
-  """Random rotation, zoom, shift and shear in one resampling (torchvision RandomAffine-like).
+def random_affine(
+    key: jax.Array,
+    image: jax.Array,
+    *,
+    max_degrees: float = 0.0,
+    scale: Sequence[float] = (1.0, 1.0),
+    max_translate: float = 0.0,
+    max_shear: float = 0.0,
+    fill: Fill = 0.0,
+    mode: str = "constant",
+) -> jax.Array:
+    """Random rotation, zoom, shift and shear in one resampling (torchvision RandomAffine-like).
 
-  Args:
-    key: PRNG key.
-    image: (H, W, C) floating image.
-    max_degrees: rotation drawn from [-max_degrees, max_degrees].
-    scale: (low, high) zoom range.
-    max_translate: shift up to this fraction of height/width.
-    max_shear: shear angles drawn from [-max_shear, max_shear].
-    fill, mode: border rule, see `warp_affine`.
+    Args:
+      key: PRNG key.
+      image: (H, W, C) floating image.
+      max_degrees: rotation drawn from [-max_degrees, max_degrees].
+      scale: (low, high) zoom range.
+      max_translate: shift up to this fraction of height/width.
+      max_shear: shear angles drawn from [-max_shear, max_shear].
+      fill, mode: border rule, see `warp_affine`.
 
-  Returns:
-    (H, W, C) image.
-  """
-  return _affine_op(max_degrees=max_degrees, scale=scale, max_translate=max_translate,
-                    max_shear=max_shear, fill=fill, mode=mode)(key, image)
+    Returns:
+      (H, W, C) image.
+    """
+    return _affine_op(
+        max_degrees=max_degrees,
+        scale=scale,
+        max_translate=max_translate,
+        max_shear=max_shear,
+        fill=fill,
+        mode=mode,
+    )(key, image)
 
 
-def _crop_op(*, size: int | Sequence[int] | None, padding: int | Sequence[int] = 0,
-             pad_mode: str = "reflect", fill: Fill = 0.0) -> GeometricOp:
-  if size is not None:
-    size = _core.check_size(size)
-  if isinstance(padding, Sequence) and len(padding) == 2:
-    py, px = (_core.check_int(v, "padding") for v in padding)
-  else:
-    py = px = _core.check_int(padding, "padding")
-  _core.check_in(pad_mode, "pad_mode", _core.PAD_MODES)
-  _check_fill(fill)
+def _crop_op(
+    *,
+    size: int | Sequence[int] | None,
+    padding: int | Sequence[int] = 0,
+    pad_mode: str = "reflect",
+    fill: Fill = 0.0,
+) -> GeometricOp:
+    if size is not None:
+        size = _core.check_size(size)
+    if isinstance(padding, Sequence) and len(padding) == 2:
+        py, px = (_core.check_int(v, "padding") for v in padding)
+    else:
+        py = px = _core.check_int(padding, "padding")
+    _core.check_in(pad_mode, "pad_mode", _core.PAD_MODES)
+    _check_fill(fill)
 
-  def out_hw(hw):
-    ch, cw = hw if size is None else size
-    if ch > hw[0] + 2 * py or cw > hw[1] + 2 * px:
-      raise ValueError(f"size {(ch, cw)} must not exceed the padded image size "
-                       f"{(hw[0] + 2 * py, hw[1] + 2 * px)}.")
-    if pad_mode == "reflect" and (py >= hw[0] or px >= hw[1]):
-      raise ValueError(f"padding {(py, px)} must be smaller than the image {hw} for reflect.")
-    return ch, cw
+    def out_hw(hw):
+        ch, cw = hw if size is None else size
+        if ch > hw[0] + 2 * py or cw > hw[1] + 2 * px:
+            raise ValueError(
+                f"size {(ch, cw)} must not exceed the padded image size "
+                f"{(hw[0] + 2 * py, hw[1] + 2 * px)}."
+            )
+        if pad_mode == "reflect" and (py >= hw[0] or px >= hw[1]):
+            raise ValueError(f"padding {(py, px)} must be smaller than the image {hw} for reflect.")
+        return ch, cw
 
-  def sample(key, hw):
-    ch, cw = out_hw(hw)
-    oy = _rng.randint(key, (2,), 0, jnp.array([hw[0] + 2 * py - ch + 1, hw[1] + 2 * px - cw + 1]))
-    return _translate_matrix((py - oy[0]).astype(jnp.float32), (px - oy[1]).astype(jnp.float32))
+    def sample(key, hw):
+        ch, cw = out_hw(hw)
+        oy = _rng.randint(
+            key, (2,), 0, jnp.array([hw[0] + 2 * py - ch + 1, hw[1] + 2 * px - cw + 1])
+        )
+        return _translate_matrix((py - oy[0]).astype(jnp.float32), (px - oy[1]).astype(jnp.float32))
 
-  return GeometricOp(f"crop(size={size}, padding={padding}, {pad_mode})", sample, out_hw=out_hw,
-                     exact=True, axis_aligned=True, mode=pad_mode if (py or px) else None,
-                     fill=fill)
+    return GeometricOp(
+        f"crop(size={size}, padding={padding}, {pad_mode})",
+        sample,
+        out_hw=out_hw,
+        exact=True,
+        axis_aligned=True,
+        mode=pad_mode if (py or px) else None,
+        fill=fill,
+    )
 
 
 @_register(_crop_op)
-def random_crop(key: jax.Array, image: jax.Array, *, size: int | Sequence[int],
-                padding: int | Sequence[int] = 0, pad_mode: str = "reflect",
-                fill: Fill = 0.0) -> jax.Array:
-  """Pads each side by `padding`, then crops a (height, width) window at a uniform offset.
+def random_crop(
+    key: jax.Array,
+    image: jax.Array,
+    *,
+    size: int | Sequence[int],
+    padding: int | Sequence[int] = 0,
+    pad_mode: str = "reflect",
+    fill: Fill = 0.0,
+) -> jax.Array:
+    """Pads each side by `padding`, then crops a (height, width) window at a uniform offset.
 
-  The padded image is never built: crop and padding are one integer map (exact copies).
+    The padded image is never built: crop and padding are one integer map (exact copies).
 
-  Args:
-    key: PRNG key.
-    image: (H, W, C) floating image.
-    size: output int or (height, width), at most the padded size.
-    padding: pixels added on each side: an int or (vertical, horizontal).
-    pad_mode: "reflect" (default, as the CIFAR recipe), "constant", "edge", "symmetric", "wrap".
-    fill: value of "constant" padding.
+    Args:
+      key: PRNG key.
+      image: (H, W, C) floating image.
+      size: output int or (height, width), at most the padded size.
+      padding: pixels added on each side: an int or (vertical, horizontal).
+      pad_mode: "reflect" (default, as the CIFAR recipe), "constant", "edge", "symmetric", "wrap".
+      fill: value of "constant" padding.
 
-  Returns:
-    (height, width, C) image.
-  """
-  return _crop_op(size=size, padding=padding, pad_mode=pad_mode, fill=fill)(key, image)
+    Returns:
+      (height, width, C) image.
+    """
+    return _crop_op(size=size, padding=padding, pad_mode=pad_mode, fill=fill)(key, image)
 
 
 def _center_crop_op(*, size: int | Sequence[int]) -> GeometricOp:
-  size = _core.check_size(size)
+    size = _core.check_size(size)
 
-  def out_hw(hw):
-    if size[0] > hw[0] or size[1] > hw[1]:
-      raise ValueError(f"size {size} must not exceed the image size {hw}.")
-    return size
+    def out_hw(hw):
+        if size[0] > hw[0] or size[1] > hw[1]:
+            raise ValueError(f"size {size} must not exceed the image size {hw}.")
+        return size
 
-  def sample(key, hw):
-    return _translate_matrix(-(hw[0] // 2 - size[0] // 2), -(hw[1] // 2 - size[1] // 2))
+    def sample(key, hw):
+        return _translate_matrix(-(hw[0] // 2 - size[0] // 2), -(hw[1] // 2 - size[1] // 2))
 
-  return GeometricOp(f"center_crop({size})", sample, out_hw=out_hw, exact=True,
-                     axis_aligned=True, mode=None, keyless=True)
+    return GeometricOp(
+        f"center_crop({size})",
+        sample,
+        out_hw=out_hw,
+        exact=True,
+        axis_aligned=True,
+        mode=None,
+        keyless=True,
+    )
 
 
 def _resized_crop_sampler(key, hw, scale_, ratio):
-  h, w = hw
-  area = float(h * w)
-  tries = 10
-  u = _rng.uniform(key, (4, tries))
-  target = area * (scale_[0] + u[0] * (scale_[1] - scale_[0]))
-  log_r = math.log(ratio[0]) + u[1] * (math.log(ratio[1]) - math.log(ratio[0]))
-  aspect = jnp.exp(log_r)
-  cw = jnp.round(jnp.sqrt(target * aspect))
-  ch = jnp.round(jnp.sqrt(target / aspect))
-  ok = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
-  top = jnp.floor(u[2] * (h - ch + 1.0))
-  left = jnp.floor(u[3] * (w - cw + 1.0))
-  # Fallback (torchvision): a centred crop of the whole image with the ratio clamped.
-  in_ratio = w / h
-  if in_ratio < ratio[0]:
-    fw, fh = w, int(round(w / ratio[0]))
-  elif in_ratio > ratio[1]:
-    fh, fw = h, int(round(h * ratio[1]))
-  else:
-    fw, fh = w, h
-  i = jnp.argmax(ok)
-  found = jnp.any(ok)
-  pick = lambda v, fb: jnp.where(found, v[i], jnp.float32(fb))
-  return (pick(top, (h - fh) // 2), pick(left, (w - fw) // 2), pick(ch, fh), pick(cw, fw))
+    h, w = hw
+    area = float(h * w)
+    tries = 10
+    u = _rng.uniform(key, (4, tries))
+    target = area * (scale_[0] + u[0] * (scale_[1] - scale_[0]))
+    log_r = math.log(ratio[0]) + u[1] * (math.log(ratio[1]) - math.log(ratio[0]))
+    aspect = jnp.exp(log_r)
+    cw = jnp.round(jnp.sqrt(target * aspect))
+    ch = jnp.round(jnp.sqrt(target / aspect))
+    ok = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+    top = jnp.floor(u[2] * (h - ch + 1.0))
+    left = jnp.floor(u[3] * (w - cw + 1.0))
+    # Fallback (torchvision): a centred crop of the whole image with the ratio clamped.
+    in_ratio = w / h
+    if in_ratio < ratio[0]:
+        fw, fh = w, int(round(w / ratio[0]))
+    elif in_ratio > ratio[1]:
+        fh, fw = h, int(round(h * ratio[1]))
+    else:
+        fw, fh = w, h
+    i = jnp.argmax(ok)
+    found = jnp.any(ok)
+    pick = lambda v, fb: jnp.where(found, v[i], jnp.float32(fb))
+    return (pick(top, (h - fh) // 2), pick(left, (w - fw) // 2), pick(ch, fh), pick(cw, fw))
 
 
-def _resized_crop_op(*, size: int | Sequence[int] | None, scale: Sequence[float] = (0.08, 1.0),
-                     ratio: Sequence[float] = (3 / 4, 4 / 3)) -> GeometricOp:
-  if size is not None:
-    size = _core.check_size(size)
-  scale_ = _core.check_range(scale, "scale", lo=0.0, hi=1.0, positive=True)
-  ratio_ = _core.check_range(ratio, "ratio", positive=True)
+def _resized_crop_op(
+    *,
+    size: int | Sequence[int] | None,
+    scale: Sequence[float] = (0.08, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+) -> GeometricOp:
+    if size is not None:
+        size = _core.check_size(size)
+    scale_ = _core.check_range(scale, "scale", lo=0.0, hi=1.0, positive=True)
+    ratio_ = _core.check_range(ratio, "ratio", positive=True)
 
-  def out_hw(hw):
-    return hw if size is None else size
+    def out_hw(hw):
+        return hw if size is None else size
 
-  def sample(key, hw):
-    top, left, ch, cw = _resized_crop_sampler(key, hw, scale_, ratio_)
-    return _resized_crop_matrix(top, left, ch, cw, out_hw(hw))
+    def sample(key, hw):
+        top, left, ch, cw = _resized_crop_sampler(key, hw, scale_, ratio_)
+        return _resized_crop_matrix(top, left, ch, cw, out_hw(hw))
 
-  return GeometricOp(f"resized_crop({size}, scale={scale}, ratio={ratio})", sample,
-                     out_hw=out_hw, axis_aligned=True, mode="edge")
+    return GeometricOp(
+        f"resized_crop({size}, scale={scale}, ratio={ratio})",
+        sample,
+        out_hw=out_hw,
+        axis_aligned=True,
+        mode="edge",
+    )
 
 
 @_register(_resized_crop_op)
-def random_resized_crop(key: jax.Array, image: jax.Array, *, size: int | Sequence[int],
-                        scale: Sequence[float] = (0.08, 1.0),
-                        ratio: Sequence[float] = (3 / 4, 4 / 3)) -> jax.Array:
-  """Inception-style crop: random area fraction and aspect ratio, resized to `size`.
+def random_resized_crop(
+    key: jax.Array,
+    image: jax.Array,
+    *,
+    size: int | Sequence[int],
+    scale: Sequence[float] = (0.08, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+) -> jax.Array:
+    """Inception-style crop: random area fraction and aspect ratio, resized to `size`.
 
-  torchvision `RandomResizedCrop` semantics (Szegedy et al. 2015): up to 10 draws of an area
-  fraction in `scale` and a log-uniform aspect ratio in `ratio`; the first box that fits is used,
-  else a centred crop with the ratio clamped. Bilinear resize without antialiasing.
+    torchvision `RandomResizedCrop` semantics (Szegedy et al. 2015): up to 10 draws of an area
+    fraction in `scale` and a log-uniform aspect ratio in `ratio`; the first box that fits is used,
+    else a centred crop with the ratio clamped. Bilinear resize without antialiasing.
 
-  Args:
-    key: PRNG key.
-    image: (H, W, C) floating image.
-    size: output int or (height, width).
-    scale: (low, high) area fraction in (0, 1].
-    ratio: (low, high) width / height.
+    Args:
+      key: PRNG key.
+      image: (H, W, C) floating image.
+      size: output int or (height, width).
+      scale: (low, high) area fraction in (0, 1].
+      ratio: (low, high) width / height.
 
-  Returns:
-    (height, width, C) image.
-  """
-  return _resized_crop_op(size=size, scale=scale, ratio=ratio)(key, image)
+    Returns:
+      (height, width, C) image.
+    """
+    return _resized_crop_op(size=size, scale=scale, ratio=ratio)(key, image)

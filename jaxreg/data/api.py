@@ -66,11 +66,11 @@ def load(name: str, *, split: str = "train", data_dir: str | None = None) -> Dat
         if not isinstance(data_dir, os.PathLike):
             raise TypeError(f"`data_dir` must be a str or path, got {type(data_dir).__name__}")
     if name.startswith(TFDS_PREFIX):
-        return load_tfds(name[len(TFDS_PREFIX):], split=split, data_dir=data_dir)
+        return load_tfds(name[len(TFDS_PREFIX) :], split=split, data_dir=data_dir)
     if data_dir is not None:
         raise ValueError(f"`data_dir` is only used by 'tfds:' data sets, got it for {name!r}")
     if name.startswith(FOLDER_PREFIX):
-        root = name[len(FOLDER_PREFIX):]
+        root = name[len(FOLDER_PREFIX) :]
         if not root:
             raise ValueError("'folder:' needs a path, e.g. 'folder:/data/my_images'")
         return load_folder(root, split=split)

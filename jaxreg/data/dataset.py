@@ -69,9 +69,7 @@ def to_float_image(array: object) -> np.ndarray:
         raise TypeError(f"`array` could not be converted to a numeric array: {err}") from None
     kind = x.dtype.kind
     if kind not in "biuf":
-        raise TypeError(
-            f"`array` must have a bool, integer or floating dtype, got dtype {x.dtype}"
-        )
+        raise TypeError(f"`array` must have a bool, integer or floating dtype, got dtype {x.dtype}")
     if x.ndim == 2:
         x = x[..., None]
     if x.ndim not in (3, 4):

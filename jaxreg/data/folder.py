@@ -38,7 +38,8 @@ def _subdirs(folder: pathlib.Path) -> list[pathlib.Path]:
 
 def _image_files(folder: pathlib.Path) -> list[pathlib.Path]:
     return sorted(
-        p for p in folder.iterdir()
+        p
+        for p in folder.iterdir()
         if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
     )
 
@@ -98,9 +99,7 @@ def _palette_is_gray(img: object) -> bool:
     return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
 
 
-def _read_all(
-    files: list[pathlib.Path], rgb: bool, example: pathlib.Path
-) -> np.ndarray:
+def _read_all(files: list[pathlib.Path], rgb: bool, example: pathlib.Path) -> np.ndarray:
     images = [_read_image(f, rgb) for f in files]
     if not images:
         return np.zeros((0, *_read_image(example, rgb).shape), np.float32)

@@ -117,8 +117,7 @@ def stratified_subset(ds: Dataset, n_per_class: int, *, seed: int) -> Dataset:
         )
     rng = np.random.default_rng(seed)
     chosen = [
-        rng.choice(np.flatnonzero(ds.labels == c), n, replace=False)
-        for c in range(ds.num_classes)
+        rng.choice(np.flatnonzero(ds.labels == c), n, replace=False) for c in range(ds.num_classes)
     ]
     return ds.subset(np.sort(np.concatenate(chosen)))
 

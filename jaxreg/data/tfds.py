@@ -56,7 +56,8 @@ def _versions(folder: pathlib.Path) -> list[pathlib.Path]:
     if not folder.is_dir():
         return []
     found = [
-        p for p in folder.iterdir()
+        p
+        for p in folder.iterdir()
         if _VERSION_RE.match(p.name) and (p / "dataset_info.json").is_file()
     ]
     return sorted(found, key=lambda p: tuple(int(v) for v in p.name.split(".")))
@@ -178,15 +179,20 @@ def _pick_keys(builder: Any, spec: str) -> tuple[str, str]:
     keys = list(features.keys()) if hasattr(features, "keys") else []
     supervised = builder.info.supervised_keys
     if (
-        isinstance(supervised, tuple) and len(supervised) >= 2
+        isinstance(supervised, tuple)
+        and len(supervised) >= 2
         and all(isinstance(k, str) and k in keys for k in supervised[:2])
     ):
         return supervised[0], supervised[1]
-    image_key = "image" if "image" in keys else next(
-        (k for k in keys if isinstance(features[k], tfds.features.Image)), None
+    image_key = (
+        "image"
+        if "image" in keys
+        else next((k for k in keys if isinstance(features[k], tfds.features.Image)), None)
     )
-    label_key = "label" if "label" in keys else next(
-        (k for k in keys if isinstance(features[k], tfds.features.ClassLabel)), None
+    label_key = (
+        "label"
+        if "label" in keys
+        else next((k for k in keys if isinstance(features[k], tfds.features.ClassLabel)), None)
     )
     if image_key is None or label_key is None:
         raise ValueError(

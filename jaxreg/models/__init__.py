@@ -1,4 +1,5 @@
 """Flax NNX models and the registry that builds them by name (``create``)."""
+
 from __future__ import annotations
 
 import functools
@@ -13,11 +14,13 @@ from jaxreg.models.resnet import ResNet
 ResNet20 = functools.partial(ResNet, blocks_per_stage=3, widths=(16, 32, 64))
 
 MODELS: dict[str, tuple[Callable[..., nnx.Module], str]] = {
-        "cnn": (CNN, "2 conv blocks (32, 64) + dense 128; BatchNorm/Dropout optional; digit sets"),
-        "cnn_small": (functools.partial(CNN, channels=(16, 32), hidden=64),
-                                    "narrower CNN (16, 32) + dense 64, for quick experiments"),
-        "resnet20": (ResNet20, "ResNet-20 (3x3 blocks per stage, 16/32/64) for 32x32 colour"),
-        "tiny": (TinyCNN, "one 8-channel conv + head; for tests"),
+    "cnn": (CNN, "2 conv blocks (32, 64) + dense 128; BatchNorm/Dropout optional; digit sets"),
+    "cnn_small": (
+        functools.partial(CNN, channels=(16, 32), hidden=64),
+        "narrower CNN (16, 32) + dense 64, for quick experiments",
+    ),
+    "resnet20": (ResNet20, "ResNet-20 (3x3 blocks per stage, 16/32/64) for 32x32 colour"),
+    "tiny": (TinyCNN, "one 8-channel conv + head; for tests"),
 }
 
 
@@ -26,8 +29,9 @@ def list_models() -> dict[str, str]:
     return {name: desc for name, (_, desc) in MODELS.items()}
 
 
-def create(name: str, *, num_classes: int, input_shape: Sequence[int], seed: int = 0,
-                      **kwargs) -> nnx.Module:
+def create(
+    name: str, *, num_classes: int, input_shape: Sequence[int], seed: int = 0, **kwargs
+) -> nnx.Module:
     """Builds a registered model.
 
     Args:
@@ -49,5 +53,14 @@ def create(name: str, *, num_classes: int, input_shape: Sequence[int], seed: int
         raise TypeError(f"bad options for model {name!r}: {e}") from None
 
 
-__all__ = ["CNN", "TinyCNN", "ResNet", "ResNet20", "Conv", "conv2d", "MODELS", "create",
-                      "list_models"]
+__all__ = [
+    "CNN",
+    "TinyCNN",
+    "ResNet",
+    "ResNet20",
+    "Conv",
+    "conv2d",
+    "MODELS",
+    "create",
+    "list_models",
+]

@@ -1,4 +1,5 @@
 """Small convolutional classifiers: the default CNN for the digit sets and a tiny model for tests."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -11,7 +12,9 @@ from jaxreg.models.layers import Conv, max_pool_2x2
 
 def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
     if len(input_shape) != 3 or any(int(s) <= 0 for s in input_shape):
-        raise ValueError(f"input_shape must be (H, W, C) of positive ints, got {tuple(input_shape)}")
+        raise ValueError(
+            f"input_shape must be (H, W, C) of positive ints, got {tuple(input_shape)}"
+        )
     return tuple(int(s) for s in input_shape)  # type: ignore[return-value]
 
 
@@ -39,27 +42,44 @@ class CNN(nnx.Module):
         rngs: ``nnx.Rngs`` with a ``params`` stream.
     """
 
-    def __init__(self, num_classes: int, input_shape: Sequence[int], *,
-                              channels: Sequence[int] = (32, 64), hidden: int = 128, batch_norm: bool = False,
-                              dropout: float = 0.0, bn_momentum: float = 0.9, conv_grad: str = "auto",
-                              rngs: nnx.Rngs):
+    def __init__(
+        self,
+        num_classes: int,
+        input_shape: Sequence[int],
+        *,
+        channels: Sequence[int] = (32, 64),
+        hidden: int = 128,
+        batch_norm: bool = False,
+        dropout: float = 0.0,
+        bn_momentum: float = 0.9,
+        conv_grad: str = "auto",
+        rngs: nnx.Rngs,
+    ):
         h, w, c = _check_input_shape(input_shape)
         if int(num_classes) < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         if not channels or any(int(ch) <= 0 for ch in channels):
-            raise ValueError(f"channels must be a non-empty sequence of positive ints, got {channels}")
+            raise ValueError(
+                f"channels must be a non-empty sequence of positive ints, got {channels}"
+            )
         self.dropout_rate = _check_rate("dropout", dropout)
         self.batch_norm = bool(batch_norm)
         convs, norms = [], []
         for ch in channels:
-            convs.append(Conv(c, int(ch), (3, 3), use_bias=not batch_norm, grad=conv_grad, rngs=rngs))
-            norms.append(nnx.BatchNorm(int(ch), momentum=bn_momentum, rngs=rngs) if batch_norm else None)
+            convs.append(
+                Conv(c, int(ch), (3, 3), use_bias=not batch_norm, grad=conv_grad, rngs=rngs)
+            )
+            norms.append(
+                nnx.BatchNorm(int(ch), momentum=bn_momentum, rngs=rngs) if batch_norm else None
+            )
             c = int(ch)
             h, w = -(-h // 2), -(-w // 2)
         self.convs = nnx.List(convs)
         self.norms = nnx.List(norms)
         self.hidden = nnx.Linear(h * w * c, hidden, use_bias=not batch_norm, rngs=rngs)
-        self.hidden_norm = nnx.BatchNorm(hidden, momentum=bn_momentum, rngs=rngs) if batch_norm else None
+        self.hidden_norm = (
+            nnx.BatchNorm(hidden, momentum=bn_momentum, rngs=rngs) if batch_norm else None
+        )
         self.dropout = nnx.Dropout(self.dropout_rate)
         self.head = nnx.Linear(hidden, int(num_classes), rngs=rngs)
 
@@ -72,8 +92,9 @@ class CNN(nnx.Module):
             x = jax.nn.relu(max_pool_2x2(x))  # = pool(relu(x)), on a quarter of the values
         return x.reshape(x.shape[0], -1)
 
-    def __call__(self, x: jax.Array, *, train: bool = False,
-                              dropout_key: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None
+    ) -> jax.Array:
         """Logits (N, num_classes). ``dropout_key`` is required when training with dropout > 0."""
         x = self.hidden(self.features(x, train=train))
         if self.hidden_norm is not None:
@@ -92,9 +113,17 @@ class TinyCNN(nnx.Module):
     Input (N, H, W, C) float32 in [0, 1]; output (N, num_classes) float32.
     """
 
-    def __init__(self, num_classes: int, input_shape: Sequence[int], *, batch_norm: bool = False,
-                              dropout: float = 0.0, bn_momentum: float = 0.9, conv_grad: str = "auto",
-                              rngs: nnx.Rngs):
+    def __init__(
+        self,
+        num_classes: int,
+        input_shape: Sequence[int],
+        *,
+        batch_norm: bool = False,
+        dropout: float = 0.0,
+        bn_momentum: float = 0.9,
+        conv_grad: str = "auto",
+        rngs: nnx.Rngs,
+    ):
         h, w, c = _check_input_shape(input_shape)
         self.dropout_rate = _check_rate("dropout", dropout)
         self.conv = Conv(c, 8, (3, 3), use_bias=not batch_norm, grad=conv_grad, rngs=rngs)
@@ -102,8 +131,9 @@ class TinyCNN(nnx.Module):
         self.dropout = nnx.Dropout(self.dropout_rate)
         self.head = nnx.Linear(-(-h // 2) * -(-w // 2) * 8, int(num_classes), rngs=rngs)
 
-    def __call__(self, x: jax.Array, *, train: bool = False,
-                              dropout_key: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None
+    ) -> jax.Array:
         """Logits (N, num_classes)."""
         x = self.conv(x)
         if self.norm is not None:

@@ -1,5 +1,6 @@
 """Layers shared by the model zoo: a 2-D convolution whose weight gradient is picked per backend,
 and 2x2 max pooling with a cheap backward pass."""
+
 from __future__ import annotations
 
 import functools
@@ -40,9 +41,16 @@ def _patches(x, kh, kw, strides, padding):
     xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
     ho = (xp.shape[1] - kh) // sh + 1
     wo = (xp.shape[2] - kw) // sw + 1
-    cols = [lax.slice(xp, (0, i, j, 0), (xp.shape[0], i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1,
-                                         xp.shape[3]), (1, sh, sw, 1))
-            for i in range(kh) for j in range(kw)]
+    cols = [
+        lax.slice(
+            xp,
+            (0, i, j, 0),
+            (xp.shape[0], i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, xp.shape[3]),
+            (1, sh, sw, 1),
+        )
+        for i in range(kh)
+        for j in range(kw)
+    ]
     return cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
 
 
@@ -52,8 +60,13 @@ def _bwd(strides, padding, residuals, g):
     # Weight gradient as patches^T @ dy: one matmul instead of XLA:CPU's backward-filter
     # convolution, which loses the fast kernel inside a loop body (jax-ml/jax#12868).
     patches = _patches(x, kh, kw, strides, padding)  # (N, Ho, Wo, kh*kw*cin)
-    dw = lax.dot_general(patches.reshape(-1, kh * kw * cin), g.reshape(-1, cout),
-                         (((0,), (0,)), ((), ()))).reshape(kh, kw, cin, cout).astype(kernel.dtype)
+    dw = (
+        lax.dot_general(
+            patches.reshape(-1, kh * kw * cin), g.reshape(-1, cout), (((0,), (0,)), ((), ()))
+        )
+        .reshape(kh, kw, cin, cout)
+        .astype(kernel.dtype)
+    )
     dx = _conv_input_grad(g, kernel, x.shape, strides, padding)
     return dx, dw
 
@@ -73,15 +86,22 @@ def _conv_input_grad(g, kernel, x_shape, strides, padding):
         before = k - 1 - lo
         tpads.append((before, size + k - 1 - (o - 1) * s - 1 - before))
     kt = jnp.transpose(jnp.flip(kernel, (0, 1)), (0, 1, 3, 2))
-    return lax.conv_general_dilated(g, kt, (1, 1), tpads, lhs_dilation=strides,
-                                    dimension_numbers=_DIMS)
+    return lax.conv_general_dilated(
+        g, kt, (1, 1), tpads, lhs_dilation=strides, dimension_numbers=_DIMS
+    )
 
 
 _conv_patches_grad.defvjp(_fwd, _bwd)
 
 
-def conv2d(x: jax.Array, kernel: jax.Array, *, strides: Sequence[int] = (1, 1),
-                      padding: str = "SAME", grad: str = "auto") -> jax.Array:
+def conv2d(
+    x: jax.Array,
+    kernel: jax.Array,
+    *,
+    strides: Sequence[int] = (1, 1),
+    padding: str = "SAME",
+    grad: str = "auto",
+) -> jax.Array:
     """2-D convolution, NHWC x HWIO -> NHWC, with a choice of weight-gradient rule.
 
     The forward pass is always XLA's convolution (fast everywhere, also for evaluation).
@@ -111,9 +131,11 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, strides: Sequence[int] = (1, 1),
     if grad == "patches":
         return _conv_patches_grad(x, kernel, strides, padding)
     return lax.platform_dependent(
-            x, kernel,
-            cpu=lambda a, b: _conv_patches_grad(a, b, strides, padding),
-            default=lambda a, b: _conv(a, b, strides, padding))
+        x,
+        kernel,
+        cpu=lambda a, b: _conv_patches_grad(a, b, strides, padding),
+        default=lambda a, b: _conv(a, b, strides, padding),
+    )
 
 
 class Conv(nnx.Module):
@@ -130,14 +152,25 @@ class Conv(nnx.Module):
         rngs: ``nnx.Rngs`` with a ``params`` stream.
     """
 
-    def __init__(self, in_features: int, out_features: int, kernel_size: Sequence[int] = (3, 3),
-                              *, strides: Sequence[int] = (1, 1), padding: str = "SAME", use_bias: bool = True,
-                              grad: str = "auto", rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: Sequence[int] = (3, 3),
+        *,
+        strides: Sequence[int] = (1, 1),
+        padding: str = "SAME",
+        use_bias: bool = True,
+        grad: str = "auto",
+        rngs: nnx.Rngs,
+    ):
         if grad not in CONV_GRADS:
             raise ValueError(f"grad must be one of {CONV_GRADS}, got {grad!r}")
         kh, kw = kernel_size
         init = jax.nn.initializers.lecun_normal()
-        self.kernel = nnx.Param(init(rngs.params(), (kh, kw, in_features, out_features), jnp.float32))
+        self.kernel = nnx.Param(
+            init(rngs.params(), (kh, kw, in_features, out_features), jnp.float32)
+        )
         self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else None
         self.strides = tuple(strides)
         self.padding = padding
@@ -172,10 +205,12 @@ def _pool_fwd(x):
 
 def _pool_bwd(idx, g):
     n, ho, wo, ch = g.shape
-    pos = (2 * lax.broadcasted_iota(jnp.int8, (1, 1, 2, 1, 2, 1), 2)
-           + lax.broadcasted_iota(jnp.int8, (1, 1, 2, 1, 2, 1), 4))
-    dx = jnp.where(idx[:, :, None, :, None, :] == pos, g[:, :, None, :, None, :],
-                   jnp.zeros((), g.dtype))
+    pos = 2 * lax.broadcasted_iota(jnp.int8, (1, 1, 2, 1, 2, 1), 2) + lax.broadcasted_iota(
+        jnp.int8, (1, 1, 2, 1, 2, 1), 4
+    )
+    dx = jnp.where(
+        idx[:, :, None, :, None, :] == pos, g[:, :, None, :, None, :], jnp.zeros((), g.dtype)
+    )
     return (dx.reshape(n, 2 * ho, 2 * wo, ch),)
 
 
@@ -202,8 +237,10 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
         ValueError: x is not 4-D or not floating.
     """
     if getattr(x, "ndim", None) != 4 or not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"max_pool_2x2 needs a 4-D floating (N, H, W, C) array, got "
-                         f"shape {getattr(x, 'shape', None)} dtype {getattr(x, 'dtype', None)}")
+        raise ValueError(
+            f"max_pool_2x2 needs a 4-D floating (N, H, W, C) array, got "
+            f"shape {getattr(x, 'shape', None)} dtype {getattr(x, 'dtype', None)}"
+        )
     h, w = x.shape[1], x.shape[2]
     if h % 2 or w % 2:
         x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=-jnp.inf)

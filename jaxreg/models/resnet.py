@@ -1,4 +1,5 @@
 """ResNet-20-style networks for 32x32 colour images (He et al., 2016, CIFAR variant)."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -14,16 +15,27 @@ from jaxreg.models.layers import Conv
 class BasicBlock(nnx.Module):
     """Two 3x3 conv-BN layers with an identity (or 1x1 projection) shortcut."""
 
-    def __init__(self, cin: int, cout: int, stride: int, *, bn_momentum: float, conv_grad: str,
-                              rngs: nnx.Rngs):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        stride: int,
+        *,
+        bn_momentum: float,
+        conv_grad: str,
+        rngs: nnx.Rngs,
+    ):
         s = (stride, stride)
         self.conv1 = Conv(cin, cout, (3, 3), strides=s, use_bias=False, grad=conv_grad, rngs=rngs)
         self.bn1 = nnx.BatchNorm(cout, momentum=bn_momentum, rngs=rngs)
         self.conv2 = Conv(cout, cout, (3, 3), use_bias=False, grad=conv_grad, rngs=rngs)
-        self.bn2 = nnx.BatchNorm(cout, momentum=bn_momentum, scale_init=nnx.initializers.zeros,
-                                                          rngs=rngs)
+        self.bn2 = nnx.BatchNorm(
+            cout, momentum=bn_momentum, scale_init=nnx.initializers.zeros, rngs=rngs
+        )
         if stride != 1 or cin != cout:
-            self.proj = Conv(cin, cout, (1, 1), strides=s, use_bias=False, grad=conv_grad, rngs=rngs)
+            self.proj = Conv(
+                cin, cout, (1, 1), strides=s, use_bias=False, grad=conv_grad, rngs=rngs
+            )
             self.proj_bn = nnx.BatchNorm(cout, momentum=bn_momentum, rngs=rngs)
         else:
             self.proj = None
@@ -55,10 +67,19 @@ class ResNet(nnx.Module):
         rngs: ``nnx.Rngs`` with a ``params`` stream.
     """
 
-    def __init__(self, num_classes: int, input_shape: Sequence[int], *, blocks_per_stage: int = 3,
-                              widths: Sequence[int] = (16, 32, 64), dropout: float = 0.0,
-                              bn_momentum: float = 0.9, conv_grad: str = "auto", batch_norm: bool = True,
-                              rngs: nnx.Rngs):
+    def __init__(
+        self,
+        num_classes: int,
+        input_shape: Sequence[int],
+        *,
+        blocks_per_stage: int = 3,
+        widths: Sequence[int] = (16, 32, 64),
+        dropout: float = 0.0,
+        bn_momentum: float = 0.9,
+        conv_grad: str = "auto",
+        batch_norm: bool = True,
+        rngs: nnx.Rngs,
+    ):
         _, _, c = _check_input_shape(input_shape)
         if not batch_norm:
             raise ValueError("ResNet always uses BatchNorm; batch_norm=False is not supported")
@@ -71,15 +92,19 @@ class ResNet(nnx.Module):
         for i, width in enumerate(widths):
             for j in range(int(blocks_per_stage)):
                 stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(BasicBlock(cin, width, stride, bn_momentum=bn_momentum,
-                                                                  conv_grad=conv_grad, rngs=rngs))
+                blocks.append(
+                    BasicBlock(
+                        cin, width, stride, bn_momentum=bn_momentum, conv_grad=conv_grad, rngs=rngs
+                    )
+                )
                 cin = width
         self.blocks = nnx.List(blocks)
         self.dropout = nnx.Dropout(self.dropout_rate)
         self.head = nnx.Linear(cin, int(num_classes), rngs=rngs)
 
-    def __call__(self, x: jax.Array, *, train: bool = False,
-                              dropout_key: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None
+    ) -> jax.Array:
         """Logits (N, num_classes)."""
         x = jax.nn.relu(self.stem_bn(self.stem(x), use_running_average=not train))
         for block in self.blocks:

@@ -145,7 +145,9 @@ def _patterns(value: Any, name: str) -> tuple[re.Pattern, ...]:
             try:
                 out.append(re.compile(item))
             except re.error as e:
-                raise ValueError(f"{name} has an invalid regular expression {item!r}: {e}") from None
+                raise ValueError(
+                    f"{name} has an invalid regular expression {item!r}: {e}"
+                ) from None
         else:
             raise TypeError(f"{name} must contain regex strings, got {item!r}")
     return tuple(out)
@@ -267,8 +269,9 @@ def _lr_transform(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _gradient_penalty(name: str, term: Callable[[Any, Any], Any],
-                      mask: Mask) -> optax.GradientTransformation:
+def _gradient_penalty(
+    name: str, term: Callable[[Any, Any], Any], mask: Mask
+) -> optax.GradientTransformation:
     """Stateless transform adding ``term(grad, param)`` to every (masked) gradient leaf."""
 
     def init_fn(params):
@@ -302,7 +305,8 @@ def add_l1(rate: float, *, mask: Mask = None) -> optax.GradientTransformation:
     """
     rate = _check_rate(rate)
     return _gradient_penalty(
-        "add_l1", lambda g, p: jnp.asarray(rate, g.dtype) * jnp.sign(p).astype(g.dtype), mask)
+        "add_l1", lambda g, p: jnp.asarray(rate, g.dtype) * jnp.sign(p).astype(g.dtype), mask
+    )
 
 
 def prox_l1(
@@ -362,7 +366,8 @@ def add_l2(rate: float, *, mask: Mask = None) -> optax.GradientTransformation:
     """
     rate = _check_rate(rate)
     return _gradient_penalty(
-        "add_l2", lambda g, p: jnp.asarray(rate, g.dtype) * p.astype(g.dtype), mask)
+        "add_l2", lambda g, p: jnp.asarray(rate, g.dtype) * p.astype(g.dtype), mask
+    )
 
 
 def decoupled_weight_decay(

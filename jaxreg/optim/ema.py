@@ -132,7 +132,9 @@ def ema(decay: float, *, warmup: bool = False, batch_stats: str = "average") -> 
         elif mode == "copy":
             new_stats = jax.tree.map(jnp.asarray, batch_stats)
         else:
-            new_stats = jax.tree.map(lambda a, s: _blend(a, s, d), state.ema_batch_stats, batch_stats)
+            new_stats = jax.tree.map(
+                lambda a, s: _blend(a, s, d), state.ema_batch_stats, batch_stats
+            )
         count = jnp.where(state.count < jnp.iinfo(jnp.int32).max, state.count + 1, state.count)
         return EmaState(count=count, ema_params=new_params, ema_batch_stats=new_stats)
 
@@ -204,9 +206,11 @@ def recompute_batch_stats(
         else:
             w = 1.0 / n
             avg = jax.tree.map(
-                lambda a, b: a + (b - a) * jnp.asarray(w, a.dtype)
-                if jnp.issubdtype(a.dtype, jnp.floating)
-                else b,
+                lambda a, b: (
+                    a + (b - a) * jnp.asarray(w, a.dtype)
+                    if jnp.issubdtype(a.dtype, jnp.floating)
+                    else b
+                ),
                 avg,
                 per_batch,
             )

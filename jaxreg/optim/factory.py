@@ -32,7 +32,9 @@ def learning_rate_schedule(
     if not learning_rate > 0:
         raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
     if total_steps < 1 or warmup_steps < 0:
-        raise ValueError(f"need total_steps >= 1 and warmup_steps >= 0, got {total_steps}, {warmup_steps}")
+        raise ValueError(
+            f"need total_steps >= 1 and warmup_steps >= 0, got {total_steps}, {warmup_steps}"
+        )
     lr = float(learning_rate)
     decay_steps = max(total_steps - warmup_steps, 1)
     if schedule == "constant":
@@ -41,10 +43,13 @@ def learning_rate_schedule(
         main = optax.cosine_decay_schedule(lr, decay_steps)
     else:
         main = optax.piecewise_constant_schedule(
-            lr, {int(decay_steps * 0.5): 0.1, int(decay_steps * 0.75): 0.1})
+            lr, {int(decay_steps * 0.5): 0.1, int(decay_steps * 0.75): 0.1}
+        )
     if warmup_steps == 0:
         return main
-    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup_steps), main], [warmup_steps])
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, lr, warmup_steps), main], [warmup_steps]
+    )
 
 
 def _mask(name: str) -> Any:
@@ -55,7 +60,9 @@ def _mask(name: str) -> Any:
     raise ValueError(f"decay_mask must be one of {DECAY_MASKS}, got {name!r}")
 
 
-def build_optimizer(config: Any, *, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def build_optimizer(
+    config: Any, *, total_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Optax chain from a training config (see ``jaxreg.train.default_config``).
 
     Order: ``clip_by_global_norm`` (if ``grad_clip > 0``) -> ``add_l1`` (``l1``) -> ``add_l2``
@@ -69,8 +76,12 @@ def build_optimizer(config: Any, *, total_steps: int) -> tuple[optax.GradientTra
     if opt not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {opt!r}")
     steps_warm = int(round(config.warmup_epochs * total_steps / max(config.epochs, 1)))
-    sched = learning_rate_schedule(learning_rate=config.learning_rate, schedule=config.schedule,
-                                   total_steps=total_steps, warmup_steps=steps_warm)
+    sched = learning_rate_schedule(
+        learning_rate=config.learning_rate,
+        schedule=config.schedule,
+        total_steps=total_steps,
+        warmup_steps=steps_warm,
+    )
     mask = _mask(config.decay_mask)
     parts = []
     if config.grad_clip and config.grad_clip > 0:

@@ -55,8 +55,9 @@ Example::
           state_dict, meta, step = resumed
       for epoch in range(start, num_epochs):
           ...
-          ckpt.save(epoch, state_dict, {"epoch": epoch, "metrics": metrics},
-                    is_best=es.has_improved)
+          ckpt.save(
+              epoch, state_dict, {"epoch": epoch, "metrics": metrics}, is_best=es.has_improved
+          )
   # leaving the block waits for the background saves
 """
 

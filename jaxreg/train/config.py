@@ -107,8 +107,9 @@ def apply_overrides(config: ConfigDict, overrides: Iterable[str]) -> ConfigDict:
             if not isinstance(node, ConfigDict) or part not in node:
                 where = ".".join(parts[:i]) or "config"
                 allowed = sorted(node.keys()) if isinstance(node, ConfigDict) else []
-                raise ValueError(f"unknown config key {key!r}: {where} has no {part!r}; "
-                                 f"allowed: {allowed}")
+                raise ValueError(
+                    f"unknown config key {key!r}: {where} has no {part!r}; allowed: {allowed}"
+                )
             if i < len(parts) - 1:
                 node = node[part]
         field = parts[-1]

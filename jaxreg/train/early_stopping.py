@@ -30,8 +30,10 @@ class EarlyStopping:
       es = EarlyStopping(patience=3, mode="max")
       for epoch in range(num_epochs):
           es = es.update(val_accuracy, epoch)
-          if es.has_improved: save_best(...)
-          if es.should_stop: break
+          if es.has_improved:
+              save_best(...)
+          if es.should_stop:
+              break
 
     Attributes:
       patience: int >= 0, non-improving epochs tolerated before stopping.
@@ -69,7 +71,9 @@ class EarlyStopping:
             raise ValueError(f"min_delta must be a finite float >= 0, got {self.min_delta!r}")
         if self.mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES}, got {self.mode!r}")
-        if isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, numbers.Integral):
+        if isinstance(self.warmup_epochs, bool) or not isinstance(
+            self.warmup_epochs, numbers.Integral
+        ):
             raise TypeError(f"warmup_epochs must be an int >= 0, got {self.warmup_epochs!r}")
         if self.warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be an int >= 0, got {self.warmup_epochs!r}")
@@ -120,7 +124,8 @@ class EarlyStopping:
         return dataclasses.replace(
             self,
             patience_count=count,
-            should_stop=self.should_stop or (count >= self.patience and epoch >= self.warmup_epochs),
+            should_stop=self.should_stop
+            or (count >= self.patience and epoch >= self.warmup_epochs),
             has_improved=False,
             last_epoch=epoch,
         )

@@ -38,7 +38,9 @@ def prepare_data(config: ConfigDict) -> dict[str, data_lib.Dataset]:
     splits = data_lib.load_splits(config.data, data_dir=config.data_dir)
     train = splits["train"]
     if config.train_per_class is not None:
-        train = data_lib.stratified_subset(train, int(config.train_per_class), seed=config.data_seed)
+        train = data_lib.stratified_subset(
+            train, int(config.train_per_class), seed=config.data_seed
+        )
     if config.imbalance_factor != 1.0:
         ratios = data_lib.long_tail_ratios(train.num_classes, float(config.imbalance_factor))
         train = data_lib.imbalance(train, ratios, seed=config.data_seed)
@@ -51,8 +53,9 @@ def _check_config(config: ConfigDict) -> None:
     if config.monitor_mode not in ("min", "max"):
         raise ValueError(f"monitor_mode must be 'min' or 'max', got {config.monitor_mode!r}")
     if config.ema_batch_stats not in EMA_BATCH_STATS:
-        raise ValueError(f"ema_batch_stats must be one of {EMA_BATCH_STATS}, "
-                         f"got {config.ema_batch_stats!r}")
+        raise ValueError(
+            f"ema_batch_stats must be one of {EMA_BATCH_STATS}, got {config.ema_batch_stats!r}"
+        )
     for name in ("epochs", "batch_size", "eval_batch_size"):
         if int(config[name]) < 1:
             raise ValueError(f"{name} must be >= 1, got {config[name]}")
@@ -85,6 +88,7 @@ def resolve_mix(spec: str | Callable | None) -> Callable | None:
 
 # ----------------------------------------------------------------------------- checkpoint trees
 
+
 def _state_tree(state: TrainState) -> dict[str, Any]:
     """The array part of a state as a flat {path: array} dict (typed keys as raw key data)."""
     leaves = jax.tree_util.tree_flatten_with_path(state)[0]
@@ -111,6 +115,7 @@ def _tree_to_state(tree: Mapping[str, Any], like: TrainState) -> TrainState:
 
 # ----------------------------------------------------------------------------- main entry
 
+
 def _config_fingerprint(config: ConfigDict) -> str:
     d = config.to_dict()
     for k in ("progress", "resume", "checkpoint"):
@@ -129,11 +134,16 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, *,
-                       data: Mapping[str, data_lib.Dataset] | None = None,
-                       augment_fn: Callable | None = None, mix_fn: Callable | None = None,
-                       extra_eval: Mapping[str, data_lib.Dataset] | None = None,
-                       title: str | None = None) -> dict[str, Any]:
+def train_and_evaluate(
+    config: ConfigDict,
+    workdir: str | os.PathLike,
+    *,
+    data: Mapping[str, data_lib.Dataset] | None = None,
+    augment_fn: Callable | None = None,
+    mix_fn: Callable | None = None,
+    extra_eval: Mapping[str, data_lib.Dataset] | None = None,
+    title: str | None = None,
+) -> dict[str, Any]:
     """Trains a classifier as ``config`` says and evaluates it; resumable after a crash.
 
     Per epoch: one compiled ``lax.scan`` over the device-resident training set (shuffle,
@@ -177,12 +187,18 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, *,
     num_classes = train.num_classes
     steps_per_epoch = len(train) // int(config.batch_size)
     if steps_per_epoch < 1:
-        raise ValueError(f"batch_size {config.batch_size} is larger than the training set "
-                         f"({len(train)} examples)")
+        raise ValueError(
+            f"batch_size {config.batch_size} is larger than the training set "
+            f"({len(train)} examples)"
+        )
 
-    model = models_lib.create(config.model, num_classes=num_classes,
-                              input_shape=train.images.shape[1:], seed=config.seed,
-                              **_model_kwargs(config))
+    model = models_lib.create(
+        config.model,
+        num_classes=num_classes,
+        input_shape=train.images.shape[1:],
+        seed=config.seed,
+        **_model_kwargs(config),
+    )
     tx, schedule = build_optimizer(config, total_steps=steps_per_epoch * int(config.epochs))
     ema_fn = None
     if config.ema_decay > 0:
@@ -193,8 +209,12 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, *,
     augment = resolve_augment(augment_fn if augment_fn is not None else config.augment)
     mix = resolve_mix(mix_fn if mix_fn is not None else config.mix)
     loop_kind = _loop_kind(config, train.images.nbytes)
-    hooks = dict(num_classes=num_classes, augment=augment, mix=mix,
-                 label_smoothing=float(config.label_smoothing))
+    hooks = dict(
+        num_classes=num_classes,
+        augment=augment,
+        mix=mix,
+        label_smoothing=float(config.label_smoothing),
+    )
     if loop_kind == "scan":
         epoch_fn = step_lib.make_train_epoch(batch_size=int(config.batch_size), **hooks)
         x_train = jnp.asarray(train.images)
@@ -204,7 +224,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, *,
         x_train, y_train = train.images, train.labels.astype(np.int32)
     weights = None
     if config.balanced_sampling:
-        weights = jnp.asarray(data_lib.class_balanced_weights(train.labels, num_classes), jnp.float32)
+        weights = jnp.asarray(
+            data_lib.class_balanced_weights(train.labels, num_classes), jnp.float32
+        )
 
     use_ema = ema_fn is not None
     has_bn = bool(jax.tree.leaves(state.batch_stats))
@@ -220,11 +242,18 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, *,
     fingerprint = _config_fingerprint(config)
     ckpt = None
     if config.checkpoint.enabled:
-        ckpt = Checkpointer(workdir / "checkpoints", keep_latest=int(config.checkpoint.keep),
-                            best_metric=config.monitor, best_mode=config.monitor_mode)
-    es = EarlyStopping(patience=int(config.early_stopping.patience) or 10**9,
-                       min_delta=float(config.early_stopping.min_delta), mode=config.monitor_mode,
-                       warmup_epochs=int(config.early_stopping.warmup_epochs))
+        ckpt = Checkpointer(
+            workdir / "checkpoints",
+            keep_latest=int(config.checkpoint.keep),
+            best_metric=config.monitor,
+            best_mode=config.monitor_mode,
+        )
+    es = EarlyStopping(
+        patience=int(config.early_stopping.patience) or 10**9,
+        min_delta=float(config.early_stopping.min_delta),
+        mode=config.monitor_mode,
+        warmup_epochs=int(config.early_stopping.warmup_epochs),
+    )
     history: list[dict] = []
     start_epoch = 1
     wall_before = 0.0
@@ -236,8 +265,10 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, *,
             if restored is not None:
                 tree, meta, _ = restored
                 if meta.get("fingerprint") != fingerprint:
-                    raise ValueError(f"workdir {workdir} holds checkpoints of a different config; "
-                                     "use another workdir, or --fresh to start over")
+                    raise ValueError(
+                        f"workdir {workdir} holds checkpoints of a different config; "
+                        "use another workdir, or --fresh to start over"
+                    )
                 state = _tree_to_state(tree, state)
                 history = list(meta["history"])
                 es = EarlyStopping(**meta["early_stopping"])
@@ -249,9 +280,27 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, *,
         _write_jsonl(metrics_path, history)
         (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
 
-        result = _run_epochs(config, state, best_state, es, history, start_epoch, epoch_fn,
-                             x_train, y_train, weights, val, eval_state, use_ema, ckpt,
-                             fingerprint, metrics_path, schedule, steps_per_epoch, wall_before)
+        result = _run_epochs(
+            config,
+            state,
+            best_state,
+            es,
+            history,
+            start_epoch,
+            epoch_fn,
+            x_train,
+            y_train,
+            weights,
+            val,
+            eval_state,
+            use_ema,
+            ckpt,
+            fingerprint,
+            metrics_path,
+            schedule,
+            steps_per_epoch,
+            wall_before,
+        )
     finally:
         if ckpt is not None:
             ckpt.close()
@@ -267,19 +316,22 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike, *,
         results.update({f"{split_name}_{k}": v for k, v in m.items()})
     extra = {}
     for name, ds in (extra_eval or {}).items():
-        extra[name] = step_lib.evaluate(final_eval, ds.images, ds.labels, batch_size=ebs,
-                                        use_ema=use_ema)
-    results.update({
-        "best_epoch": int(es.best_epoch) if es.best_epoch >= 0 else None,
-        "epochs_run": len(history),
-        "stopped_early": stop_reason == "early_stopping",
-        "stop_reason": stop_reason,
-        "wall_time_s": wall,
-        "compile_time_s": compile_s,
-        "train_images_per_s": ips,
-        "train_size": len(train),
-        "zero_fraction": zero_fraction(final.params),
-    })
+        extra[name] = step_lib.evaluate(
+            final_eval, ds.images, ds.labels, batch_size=ebs, use_ema=use_ema
+        )
+    results.update(
+        {
+            "best_epoch": int(es.best_epoch) if es.best_epoch >= 0 else None,
+            "epochs_run": len(history),
+            "stopped_early": stop_reason == "early_stopping",
+            "stop_reason": stop_reason,
+            "wall_time_s": wall,
+            "compile_time_s": compile_s,
+            "train_images_per_s": ips,
+            "train_size": len(train),
+            "zero_fraction": zero_fraction(final.params),
+        }
+    )
     if extra:
         results["extra"] = extra
     (workdir / "results.json").write_text(json.dumps(results, indent=2))
@@ -301,7 +353,7 @@ def zero_fraction(params: Any) -> float:
 
 
 def _loop_kind(config: ConfigDict, train_bytes: int) -> str:
-    """"scan" when the training set fits the device budget (or is forced), else "python"."""
+    """ "scan" when the training set fits the device budget (or is forced), else "python"."""
     if config.loop not in LOOPS:
         raise ValueError(f"loop must be one of {LOOPS}, got {config.loop!r}")
     if config.loop != "auto":
@@ -310,8 +362,11 @@ def _loop_kind(config: ConfigDict, train_bytes: int) -> str:
 
 
 def _model_kwargs(config: ConfigDict) -> dict[str, Any]:
-    kw = {"dropout": float(config.dropout), "bn_momentum": float(config.bn_momentum),
-          "conv_grad": config.conv_grad}
+    kw = {
+        "dropout": float(config.dropout),
+        "bn_momentum": float(config.bn_momentum),
+        "conv_grad": config.conv_grad,
+    }
     if config.model == "resnet20":
         if not config.batch_norm:
             kw["batch_norm"] = True  # ResNet always normalises
@@ -320,13 +375,15 @@ def _model_kwargs(config: ConfigDict) -> dict[str, Any]:
     return kw
 
 
-def _recompute_ema_stats(st: TrainState, x_train: jax.Array, batch_size: int,
-                         momentum: float) -> TrainState:
+def _recompute_ema_stats(
+    st: TrainState, x_train: jax.Array, batch_size: int, momentum: float
+) -> TrainState:
     """BatchNorm statistics re-estimated for the EMA weights over up to 8 training batches."""
     n = min(8, x_train.shape[0] // batch_size)
-    batches = [jnp.asarray(x_train[i * batch_size:(i + 1) * batch_size]) for i in range(n)]
-    stats = recompute_batch_stats(_stats_fn_for(st.graphdef), st.ema.ema_params, st.batch_stats,
-                                  batches, momentum=momentum)
+    batches = [jnp.asarray(x_train[i * batch_size : (i + 1) * batch_size]) for i in range(n)]
+    stats = recompute_batch_stats(
+        _stats_fn_for(st.graphdef), st.ema.ema_params, st.batch_stats, batches, momentum=momentum
+    )
     return st.replace(ema=st.ema._replace(ema_batch_stats=stats))
 
 
@@ -335,18 +392,39 @@ _STATS_FNS: dict[Any, Callable] = {}
 
 def _stats_fn_for(graphdef) -> Callable:
     if graphdef not in _STATS_FNS:
+
         @jax.jit
         def stats_fn(params, batch_stats, images):
             # train mode for batch statistics; a fixed dropout key keeps it deterministic
-            return step_lib._apply(graphdef, params, batch_stats, images, train=True,
-                                   dropout_key=jax.random.key(0))[1]
+            return step_lib._apply(
+                graphdef, params, batch_stats, images, train=True, dropout_key=jax.random.key(0)
+            )[1]
+
         _STATS_FNS[graphdef] = stats_fn
     return _STATS_FNS[graphdef]
 
 
-def _run_epochs(config, state, best_state, es, history, start_epoch, epoch_fn, x_train, y_train,
-                weights, val, eval_state, use_ema, ckpt, fingerprint, metrics_path, schedule,
-                steps_per_epoch, wall_before):
+def _run_epochs(
+    config,
+    state,
+    best_state,
+    es,
+    history,
+    start_epoch,
+    epoch_fn,
+    x_train,
+    y_train,
+    weights,
+    val,
+    eval_state,
+    use_ema,
+    ckpt,
+    fingerprint,
+    metrics_path,
+    schedule,
+    steps_per_epoch,
+    wall_before,
+):
     stop_reason = "completed"
     compile_s = None
     ips_samples = []
@@ -355,8 +433,14 @@ def _run_epochs(config, state, best_state, es, history, start_epoch, epoch_fn, x
     if es.should_stop:
         stop_reason = "early_stopping"
         start_epoch = epochs + 1
-    bar = tqdm(range(start_epoch, epochs + 1), desc="train", unit="epoch",
-               disable=not config.progress, initial=start_epoch - 1, total=epochs)
+    bar = tqdm(
+        range(start_epoch, epochs + 1),
+        desc="train",
+        unit="epoch",
+        disable=not config.progress,
+        initial=start_epoch - 1,
+        total=epochs,
+    )
     for epoch in bar:
         t0 = time.perf_counter()
         new_state, step_metrics = epoch_fn(state, x_train, y_train, jnp.int32(epoch), weights)
@@ -370,14 +454,21 @@ def _run_epochs(config, state, best_state, es, history, start_epoch, epoch_fn, x
         if not np.all(np.isfinite(losses)):
             bad = int(np.argmax(~np.isfinite(losses)))
             global_step = int(state.step) + bad + 1
-            stop_reason = (f"non-finite loss ({losses[bad]}) at step {global_step} (epoch {epoch}); "
-                           f"kept the last good checkpoint (epoch {epoch - 1})")
+            stop_reason = (
+                f"non-finite loss ({losses[bad]}) at step {global_step} (epoch {epoch}); "
+                f"kept the last good checkpoint (epoch {epoch - 1})"
+            )
             warnings.warn(stop_reason, RuntimeWarning, stacklevel=2)
             bar.write(f"Stopped: {stop_reason}")
             break
         state = new_state
-        val_m = step_lib.evaluate(eval_state(state), val.images, val.labels,
-                                  batch_size=int(config.eval_batch_size), use_ema=use_ema)
+        val_m = step_lib.evaluate(
+            eval_state(state),
+            val.images,
+            val.labels,
+            batch_size=int(config.eval_batch_size),
+            use_ema=use_ema,
+        )
         wall += time.perf_counter() - t0
         record = {
             "epoch": epoch,
@@ -396,24 +487,36 @@ def _run_epochs(config, state, best_state, es, history, start_epoch, epoch_fn, x
         if es.has_improved:
             best_state = state
         if ckpt is not None:
-            meta = {"epoch": epoch, "history": history, "early_stopping": dataclasses.asdict(es),
-                    "fingerprint": fingerprint, "wall_time_s": wall,
-                    "metrics": {k: v for k, v in record.items() if k != "epoch"}}
+            meta = {
+                "epoch": epoch,
+                "history": history,
+                "early_stopping": dataclasses.asdict(es),
+                "fingerprint": fingerprint,
+                "wall_time_s": wall,
+                "metrics": {k: v for k, v in record.items() if k != "epoch"},
+            }
             ckpt.save(epoch, _state_tree(state), meta, is_best=es.has_improved)
-        bar.set_postfix(loss=f"{record['train_loss']:.3f}", acc=f"{record['train_accuracy']:.3f}",
-                        val_loss=f"{record['val_loss']:.3f}", val_acc=f"{record['val_accuracy']:.3f}")
+        bar.set_postfix(
+            loss=f"{record['train_loss']:.3f}",
+            acc=f"{record['train_accuracy']:.3f}",
+            val_loss=f"{record['val_loss']:.3f}",
+            val_acc=f"{record['val_accuracy']:.3f}",
+        )
         if es.should_stop:
             stop_reason = "early_stopping"
-            bar.write(f"Early stopping at epoch {epoch}: best {config.monitor} "
-                      f"{es.best_metric:.4f} at epoch {es.best_epoch}")
+            bar.write(
+                f"Early stopping at epoch {epoch}: best {config.monitor} "
+                f"{es.best_metric:.4f} at epoch {es.best_epoch}"
+            )
             break
     bar.close()
     ips = float(np.median(ips_samples)) if ips_samples else None
     return state, best_state, es, history, stop_reason, wall, compile_s, ips
 
 
-def _write_report(workdir: Path, config: ConfigDict, history: list[dict], results: dict,
-                  title: str) -> None:
+def _write_report(
+    workdir: Path, config: ConfigDict, history: list[dict], results: dict, title: str
+) -> None:
     from jaxreg import report
 
     shown = {k: v for k, v in results.items() if k not in ("history", "state", "extra")}
@@ -424,5 +527,11 @@ def _write_report(workdir: Path, config: ConfigDict, history: list[dict], result
     if results.get("best_epoch"):
         notes.append(f"Restored the best epoch by {config.monitor}: {results['best_epoch']}.")
     if history:
-        report.write_run_report(workdir, title=title, config=config.to_dict(), history=history,
-                                results=shown, notes=notes)
+        report.write_run_report(
+            workdir,
+            title=title,
+            config=config.to_dict(),
+            history=history,
+            results=shown,
+            notes=notes,
+        )

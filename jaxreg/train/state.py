@@ -39,8 +39,14 @@ class TrainState:
     key: jax.Array
 
     @classmethod
-    def create(cls, model: nnx.Module, tx: optax.GradientTransformation, *, key: jax.Array,
-               ema_fn: Ema | None = None) -> "TrainState":
+    def create(
+        cls,
+        model: nnx.Module,
+        tx: optax.GradientTransformation,
+        *,
+        key: jax.Array,
+        ema_fn: Ema | None = None,
+    ) -> "TrainState":
         """Splits ``model`` once into graphdef + pytrees and initialises optimizer and EMA.
 
         Args:
@@ -51,23 +57,38 @@ class TrainState:
         """
         graphdef, params, batch_stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
         if jax.tree.leaves(rest):
-            raise ValueError("the model holds state other than Param/BatchStat (e.g. nnx.Rngs); "
-                             "pass PRNG keys at call time instead")
+            raise ValueError(
+                "the model holds state other than Param/BatchStat (e.g. nnx.Rngs); "
+                "pass PRNG keys at call time instead"
+            )
         with jax.numpy_dtype_promotion("standard"):  # optax mixes int32 counts with floats
             opt_state = tx.init(params)
         has_bs = bool(jax.tree.leaves(batch_stats))
         ema = None
         if ema_fn is not None:
             ema = ema_fn.init(params, batch_stats if has_bs else None)
-        return cls(graphdef=graphdef, tx=tx, ema_fn=ema_fn, params=params, batch_stats=batch_stats,
-                   opt_state=opt_state, ema=ema, step=jnp.zeros((), jnp.int32), key=key)
+        return cls(
+            graphdef=graphdef,
+            tx=tx,
+            ema_fn=ema_fn,
+            params=params,
+            batch_stats=batch_stats,
+            opt_state=opt_state,
+            ema=ema,
+            step=jnp.zeros((), jnp.int32),
+            key=key,
+        )
 
     def eval_variables(self, *, use_ema: bool = False) -> tuple[Any, Any]:
         """``(params, batch_stats)`` to evaluate with: the EMA ones when ``use_ema``."""
         if use_ema:
             if self.ema is None:
                 raise ValueError("use_ema=True but the state has no EMA (set ema_decay > 0)")
-            bs = self.ema.ema_batch_stats if self.ema.ema_batch_stats is not None else self.batch_stats
+            bs = (
+                self.ema.ema_batch_stats
+                if self.ema.ema_batch_stats is not None
+                else self.batch_stats
+            )
             return self.ema.ema_params, bs
         return self.params, self.batch_stats
 

@@ -13,8 +13,8 @@ from flax import nnx
 from jaxreg import losses
 from jaxreg.train.state import TrainState
 
-AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]          # (key, images) -> images
-MixFn = Callable[[jax.Array, jax.Array, jax.Array], tuple]       # (key, images, soft) -> (images, soft)
+AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]  # (key, images) -> images
+MixFn = Callable[[jax.Array, jax.Array, jax.Array], tuple]  # (key, images, soft) -> (images, soft)
 
 # Tags that separate the random streams derived from one run key.
 _SHUFFLE, _STEP = 0, 1
@@ -25,8 +25,14 @@ def step_key(run_key: jax.Array, step: jax.Array) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(run_key, _STEP), step)
 
 
-def epoch_permutation(run_key: jax.Array, epoch: jax.Array, num_examples: int, num_steps: int,
-                      batch_size: int, weights: jax.Array | None = None) -> jax.Array:
+def epoch_permutation(
+    run_key: jax.Array,
+    epoch: jax.Array,
+    num_examples: int,
+    num_steps: int,
+    batch_size: int,
+    weights: jax.Array | None = None,
+) -> jax.Array:
     """Example indices of one epoch, (num_steps, batch_size) int32.
 
     Without ``weights`` a random permutation (the remainder is dropped); with ``weights``
@@ -49,9 +55,17 @@ def _apply(graphdef, params, batch_stats, images, *, train: bool, dropout_key=No
     return logits, nnx.state(model, nnx.BatchStat)
 
 
-def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax.Array, *,
-               num_classes: int, augment: AugmentFn | None = None, mix: MixFn | None = None,
-               label_smoothing: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(
+    state: TrainState,
+    images: jax.Array,
+    labels: jax.Array,
+    key: jax.Array,
+    *,
+    num_classes: int,
+    augment: AugmentFn | None = None,
+    mix: MixFn | None = None,
+    label_smoothing: float = 0.0,
+) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step (pure; wrap in ``jax.jit``).
 
     Args:
@@ -76,13 +90,15 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax
         images, soft = mix(k_mix, images, soft)
 
     def loss_fn(params, batch_stats):
-        logits, new_bs = _apply(state.graphdef, params, batch_stats, images, train=True,
-                                dropout_key=k_drop)
+        logits, new_bs = _apply(
+            state.graphdef, params, batch_stats, images, train=True, dropout_key=k_drop
+        )
         loss = jnp.mean(losses.soft_cross_entropy(logits, soft, label_smoothing=label_smoothing))
         return loss, (logits, new_bs)
 
     (loss, (logits, new_bs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state.batch_stats)
+        state.params, state.batch_stats
+    )
     with jax.numpy_dtype_promotion("standard"):  # optax's adam/schedules mix int32 and float
         updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -94,13 +110,20 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax
         "accuracy": jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32)),
         "grad_norm": optax.global_norm(grads),
     }
-    new_state = state.replace(params=params, batch_stats=new_bs, opt_state=opt_state, ema=ema,
-                              step=state.step + 1)
+    new_state = state.replace(
+        params=params, batch_stats=new_bs, opt_state=opt_state, ema=ema, step=state.step + 1
+    )
     return new_state, metrics
 
 
-def make_train_epoch(*, batch_size: int, num_classes: int, augment: AugmentFn | None = None,
-                     mix: MixFn | None = None, label_smoothing: float = 0.0) -> Callable:
+def make_train_epoch(
+    *,
+    batch_size: int,
+    num_classes: int,
+    augment: AugmentFn | None = None,
+    mix: MixFn | None = None,
+    label_smoothing: float = 0.0,
+) -> Callable:
     """A jitted ``epoch(state, images, labels, epoch, weights) -> (state, step_metrics)``.
 
     The whole epoch (shuffle, gather each batch, augment, mix, step) is one compiled
@@ -117,40 +140,66 @@ def make_train_epoch(*, batch_size: int, num_classes: int, augment: AugmentFn | 
         perm = epoch_permutation(state.key, epoch, n, steps, batch_size, weights)
 
         def body(st, idx):
-            return train_step(st, images[idx], labels[idx], step_key(st.key, st.step),
-                              num_classes=num_classes, augment=augment, mix=mix,
-                              label_smoothing=label_smoothing)
+            return train_step(
+                st,
+                images[idx],
+                labels[idx],
+                step_key(st.key, st.step),
+                num_classes=num_classes,
+                augment=augment,
+                mix=mix,
+                label_smoothing=label_smoothing,
+            )
 
         return jax.lax.scan(body, state, perm)
 
     return jax.jit(epoch_fn)
 
 
-def make_train_step(*, num_classes: int, augment: AugmentFn | None = None, mix: MixFn | None = None,
-                    label_smoothing: float = 0.0) -> Callable:
+def make_train_step(
+    *,
+    num_classes: int,
+    augment: AugmentFn | None = None,
+    mix: MixFn | None = None,
+    label_smoothing: float = 0.0,
+) -> Callable:
     """A jitted ``step(state, images, labels) -> (state, metrics)`` for host-fed batches.
 
     Uses the same per-step key rule as the scan epoch, so both loops see the same randomness.
     """
 
     def step_fn(state, images, labels):
-        return train_step(state, images, labels, step_key(state.key, state.step),
-                          num_classes=num_classes, augment=augment, mix=mix,
-                          label_smoothing=label_smoothing)
+        return train_step(
+            state,
+            images,
+            labels,
+            step_key(state.key, state.step),
+            num_classes=num_classes,
+            augment=augment,
+            mix=mix,
+            label_smoothing=label_smoothing,
+        )
 
     return jax.jit(step_fn)
 
 
-def make_host_epoch(*, batch_size: int, num_classes: int, augment: AugmentFn | None = None,
-                    mix: MixFn | None = None, label_smoothing: float = 0.0) -> Callable:
+def make_host_epoch(
+    *,
+    batch_size: int,
+    num_classes: int,
+    augment: AugmentFn | None = None,
+    mix: MixFn | None = None,
+    label_smoothing: float = 0.0,
+) -> Callable:
     """``epoch(state, images, labels, epoch, weights) -> (state, step_metrics)`` fed from host.
 
     For training sets too large for device memory: the same permutation and step keys as
     :func:`make_train_epoch` (so the same numbers), but each batch is gathered on the host
     (numpy) and passed to one jitted step. ``images``/``labels`` are numpy arrays.
     """
-    step = make_train_step(num_classes=num_classes, augment=augment, mix=mix,
-                           label_smoothing=label_smoothing)
+    step = make_train_step(
+        num_classes=num_classes, augment=augment, mix=mix, label_smoothing=label_smoothing
+    )
 
     def epoch_fn(state: TrainState, images, labels, epoch, weights=None):
         n = images.shape[0]
@@ -173,20 +222,22 @@ def _eval_batch(graphdef, params, batch_stats, images, labels):
     return logits, losses.soft_cross_entropy(logits, labels)
 
 
-def predict(state: TrainState, images: Any, *, batch_size: int = 1000, use_ema: bool = False
-            ) -> jax.Array:
+def predict(
+    state: TrainState, images: Any, *, batch_size: int = 1000, use_ema: bool = False
+) -> jax.Array:
     """Logits (N, K) float32 for ``images`` (N, H, W, C) in eval mode (running BN statistics)."""
     params, bs = state.eval_variables(use_ema=use_ema)
     out = []
     for i in range(0, images.shape[0], batch_size):
-        x = jnp.asarray(images[i:i + batch_size])
+        x = jnp.asarray(images[i : i + batch_size])
         dummy = jnp.zeros((x.shape[0],), jnp.int32)
         out.append(_eval_batch(state.graphdef, params, bs, x, dummy)[0])
     return jnp.concatenate(out, axis=0)
 
 
-def evaluate(state: TrainState, images: Any, labels: Any, *, batch_size: int = 1000,
-             use_ema: bool = False) -> dict[str, float]:
+def evaluate(
+    state: TrainState, images: Any, labels: Any, *, batch_size: int = 1000, use_ema: bool = False
+) -> dict[str, float]:
     """Loss, accuracy and expected calibration error on a labelled set, in eval mode.
 
     Args:

@@ -1,4 +1,5 @@
 """Colour ops: dm-pix agreement (or the documented difference), 1-channel safety, ranges."""
+
 import dm_pix as pix
 import jax
 import jax.numpy as jnp
@@ -10,92 +11,105 @@ from tests.augment._util import image, key, reference
 
 
 def test_hue_matches_dm_pix():
-  x = image(6, 6, 3, seed=2)
-  for delta in (-0.3, 0.1, 0.5):
-    np.testing.assert_allclose(A.adjust_hue(x, delta), reference(pix.adjust_hue, x, delta),
-                               atol=1e-5)
+    x = image(6, 6, 3, seed=2)
+    for delta in (-0.3, 0.1, 0.5):
+        np.testing.assert_allclose(
+            A.adjust_hue(x, delta), reference(pix.adjust_hue, x, delta), atol=1e-5
+        )
 
 
 def test_contrast_gamma_solarize_match_dm_pix():
-  g = image(6, 6, 1, seed=3)
-  np.testing.assert_allclose(A.adjust_contrast(g, 1.5),
-                             np.clip(reference(pix.adjust_contrast, g, 1.5), 0, 1), atol=1e-6)
-  x = image(6, 6, 3, seed=3)
-  np.testing.assert_allclose(A.adjust_gamma(x, 0.7), reference(pix.adjust_gamma, x, 0.7),
-                             atol=1e-6)
-  np.testing.assert_array_equal(A.solarize(x, 0.4), reference(pix.solarize, x, 0.4))
+    g = image(6, 6, 1, seed=3)
+    np.testing.assert_allclose(
+        A.adjust_contrast(g, 1.5), np.clip(reference(pix.adjust_contrast, g, 1.5), 0, 1), atol=1e-6
+    )
+    x = image(6, 6, 3, seed=3)
+    np.testing.assert_allclose(
+        A.adjust_gamma(x, 0.7), reference(pix.adjust_gamma, x, 0.7), atol=1e-6
+    )
+    np.testing.assert_array_equal(A.solarize(x, 0.4), reference(pix.solarize, x, 0.4))
 
 
 def test_documented_differences_from_dm_pix():
-  x = image(6, 6, 3, seed=4)
-  # brightness: torchvision factor (ours) vs dm-pix additive delta
-  np.testing.assert_allclose(A.adjust_brightness(x, 1.3), np.clip(np.asarray(x) * 1.3, 0, 1),
-                             atol=1e-6)
-  np.testing.assert_allclose(reference(pix.adjust_brightness, x, 0.1), np.asarray(x) + 0.1,
-                             atol=1e-6)
-  # contrast: gray mean (ours, torchvision) vs per-channel mean (dm-pix)
-  gray_mean = float(np.mean(0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2]))
-  np.testing.assert_allclose(A.adjust_contrast(x, 0.5),
-                             np.clip(gray_mean + 0.5 * (np.asarray(x) - gray_mean), 0, 1),
-                             atol=1e-6)
-  # saturation 0: luma (ours) vs HSV value channel (dm-pix)
-  y = np.asarray(A.adjust_saturation(x, 0.0))
-  np.testing.assert_allclose(y[..., 0], y[..., 1], atol=1e-6)
-  np.testing.assert_allclose(reference(pix.adjust_saturation, x, 0.0)[..., 0],
-                             np.max(np.asarray(x), axis=-1), atol=1e-5)
+    x = image(6, 6, 3, seed=4)
+    # brightness: torchvision factor (ours) vs dm-pix additive delta
+    np.testing.assert_allclose(
+        A.adjust_brightness(x, 1.3), np.clip(np.asarray(x) * 1.3, 0, 1), atol=1e-6
+    )
+    np.testing.assert_allclose(
+        reference(pix.adjust_brightness, x, 0.1), np.asarray(x) + 0.1, atol=1e-6
+    )
+    # contrast: gray mean (ours, torchvision) vs per-channel mean (dm-pix)
+    gray_mean = float(np.mean(0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2]))
+    np.testing.assert_allclose(
+        A.adjust_contrast(x, 0.5),
+        np.clip(gray_mean + 0.5 * (np.asarray(x) - gray_mean), 0, 1),
+        atol=1e-6,
+    )
+    # saturation 0: luma (ours) vs HSV value channel (dm-pix)
+    y = np.asarray(A.adjust_saturation(x, 0.0))
+    np.testing.assert_allclose(y[..., 0], y[..., 1], atol=1e-6)
+    np.testing.assert_allclose(
+        reference(pix.adjust_saturation, x, 0.0)[..., 0], np.max(np.asarray(x), axis=-1), atol=1e-5
+    )
 
 
 def test_one_channel_saturation_and_hue_are_noops():
-  g = image(5, 5, 1)
-  np.testing.assert_array_equal(A.adjust_saturation(g, 0.2), g)
-  np.testing.assert_array_equal(A.adjust_hue(g, 0.3), g)
-  np.testing.assert_array_equal(A.grayscale(g), g)
-  y = A.color_jitter(key(), g, saturation=0.9, hue=0.5)
-  np.testing.assert_array_equal(y, g)
+    g = image(5, 5, 1)
+    np.testing.assert_array_equal(A.adjust_saturation(g, 0.2), g)
+    np.testing.assert_array_equal(A.adjust_hue(g, 0.3), g)
+    np.testing.assert_array_equal(A.grayscale(g), g)
+    y = A.color_jitter(key(), g, saturation=0.9, hue=0.5)
+    np.testing.assert_array_equal(y, g)
 
 
 def test_jitter_identity_and_range():
-  x = image(6, 6, 3)
-  np.testing.assert_array_equal(A.color_jitter(key(), x), x)
-  ys = jax.jit(jax.vmap(lambda k: A.color_jitter(k, x, brightness=0.8, contrast=0.8,
-                                                 saturation=0.8, hue=0.2)))(
-      jax.random.split(key(), 16))
-  assert float(ys.min()) >= 0.0 and float(ys.max()) <= 1.0
-  means = np.asarray(ys.mean(axis=(1, 2, 3)))
-  assert np.std(means) > 0.01  # different factors per example
+    x = image(6, 6, 3)
+    np.testing.assert_array_equal(A.color_jitter(key(), x), x)
+    ys = jax.jit(
+        jax.vmap(
+            lambda k: A.color_jitter(k, x, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2)
+        )
+    )(jax.random.split(key(), 16))
+    assert float(ys.min()) >= 0.0 and float(ys.max()) <= 1.0
+    means = np.asarray(ys.mean(axis=(1, 2, 3)))
+    assert np.std(means) > 0.01  # different factors per example
 
 
 def test_pil_style_ops():
-  x = image(8, 8, 3, seed=5)
-  y = A.autocontrast(x * 0.5 + 0.2)
-  np.testing.assert_allclose(y.min(axis=(0, 1)), 0.0, atol=1e-6)
-  np.testing.assert_allclose(y.max(axis=(0, 1)), 1.0, atol=1e-6)
-  e = np.asarray(A.equalize(x))
-  assert e.max() == pytest.approx(1.0) and e.min() == pytest.approx(0.0)
-  flat = np.sort(e[..., 0].ravel())
-  np.testing.assert_allclose(flat[1:], np.arange(1, 64) / 63.0, atol=1e-6)  # uniform ranks
-  np.testing.assert_array_equal(A.equalize(jnp.full((4, 4, 1), 0.3)), jnp.full((4, 4, 1), 0.3))
-  p = np.asarray(A.posterize(x, 2)) * 255
-  assert len(np.unique(np.round(p))) <= 4
-  np.testing.assert_allclose(A.invert(A.invert(x)), x, atol=1e-6)
-  np.testing.assert_allclose(A.adjust_sharpness(x, 1.0), x, atol=1e-6)
-  np.testing.assert_allclose(A.grayscale(x)[..., 0], A.grayscale(x)[..., 2])
+    x = image(8, 8, 3, seed=5)
+    y = A.autocontrast(x * 0.5 + 0.2)
+    np.testing.assert_allclose(y.min(axis=(0, 1)), 0.0, atol=1e-6)
+    np.testing.assert_allclose(y.max(axis=(0, 1)), 1.0, atol=1e-6)
+    e = np.asarray(A.equalize(x))
+    assert e.max() == pytest.approx(1.0) and e.min() == pytest.approx(0.0)
+    flat = np.sort(e[..., 0].ravel())
+    np.testing.assert_allclose(flat[1:], np.arange(1, 64) / 63.0, atol=1e-6)  # uniform ranks
+    np.testing.assert_array_equal(A.equalize(jnp.full((4, 4, 1), 0.3)), jnp.full((4, 4, 1), 0.3))
+    p = np.asarray(A.posterize(x, 2)) * 255
+    assert len(np.unique(np.round(p))) <= 4
+    np.testing.assert_allclose(A.invert(A.invert(x)), x, atol=1e-6)
+    np.testing.assert_allclose(A.adjust_sharpness(x, 1.0), x, atol=1e-6)
+    np.testing.assert_allclose(A.grayscale(x)[..., 0], A.grayscale(x)[..., 2])
 
 
-@pytest.mark.parametrize("call", [
-    lambda: A.adjust_hue(image(), 0.7),
-    lambda: A.adjust_brightness(image(), -0.1),
-    lambda: A.color_jitter(key(), image(), brightness=-1.0),
-    lambda: A.color_jitter(key(), image(), hue=0.6),
-    lambda: A.color_jitter(key(), image(4, 4, 2), brightness=0.2),
-    lambda: A.random_grayscale(key(), image(), p=-0.1),
-    lambda: A.posterize(image(), 9),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: A.adjust_hue(image(), 0.7),
+        lambda: A.adjust_brightness(image(), -0.1),
+        lambda: A.color_jitter(key(), image(), brightness=-1.0),
+        lambda: A.color_jitter(key(), image(), hue=0.6),
+        lambda: A.color_jitter(key(), image(4, 4, 2), brightness=0.2),
+        lambda: A.random_grayscale(key(), image(), p=-0.1),
+        lambda: A.posterize(image(), 9),
+    ],
+)
 def test_bad_arguments(call):
-  with pytest.raises(ValueError):
-    call()
+    with pytest.raises(ValueError):
+        call()
 
 
 def test_integer_image_rejected():
-  with pytest.raises(TypeError, match="floating"):
-    A.color_jitter(key(), jnp.zeros((4, 4, 3), jnp.uint8), brightness=0.2)
+    with pytest.raises(TypeError, match="floating"):
+        A.color_jitter(key(), jnp.zeros((4, 4, 3), jnp.uint8), brightness=0.2)

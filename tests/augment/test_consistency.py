@@ -1,4 +1,5 @@
 """Every random op: same result eagerly, under jit and under vmap; split keys vary parameters."""
+
 import functools
 
 import jax
@@ -42,26 +43,30 @@ DISCRETE = {"random_flip", "random_rot90", "random_grayscale", "random_downscale
 
 @pytest.mark.parametrize("name", sorted(OPS))
 def test_eager_jit_vmap_agree(name):
-  fn = OPS[name]
-  x = image(8, 8, 3, seed=1)
-  keys = jax.random.split(key(3), 6)
-  eager = np.asarray(fn(keys[1], x))[None]
-  jitted = np.asarray(jax.jit(fn)(keys[1], x))[None]
-  xs = jnp.broadcast_to(x, (6, 8, 8, 3))
-  vmapped = np.asarray(jax.jit(jax.vmap(fn))(keys, xs))
-  np.testing.assert_allclose(eager, jitted, atol=2e-5)
-  np.testing.assert_allclose(eager, vmapped[1:2], atol=2e-5)
-  assert vmapped.dtype == np.float32
-  distinct = {v.round(5).tobytes() for v in vmapped}
-  assert len(distinct) >= (2 if name in DISCRETE else 5), "split keys must vary the parameters"
-  if name not in ("rand_augment", "trivial_augment", "augmix"):  # colour ops may overshoot by rounding
-    assert vmapped.min() >= -1e-6 and vmapped.max() <= 1 + 1e-6
+    fn = OPS[name]
+    x = image(8, 8, 3, seed=1)
+    keys = jax.random.split(key(3), 6)
+    eager = np.asarray(fn(keys[1], x))[None]
+    jitted = np.asarray(jax.jit(fn)(keys[1], x))[None]
+    xs = jnp.broadcast_to(x, (6, 8, 8, 3))
+    vmapped = np.asarray(jax.jit(jax.vmap(fn))(keys, xs))
+    np.testing.assert_allclose(eager, jitted, atol=2e-5)
+    np.testing.assert_allclose(eager, vmapped[1:2], atol=2e-5)
+    assert vmapped.dtype == np.float32
+    distinct = {v.round(5).tobytes() for v in vmapped}
+    assert len(distinct) >= (2 if name in DISCRETE else 5), "split keys must vary the parameters"
+    if name not in (
+        "rand_augment",
+        "trivial_augment",
+        "augmix",
+    ):  # colour ops may overshoot by rounding
+        assert vmapped.min() >= -1e-6 and vmapped.max() <= 1 + 1e-6
 
 
 def test_raw_uint32_keys_work():
-  x = image(8, 8, 3)
-  for name in ("random_rotate", "gaussian_noise", "cifar", "cutout"):
-    y = OPS[name](jax.random.PRNGKey(0), x)
-    assert y.shape[-1] == 3
-  ys = jax.jit(A.batch(OPS["digits"]))(jax.random.PRNGKey(1), jnp.stack([x] * 3))
-  assert ys.shape == (3, 8, 8, 3)
+    x = image(8, 8, 3)
+    for name in ("random_rotate", "gaussian_noise", "cifar", "cutout"):
+        y = OPS[name](jax.random.PRNGKey(0), x)
+        assert y.shape[-1] == 3
+    ys = jax.jit(A.batch(OPS["digits"]))(jax.random.PRNGKey(1), jnp.stack([x] * 3))
+    assert ys.shape == (3, 8, 8, 3)

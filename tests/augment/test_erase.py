@@ -1,4 +1,5 @@
 """Erasing ops change only the erased region; fills: constant, noise, mean, another image."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,175 +13,192 @@ FAST = settings(max_examples=10, deadline=None)
 
 
 def _changed(x, y):
-  return np.any(np.asarray(x) != np.asarray(y), axis=-1)
+    return np.any(np.asarray(x) != np.asarray(y), axis=-1)
 
 
 def _is_box(mask):
-  rows, cols = np.nonzero(mask)
-  if rows.size == 0:
-    return True, (0, 0)
-  h, w = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
-  return rows.size == h * w, (h, w)
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        return True, (0, 0)
+    h, w = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+    return rows.size == h * w, (h, w)
 
 
-_cutout = jax.jit(lambda k, x, o: (A.cutout(k, x, size=(3, 4), fill=-1.0),
-                                   A.cutout(k, x, size=3, fill="noise"),
-                                   A.cutout(k, x, size=3, fill=o)))
+_cutout = jax.jit(
+    lambda k, x, o: (
+        A.cutout(k, x, size=(3, 4), fill=-1.0),
+        A.cutout(k, x, size=3, fill="noise"),
+        A.cutout(k, x, size=3, fill=o),
+    )
+)
 _erasing = jax.jit(lambda k, x: A.random_erasing(k, x, p=1.0, scale=(0.1, 0.3), fill=-1.0))
 
 
 @FAST
 @given(st.integers(0, 2**30))
 def test_cutout_changes_one_clipped_box(seed):
-  x = image(9, 10, 3, seed=seed % 7)
-  other = image(9, 10, 3, seed=99)
-  a, b, c = _cutout(key(seed), x, other)
-  box, (h, w) = _is_box(_changed(x, a))
-  assert box and h <= 3 and w <= 4
-  assert np.all(np.asarray(a)[_changed(x, a)] == -1.0)
-  assert _is_box(_changed(x, b))[0]
-  m = _changed(x, c)
-  np.testing.assert_array_equal(np.asarray(c)[m], np.asarray(other)[m])
+    x = image(9, 10, 3, seed=seed % 7)
+    other = image(9, 10, 3, seed=99)
+    a, b, c = _cutout(key(seed), x, other)
+    box, (h, w) = _is_box(_changed(x, a))
+    assert box and h <= 3 and w <= 4
+    assert np.all(np.asarray(a)[_changed(x, a)] == -1.0)
+    assert _is_box(_changed(x, b))[0]
+    m = _changed(x, c)
+    np.testing.assert_array_equal(np.asarray(c)[m], np.asarray(other)[m])
 
 
 @FAST
 @given(st.integers(0, 2**30))
 def test_random_erasing_changes_only_a_box_of_the_requested_area(seed):
-  x = image(10, 10, 1, seed=seed % 5)
-  y = _erasing(key(seed), x)
-  mask = _changed(x, y)
-  box, (h, w) = _is_box(mask)
-  assert box
-  if mask.any():
-    assert 0.05 <= h * w / 100 <= 0.4  # area fraction in scale, up to rounding
-  assert np.all(np.asarray(y)[mask] == -1.0)
+    x = image(10, 10, 1, seed=seed % 5)
+    y = _erasing(key(seed), x)
+    mask = _changed(x, y)
+    box, (h, w) = _is_box(mask)
+    assert box
+    if mask.any():
+        assert 0.05 <= h * w / 100 <= 0.4  # area fraction in scale, up to rounding
+    assert np.all(np.asarray(y)[mask] == -1.0)
 
 
 def test_random_erasing_p_zero_and_mean_fill():
-  x = image(8, 8, 3)
-  np.testing.assert_array_equal(A.random_erasing(key(), x, p=0.0), x)
-  y = A.random_erasing(key(1), x, p=1.0, fill="mean")
-  m = _changed(x, y)
-  np.testing.assert_allclose(np.asarray(y)[m][0], np.asarray(x).mean(axis=(0, 1)), atol=1e-6)
+    x = image(8, 8, 3)
+    np.testing.assert_array_equal(A.random_erasing(key(), x, p=0.0), x)
+    y = A.random_erasing(key(1), x, p=1.0, fill="mean")
+    m = _changed(x, y)
+    np.testing.assert_allclose(np.asarray(y)[m][0], np.asarray(x).mean(axis=(0, 1)), atol=1e-6)
 
 
 def test_corner_patches_touch_only_corners():
-  x = image(12, 12, 3)
-  ys = jax.jit(jax.vmap(lambda k: A.corner_patches(k, x, size=3, p=0.7)))(
-      jax.random.split(key(), 8))
-  any_change = False
-  for y in ys:
-    m = _changed(x, y)
-    any_change |= m.any()
-    r, c = np.nonzero(m)
-    assert np.all(((r < 3) | (r >= 9)) & ((c < 3) | (c >= 9)))
-  assert any_change
+    x = image(12, 12, 3)
+    ys = jax.jit(jax.vmap(lambda k: A.corner_patches(k, x, size=3, p=0.7)))(
+        jax.random.split(key(), 8)
+    )
+    any_change = False
+    for y in ys:
+        m = _changed(x, y)
+        any_change |= m.any()
+        r, c = np.nonzero(m)
+        assert np.all(((r < 3) | (r >= 9)) & ((c < 3) | (c >= 9)))
+    assert any_change
 
 
 def test_erase_twin():
-  x = image(6, 6, 1)
-  y = A.erase(x, 1, 2, 2, 3, fill=0.5)
-  np.testing.assert_array_equal(np.asarray(y)[1:3, 2:5], 0.5)
-  assert _changed(x, y).sum() == 6
+    x = image(6, 6, 1)
+    y = A.erase(x, 1, 2, 2, 3, fill=0.5)
+    np.testing.assert_array_equal(np.asarray(y)[1:3, 2:5], 0.5)
+    assert _changed(x, y).sum() == 6
 
 
-@pytest.mark.parametrize("call", [
-    lambda: A.cutout(key(), image(), size=0),
-    lambda: A.cutout(key(), image(), size=9),
-    lambda: A.cutout(key(), image(), size=3, fill="blue"),
-    lambda: A.random_erasing(key(), image(), p=2.0),
-    lambda: A.random_erasing(key(), image(), scale=(0.5, 0.1)),
-    lambda: A.corner_patches(key(), image(), size=-1),
-    lambda: A.cutout(key(), image(), size=3, fill=jnp.zeros((4, 4, 3))),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: A.cutout(key(), image(), size=0),
+        lambda: A.cutout(key(), image(), size=9),
+        lambda: A.cutout(key(), image(), size=3, fill="blue"),
+        lambda: A.random_erasing(key(), image(), p=2.0),
+        lambda: A.random_erasing(key(), image(), scale=(0.5, 0.1)),
+        lambda: A.corner_patches(key(), image(), size=-1),
+        lambda: A.cutout(key(), image(), size=3, fill=jnp.zeros((4, 4, 3))),
+    ],
+)
 def test_bad_arguments(call):
-  with pytest.raises(ValueError):
-    call()
+    with pytest.raises(ValueError):
+        call()
 
 
 # fill="batch": pixels of another example of the batch (example i - 1), resolved under vmap.
 
+
 def _box_masks(spec_fill_batch, spec_fill_const, k, xs):
-  """Batched outputs with fill='batch' and the boxes (same keys, constant -1 fill)."""
-  out = A.batch(A.from_spec(spec_fill_batch))(k, xs)
-  boxes = np.asarray(A.batch(A.from_spec(spec_fill_const))(k, xs))[..., 0] == -1.0
-  return np.asarray(out), boxes
+    """Batched outputs with fill='batch' and the boxes (same keys, constant -1 fill)."""
+    out = A.batch(A.from_spec(spec_fill_batch))(k, xs)
+    boxes = np.asarray(A.batch(A.from_spec(spec_fill_const))(k, xs))[..., 0] == -1.0
+    return np.asarray(out), boxes
 
 
-@pytest.mark.parametrize("op", ["cutout(size=3, {})", "erasing(p=1.0, {})",
-                                "corner_patches(size=3, p=1.0, {})"])
+@pytest.mark.parametrize(
+    "op", ["cutout(size=3, {})", "erasing(p=1.0, {})", "corner_patches(size=3, p=1.0, {})"]
+)
 def test_fill_batch_takes_the_previous_example_of_the_batch(op):
-  xs = images(5, 9, 10, 3, seed=1)
-  k = key(3)
-  out, boxes = _box_masks(op.format("fill='batch'"), op.format("fill=-1.0"), k, xs)
-  x = np.asarray(xs)
-  assert boxes.any(axis=(1, 2)).all()  # every example has a box
-  for i in range(5):
-    m = boxes[i]
-    np.testing.assert_array_equal(out[i][m], x[i - 1][m])  # the partner's pixels, same place
-    assert np.all(out[i][m] != x[i][m])  # not its own
-    np.testing.assert_array_equal(out[i][~m], x[i][~m])  # the rest unchanged
-  jitted = jax.jit(A.batch(A.from_spec(op.format("fill='batch'"))))(k, xs)
-  np.testing.assert_array_equal(jitted, out)
+    xs = images(5, 9, 10, 3, seed=1)
+    k = key(3)
+    out, boxes = _box_masks(op.format("fill='batch'"), op.format("fill=-1.0"), k, xs)
+    x = np.asarray(xs)
+    assert boxes.any(axis=(1, 2)).all()  # every example has a box
+    for i in range(5):
+        m = boxes[i]
+        np.testing.assert_array_equal(out[i][m], x[i - 1][m])  # the partner's pixels, same place
+        assert np.all(out[i][m] != x[i][m])  # not its own
+        np.testing.assert_array_equal(out[i][~m], x[i][~m])  # the rest unchanged
+    jitted = jax.jit(A.batch(A.from_spec(op.format("fill='batch'"))))(k, xs)
+    np.testing.assert_array_equal(jitted, out)
 
 
 def test_fill_batch_inside_a_chain_equals_vmap_and_runs_in_scan():
-  # Jitted throughout (eager == jit is tested op by op elsewhere): op-by-op dispatch of these
-  # chains costs seconds of compilation per call.
-  spec = "flip+cutout(size=4,fill='batch',p=0.5)+noise(sigma=0.05)"
-  fn = A.from_spec(spec)
-  xs = images(6, 8, 8, 3, seed=2)
-  k = key(7)
-  run = lambda s: jax.jit(A.batch(A.from_spec(s)))(k, xs)
-  ours = run(spec)
-  # (noise: the sum may be fused differently, within 1 ulp)
-  np.testing.assert_allclose(ours, jax.jit(jax.vmap(fn))(jax.random.split(k, 6), xs), atol=1e-6)
-  # The partner is the flipped example i - 1 (the box is filled after the flip).
-  # Same number of stages, so the same stage keys: the boxes, and each example after its flip.
-  flipped = run("flip+cutout(size=4,fill=-1.0,p=0.5)")
-  m = np.asarray(flipped)[..., 0] == -1.0
-  assert 0 < m.any(axis=(1, 2)).sum() < 6  # p=0.5: some examples erased, some not
-  pre = np.asarray(run("flip+cutout(size=4,fill=0.0,p=0.0)"))
-  assert np.any(pre != np.asarray(xs))  # some flips happened
-  no_noise = np.asarray(run("flip+cutout(size=4,fill='batch',p=0.5)"))
-  for i in range(6):
-    np.testing.assert_array_equal(no_noise[i][m[i]], pre[i - 1][m[i]])
-    np.testing.assert_array_equal(no_noise[i][~m[i]], pre[i][~m[i]])
-  # Inside a scan over steps, as the training loop runs it.
-  step = lambda c, t: (c, A.batch(fn)(jax.random.fold_in(k, t), xs))
-  _, ys = jax.jit(lambda: jax.lax.scan(step, 0, jnp.arange(2)))()
-  want = jax.jit(lambda: A.batch(fn)(jax.random.fold_in(k, 0), xs))()
-  np.testing.assert_allclose(ys[0], want, atol=1e-6)
+    # Jitted throughout (eager == jit is tested op by op elsewhere): op-by-op dispatch of these
+    # chains costs seconds of compilation per call.
+    spec = "flip+cutout(size=4,fill='batch',p=0.5)+noise(sigma=0.05)"
+    fn = A.from_spec(spec)
+    xs = images(6, 8, 8, 3, seed=2)
+    k = key(7)
+    run = lambda s: jax.jit(A.batch(A.from_spec(s)))(k, xs)
+    ours = run(spec)
+    # (noise: the sum may be fused differently, within 1 ulp)
+    np.testing.assert_allclose(ours, jax.jit(jax.vmap(fn))(jax.random.split(k, 6), xs), atol=1e-6)
+    # The partner is the flipped example i - 1 (the box is filled after the flip).
+    # Same number of stages, so the same stage keys: the boxes, and each example after its flip.
+    flipped = run("flip+cutout(size=4,fill=-1.0,p=0.5)")
+    m = np.asarray(flipped)[..., 0] == -1.0
+    assert 0 < m.any(axis=(1, 2)).sum() < 6  # p=0.5: some examples erased, some not
+    pre = np.asarray(run("flip+cutout(size=4,fill=0.0,p=0.0)"))
+    assert np.any(pre != np.asarray(xs))  # some flips happened
+    no_noise = np.asarray(run("flip+cutout(size=4,fill='batch',p=0.5)"))
+    for i in range(6):
+        np.testing.assert_array_equal(no_noise[i][m[i]], pre[i - 1][m[i]])
+        np.testing.assert_array_equal(no_noise[i][~m[i]], pre[i][~m[i]])
+    # Inside a scan over steps, as the training loop runs it.
+    step = lambda c, t: (c, A.batch(fn)(jax.random.fold_in(k, t), xs))
+    _, ys = jax.jit(lambda: jax.lax.scan(step, 0, jnp.arange(2)))()
+    want = jax.jit(lambda: A.batch(fn)(jax.random.fold_in(k, 0), xs))()
+    np.testing.assert_allclose(ys[0], want, atol=1e-6)
 
 
 def test_fill_batch_partner_edge_cases():
-  x = image(8, 8, 3)
-  k = key(1)
-  fn = lambda kk, v: A.cutout(kk, v, size=4, fill="batch")
-  # One example, or one image shared by many keys: the partner is the image itself.
-  np.testing.assert_array_equal(jax.vmap(fn)(k[None], x[None]), x[None])
-  shared = jax.vmap(fn, in_axes=(0, None))
-  np.testing.assert_array_equal(jax.jit(shared)(jax.random.split(k, 3), x), jnp.stack([x, x, x]))
-  # A concrete image that is not batched has no other example: a clear error.
-  with pytest.raises(ValueError, match="another example of the batch"):
-    A.cutout(k, x, size=3, fill="batch")
-  with pytest.raises(ValueError, match="another example of the batch"):
-    shared(jax.random.split(k, 3), x)
-  # The deterministic twin takes it too.
-  xs = images(3, 6, 6, 1, seed=4)
-  ys = np.asarray(jax.vmap(lambda v: A.erase(v, 1, 2, 2, 3, fill="batch"))(xs))
-  np.testing.assert_array_equal(ys[:, 1:3, 2:5], np.roll(np.asarray(xs), 1, axis=0)[:, 1:3, 2:5])
-  assert (ys != np.asarray(xs)).sum() == 3 * 6
+    x = image(8, 8, 3)
+    k = key(1)
+    fn = lambda kk, v: A.cutout(kk, v, size=4, fill="batch")
+    # One example, or one image shared by many keys: the partner is the image itself.
+    np.testing.assert_array_equal(jax.vmap(fn)(k[None], x[None]), x[None])
+    shared = jax.vmap(fn, in_axes=(0, None))
+    np.testing.assert_array_equal(jax.jit(shared)(jax.random.split(k, 3), x), jnp.stack([x, x, x]))
+    # A concrete image that is not batched has no other example: a clear error.
+    with pytest.raises(ValueError, match="another example of the batch"):
+        A.cutout(k, x, size=3, fill="batch")
+    with pytest.raises(ValueError, match="another example of the batch"):
+        shared(jax.random.split(k, 3), x)
+    # The deterministic twin takes it too.
+    xs = images(3, 6, 6, 1, seed=4)
+    ys = np.asarray(jax.vmap(lambda v: A.erase(v, 1, 2, 2, 3, fill="batch"))(xs))
+    np.testing.assert_array_equal(ys[:, 1:3, 2:5], np.roll(np.asarray(xs), 1, axis=0)[:, 1:3, 2:5])
+    assert (ys != np.asarray(xs)).sum() == 3 * 6
 
 
-@pytest.mark.parametrize("spec", ["cutout(fill='other')", "erasing(fill='blue')",
-                                  "corner_patches(fill=None)", "cutout(fill=(0.1, 'a'))",
-                                  "erasing(fill=())"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "cutout(fill='other')",
+        "erasing(fill='blue')",
+        "corner_patches(fill=None)",
+        "cutout(fill=(0.1, 'a'))",
+        "erasing(fill=())",
+    ],
+)
 def test_bad_fill_in_specs_fails_when_built_and_names_allowed_values(spec):
-  with pytest.raises(ValueError, match="'noise', 'mean', 'batch'"):
-    A.from_spec(spec)
+    with pytest.raises(ValueError, match="'noise', 'mean', 'batch'"):
+        A.from_spec(spec)
 
 
 def test_spec_lists_fill_batch():
-  assert "'batch'" in A.list_augmentations()["cutout"]
-  assert "'batch'" in A.list_augmentations()["erasing"]
+    assert "'batch'" in A.list_augmentations()["cutout"]
+    assert "'batch'" in A.list_augmentations()["erasing"]

@@ -1,4 +1,5 @@
 """Geometric ops: involutions, identities, dm-pix agreement, crops, one resampling per chain."""
+
 import functools
 
 import dm_pix as pix
@@ -19,13 +20,19 @@ shapes = st.sampled_from([(1, 5, 1), (5, 7, 1), (8, 8, 3)])  # few shapes: compi
 @FAST
 @given(shapes, st.integers(0, 2**31 - 1))
 def test_flips_are_involutions(shape, seed):
-  x = image(*shape, seed=seed)
-  np.testing.assert_array_equal(A.flip_left_right(A.flip_left_right(x)), x)
-  np.testing.assert_array_equal(A.flip_up_down(A.flip_up_down(x)), x)
-  y = _flip_both(key(seed), x)
-  assert any(np.array_equal(y, f(x)) for f in (
-      lambda v: v, A.flip_left_right, A.flip_up_down,
-      lambda v: A.flip_up_down(A.flip_left_right(v))))
+    x = image(*shape, seed=seed)
+    np.testing.assert_array_equal(A.flip_left_right(A.flip_left_right(x)), x)
+    np.testing.assert_array_equal(A.flip_up_down(A.flip_up_down(x)), x)
+    y = _flip_both(key(seed), x)
+    assert any(
+        np.array_equal(y, f(x))
+        for f in (
+            lambda v: v,
+            A.flip_left_right,
+            A.flip_up_down,
+            lambda v: A.flip_up_down(A.flip_left_right(v)),
+        )
+    )
 
 
 _flip_both = jax.jit(functools.partial(A.random_flip, horizontal=True, vertical=True))
@@ -34,141 +41,162 @@ _flip_both = jax.jit(functools.partial(A.random_flip, horizontal=True, vertical=
 @FAST
 @given(shapes, st.integers(0, 1000))
 def test_rotate_zero_scale_one_translate_zero_are_identity(shape, seed):
-  x = image(*shape, seed=seed)
-  for y in _identities(key(seed), x):
-    np.testing.assert_allclose(y, x, atol=1e-6)
+    x = image(*shape, seed=seed)
+    for y in _identities(key(seed), x):
+        np.testing.assert_allclose(y, x, atol=1e-6)
 
 
 @jax.jit
 def _identities(k, x):
-  return (A.rotate(x, 0.0), A.scale(x, 1.0), A.translate(x, 0.0, 0.0), A.affine(x),
-          A.random_rotate(k, x, max_degrees=0.0),
-          A.random_scale(k, x, min_scale=1.0, max_scale=1.0))
+    return (
+        A.rotate(x, 0.0),
+        A.scale(x, 1.0),
+        A.translate(x, 0.0, 0.0),
+        A.affine(x),
+        A.random_rotate(k, x, max_degrees=0.0),
+        A.random_scale(k, x, min_scale=1.0, max_scale=1.0),
+    )
 
 
 def test_flips_and_rot90_match_dm_pix():
-  x = image(6, 9, 3)
-  np.testing.assert_array_equal(A.flip_left_right(x), reference(pix.flip_left_right, x))
-  np.testing.assert_array_equal(A.flip_up_down(x), reference(pix.flip_up_down, x))
-  for k in range(-1, 4):
-    np.testing.assert_array_equal(A.rot90(x, k), reference(pix.rot90, x, k))
+    x = image(6, 9, 3)
+    np.testing.assert_array_equal(A.flip_left_right(x), reference(pix.flip_left_right, x))
+    np.testing.assert_array_equal(A.flip_up_down(x), reference(pix.flip_up_down, x))
+    for k in range(-1, 4):
+        np.testing.assert_array_equal(A.rot90(x, k), reference(pix.rot90, x, k))
 
 
 @pytest.mark.parametrize("degrees", [17.0, -151.0])
 def test_rotate_matches_dm_pix(degrees):
-  x = image(9, 12, 3)
-  ours = A.rotate(x, degrees, fill=0.25)
-  ref = reference(pix.rotate, x, np.deg2rad(degrees), order=1, mode="constant", cval=0.25)
-  np.testing.assert_allclose(ours, ref, atol=2e-5)
+    x = image(9, 12, 3)
+    ours = A.rotate(x, degrees, fill=0.25)
+    ref = reference(pix.rotate, x, np.deg2rad(degrees), order=1, mode="constant", cval=0.25)
+    np.testing.assert_allclose(ours, ref, atol=2e-5)
 
 
 def test_rotate_quarter_turn_equals_rot90():
-  x = image(7, 7, 1)
-  np.testing.assert_allclose(A.rotate(x, 90.0), A.rot90(x, 1), atol=1e-5)
+    x = image(7, 7, 1)
+    np.testing.assert_allclose(A.rotate(x, 90.0), A.rot90(x, 1), atol=1e-5)
 
 
 def test_center_crop_matches_dm_pix():
-  x = image(9, 8, 3)
-  for size in [(4, 3), (9, 8), (1, 1)]:
-    np.testing.assert_array_equal(A.center_crop(x, size=size), reference(pix.center_crop, x, *size))
-    np.testing.assert_array_equal(A.from_spec(f"center_crop(size={size})")(key(), x),
-                                  A.center_crop(x, size=size))
+    x = image(9, 8, 3)
+    for size in [(4, 3), (9, 8), (1, 1)]:
+        np.testing.assert_array_equal(
+            A.center_crop(x, size=size), reference(pix.center_crop, x, *size)
+        )
+        np.testing.assert_array_equal(
+            A.from_spec(f"center_crop(size={size})")(key(), x), A.center_crop(x, size=size)
+        )
 
 
 @pytest.mark.parametrize("mode", ["reflect", "constant", "edge", "symmetric", "wrap"])
 def test_random_crop_is_a_window_of_the_padded_image(mode):
-  x = np.asarray(image(6, 7, 2))
-  np_mode = {"edge": "edge", "reflect": "reflect", "symmetric": "symmetric", "wrap": "wrap",
-             "constant": "constant"}[mode]
-  padded = np.pad(x, ((2, 2), (2, 2), (0, 0)), mode=np_mode)
-  windows = {padded[i:i + 5, j:j + 4].tobytes() for i in range(6) for j in range(8)}
-  seen = set()
-  for s in range(12):
-    y = np.asarray(A.random_crop(key(s), jnp.asarray(x), size=(5, 4), padding=2, pad_mode=mode))
-    assert y.shape == (5, 4, 2)
-    assert y.tobytes() in windows
-    seen.add(y.tobytes())
-  assert len(seen) > 3  # different offsets for different keys
+    x = np.asarray(image(6, 7, 2))
+    np_mode = {
+        "edge": "edge",
+        "reflect": "reflect",
+        "symmetric": "symmetric",
+        "wrap": "wrap",
+        "constant": "constant",
+    }[mode]
+    padded = np.pad(x, ((2, 2), (2, 2), (0, 0)), mode=np_mode)
+    windows = {padded[i : i + 5, j : j + 4].tobytes() for i in range(6) for j in range(8)}
+    seen = set()
+    for s in range(12):
+        y = np.asarray(A.random_crop(key(s), jnp.asarray(x), size=(5, 4), padding=2, pad_mode=mode))
+        assert y.shape == (5, 4, 2)
+        assert y.tobytes() in windows
+        seen.add(y.tobytes())
+    assert len(seen) > 3  # different offsets for different keys
 
 
 def test_random_resized_crop_full_box_is_identity_and_shapes():
-  x = image(8, 8, 3)
-  y = A.random_resized_crop(key(), x, size=8, scale=(1.0, 1.0), ratio=(1.0, 1.0))
-  np.testing.assert_allclose(y, x, atol=1e-6)
-  y = A.random_resized_crop(key(), x, size=(5, 6))
-  assert y.shape == (5, 6, 3)
-  assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+    x = image(8, 8, 3)
+    y = A.random_resized_crop(key(), x, size=8, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    np.testing.assert_allclose(y, x, atol=1e-6)
+    y = A.random_resized_crop(key(), x, size=(5, 6))
+    assert y.shape == (5, 6, 3)
+    assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
 
 
 def test_resize_and_resized_crop_twins():
-  x = image(8, 8, 1)
-  np.testing.assert_allclose(A.resize(x, 8), x, atol=1e-6)
-  np.testing.assert_allclose(A.resized_crop(x, 2, 1, 4, 6, size=(4, 6)), x[2:6, 1:7], atol=1e-6)
-  np.testing.assert_array_equal(A.crop(x, 1, 2, size=3), x[1:4, 2:5])
+    x = image(8, 8, 1)
+    np.testing.assert_allclose(A.resize(x, 8), x, atol=1e-6)
+    np.testing.assert_allclose(A.resized_crop(x, 2, 1, 4, 6, size=(4, 6)), x[2:6, 1:7], atol=1e-6)
+    np.testing.assert_array_equal(A.crop(x, 1, 2, size=3), x[1:4, 2:5])
 
 
 def _count(jaxpr, name):
-  n = 0
-  for eqn in jaxpr.eqns:
-    n += eqn.primitive.name == name
-    for sub in jax.core.subjaxprs(eqn.jaxpr) if hasattr(jax.core, "subjaxprs") else []:
-      n += _count(sub, name)
-    for p in eqn.params.values():
-      if hasattr(p, "jaxpr"):
-        n += _count(p.jaxpr, name)
-  return n
+    n = 0
+    for eqn in jaxpr.eqns:
+        n += eqn.primitive.name == name
+        for sub in jax.core.subjaxprs(eqn.jaxpr) if hasattr(jax.core, "subjaxprs") else []:
+            n += _count(sub, name)
+        for p in eqn.params.values():
+            if hasattr(p, "jaxpr"):
+                n += _count(p.jaxpr, name)
+    return n
 
 
 def test_geometric_chain_resamples_once():
-  fn = A.compose(functools.partial(A.random_rotate, max_degrees=10),
-                 functools.partial(A.random_scale, min_scale=0.9, max_scale=1.1),
-                 functools.partial(A.random_translate, max_fraction=0.1),
-                 functools.partial(A.random_shear, max_degrees=5))
-  assert isinstance(fn, _warp.GeometricOp)
-  jaxpr = jax.make_jaxpr(fn)(key(), image(8, 8, 3)).jaxpr
-  assert _count(jaxpr, "gather") == 1
-  spec_fn = A.from_spec("rotate(max_degrees=10)+scale(min_scale=0.9,max_scale=1.1)+translate")
-  assert isinstance(spec_fn, _warp.GeometricOp)
-  assert _count(jax.make_jaxpr(A.from_spec("digits"))(key(), image()).jaxpr, "gather") == 1
+    fn = A.compose(
+        functools.partial(A.random_rotate, max_degrees=10),
+        functools.partial(A.random_scale, min_scale=0.9, max_scale=1.1),
+        functools.partial(A.random_translate, max_fraction=0.1),
+        functools.partial(A.random_shear, max_degrees=5),
+    )
+    assert isinstance(fn, _warp.GeometricOp)
+    jaxpr = jax.make_jaxpr(fn)(key(), image(8, 8, 3)).jaxpr
+    assert _count(jaxpr, "gather") == 1
+    spec_fn = A.from_spec("rotate(max_degrees=10)+scale(min_scale=0.9,max_scale=1.1)+translate")
+    assert isinstance(spec_fn, _warp.GeometricOp)
+    assert _count(jax.make_jaxpr(A.from_spec("digits"))(key(), image()).jaxpr, "gather") == 1
 
 
 def test_exact_chain_equals_sequential_application():
-  x = image(8, 8, 3)
-  fn = A.compose(functools.partial(A.random_crop, size=6, padding=2),
-                 functools.partial(A.random_flip, vertical=True), A.random_rot90)
-  for s in range(5):
-    k1, k2, k3 = jax.random.split(key(s), 3)
-    y = A.random_crop(k1, x, size=6, padding=2)
-    y = A.random_flip(k2, y, vertical=True)
-    y = A.random_rot90(k3, y)
-    np.testing.assert_array_equal(fn(key(s), x), y)
+    x = image(8, 8, 3)
+    fn = A.compose(
+        functools.partial(A.random_crop, size=6, padding=2),
+        functools.partial(A.random_flip, vertical=True),
+        A.random_rot90,
+    )
+    for s in range(5):
+        k1, k2, k3 = jax.random.split(key(s), 3)
+        y = A.random_crop(k1, x, size=6, padding=2)
+        y = A.random_flip(k2, y, vertical=True)
+        y = A.random_rot90(k3, y)
+        np.testing.assert_array_equal(fn(key(s), x), y)
 
 
 def test_geometric_ops_with_fill_and_modes():
-  x = jnp.ones((6, 6, 3))
-  y = A.scale(x, 0.5, fill=(0.1, 0.2, 0.3))
-  np.testing.assert_allclose(y[0, 0], [0.1, 0.2, 0.3], atol=1e-6)
-  np.testing.assert_allclose(y[3, 3], [1.0, 1.0, 1.0], atol=1e-6)
-  for mode in ("edge", "reflect", "symmetric", "wrap"):
-    np.testing.assert_allclose(A.rotate(x, 30.0, mode=mode), x, atol=1e-6)
+    x = jnp.ones((6, 6, 3))
+    y = A.scale(x, 0.5, fill=(0.1, 0.2, 0.3))
+    np.testing.assert_allclose(y[0, 0], [0.1, 0.2, 0.3], atol=1e-6)
+    np.testing.assert_allclose(y[3, 3], [1.0, 1.0, 1.0], atol=1e-6)
+    for mode in ("edge", "reflect", "symmetric", "wrap"):
+        np.testing.assert_allclose(A.rotate(x, 30.0, mode=mode), x, atol=1e-6)
 
 
-@pytest.mark.parametrize("call, err", [
-    (lambda: A.rotate(jnp.zeros((4, 4)), 10.0), ValueError),
-    (lambda: A.rotate(jnp.zeros((4, 4, 3), jnp.int32), 10.0), TypeError),
-    (lambda: A.random_crop(key(), image(), size=9), ValueError),
-    (lambda: A.random_crop(key(), image(), size=0), ValueError),
-    (lambda: A.random_crop(key(), image(), size=-2), ValueError),
-    (lambda: A.random_crop(key(), image(), size=4, pad_mode="mirror"), ValueError),
-    (lambda: A.center_crop(image(), size=9), ValueError),
-    (lambda: A.random_flip(key(), image(), p=1.5), ValueError),
-    (lambda: A.random_scale(key(), image(), min_scale=0.0, max_scale=1.0), ValueError),
-    (lambda: A.random_scale(key(), image(), min_scale=1.2, max_scale=1.0), ValueError),
-    (lambda: A.random_resized_crop(key(), image(), size=4, scale=(0.5, 1.5)), ValueError),
-    (lambda: A.random_rot90(key(), image(4, 6)), ValueError),
-    (lambda: A.scale(image(), -1.0), ValueError),
-    (lambda: A.random_rotate(jnp.zeros(3), image(), max_degrees=3), TypeError),
-])
+@pytest.mark.parametrize(
+    "call, err",
+    [
+        (lambda: A.rotate(jnp.zeros((4, 4)), 10.0), ValueError),
+        (lambda: A.rotate(jnp.zeros((4, 4, 3), jnp.int32), 10.0), TypeError),
+        (lambda: A.random_crop(key(), image(), size=9), ValueError),
+        (lambda: A.random_crop(key(), image(), size=0), ValueError),
+        (lambda: A.random_crop(key(), image(), size=-2), ValueError),
+        (lambda: A.random_crop(key(), image(), size=4, pad_mode="mirror"), ValueError),
+        (lambda: A.center_crop(image(), size=9), ValueError),
+        (lambda: A.random_flip(key(), image(), p=1.5), ValueError),
+        (lambda: A.random_scale(key(), image(), min_scale=0.0, max_scale=1.0), ValueError),
+        (lambda: A.random_scale(key(), image(), min_scale=1.2, max_scale=1.0), ValueError),
+        (lambda: A.random_resized_crop(key(), image(), size=4, scale=(0.5, 1.5)), ValueError),
+        (lambda: A.random_rot90(key(), image(4, 6)), ValueError),
+        (lambda: A.scale(image(), -1.0), ValueError),
+        (lambda: A.random_rotate(jnp.zeros(3), image(), max_degrees=3), TypeError),
+    ],
+)
 def test_bad_arguments_raise_before_tracing(call, err):
-  with pytest.raises(err):
-    call()
+    with pytest.raises(err):
+        call()

@@ -1,4 +1,5 @@
 """The batch-level resampling that `batch` uses for geometric stages equals vmapping the op."""
+
 import functools
 
 import jax
@@ -13,17 +14,25 @@ P = functools.partial
 
 BILINEAR = {
     "rotate+scale+resized_crop+flip": A.compose(
-        P(A.random_rotate, max_degrees=15), P(A.random_scale, min_scale=0.8, max_scale=1.2),
-        P(A.random_resized_crop, size=6, scale=(0.08, 1.0)), A.random_flip),
+        P(A.random_rotate, max_degrees=15),
+        P(A.random_scale, min_scale=0.8, max_scale=1.2),
+        P(A.random_resized_crop, size=6, scale=(0.08, 1.0)),
+        A.random_flip,
+    ),
     "rotate_fill_to_rectangle": A.compose(
         P(A.random_rotate, max_degrees=40, fill=0.25),
-        P(A.random_resized_crop, size=(5, 9), scale=(0.3, 1.0))),
-    **{f"affine_{mode}": P(A.random_affine, max_degrees=60, scale=(0.5, 1.5), mode=mode)
-       for mode in ("constant", "edge", "reflect", "symmetric", "wrap")},
+        P(A.random_resized_crop, size=(5, 9), scale=(0.3, 1.0)),
+    ),
+    **{
+        f"affine_{mode}": P(A.random_affine, max_degrees=60, scale=(0.5, 1.5), mode=mode)
+        for mode in ("constant", "edge", "reflect", "symmetric", "wrap")
+    },
 }
 EXACT = {
-    "crop_reflect+flip": A.compose(P(A.random_crop, size=(6, 5), padding=3, pad_mode="reflect"),
-                                   P(A.random_flip, horizontal=True, vertical=True)),
+    "crop_reflect+flip": A.compose(
+        P(A.random_crop, size=(6, 5), padding=3, pad_mode="reflect"),
+        P(A.random_flip, horizontal=True, vertical=True),
+    ),
     "crop_constant": P(A.random_crop, size=7, padding=(2, 4), pad_mode="constant", fill=0.5),
     "crop_wrap": P(A.random_crop, size=5, padding=4, pad_mode="wrap"),
     "rot90+flip": A.compose(A.random_rot90, A.random_flip),
@@ -31,35 +40,35 @@ EXACT = {
 
 
 def _check(fn, shape):
-  op = geometric.as_geometric(fn)
-  assert isinstance(op, _warp.GeometricOp)
-  xs = images(*shape, seed=1)
-  keys = jax.random.split(key(7), shape[0])
-  ref = jax.jit(jax.vmap(op))(keys, xs)
-  # Same arithmetic; XLA may contract multiply-adds differently in the two programs (1 ulp).
-  np.testing.assert_allclose(jax.jit(op.batched)(keys, xs), ref, rtol=0, atol=1e-5)
-  np.testing.assert_allclose(jax.jit(A.batch(fn))(key(7), xs), ref, rtol=0, atol=1e-5)
-  return op
+    op = geometric.as_geometric(fn)
+    assert isinstance(op, _warp.GeometricOp)
+    xs = images(*shape, seed=1)
+    keys = jax.random.split(key(7), shape[0])
+    ref = jax.jit(jax.vmap(op))(keys, xs)
+    # Same arithmetic; XLA may contract multiply-adds differently in the two programs (1 ulp).
+    np.testing.assert_allclose(jax.jit(op.batched)(keys, xs), ref, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(jax.jit(A.batch(fn))(key(7), xs), ref, rtol=0, atol=1e-5)
+    return op
 
 
 @pytest.mark.parametrize("name", sorted(BILINEAR))
 def test_bilinear_batched_equals_vmap(name):
-  op = _check(BILINEAR[name], (3, 7, 8, 3))
-  assert not op.exact and not op.axis_aligned
+    op = _check(BILINEAR[name], (3, 7, 8, 3))
+    assert not op.exact and not op.axis_aligned
 
 
 @pytest.mark.parametrize("shape", [(2, 1, 6, 2), (2, 5, 1, 1)])
 def test_bilinear_batched_equals_vmap_on_single_row_or_column(shape):
-  _check(BILINEAR["affine_constant"], shape)
+    _check(BILINEAR["affine_constant"], shape)
 
 
 @pytest.mark.parametrize("name", sorted(EXACT))
 def test_exact_batched_equals_vmap(name):
-  op = _check(EXACT[name], (3, 8, 8, 2))
-  assert op.exact
+    op = _check(EXACT[name], (3, 8, 8, 2))
+    assert op.exact
 
 
 def test_batched_checks_keys_like_the_op():
-  op = geometric.as_geometric(P(A.random_rotate, max_degrees=15))
-  with pytest.raises(TypeError):
-    op.batched(np.zeros((2, 2), np.float32), images(2, 6, 6, 3))
+    op = geometric.as_geometric(P(A.random_rotate, max_degrees=15))
+    with pytest.raises(TypeError):
+        op.batched(np.zeros((2, 2), np.float32), images(2, 6, 6, 3))

@@ -32,10 +32,12 @@ class JaxregTinyTensor(tfds.core.GeneratorBasedBuilder):
     def _info(self):
         return tfds.core.DatasetInfo(
             builder=self,
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Tensor(shape=(6, 6, 3), dtype=np.uint8),
-                "label": tfds.features.ClassLabel(names=list(NAMES)),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Tensor(shape=(6, 6, 3), dtype=np.uint8),
+                    "label": tfds.features.ClassLabel(names=list(NAMES)),
+                }
+            ),
             supervised_keys=("image", "label"),
         )
 
@@ -60,10 +62,12 @@ class JaxregTinyPng(tfds.core.GeneratorBasedBuilder):
     def _info(self):
         return tfds.core.DatasetInfo(
             builder=self,
-            features=tfds.features.FeaturesDict({
-                "picture": tfds.features.Image(shape=(5, 5, 1), encoding_format="png"),
-                "target": tfds.features.ClassLabel(names=list(NAMES)),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "picture": tfds.features.Image(shape=(5, 5, 1), encoding_format="png"),
+                    "target": tfds.features.ClassLabel(names=list(NAMES)),
+                }
+            ),
         )
 
     def _split_generators(self, dl_manager):

@@ -83,8 +83,13 @@ def test_ablation_top_combinations_are_picked_on_validation():
     mod = cli.load_module("augmentation_ablation")
     rows = []
     for seed in (0, 1):
-        for name, val, test in (("none", 0.5, 0.5), ("rotate", 0.6, 0.1), ("scale", 0.55, 0.9),
-                                ("mixup", 0.58, 0.2), ("cutmix", 0.57, 0.9)):
+        for name, val, test in (
+            ("none", 0.5, 0.5),
+            ("rotate", 0.6, 0.1),
+            ("scale", 0.55, 0.9),
+            ("mixup", 0.58, 0.2),
+            ("cutmix", 0.57, 0.9),
+        ):
             rows.append({"variant": name, "seed": seed, "val_accuracy": val, "test_accuracy": test})
     singles = ("none", "rotate", "scale", "mixup", "cutmix")
     # ranked on validation only (test would pick scale and cutmix); one mix op at most
@@ -118,18 +123,22 @@ def test_domain_fit_corrupted_set_is_deterministic_and_evaluated(smoke_root):
     from jaxreg import data
 
     test = data.load_splits("digits")["test"]
-    a = mod.corrupt_test_set(test, noise_sigma=0.25, blur_sigma=1.5, lowres_factor=3,
-                             jpeg_quality=15, key=7)
-    b = mod.corrupt_test_set(test, noise_sigma=0.25, blur_sigma=1.5, lowres_factor=3,
-                             jpeg_quality=15, key=7)
+    a = mod.corrupt_test_set(
+        test, noise_sigma=0.25, blur_sigma=1.5, lowres_factor=3, jpeg_quality=15, key=7
+    )
+    b = mod.corrupt_test_set(
+        test, noise_sigma=0.25, blur_sigma=1.5, lowres_factor=3, jpeg_quality=15, key=7
+    )
     for k in a:
         np.testing.assert_array_equal(a[k].images, b[k].images)
         assert not np.array_equal(a[k].images, test.images), k
     summary = _summary(root, "domain_fit")
     assert _variants(summary) == {"none", "digits", "degrade"}
     for row in summary["table_rows"]:
-        assert "±" in row["corrupted test acc"] and "6→9" in row[
-            "watched confusions (true→pred: count over seeds)"]
+        assert (
+            "±" in row["corrupted test acc"]
+            and "6→9" in row["watched confusions (true→pred: count over seeds)"]
+        )
     conf = results["domain_fit"]["confusion"]["none"]
     assert sum(map(sum, conf)) == 2 * len(test)  # both seeds, every test image
 
@@ -162,7 +171,7 @@ def test_how_many_copies_are_nested_and_fixed():
     assert len(two) == 3 * len(train) and len(three) == 4 * len(train)
     np.testing.assert_array_equal(three.images[: len(two)], two.images)
     np.testing.assert_array_equal(two.labels, np.tile(train.labels, 3))
-    assert not np.array_equal(two.images[len(train):2 * len(train)], train.images)
+    assert not np.array_equal(two.images[len(train) : 2 * len(train)], train.images)
 
 
 def test_overfitting_reports_onsets_and_curves(smoke_root):

@@ -10,11 +10,18 @@ from jaxreg import models
 from jaxreg.models.layers import conv2d
 
 
-@pytest.mark.parametrize("strides,padding,size,kernel", [
-    ((1, 1), "SAME", (9, 9), (3, 3)), ((2, 2), "SAME", (9, 9), (3, 3)),
-    ((2, 2), "VALID", (9, 9), (3, 3)), ((2, 2), "SAME", (8, 7), (3, 3)),
-    ((2, 1), "VALID", (8, 7), (2, 3)), ((2, 2), "SAME", (8, 8), (1, 1)),
-    ((1, 1), "SAME", (6, 5), (4, 2))])
+@pytest.mark.parametrize(
+    "strides,padding,size,kernel",
+    [
+        ((1, 1), "SAME", (9, 9), (3, 3)),
+        ((2, 2), "SAME", (9, 9), (3, 3)),
+        ((2, 2), "VALID", (9, 9), (3, 3)),
+        ((2, 2), "SAME", (8, 7), (3, 3)),
+        ((2, 1), "VALID", (8, 7), (2, 3)),
+        ((2, 2), "SAME", (8, 8), (1, 1)),
+        ((1, 1), "SAME", (6, 5), (4, 2)),
+    ],
+)
 def test_conv_gradient_rules_agree(strides, padding, size, kernel):
     # the custom rule's weight gradient (patch matrix) and input gradient (a flipped-kernel
     # convolution with input dilation) against XLA's own transpose, incl. strides, odd sizes
@@ -45,12 +52,15 @@ def test_conv_rejects_bad_options():
         conv2d(x, w, padding="same")
 
 
-@pytest.mark.parametrize("name,shape,kw", [
-    ("cnn", (12, 12, 1), {"batch_norm": True, "dropout": 0.5}),
-    ("cnn_small", (8, 8, 1), {}),
-    ("tiny", (7, 7, 3), {"batch_norm": True}),
-    ("resnet20", (16, 16, 3), {"blocks_per_stage": 1}),  # same code as depth 20, cheaper
-])
+@pytest.mark.parametrize(
+    "name,shape,kw",
+    [
+        ("cnn", (12, 12, 1), {"batch_norm": True, "dropout": 0.5}),
+        ("cnn_small", (8, 8, 1), {}),
+        ("tiny", (7, 7, 3), {"batch_norm": True}),
+        ("resnet20", (16, 16, 3), {"blocks_per_stage": 1}),  # same code as depth 20, cheaper
+    ],
+)
 def test_models_map_images_to_logits(name, shape, kw):
     m = models.create(name, num_classes=10, input_shape=shape, **kw)
     x = jax.random.uniform(jax.random.key(0), (2,) + shape)
@@ -120,8 +130,9 @@ def test_conv_patch_matrix_matches_lax_patches(strides, padding):
 
     x = jax.random.normal(jax.random.key(0), (2, 7, 6, 3))
     got = _patches(x, 3, 2, strides, padding)
-    want = jax.lax.conv_general_dilated_patches(x, (3, 2), strides, padding,
-                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    want = jax.lax.conv_general_dilated_patches(
+        x, (3, 2), strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
     # lax orders the features (cin, kh, kw); ours are (kh, kw, cin)
     want = want.reshape(want.shape[:3] + (3, 3, 2)).transpose(0, 1, 2, 4, 5, 3).reshape(got.shape)
     np.testing.assert_array_equal(got, want)
@@ -129,6 +140,7 @@ def test_conv_patch_matrix_matches_lax_patches(strides, padding):
 
 def test_max_pool_rejects_bad_input():
     from jaxreg.models.layers import max_pool_2x2
+
     with pytest.raises(ValueError, match="4-D floating"):
         max_pool_2x2(jnp.zeros((4, 4, 1)))
     with pytest.raises(ValueError, match="4-D floating"):

@@ -1,4 +1,5 @@
 """Shared fixtures for the optim tests."""
+
 import pytest
 from flax import nnx
 

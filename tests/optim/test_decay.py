@@ -1,4 +1,5 @@
 """Tests for jaxreg.optim.decay: agreement with optax, closed forms, convergence, path masks, validation."""
+
 import functools
 
 import jax
@@ -57,11 +58,18 @@ def _assert_trees_close(a, b, **kw):
 
 
 def test_path_strings_for_dicts_lists_and_nnx_state(tiny_net):
-    paths = sorted(jax.tree.leaves(param_paths({"layers": [{"conv": {"kernel": jnp.zeros((2, 2))}}]})))
+    paths = sorted(
+        jax.tree.leaves(param_paths({"layers": [{"conv": {"kernel": jnp.zeros((2, 2))}}]}))
+    )
     assert paths == ["layers/0/conv/kernel"]
     _, state, _ = nnx.split(tiny_net, nnx.Param, ...)
     assert sorted(jax.tree.leaves(param_paths(state))) == [
-        "bn/bias", "bn/scale", "conv/bias", "conv/kernel", "head/bias", "head/kernel",
+        "bn/bias",
+        "bn/scale",
+        "conv/bias",
+        "conv/kernel",
+        "head/bias",
+        "head/kernel",
     ]
     (path, _), *_ = jax.tree_util.tree_flatten_with_path({"a": (1, 2)})[0]
     assert path_to_str(path) == "a/0"
@@ -72,8 +80,12 @@ def test_default_mask_on_nnx_state_decays_kernels_only(tiny_net):
     mask = decay_mask(params)
     flags = {p: m for p, m in zip(jax.tree.leaves(param_paths(params)), jax.tree.leaves(mask))}
     assert flags == {
-        "bn/bias": False, "bn/scale": False, "conv/bias": False,
-        "conv/kernel": True, "head/bias": False, "head/kernel": True,
+        "bn/bias": False,
+        "bn/scale": False,
+        "conv/bias": False,
+        "conv/kernel": True,
+        "head/bias": False,
+        "head/kernel": True,
     }
     # Same answer on the pure-dict form of the state.
     pure = params.to_pure_dict()
@@ -91,19 +103,24 @@ def test_path_mask_include_exclude():
     everything = path_mask(params)
     assert all(jax.tree.leaves(everything))
     only_bn = path_mask(params, include=["BatchNorm"])
-    assert only_bn["BatchNorm_0"] == {"scale": True, "bias": True} and not only_bn["Conv_0"]["kernel"]
+    assert (
+        only_bn["BatchNorm_0"] == {"scale": True, "bias": True} and not only_bn["Conv_0"]["kernel"]
+    )
     with pytest.raises(ValueError, match="include"):
         path_mask(params, include="(")
     with pytest.raises(TypeError, match="exclude"):
         path_mask(params, exclude=[3])
 
 
-@pytest.mark.parametrize("make", [
-    lambda m: add_l1(0.5, mask=m),
-    lambda m: add_l2(0.5, mask=m),
-    lambda m: prox_l1(0.5, learning_rate=0.1, mask=m),
-    lambda m: decoupled_weight_decay(0.5, learning_rate=0.1, mask=m),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m: add_l1(0.5, mask=m),
+        lambda m: add_l2(0.5, mask=m),
+        lambda m: prox_l1(0.5, learning_rate=0.1, mask=m),
+        lambda m: decoupled_weight_decay(0.5, learning_rate=0.1, mask=m),
+    ],
+)
 def test_masked_leaves_untouched_on_nnx_state(tiny_net, make):
     _, params, _ = nnx.split(tiny_net, nnx.Param, ...)
     params = jax.tree.map(lambda x: x + 0.5, params)  # no zero leaves (biases start at 0)
@@ -153,18 +170,29 @@ def test_decoupled_matches_adamw(lr):
     params = _params()
     ours = optax.chain(optax.adam(lr), decoupled_weight_decay(0.1, learning_rate=lr))
     ref = optax.adamw(lr, weight_decay=0.1, mask=decay_mask)
-    _assert_trees_close(_run(ours, params, steps=4), _run(ref, params, steps=4), rtol=1e-5, atol=1e-6)
+    _assert_trees_close(
+        _run(ours, params, steps=4), _run(ref, params, steps=4), rtol=1e-5, atol=1e-6
+    )
     # Also with scale_by_adam + learning-rate scaling spelled out.
-    spelled = optax.chain(optax.scale_by_adam(), optax.scale_by_learning_rate(lr),
-                          decoupled_weight_decay(0.1, learning_rate=lr))
-    _assert_trees_close(_run(spelled, params, steps=4), _run(ref, params, steps=4), rtol=1e-5, atol=1e-6)
+    spelled = optax.chain(
+        optax.scale_by_adam(),
+        optax.scale_by_learning_rate(lr),
+        decoupled_weight_decay(0.1, learning_rate=lr),
+    )
+    _assert_trees_close(
+        _run(spelled, params, steps=4), _run(ref, params, steps=4), rtol=1e-5, atol=1e-6
+    )
 
 
 @optax_standard_promotion()
 def test_jit_matches_eager():
     params = _params()
-    tx = optax.chain(add_l1(0.01), optax.adam(1e-2), prox_l1(0.05, learning_rate=1e-2),
-                     decoupled_weight_decay(0.1, learning_rate=optax.constant_schedule(1e-2)))
+    tx = optax.chain(
+        add_l1(0.01),
+        optax.adam(1e-2),
+        prox_l1(0.05, learning_rate=1e-2),
+        decoupled_weight_decay(0.1, learning_rate=optax.constant_schedule(1e-2)),
+    )
     grads = _grads(params)
     state = tx.init(params)
     eager = tx.update(grads, state, params)
@@ -175,8 +203,13 @@ def test_jit_matches_eager():
 def test_bfloat16_params_under_strict_promotion():
     params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), _params())
     sched = optax.constant_schedule(0.1)
-    tx = optax.chain(add_l1(0.1), add_l2(0.1), optax.sgd(sched), prox_l1(0.1, learning_rate=sched),
-                     decoupled_weight_decay(0.1, learning_rate=sched))
+    tx = optax.chain(
+        add_l1(0.1),
+        add_l2(0.1),
+        optax.sgd(sched),
+        prox_l1(0.1, learning_rate=sched),
+        decoupled_weight_decay(0.1, learning_rate=sched),
+    )
     out = _run(tx, params, steps=1, grad_fn=lambda p: jax.tree.map(jnp.ones_like, p))
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(out))
 
@@ -202,7 +235,9 @@ def test_prox_l1_closed_form_and_schedule_count():
 
 
 def test_prox_l1_sparsity_rises_with_rate():
-    params = {"d": {"kernel": jnp.asarray(np.random.default_rng(0).normal(size=(20, 10)), jnp.float32)}}
+    params = {
+        "d": {"kernel": jnp.asarray(np.random.default_rng(0).normal(size=(20, 10)), jnp.float32)}
+    }
     fractions = []
     for rate in (0.0, 0.5, 2.0, 8.0):
         tx = optax.chain(optax.sgd(0.1), prox_l1(rate, learning_rate=0.1))
@@ -230,7 +265,9 @@ def _fit(tx, x, y, steps):
     params = {"linear": {"kernel": jnp.zeros((x.shape[1], 1))}}
 
     def data_grad(p):
-        return jax.grad(lambda q: 0.5 * jnp.mean(jnp.square(x @ q["linear"]["kernel"][:, 0] - y)))(p)
+        return jax.grad(lambda q: 0.5 * jnp.mean(jnp.square(x @ q["linear"]["kernel"][:, 0] - y)))(
+            p
+        )
 
     state = tx.init(params)
 
@@ -282,17 +319,24 @@ def test_add_l2_converges_to_ridge_solution():
 def test_decoupled_with_sgd_converges_to_ridge_solution():
     x, y = _regression()
     lr = optax.constant_schedule(0.3)
-    w = _fit(optax.chain(optax.sgd(lr), decoupled_weight_decay(0.5, learning_rate=lr)), x, y, steps=300)
+    w = _fit(
+        optax.chain(optax.sgd(lr), decoupled_weight_decay(0.5, learning_rate=lr)), x, y, steps=300
+    )
     np.testing.assert_allclose(w, _ridge_solution(x, y, 0.5), atol=1e-4)
 
 
 # ------------------------------------------------------------------------------------ validation
 
 
-@pytest.mark.parametrize("make", [
-    lambda r: add_l1(r), lambda r: add_l2(r),
-    lambda r: prox_l1(r, learning_rate=0.1), lambda r: decoupled_weight_decay(r, learning_rate=0.1),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda r: add_l1(r),
+        lambda r: add_l2(r),
+        lambda r: prox_l1(r, learning_rate=0.1),
+        lambda r: decoupled_weight_decay(r, learning_rate=0.1),
+    ],
+)
 def test_bad_rate(make):
     for bad in (-0.1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="rate"):
@@ -309,6 +353,10 @@ def test_bad_learning_rate_and_missing_params():
     with pytest.raises(TypeError, match="learning_rate"):
         decoupled_weight_decay(0.1, learning_rate="fast")
     params = _params()
-    for tx in (add_l1(0.1, mask=True), add_l2(0.1, mask=True), prox_l1(0.1, learning_rate=0.1, mask=True)):
+    for tx in (
+        add_l1(0.1, mask=True),
+        add_l2(0.1, mask=True),
+        prox_l1(0.1, learning_rate=0.1, mask=True),
+    ):
         with pytest.raises(ValueError, match="params"):
             tx.update(params, tx.init(params))

@@ -1,4 +1,5 @@
 """Tests for jaxreg.optim.ema: closed forms, warm-up, BatchNorm-stat modes, BN re-estimation on a real nnx model."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,7 +21,9 @@ def test_closed_form_on_constants():
         state = update(state, c)
     assert isinstance(state, EmaState) and int(state.count) == 5
     for name in ("w", "b"):
-        np.testing.assert_allclose(state.ema_params[name], c[name] + (a[name] - c[name]) * 0.9**5, rtol=1e-6)
+        np.testing.assert_allclose(
+            state.ema_params[name], c[name] + (a[name] - c[name]) * 0.9**5, rtol=1e-6
+        )
     assert state.ema_batch_stats is None
 
 
@@ -42,7 +45,11 @@ def test_warmup_formula():
 def test_batch_stats_average_vs_copy_and_dtypes():
     params = {"w": jnp.zeros((2,), jnp.bfloat16)}
     stats0 = {"mean": jnp.zeros(3), "var": jnp.ones(3), "steps": jnp.zeros((), jnp.int32)}
-    stats1 = {"mean": jnp.full((3,), 2.0), "var": jnp.full((3,), 5.0), "steps": jnp.ones((), jnp.int32)}
+    stats1 = {
+        "mean": jnp.full((3,), 2.0),
+        "var": jnp.full((3,), 5.0),
+        "steps": jnp.ones((), jnp.int32),
+    }
     avg, cp = ema(0.5, batch_stats="average"), ema(0.5, batch_stats="copy")
     s_avg = avg.update(avg.init(params, stats0), params, stats1)
     s_cp = cp.update(cp.init(params, stats0), params, stats1)
@@ -65,7 +72,9 @@ def test_works_on_nnx_state():
     state = tx.init(params, stats)
     doubled = jax.tree.map(lambda x: 2 * x, params)
     state = tx.update(state, doubled, stats)
-    jax.tree.map(lambda e, p: np.testing.assert_allclose(e, 1.5 * p, rtol=1e-6), state.ema_params, params)
+    jax.tree.map(
+        lambda e, p: np.testing.assert_allclose(e, 1.5 * p, rtol=1e-6), state.ema_params, params
+    )
     assert jax.tree.structure(state.ema_params) == jax.tree.structure(params)
 
 
@@ -116,9 +125,14 @@ def test_recompute_batch_stats_matches_data_statistics(momentum):
     # Several equal batches: the data mean, and the mean of per-batch variances (not momentum).
     multi = recompute_batch_stats(stats_fn, params, stats, images, momentum=momentum)
     per_batch = [_conv_features(model, b) for b in images]
-    np.testing.assert_allclose(multi["bn"]["mean"].value, np.concatenate(per_batch).mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(
-        multi["bn"]["var"].value, np.mean([f.var(0) for f in per_batch], axis=0), rtol=1e-4, atol=1e-6
+        multi["bn"]["mean"].value, np.concatenate(per_batch).mean(0), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        multi["bn"]["var"].value,
+        np.mean([f.var(0) for f in per_batch], axis=0),
+        rtol=1e-4,
+        atol=1e-6,
     )
 
 

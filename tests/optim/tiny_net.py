@@ -1,4 +1,5 @@
 """A tiny real Flax NNX model (Conv, BatchNorm, Linear) for the optim tests."""
+
 import jax.numpy as jnp
 from flax import nnx
 

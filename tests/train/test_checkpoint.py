@@ -72,7 +72,8 @@ def step_dir(root, step, which="latest"):
 
 def data_files(path):
     return [
-        f for f in glob.glob(os.path.join(path, "state", "**", "*"), recursive=True)
+        f
+        for f in glob.glob(os.path.join(path, "state", "**", "*"), recursive=True)
         if os.path.isfile(f) and f"{os.sep}d{os.sep}" in f
     ]
 
@@ -190,7 +191,12 @@ def _no_state_item(path):
 
 
 CORRUPTIONS = [
-    _delete_data, _truncate_data, _garbage_data, _garbage_meta, _no_commit_marker, _empty_dir,
+    _delete_data,
+    _truncate_data,
+    _garbage_data,
+    _garbage_meta,
+    _no_commit_marker,
+    _empty_dir,
     _no_state_item,
 ]
 

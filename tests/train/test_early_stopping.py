@@ -1,4 +1,5 @@
 """Tests for jaxreg.train.early_stopping.EarlyStopping."""
+
 import dataclasses
 import math
 

@@ -49,7 +49,10 @@ def test_resume_continues_to_the_same_parameters(tmp_path, digits_small):
     assert resumed["epochs_run"] == 4
     for a, b in zip(_params(full), _params(resumed)):
         np.testing.assert_array_equal(a, b)
-    h = [json.loads(l)["epoch"] for l in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    h = [
+        json.loads(l)["epoch"]
+        for l in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert h == [1, 2, 3, 4]
 
 
@@ -98,7 +101,9 @@ def test_bad_config_is_rejected_before_training(tmp_path, digits_small):
         train_and_evaluate(tiny_config(model="nope"), tmp_path, data=digits_small)
 
 
-def test_corrupt_latest_checkpoint_falls_back_and_retrains_to_the_same_result(tmp_path, digits_small):
+def test_corrupt_latest_checkpoint_falls_back_and_retrains_to_the_same_result(
+    tmp_path, digits_small
+):
     ref = train_and_evaluate(tiny_config(epochs=3), tmp_path / "ref", data=digits_small)
     w = tmp_path / "w"
     train_and_evaluate(tiny_config(epochs=3), w, data=digits_small)
@@ -116,7 +121,9 @@ def test_corrupt_latest_checkpoint_falls_back_and_retrains_to_the_same_result(tm
 
 def test_host_fed_loop_gives_the_same_run_as_the_scan(tmp_path, digits_small):
     scan = train_and_evaluate(tiny_config(epochs=2, loop="scan"), tmp_path / "s", data=digits_small)
-    host = train_and_evaluate(tiny_config(epochs=2, loop="python"), tmp_path / "p", data=digits_small)
+    host = train_and_evaluate(
+        tiny_config(epochs=2, loop="python"), tmp_path / "p", data=digits_small
+    )
     for a, b in zip(_params(scan), _params(host)):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
     with pytest.raises(ValueError, match="loop"):

@@ -13,8 +13,9 @@ from jaxreg.train.step import epoch_permutation
 
 
 def _state(batch_norm=True, ema_fn=None, dropout=0.0):
-    m = models.create("tiny", num_classes=4, input_shape=(8, 8, 1), batch_norm=batch_norm,
-                      dropout=dropout)
+    m = models.create(
+        "tiny", num_classes=4, input_shape=(8, 8, 1), batch_norm=batch_norm, dropout=dropout
+    )
     return TrainState.create(m, optax.adam(1e-2), key=jax.random.key(3), ema_fn=ema_fn)
 
 
@@ -25,8 +26,9 @@ def _data(n=40):
 
 
 def _flip(key, images):  # a batched augmentation hook
-    return jnp.where(jax.random.bernoulli(key, 0.5, (images.shape[0], 1, 1, 1)),
-                     images[:, :, ::-1], images)
+    return jnp.where(
+        jax.random.bernoulli(key, 0.5, (images.shape[0], 1, 1, 1)), images[:, :, ::-1], images
+    )
 
 
 def test_scan_epoch_equals_python_loop_of_the_same_step():
@@ -61,7 +63,9 @@ def test_epoch_is_deterministic_and_learns():
         st, m = epoch(st, x, y, jnp.int32(e))
     assert float(np.mean(m["loss"])) < float(np.mean(ma["loss"]))
     # BatchNorm statistics moved away from their initial values
-    assert not np.allclose(jax.tree.leaves(st.batch_stats)[0], jax.tree.leaves(_state().batch_stats)[0])
+    assert not np.allclose(
+        jax.tree.leaves(st.batch_stats)[0], jax.tree.leaves(_state().batch_stats)[0]
+    )
 
 
 def test_different_epochs_shuffle_differently_and_weights_sample_by_class():
