@@ -80,7 +80,7 @@ def _block(out):
 
 
 def _torch_device():
-    """kornia runs where torch sees a GPU (CUDA), else on the CPU; returns (device, sync fn)."""
+    """Kornia runs where torch sees a GPU (CUDA), else on the CPU; returns (device, sync fn)."""
     import torch
 
     if torch.cuda.is_available():
@@ -102,6 +102,7 @@ class _Counter:
 
 
 def jaxreg_a(x, y):
+    """Returns a runner for one Workload A batch: jaxreg `compose` + `batch`, then `mixup`."""
     aug = A.compose(
         P(A.random_crop, size=32, padding=4, pad_mode="reflect"),
         P(A.random_flip, horizontal=True, p=0.5),
@@ -122,6 +123,7 @@ def jaxreg_a(x, y):
 
 
 def dmpix_a(x, y):
+    """Returns a runner for one Workload A batch with dm-pix ops (vmap + jit), Mixup by hand."""
     import dm_pix as pix
 
     def one(key, img):
@@ -157,6 +159,7 @@ def dmpix_a(x, y):
 
 
 def kornia_a(x, y):
+    """Returns a runner for one Workload A batch with kornia on NCHW tensors, Mixup by hand."""
     import kornia.augmentation as K
     import torch
 
@@ -184,6 +187,7 @@ def kornia_a(x, y):
 
 
 def albumentations_a(x, y):
+    """Returns a runner for one Workload A batch with albumentations per image, Mixup in numpy."""
     import albumentations as Alb
     import cv2
 
@@ -218,6 +222,7 @@ def albumentations_a(x, y):
 
 
 def jaxreg_b(x):
+    """Returns a runner for one Workload B batch: jaxreg rotate, scale, resized crop, flip."""
     aug = A.compose(
         P(A.random_rotate, max_degrees=15),
         P(A.random_scale, min_scale=0.8, max_scale=1.2),
@@ -253,6 +258,7 @@ def jaxreg_b_xla(x):
 
 
 def dmpix_b(x):
+    """Returns a runner for one Workload B batch with dm-pix rotate/affine ops (vmap + jit)."""
     import dm_pix as pix
 
     def one(key, img):
@@ -280,6 +286,7 @@ def dmpix_b(x):
 
 
 def augmax_b(x):
+    """Returns a runner for one Workload B batch with an augmax `Chain` (vmap + jit)."""
     import augmax
 
     # augmax has no separate scale op or area-based resized crop: RandomSizedCrop's zoom range
@@ -296,6 +303,7 @@ def augmax_b(x):
 
 
 def kornia_b(x):
+    """Returns a runner for one Workload B batch with kornia (affine, resized crop, flip)."""
     import kornia.augmentation as K
     import torch
 
@@ -317,6 +325,7 @@ def kornia_b(x):
 
 
 def albumentations_b(x):
+    """Returns a runner for one Workload B batch with albumentations, one image at a time."""
     import albumentations as Alb
 
     t = Alb.Compose(
@@ -347,6 +356,7 @@ def _tf():
 
 
 def tf_image_a(x, y):
+    """Returns a runner for one Workload A batch with tf.image, batched by hand (`tf.function`)."""
     tf = _tf()
     gen = tf.random.Generator.from_seed(0, alg="philox")
     xt, yt = tf.constant(x), tf.constant(y)
@@ -392,6 +402,7 @@ def tf_image_a(x, y):
 
 
 def tf_image_b(x):
+    """Returns a runner for one Workload B batch with tf.image: warp, then `crop_and_resize`."""
     tf = _tf()
     gen = tf.random.Generator.from_seed(0, alg="philox")
     xt = tf.constant(x)
@@ -479,6 +490,21 @@ def _warp_note():
 
 
 def run_workload(name, peers, args, repeats):
+    """Times each `(name, factory)` peer on `args`, prints a table against jaxreg and returns rows.
+
+    Args:
+        name: The workload's title, printed as the table's heading.
+        peers: `(peer name, factory)` pairs; the first is jaxreg, the reference for the ratio
+            column. A factory takes `*args` and returns a zero-argument callable running one batch.
+        args: The inputs passed to each factory (the image batch first; its leading axis is the
+            batch size used for images per second).
+        repeats: Timed calls after the two warm-up calls (the dm-pix peer is timed over 2 only:
+            `name` is a full title, never just "A").
+
+    Returns:
+        One `(peer, images per second, first-call s, median batch s, note)` tuple per peer; the
+        three numbers are None for a peer that was skipped or failed.
+    """
     print(f"\nWorkload {name}")
     rows = []
     for peer, make in peers:
@@ -513,6 +539,7 @@ def run_workload(name, peers, args, repeats):
 
 
 def main(argv=None):
+    """Parses the command line and runs workload A, B or both, printing the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workload", choices=["A", "B", "both"], default="both")
     parser.add_argument("--repeats", type=int, default=10)

@@ -58,6 +58,7 @@ EXPERIMENT_KEYS = (
 
 
 def get_config() -> ConfigDict:
+    """Returns the experiment's config: `cnn_small` on 100 mnist5k images per class, 3 seeds."""
     c = default_config()
     c.data = "mnist5k"
     c.train_per_class = 100
@@ -95,6 +96,7 @@ def get_config() -> ConfigDict:
 
 
 def variant_specs(degrade_spec: str) -> dict[str, str]:
+    """Maps each variant name to its augment spec; the degrading ones use `degrade_spec`."""
     return {
         "none": "",
         "digits": "digits",

@@ -56,6 +56,7 @@ EXPERIMENT_KEYS = (
 
 
 def get_config() -> ConfigDict:
+    """Returns the experiment's config: `cnn_small` on 20 mnist5k images per class, 0-32 copies."""
     c = default_config()
     c.data = "mnist5k"
     c.train_per_class = 20
@@ -224,7 +225,7 @@ def run(config: ConfigDict, workdir: str) -> dict:
     for a in agg:
         name = a["variant"]
         mine = [r for r in rows if r["variant"] == name]
-        m, h, above, n = experiment.paired_ci(rows, name, "test_accuracy", baseline="k0")
+        m, h, _above, n = experiment.paired_ci(rows, name, "test_accuracy", baseline="k0")
         a["d_test"], a["h_test"] = m, h
         a["copies"], a["train_size"] = mine[0]["copies"], mine[0]["train_size"]
         onsets = [r["onset"] for r in mine if r["onset"] is not None]

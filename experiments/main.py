@@ -21,6 +21,7 @@ from jaxreg.train.loop import prepare_data, train_and_evaluate
 
 
 def get_config() -> ConfigDict:
+    """Returns the config: a BatchNorm `cnn` on 50 mnist5k images per class, `digits` policy."""
     c = default_config()
     c.data = "mnist5k"
     c.train_per_class = 50

@@ -28,8 +28,9 @@ split chooses nothing.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from ml_collections import ConfigDict
@@ -46,6 +47,7 @@ EXPERIMENT_KEYS = ("seeds", "variants", "augment_spec", "reg", "onset_patience",
 
 
 def get_config() -> ConfigDict:
+    """Returns the config: `cnn_small` on 30 mnist5k images per class, 60 constant-rate epochs."""
     c = default_config()
     c.data = "mnist5k"
     c.train_per_class = 30
@@ -71,6 +73,14 @@ def get_config() -> ConfigDict:
 
 
 def variant_overrides(spec: str, reg: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Variant name -> config overrides, with augment `spec` and rates from `reg`.
+
+    Args:
+        spec: The augment spec of the "augment" and "all" variants.
+        reg: Regularisation settings with keys "dropout", "weight_decay" (the "dropout_wd" and
+            "all" variants) and "patience" (early-stopping patience, with the best epoch restored,
+            in "early_stopping" and "all").
+    """
     es = {"early_stopping.patience": int(reg["patience"]), "restore_best": True}
     return {
         "plain": {},

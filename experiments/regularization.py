@@ -39,8 +39,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from ml_collections import ConfigDict
@@ -81,6 +82,7 @@ CHECK_COLUMNS = (
 
 
 def get_config() -> ConfigDict:
+    """Returns the config: `cnn_small` on 50 mnist5k images per class, Adam at a constant rate."""
     c = default_config()
     c.data = "mnist5k"
     c.train_per_class = 50
@@ -398,7 +400,7 @@ def run(config: ConfigDict, workdir: str) -> dict:
     for a in agg:
         a["settings"] = _settings(variants[a["variant"]])
         if a["variant"] != BASELINE:
-            diff, noise, sign = _compare(
+            diff, _noise, sign = _compare(
                 {x["variant"]: x for x in agg}, a["variant"], "test_accuracy"
             )
             a["vs none"] = (

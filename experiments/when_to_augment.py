@@ -61,6 +61,7 @@ SMOKE_DIVERSITY_VARIANTS = ("random", "narrow", "narrow_digits")
 
 
 def get_config() -> ConfigDict:
+    """Returns the config of parts a-c: `cnn_small` on mnist5k with BatchNorm, 3 seeds."""
     c = default_config()
     c.data = "mnist5k"
     c.model = "cnn_small"
@@ -252,7 +253,7 @@ def _part_b(config, workdir, splits, seeds, spec, factor, min_steps, smoke):
     table, compact = [], []
     for a in agg:
         name = a["variant"]
-        m, h, above, n = experiment.paired_ci(
+        m, h, _above, _n = experiment.paired_ci(
             rows, name, "test_balanced_accuracy", baseline="baseline"
         )
         mm, mh, _, _ = experiment.paired_ci(rows, name, "minority_recall", baseline="baseline")
@@ -357,7 +358,7 @@ def _part_c(config, workdir, splits, seeds, spec, thicken, fraction, min_steps, 
     k = train.num_classes
     ink = _ink(train.images)
     # the same count per class (a fraction of the smallest class), the least ink first
-    n_keep = max(1, int(round(fraction * int(train.class_counts().min()))))
+    n_keep = max(1, round(fraction * int(train.class_counts().min())))
     narrow_idx, edges = [], []
     for c in range(k):
         members = np.flatnonzero(train.labels == c)
@@ -416,7 +417,7 @@ def _part_c(config, workdir, splits, seeds, spec, thicken, fraction, min_steps, 
     table, compact = [], []
     for a in agg:
         name = a["variant"]
-        m, h, above, n = experiment.paired_ci(rows, name, "test_accuracy", baseline="narrow")
+        m, h, _above, _n = experiment.paired_ci(rows, name, "test_accuracy", baseline="narrow")
         a["d"], a["h"] = m, h
         table.append(
             {

@@ -7,9 +7,10 @@ import importlib.util
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Sequence
+from typing import Any
 
 from ml_collections import ConfigDict
 
@@ -42,8 +43,11 @@ def enable_compilation_cache() -> str | None:
 
 
 def experiments_dir() -> Path:
-    """The folder of experiment modules: ``$JAXREG_EXPERIMENTS``, else ``experiments/`` of the
-    source tree jaxreg runs from, else ``./experiments``."""
+    """The folder of experiment modules.
+
+    ``$JAXREG_EXPERIMENTS`` if set, else ``experiments/`` of the source tree jaxreg runs from
+    (when that folder exists), else ``./experiments``.
+    """
     env = os.environ.get(EXPERIMENTS_ENV)
     if env:
         return Path(env)
@@ -218,6 +222,7 @@ def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``jaxreg`` parser: subcommands run, list, augment, report; handlers in ``func``."""
     p = argparse.ArgumentParser(prog="jaxreg", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run an experiment or a config file (--config.KEY=VALUE ...)")

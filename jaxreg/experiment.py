@@ -1,5 +1,7 @@
-"""Helpers for experiment modules: run variants over seeds, aggregate mean ± std, paired
-confidence intervals, prediction-based metrics, plots and the report.
+"""Helpers for experiment modules: variant runs, statistics, metrics, plots and the report.
+
+They run variants over seeds, aggregate mean ± std, compute paired confidence intervals and
+prediction-based metrics, draw plots and write the report.
 
 The experiments in ``experiments/`` share these; each keeps only what is its own question.
 """
@@ -10,8 +12,9 @@ import contextlib
 import json
 import math
 import numbers
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from ml_collections import ConfigDict
@@ -568,7 +571,11 @@ def paired_ci(
     per-seed differences ``d`` of :func:`paired_differences`.
 
     Args:
-      rows, name, metric, baseline, key: as in :func:`paired_differences`.
+      rows: one dict per run with ``seed``, ``key`` and ``metric`` (``run_variants`` rows).
+      name: the variant compared.
+      metric: the row field compared.
+      baseline: the reference variant.
+      key: the row field that names the variant.
       confidence: two-sided level in (0, 1).
 
     Returns:
@@ -699,7 +706,9 @@ def per_class_recall(pred: Any, labels: Any, num_classes: int) -> np.ndarray:
     """Recall of every class: the fraction of its examples predicted as that class.
 
     Args:
-      pred, labels, num_classes: as in :func:`confusion_matrix`.
+      pred: predicted classes, int array of shape ``(N,)`` in ``[0, num_classes)``.
+      labels: true classes, int array of shape ``(N,)`` in ``[0, num_classes)``.
+      num_classes: K >= 1.
 
     Returns:
       float64 array of shape ``(K,)`` in [0, 1]; NaN for a class absent from ``labels``
@@ -732,13 +741,19 @@ def write_report(
     wall_time_s: float,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """Writes ``report.md`` and ``summary.json`` (``report.write_experiment_report``) and logs
-    the table, the verdict and where the report is.
+    """Writes ``report.md`` and ``summary.json``, then logs the table, verdict and report path.
+
+    The files come from ``report.write_experiment_report``.
 
     Args:
       workdir: the experiment's output folder.
-      title, question, expectation, table_rows, verdict, figures, extra_md: the report parts
-        (figures are file names relative to ``workdir``).
+      title: experiment title.
+      question: the question the experiment answers.
+      expectation: what was expected before running it.
+      table_rows: result rows (one dict per row), also logged as a Markdown table.
+      verdict: the answer, as found; must be non-empty.
+      figures: image files saved inside ``workdir``, relative to it (or absolute inside it).
+      extra_md: extra Markdown appended to the report (not stored in the summary).
       wall_time_s: seconds this invocation took (logged).
       log: printer.
 

@@ -316,7 +316,7 @@ def plot_curves(
 
 
 def _plain(value: Any) -> Any:
-    """numpy scalars/arrays to Python values (for formatting and JSON)."""
+    """Numpy scalars/arrays to Python values (for formatting and JSON)."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -431,7 +431,7 @@ def _md_escape(text: str) -> str:
 def markdown_table(
     rows: Sequence[Mapping], columns: Sequence[str] | None = None, floatfmt: str = ".4f"
 ) -> str:
-    """Renders dicts as a GitHub-flavoured Markdown table.
+    r"""Renders dicts as a GitHub-flavoured Markdown table.
 
     Columns default to the union of the rows' keys in first-seen order; a missing cell is
     empty. Cells are formatted by :func:`format_value`; ``|`` is escaped and newlines
@@ -443,7 +443,7 @@ def markdown_table(
       floatfmt: ``format`` spec for floats, e.g. ``".4f"`` or ``".3g"``.
 
     Returns:
-      The table, lines joined by ``"\\n"``, with a trailing newline.
+      The table, lines joined by ``"\n"``, with a trailing newline.
 
     Raises:
       TypeError: ``rows`` is not a list of dicts, or ``columns`` not a list of str.

@@ -1,5 +1,8 @@
-"""Test-wide settings: strict dtype promotion, rank promotion that raises (DESIGN.md), and a
-persistent XLA compilation cache so repeated runs of the same program compile once."""
+"""Test-wide settings: strict dtype promotion, raising rank promotion, a persistent XLA cache.
+
+Rank promotion raises as DESIGN.md asks; the persistent XLA compilation cache lets repeated runs
+of the same program compile once.
+"""
 
 import os
 import tempfile
@@ -11,7 +14,7 @@ if "xla_gpu_deterministic_ops" not in os.environ.get("XLA_FLAGS", ""):
         os.environ.get("XLA_FLAGS", "") + " --xla_gpu_deterministic_ops=true"
     ).strip()
 
-import jax  # noqa: E402
+import jax
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")

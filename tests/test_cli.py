@@ -57,7 +57,7 @@ def test_run_config_file_end_to_end(tmp_path):
     out = _cli("run", str(cfg), "--workdir", str(tmp_path / "w"), "--config.learning_rate=0.003")
     assert out.returncode == 0, out.stderr[-2000:]
     w = tmp_path / "w"
-    recs = [json.loads(l) for l in (w / "metrics.jsonl").read_text().splitlines()]
+    recs = [json.loads(line) for line in (w / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in recs] == [1, 2]
     assert json.loads((w / "config.json").read_text())["learning_rate"] == 0.003
     assert (
@@ -116,7 +116,7 @@ def test_sigkill_at_random_points_then_resume_gives_identical_parameters(tmp_pat
     w = tmp_path / "killed"
     rng = random.Random(0)
     kills = 0
-    for attempt in range(2):
+    for _attempt in range(2):
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         proc = subprocess.Popen(
             [sys.executable, "-m", "jaxreg", "run", str(cfg), "--workdir", str(w)],
@@ -152,7 +152,9 @@ def test_sigkill_at_random_points_then_resume_gives_identical_parameters(tmp_pat
     assert step == ref_step
     for a, b in zip(jax.tree.leaves(ref_tree), jax.tree.leaves(tree)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    epochs_seen = [json.loads(l)["epoch"] for l in (w / "metrics.jsonl").read_text().splitlines()]
+    epochs_seen = [
+        json.loads(line)["epoch"] for line in (w / "metrics.jsonl").read_text().splitlines()
+    ]
     assert epochs_seen == list(range(1, epochs + 1))
 
 

@@ -1,5 +1,8 @@
-"""jaxreg.experiment helpers: config parsing, step budgets, paired statistics, predictions,
-the compile cache and read-back of finished runs (no training here: fast, mostly numpy)."""
+"""jaxreg.experiment helpers (no training here: fast, mostly numpy).
+
+Covers config parsing, step budgets, paired statistics, predictions, the compile cache and
+read-back of finished runs.
+"""
 
 import json
 import math
@@ -15,7 +18,7 @@ from jaxreg.data import Dataset
 
 
 def _rows(values):
-    """variant -> per-seed values as run_variants rows."""
+    """Variant -> per-seed values as run_variants rows."""
     return [
         {"variant": name, "seed": seed, "m": v}
         for name, vs in values.items()
@@ -48,7 +51,7 @@ def test_split_names_and_select_variants():
     with pytest.raises(TypeError, match="spec"):
         experiment.split_names(("a",))
     allowed = ("none", "rotate", "mixup")
-    kw = dict(allowed=allowed, default=("none", "mixup"), baseline="none")
+    kw = {"allowed": allowed, "default": ("none", "mixup"), "baseline": "none"}
     assert experiment.select_variants("", **kw) == ("none", "mixup")
     assert experiment.select_variants("rotate", **kw) == ("none", "rotate")
     assert experiment.select_variants("rotate, none", **kw) == ("rotate", "none")

@@ -1,5 +1,7 @@
 """Tests for jaxreg.losses: agreement with optax, stability, ECE by hand, validation."""
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -92,7 +94,7 @@ def _ece_reference(probs, labels, num_bins):
     conf, pred = probs.max(1), probs.argmax(1)
     edges = np.linspace(0.0, 1.0, num_bins + 1)
     total = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in itertools.pairwise(edges):
         in_bin = (conf > lo) & (conf <= hi)
         if in_bin.any():
             total += in_bin.mean() * abs(

@@ -441,7 +441,7 @@ def test_write_experiment_report(tmp_path):
 
 
 def test_write_experiment_report_bad_figures(tmp_path):
-    kw = dict(title="t", question="q", expectation="e", table_rows=[], verdict="v")
+    kw = {"title": "t", "question": "q", "expectation": "e", "table_rows": [], "verdict": "v"}
     with pytest.raises(ValueError, match="figures"):
         report.write_experiment_report(tmp_path, figures=["missing.png"], **kw)
     outside = tmp_path / "elsewhere.png"

@@ -103,7 +103,7 @@ def check_range(
         raise ValueError(f"{name} must satisfy low <= high; got {pair!r}.")
     if positive and a <= 0:
         raise ValueError(f"{name} must be > 0; got {pair!r}.")
-    if lo is not None and a < lo or hi is not None and b > hi:
+    if (lo is not None and a < lo) or (hi is not None and b > hi):
         raise ValueError(f"{name} must lie in [{lo}, {hi}]; got {pair!r}.")
     return a, b
 

@@ -90,8 +90,10 @@ def huge_pages() -> bool:
 
 
 def cache_dir() -> Path:
-    """Folder for built kernels: $JAXREG_CACHE_DIR, else ~/.cache/jaxreg/native (next to the
-    XLA cache of the `jaxreg` command, ~/.cache/jaxreg/xla)."""
+    """Folder for built kernels: $JAXREG_CACHE_DIR, else ~/.cache/jaxreg/native.
+
+    The default sits next to the XLA cache of the `jaxreg` command, ~/.cache/jaxreg/xla.
+    """
     explicit = os.environ.get("JAXREG_CACHE_DIR")
     if explicit:
         return Path(explicit)
@@ -216,7 +218,7 @@ def build(directory: Path | None = None) -> Path:
     raise AssertionError("unreachable")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _register(path: str) -> str:
     lib = ctypes.CDLL(path)
     jax.ffi.register_ffi_target(
@@ -229,7 +231,7 @@ def _register(path: str) -> str:
 _LOADED: list[ctypes.CDLL] = []
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _warp_target_once() -> str | None:
     if not hasattr(jax, "ffi") or not hasattr(jax.ffi, "include_dir"):
         return None  # jax too old for the FFI used here

@@ -81,7 +81,7 @@ def uniform(
 
 
 def _quarter_sincos(t: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """cos and sin of (pi / 2) t for t in [0, 1], as Taylor polynomials (no range reduction).
+    """Cos and sin of (pi / 2) t for t in [0, 1], as Taylor polynomials (no range reduction).
 
     XLA:CPU evaluates jnp.sin / jnp.cos as scalar calls; these polynomials vectorise. Absolute
     error below 1e-7 (terms up to x^12 and x^13 on [0, pi/2]).
@@ -110,7 +110,7 @@ def _quarter_sincos(t: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def _with_sign(x: jax.Array, bit: jax.Array) -> jax.Array:
-    """x with its sign flipped where `bit` (uint32, 0 or 1) is 1 (one xor of the sign bit)."""
+    """X with its sign flipped where `bit` (uint32, 0 or 1) is 1 (one xor of the sign bit)."""
     return lax.bitcast_convert_type(
         lax.bitcast_convert_type(x, jnp.uint32) ^ (bit << np.uint32(31)), jnp.float32
     )
@@ -157,7 +157,7 @@ _GAMMA_TRIES = 8
 def log_gamma_variate(
     key: jax.Array, a: float, shape: tuple[int, ...] = (), *, stream: int = 0
 ) -> jax.Array:
-    """log of Gamma(a, 1) samples, a > 0 static (Marsaglia & Tsang 2000, unrolled rejection).
+    """Log of Gamma(a, 1) samples, a > 0 static (Marsaglia & Tsang 2000, unrolled rejection).
 
     Eight proposals are drawn at once and the first accepted one is used (acceptance is above
     0.95 per proposal for the shifted shape a + 1 >= 1, so all eight fail with probability

@@ -21,23 +21,23 @@ from jaxreg.augment import _core, _rng
 __all__ = [
     "adjust_brightness",
     "adjust_contrast",
-    "adjust_saturation",
-    "adjust_hue",
     "adjust_gamma",
+    "adjust_hue",
+    "adjust_saturation",
     "adjust_sharpness",
+    "autocontrast",
+    "color_jitter",
+    "equalize",
     "grayscale",
     "invert",
-    "solarize",
     "posterize",
-    "autocontrast",
-    "equalize",
     "random_brightness",
     "random_contrast",
-    "random_saturation",
-    "random_hue",
     "random_gamma",
     "random_grayscale",
-    "color_jitter",
+    "random_hue",
+    "random_saturation",
+    "solarize",
 ]
 
 _CH = (1, 3)
@@ -48,7 +48,7 @@ def _clip(x):
 
 
 def _blend(a, b, factor):
-    """b + factor * (a - b), clipped: factor 1 gives a, factor 0 gives b."""
+    """B + factor * (a - b), clipped: factor 1 gives a, factor 0 gives b."""
     return _clip(b + factor * (a - b))
 
 
@@ -213,7 +213,7 @@ def equalize(image: jax.Array) -> jax.Array:
 
 
 def _factor_range(strength: Any, name: str) -> tuple[float, float]:
-    """torchvision convention: s -> [max(0, 1 - s), 1 + s]; a pair is a factor range."""
+    """Torchvision convention: s -> [max(0, 1 - s), 1 + s]; a pair is a factor range."""
     if isinstance(strength, Sequence) and not isinstance(strength, str):
         return _core.check_range(strength, name, lo=0.0)
     _core.check_positive(strength, name, allow_zero=True)
@@ -288,7 +288,10 @@ def color_jitter(
     Args:
       key: PRNG key.
       image: (H, W, C) floating image in [0, 1], C in {1, 3}.
-      brightness, contrast, saturation: strengths >= 0 or factor ranges.
+      brightness: Strength s >= 0 (factor from [max(0, 1 - s), 1 + s]) or a (low, high) factor
+        range with low >= 0; 0 (the default) leaves brightness unchanged.
+      contrast: Strength or factor range, as for `brightness`; 0 leaves contrast unchanged.
+      saturation: Strength or factor range, as for `brightness`; 0 leaves saturation unchanged.
       hue: strength in [0, 0.5] or a range inside [-0.5, 0.5].
 
     Returns:

@@ -20,12 +20,12 @@ from jaxreg.augment import _core, _rng
 
 __all__ = [
     "add_noise",
-    "gaussian_noise",
-    "gaussian_blur",
-    "random_blur",
     "downscale",
-    "random_downscale",
+    "gaussian_blur",
+    "gaussian_noise",
     "jpeg_compress",
+    "random_blur",
+    "random_downscale",
     "random_jpeg",
 ]
 

@@ -34,7 +34,7 @@ from jax.custom_batching import custom_vmap
 
 from jaxreg.augment import _core, _rng
 
-__all__ = ["erase", "cutout", "random_erasing", "corner_patches"]
+__all__ = ["corner_patches", "cutout", "erase", "random_erasing"]
 
 FILL_WORDS = ("noise", "mean", "batch")
 _FILL_HELP = (

@@ -24,28 +24,28 @@ from jaxreg.augment import _core, _rng, _warp
 from jaxreg.augment._warp import GeometricOp
 
 __all__ = [
+    "affine",
+    "center_crop",
+    "crop",
     "flip_left_right",
     "flip_up_down",
-    "random_flip",
-    "rot90",
-    "random_rot90",
-    "rotate",
-    "random_rotate",
-    "scale",
-    "random_scale",
-    "translate",
-    "random_translate",
-    "shear",
-    "random_shear",
-    "affine",
     "random_affine",
-    "warp_affine",
-    "resize",
-    "crop",
-    "center_crop",
     "random_crop",
-    "resized_crop",
+    "random_flip",
     "random_resized_crop",
+    "random_rot90",
+    "random_rotate",
+    "random_scale",
+    "random_shear",
+    "random_translate",
+    "resize",
+    "resized_crop",
+    "rot90",
+    "rotate",
+    "scale",
+    "shear",
+    "translate",
+    "warp_affine",
 ]
 
 Fill = Any
@@ -345,7 +345,10 @@ def affine(
       scale: zoom factor (> 1 zooms in).
       translate: (dy, dx) shift in pixels.
       shear: (degrees_x, degrees_y) shear angles.
-      fill, mode: border rule, see `warp_affine`.
+      fill: value for pixels that come from outside the image (mode "constant"): a number or
+        one per channel.
+      mode: border rule, one of "constant", "edge", "reflect", "symmetric", "wrap"; see
+        `warp_affine`.
 
     Returns:
       (H, W, C) image.
@@ -507,7 +510,10 @@ def random_rotate(
       key: PRNG key.
       image: (H, W, C) floating image.
       max_degrees: largest rotation (>= 0).
-      fill, mode: border rule, see `warp_affine`.
+      fill: value for pixels that come from outside the image (mode "constant"): a number or
+        one per channel.
+      mode: border rule, one of "constant", "edge", "reflect", "symmetric", "wrap"; see
+        `warp_affine`.
 
     Returns:
       (H, W, C) image (bilinear).
@@ -581,7 +587,13 @@ def random_translate(
     """Shifts by up to `max_fraction` of the height/width in each direction (uniform, sub-pixel).
 
     Args:
+      key: PRNG key.
+      image: (H, W, C) floating image.
       max_fraction: in [0, 1]; a number or a (vertical, horizontal) pair.
+      fill: value for pixels that come from outside the image (mode "constant"): a number or
+        one per channel.
+      mode: border rule, one of "constant", "edge", "reflect", "symmetric", "wrap"; see
+        `warp_affine`.
 
     Returns:
       (H, W, C) image.
@@ -663,7 +675,10 @@ def random_affine(
       scale: (low, high) zoom range.
       max_translate: shift up to this fraction of height/width.
       max_shear: shear angles drawn from [-max_shear, max_shear].
-      fill, mode: border rule, see `warp_affine`.
+      fill: value for pixels that come from outside the image (mode "constant"): a number or
+        one per channel.
+      mode: border rule, one of "constant", "edge", "reflect", "symmetric", "wrap"; see
+        `warp_affine`.
 
     Returns:
       (H, W, C) image.
@@ -789,9 +804,9 @@ def _resized_crop_sampler(key, hw, scale_, ratio):
     # Fallback (torchvision): a centred crop of the whole image with the ratio clamped.
     in_ratio = w / h
     if in_ratio < ratio[0]:
-        fw, fh = w, int(round(w / ratio[0]))
+        fw, fh = w, round(w / ratio[0])
     elif in_ratio > ratio[1]:
-        fh, fw = h, int(round(h * ratio[1]))
+        fh, fw = h, round(h * ratio[1])
     else:
         fw, fh = w, h
     i = jnp.argmax(ok)

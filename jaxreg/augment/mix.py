@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from jaxreg.augment import _core, _rng
 
-__all__ = ["mixup", "cutmix", "mixup_or_cutmix", "soft_labels"]
+__all__ = ["cutmix", "mixup", "mixup_or_cutmix", "soft_labels"]
 
 MODES = ("batch", "pair", "elem")
 
@@ -86,7 +86,7 @@ def _prepare(images, labels, alpha, num_classes, label_smoothing, mode):
 
 
 def _per_example(values: jax.Array, b: int, mode: str) -> jax.Array:
-    """values (B, ...) drawn per example -> (B, ...) shared as the mode says."""
+    """Values (B, ...) drawn per example -> (B, ...) shared as the mode says."""
     if mode == "batch":
         return jnp.broadcast_to(values[0], values.shape)
     if mode == "pair":
@@ -190,7 +190,7 @@ def cutmix(
       (images (B, H, W, C), soft_labels float32 (B, K)).
     """
     _core.check_key(key)
-    b, y = _prepare(images, labels, alpha, num_classes, label_smoothing, mode)
+    _b, y = _prepare(images, labels, alpha, num_classes, label_smoothing, mode)
     mask, lam = _cutmix_parts(key, images, alpha, mode, bool(correct_lam))
     return jnp.where(mask, images[::-1], images), _mix_labels(y, lam)
 
@@ -214,9 +214,14 @@ def mixup_or_cutmix(
       key: PRNG key.
       images: (B, H, W, C) floating images.
       labels: int (B,) with `num_classes`, or float (B, K).
-      mixup_alpha, cutmix_alpha: Beta concentrations > 0.
+      mixup_alpha: Beta concentration > 0 of the Mixup lambda.
+      cutmix_alpha: Beta concentration > 0 of the CutMix lambda (sets the box size).
       switch_prob: probability of CutMix, in [0, 1].
-      num_classes, label_smoothing, mode, correct_lam: as in `mixup` / `cutmix`.
+      num_classes: K for integer labels.
+      label_smoothing: in [0, 1), applied before mixing.
+      mode: "batch", "pair" or "elem": the CutMix/Mixup choice, lambda and box are drawn once
+        for the batch, per pair, or per example.
+      correct_lam: for CutMix, recompute lambda from the clipped box area.
 
     Returns:
       (images (B, H, W, C), soft_labels float32 (B, K)).

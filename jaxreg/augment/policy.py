@@ -21,14 +21,14 @@ from jaxreg.augment import _core, _rng, _warp, color, geometric
 from jaxreg.augment._warp import GeometricOp
 
 __all__ = [
-    "identity",
-    "compose",
-    "random_apply",
-    "one_of",
-    "batch",
-    "rand_augment",
-    "trivial_augment",
     "augmix",
+    "batch",
+    "compose",
+    "identity",
+    "one_of",
+    "rand_augment",
+    "random_apply",
+    "trivial_augment",
 ]
 
 Augmentation = Callable[[jax.Array, jax.Array], jax.Array]
@@ -353,7 +353,7 @@ def _layer(key, image, names, m, fill):
     u = _rng.uniform(key, (2,))
     idx = jnp.minimum(jnp.floor(u[0] * len(names)), len(names) - 1).astype(jnp.int32)
     sign = jnp.where(u[1] < 0.5, -1.0, 1.0)
-    order = [n for n in names]  # idx indexes `names`; map to the geometric / colour position
+    order = list(names)  # idx indexes `names`; map to the geometric / colour position
     is_geo = jnp.asarray([n in _GEO_OPS for n in order])[idx]
     geo_pos = jnp.asarray([geo.index(n) if n in _GEO_OPS else 0 for n in order], jnp.int32)[idx]
     col_pos = jnp.asarray([col.index(n) if n in _COLOR_OPS else 0 for n in order], jnp.int32)[idx]

@@ -7,7 +7,8 @@ import os
 import jax
 import numpy as np
 
-from jaxreg.augment import policy, spec as spec_lib
+from jaxreg.augment import policy
+from jaxreg.augment import spec as spec_lib
 
 __all__ = ["save_grid"]
 

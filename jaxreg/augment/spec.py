@@ -32,7 +32,7 @@ import jax
 from jaxreg.augment import color, corrupt, geometric, mix, policy
 from jaxreg.augment.erase import check_fill_option, corner_patches, cutout, random_erasing
 
-__all__ = ["from_spec", "mix_from_spec", "list_augmentations", "parse_spec"]
+__all__ = ["from_spec", "list_augmentations", "mix_from_spec", "parse_spec"]
 
 
 def _op(fn, **defaults):

@@ -61,7 +61,7 @@ def load(name: str, *, split: str = "train", data_dir: str | None = None) -> Dat
     check_str(name, "name")
     check_str(split, "split")
     if data_dir is not None and not isinstance(data_dir, str):
-        import os  # noqa: PLC0415
+        import os
 
         if not isinstance(data_dir, os.PathLike):
             raise TypeError(f"`data_dir` must be a str or path, got {type(data_dir).__name__}")

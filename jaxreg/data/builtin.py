@@ -71,7 +71,7 @@ def _package_file(package: str, relative: str) -> pathlib.Path:
     raise FileNotFoundError(f"{relative!r} not found inside the installed package {package!r}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
     """All 5,000 images (uint8, (5000, 28, 28, 1)) and labels (int32), read-only, csv order.
 
@@ -90,10 +90,10 @@ def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
     return _readonly(images), _readonly(labels.astype(np.int32))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     """All 1,797 images (float32 in [0, 1], (1797, 8, 8, 1)) and labels (int32), read-only."""
-    from sklearn.datasets import load_digits  # noqa: PLC0415  (slow import, only when needed)
+    from sklearn.datasets import load_digits
 
     bunch = load_digits()
     images = (bunch.images.astype(np.float32) / np.float32(16.0))[..., None]
@@ -102,7 +102,7 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 def _load_photo(package: str, relative: str) -> np.ndarray:
     """One photo as uint8 RGB (gray photos repeated on 3 channels), resized to TEXTURE_HEIGHT."""
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     with Image.open(_package_file(package, relative)) as img:
         img = img.convert("RGB")
@@ -111,7 +111,7 @@ def _load_photo(package: str, relative: str) -> np.ndarray:
         return np.asarray(img, dtype=np.uint8)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _build_textures() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Cuts the textures crops: split name -> (images uint8 (N, 32, 32, 3), labels int32).
 
@@ -148,7 +148,7 @@ def _build_textures() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return result
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def split_indices(name: str) -> dict[str, np.ndarray]:
     """Positions of each split in the source order of a stratified built-in set.
 

@@ -45,7 +45,7 @@ def _image_files(folder: pathlib.Path) -> list[pathlib.Path]:
 
 
 def _split_folders(root: pathlib.Path) -> dict[str, pathlib.Path]:
-    """split -> folder, for the pre-split layout (empty dict for the flat layout)."""
+    """Split -> folder, for the pre-split layout (empty dict for the flat layout)."""
     names = {p.name: p for p in _subdirs(root)}
     found = {}
     for split, aliases in _SPLIT_ALIASES.items():
@@ -59,14 +59,14 @@ def _split_folders(root: pathlib.Path) -> dict[str, pathlib.Path]:
     if found and set(names) - {a for aliases in _SPLIT_ALIASES.values() for a in aliases}:
         raise ValueError(
             f"image folder {str(root)!r} mixes split folders {sorted(found)} with other folders "
-            f"{sorted(set(names) - set(p.name for p in found.values()))}; use either "
+            f"{sorted(set(names) - {p.name for p in found.values()})}; use either "
             "ROOT/{train,val,test}/CLASS/ or ROOT/CLASS/"
         )
     return found
 
 
 def _read_image(path: pathlib.Path, rgb: bool) -> np.ndarray:
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     try:
         with Image.open(path) as img:
@@ -84,7 +84,7 @@ def _read_image(path: pathlib.Path, rgb: bool) -> np.ndarray:
 
 def _probe(path: pathlib.Path) -> tuple[bool, tuple[int, int]]:
     """(is gray, (width, height)) of an image file, from its header (palettes are looked at)."""
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     try:
         with Image.open(path) as img:

@@ -9,11 +9,11 @@ import numpy as np
 from jaxreg.data.dataset import Dataset, check_int
 
 __all__ = [
-    "stratified_split_indices",
-    "stratified_subset",
+    "class_balanced_weights",
     "imbalance",
     "long_tail_ratios",
-    "class_balanced_weights",
+    "stratified_split_indices",
+    "stratified_subset",
 ]
 
 

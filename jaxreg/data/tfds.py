@@ -119,7 +119,7 @@ def find_prepared(spec: str, data_dir: str | os.PathLike | None = None) -> pathl
 
 def _builder(spec: str, data_dir: str | os.PathLike | None) -> Any:
     folder = find_prepared(spec, data_dir)  # before importing TFDS: no download path at all
-    import tensorflow_datasets as tfds  # noqa: PLC0415  (slow import, only when needed)
+    import tensorflow_datasets as tfds
 
     builder = tfds.builder_from_directory(os.fspath(folder))
     fmt = getattr(builder.info.file_format, "value", builder.info.file_format)
@@ -173,7 +173,7 @@ def tfds_source(name: str, *, split: str = "train", data_dir: str | None = None)
 
 
 def _pick_keys(builder: Any, spec: str) -> tuple[str, str]:
-    import tensorflow_datasets as tfds  # noqa: PLC0415
+    import tensorflow_datasets as tfds
 
     features = builder.info.features
     keys = list(features.keys()) if hasattr(features, "keys") else []
@@ -224,7 +224,7 @@ def load_tfds(name: str, *, split: str = "train", data_dir: str | None = None) -
       FileNotFoundError: if the data set is not prepared in data_dir (within a second, with
         instructions). ValueError: unknown split, no image/label feature, ragged image shapes.
     """
-    import tensorflow_datasets as tfds  # noqa: PLC0415
+    import tensorflow_datasets as tfds
 
     builder = _builder(name, data_dir)
     resolved = _resolve_split(builder, name, split)

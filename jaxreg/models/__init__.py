@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from flax import nnx
 
@@ -55,12 +55,12 @@ def create(
 
 __all__ = [
     "CNN",
-    "TinyCNN",
+    "MODELS",
+    "Conv",
     "ResNet",
     "ResNet20",
-    "Conv",
+    "TinyCNN",
     "conv2d",
-    "MODELS",
     "create",
     "list_models",
 ]

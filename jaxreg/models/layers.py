@@ -1,10 +1,13 @@
-"""Layers shared by the model zoo: a 2-D convolution whose weight gradient is picked per backend,
-and 2x2 max pooling with a cheap backward pass."""
+"""Layers shared by the model zoo: a 2-D convolution and 2x2 max pooling.
+
+The convolution's weight-gradient rule is picked per backend; the max pooling has a cheap
+backward pass.
+"""
 
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -177,6 +180,7 @@ class Conv(nnx.Module):
         self.grad = grad
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        """Convolves NHWC ``x`` with the kernel (weight gradient per ``grad``), adding the bias."""
         y = conv2d(x, self.kernel[...], strides=self.strides, padding=self.padding, grad=self.grad)
         if self.bias is not None:
             y = y + self.bias[...].reshape((1,) * (y.ndim - 1) + (-1,))

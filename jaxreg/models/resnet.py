@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +42,11 @@ class BasicBlock(nnx.Module):
             self.proj_bn = None
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """Returns relu(shortcut(x) + bn2(conv2(relu(bn1(conv1(x)))))), NHWC.
+
+        BatchNorm uses batch statistics (and updates its running averages) when ``train`` is
+        true, the running averages otherwise.
+        """
         ura = not train
         y = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=ura))
         y = self.bn2(self.conv2(y), use_running_average=ura)

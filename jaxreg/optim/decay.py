@@ -6,7 +6,7 @@ import math
 import numbers
 import re
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,8 +26,8 @@ __all__ = [
 ]
 
 PyTree = Any
-Mask = Union[None, bool, PyTree, Callable[[PyTree], PyTree]]
-LearningRate = Union[float, Callable[[jax.Array], jax.Array]]
+Mask = None | bool | PyTree | Callable[[PyTree], PyTree]
+LearningRate = float | Callable[[jax.Array], jax.Array]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -112,7 +112,7 @@ def ema(decay: float, *, warmup: bool = False, batch_stats: str = "average") -> 
     mode = batch_stats
 
     def init_fn(params: PyTree, batch_stats: PyTree | None = None) -> EmaState:
-        copy = lambda t: jax.tree.map(jnp.asarray, t)  # noqa: E731
+        copy = lambda t: jax.tree.map(jnp.asarray, t)
         return EmaState(
             count=jnp.zeros([], jnp.int32),
             ema_params=copy(params),
@@ -206,7 +206,7 @@ def recompute_batch_stats(
         else:
             w = 1.0 / n
             avg = jax.tree.map(
-                lambda a, b: (
+                lambda a, b, w=w: (
                     a + (b - a) * jnp.asarray(w, a.dtype)
                     if jnp.issubdtype(a.dtype, jnp.floating)
                     else b

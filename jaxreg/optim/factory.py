@@ -75,7 +75,7 @@ def build_optimizer(
     opt = config.optimizer
     if opt not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {opt!r}")
-    steps_warm = int(round(config.warmup_epochs * total_steps / max(config.epochs, 1)))
+    steps_warm = round(config.warmup_epochs * total_steps / max(config.epochs, 1))
     sched = learning_rate_schedule(
         learning_rate=config.learning_rate,
         schedule=config.schedule,

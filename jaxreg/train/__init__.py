@@ -22,8 +22,8 @@ __all__ = [
     "make_train_step",
     "predict",
     "step_key",
-    "train_step",
     "train_and_evaluate",
+    "train_step",
 ]
 
 

@@ -76,7 +76,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["Checkpointer", "CheckpointWarning", "keys_to_data", "data_to_keys"]
+__all__ = ["CheckpointWarning", "Checkpointer", "data_to_keys", "keys_to_data"]
 
 _MODES = ("min", "max")
 # Written by Orbax into a step directory just before the step is committed (renamed from its
@@ -304,7 +304,7 @@ class Checkpointer:
 
     # -- context manager / lifecycle ------------------------------------------------------------
 
-    def __enter__(self) -> "Checkpointer":
+    def __enter__(self) -> Checkpointer:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -443,7 +443,7 @@ class Checkpointer:
             only_meta = ocp.args.Composite(**{_META: ocp.args.JsonRestore()})
             meta = self._best.restore(step, args=only_meta)
             return _metric_value(meta[_META], self.best_metric)
-        except Exception as err:  # noqa: BLE001 - an unreadable best is replaced by the next one
+        except Exception as err:
             warnings.warn(
                 f"cannot read the metric of best checkpoint step {step} in "
                 f"{os.path.join(self.directory, 'best')} ({type(err).__name__}: {err}); "
@@ -512,7 +512,7 @@ class Checkpointer:
                     state, meta = restored[_STATE], restored[_META]
                     if not isinstance(meta, Mapping):
                         raise ValueError(f"metadata is a {type(meta).__name__}, not a dict")
-            except Exception as err:  # noqa: BLE001 - any read failure means "skip this step"
+            except Exception as err:
                 warnings.warn(
                     f"checkpoint step {step} in {where} is unreadable, skipping it "
                     f"({type(err).__name__}: {str(err)[:300]})",

@@ -7,8 +7,9 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -93,7 +94,7 @@ def _state_tree(state: TrainState) -> dict[str, Any]:
     """The array part of a state as a flat {path: array} dict (typed keys as raw key data)."""
     leaves = jax.tree_util.tree_flatten_with_path(state)[0]
     out = {}
-    for i, (path, leaf) in enumerate(leaves):
+    for i, (_path, leaf) in enumerate(leaves):
         if jnp.issubdtype(getattr(leaf, "dtype", np.float32), jax.dtypes.prng_key):
             leaf = jax.random.key_data(leaf)
         out[f"{i:04d}"] = leaf
@@ -209,12 +210,12 @@ def train_and_evaluate(
     augment = resolve_augment(augment_fn if augment_fn is not None else config.augment)
     mix = resolve_mix(mix_fn if mix_fn is not None else config.mix)
     loop_kind = _loop_kind(config, train.images.nbytes)
-    hooks = dict(
-        num_classes=num_classes,
-        augment=augment,
-        mix=mix,
-        label_smoothing=float(config.label_smoothing),
-    )
+    hooks = {
+        "num_classes": num_classes,
+        "augment": augment,
+        "mix": mix,
+        "label_smoothing": float(config.label_smoothing),
+    }
     if loop_kind == "scan":
         epoch_fn = step_lib.make_train_epoch(batch_size=int(config.batch_size), **hooks)
         x_train = jnp.asarray(train.images)
@@ -353,7 +354,7 @@ def zero_fraction(params: Any) -> float:
 
 
 def _loop_kind(config: ConfigDict, train_bytes: int) -> str:
-    """ "scan" when the training set fits the device budget (or is forced), else "python"."""
+    """Returns "scan" when the training set fits the device budget (or is forced), else "python"."""
     if config.loop not in LOOPS:
         raise ValueError(f"loop must be one of {LOOPS}, got {config.loop!r}")
     if config.loop != "auto":

@@ -46,7 +46,7 @@ class TrainState:
         *,
         key: jax.Array,
         ema_fn: Ema | None = None,
-    ) -> "TrainState":
+    ) -> TrainState:
         """Splits ``model`` once into graphdef + pytrees and initialises optimizer and EMA.
 
         Args:

@@ -94,19 +94,22 @@ def test_pil_style_ops():
 
 
 @pytest.mark.parametrize(
-    "call",
+    "call, match",
     [
-        lambda: A.adjust_hue(image(), 0.7),
-        lambda: A.adjust_brightness(image(), -0.1),
-        lambda: A.color_jitter(key(), image(), brightness=-1.0),
-        lambda: A.color_jitter(key(), image(), hue=0.6),
-        lambda: A.color_jitter(key(), image(4, 4, 2), brightness=0.2),
-        lambda: A.random_grayscale(key(), image(), p=-0.1),
-        lambda: A.posterize(image(), 9),
+        (lambda: A.adjust_hue(image(), 0.7), r"delta must lie in \[-0\.5, 0\.5\]"),
+        (lambda: A.adjust_brightness(image(), -0.1), "factor must be >= 0"),
+        (lambda: A.color_jitter(key(), image(), brightness=-1.0), "brightness must be >= 0"),
+        (lambda: A.color_jitter(key(), image(), hue=0.6), r"hue must lie in \[0\.0, 0\.5\]"),
+        (
+            lambda: A.color_jitter(key(), image(4, 4, 2), brightness=0.2),
+            "image must have 1 or 3 channels",
+        ),
+        (lambda: A.random_grayscale(key(), image(), p=-0.1), "p must be a probability"),
+        (lambda: A.posterize(image(), 9), r"bits must lie in \[1, 8\]"),
     ],
 )
-def test_bad_arguments(call):
-    with pytest.raises(ValueError):
+def test_bad_arguments(call, match):
+    with pytest.raises(ValueError, match=match):
         call()
 
 

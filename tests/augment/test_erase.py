@@ -4,7 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import jaxreg.augment as A
 from tests.augment._util import image, images, key
@@ -91,19 +92,22 @@ def test_erase_twin():
 
 
 @pytest.mark.parametrize(
-    "call",
+    "call, match",
     [
-        lambda: A.cutout(key(), image(), size=0),
-        lambda: A.cutout(key(), image(), size=9),
-        lambda: A.cutout(key(), image(), size=3, fill="blue"),
-        lambda: A.random_erasing(key(), image(), p=2.0),
-        lambda: A.random_erasing(key(), image(), scale=(0.5, 0.1)),
-        lambda: A.corner_patches(key(), image(), size=-1),
-        lambda: A.cutout(key(), image(), size=3, fill=jnp.zeros((4, 4, 3))),
+        (lambda: A.cutout(key(), image(), size=0), "size must be positive"),
+        (lambda: A.cutout(key(), image(), size=9), "must not exceed the image size"),
+        (lambda: A.cutout(key(), image(), size=3, fill="blue"), "fill must be a number"),
+        (lambda: A.random_erasing(key(), image(), p=2.0), "p must be a probability"),
+        (lambda: A.random_erasing(key(), image(), scale=(0.5, 0.1)), "low <= high"),
+        (lambda: A.corner_patches(key(), image(), size=-1), "size must be positive"),
+        (
+            lambda: A.cutout(key(), image(), size=3, fill=jnp.zeros((4, 4, 3))),
+            "fill image must have the image's shape",
+        ),
     ],
 )
-def test_bad_arguments(call):
-    with pytest.raises(ValueError):
+def test_bad_arguments(call, match):
+    with pytest.raises(ValueError, match=match):
         call()
 
 

@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import jaxreg.augment as A
 from tests.augment._util import images, key
@@ -101,7 +102,7 @@ def test_partial_fits_the_training_loop_hook():
 def test_mixup_or_cutmix_extremes():
     x, labels = _distinct(4), jnp.arange(4)
     y_cut, s_cut = A.mixup_or_cutmix(key(1), x, labels, switch_prob=1.0, num_classes=4)
-    y_ref, s_ref = A.cutmix(jax.random.split(key(1), 3)[2], x, labels, alpha=1.0, num_classes=4)
+    _y_ref, _s_ref = A.cutmix(jax.random.split(key(1), 3)[2], x, labels, alpha=1.0, num_classes=4)
     vals = set(np.unique(np.asarray(y_cut)).round(6))
     assert vals <= set(np.asarray(x[:, 0, 0, 0]).round(6))  # only pasted, never blended
     np.testing.assert_allclose(s_cut.sum(1), 1.0, atol=1e-6)

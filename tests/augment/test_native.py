@@ -1,5 +1,8 @@
-"""The native XLA:CPU warp kernel (_warp_native.cc): built where a compiler exists, same values,
-gradients and batching rules as the XLA path, and a clean fallback when it is off or fails."""
+"""The native XLA:CPU warp kernel (_warp_native.cc) against the XLA path.
+
+It is built where a compiler exists, gives the same values, gradients and batching rules as the
+XLA path, and falls back cleanly when it is off or fails.
+"""
 
 import functools
 import os
@@ -71,9 +74,7 @@ def test_native_equals_xla(mode, shape, out_hw):
     ms = _maps(shape[0], seed=sum(shape))
     fill = np.linspace(0.2, 0.8, shape[-1]).astype(np.float32)
     run = lambda native: jax.jit(
-        lambda x, m: _warp.apply_batch(  # noqa: E731
-            x, m, out_hw, mode=mode, fill=fill, native=native
-        )
+        lambda x, m: _warp.apply_batch(x, m, out_hw, mode=mode, fill=fill, native=native)
     )(x, ms)
     native, xla = run(True), run(False)
     assert native.shape == (shape[0], *out_hw, shape[-1]) and native.dtype == jnp.float32
@@ -88,9 +89,7 @@ def test_native_multithreaded_large_batch_equals_xla(huge_pages, monkeypatch):
     x = _images((6, 400, 400, 3), seed=3)
     ms = _maps(6, seed=4)
     run = lambda native: jax.jit(
-        lambda x, m: _warp.apply_batch(  # noqa: E731
-            x, m, (410, 390), mode="constant", fill=0.5, native=native
-        )
+        lambda x, m: _warp.apply_batch(x, m, (410, 390), mode="constant", fill=0.5, native=native)
     )(x, ms)
     np.testing.assert_allclose(run(True), run(False), rtol=0, atol=1e-5)
 
@@ -100,9 +99,7 @@ def test_native_nan_map_gives_fill_like_xla():
     x = _images((3, 6, 6, 3))
     ms = _maps(3, seed=5).at[2, 0, 1].set(jnp.nan)
     run = lambda native: jax.jit(
-        lambda x, m: _warp.apply_batch(  # noqa: E731
-            x, m, (6, 6), fill=0.25, native=native
-        )
+        lambda x, m: _warp.apply_batch(x, m, (6, 6), fill=0.25, native=native)
     )(x, ms)
     native = run(True)
     np.testing.assert_array_equal(native[2], np.full((6, 6, 3), 0.25, np.float32))
@@ -151,7 +148,7 @@ def test_native_gradients_come_from_the_xla_path():
 def test_native_under_vmap_and_scan():
     xs = _images((2, 3, 6, 5, 3))
     ms = jnp.stack([_maps(3, seed=8), _maps(3, seed=9)])
-    f = lambda native: lambda x, m: _warp.apply_batch(x, m, (5, 6), native=native)  # noqa: E731
+    f = lambda native: lambda x, m: _warp.apply_batch(x, m, (5, 6), native=native)
     np.testing.assert_allclose(
         jax.jit(jax.vmap(f(True)))(xs, ms), jax.jit(jax.vmap(f(False)))(xs, ms), rtol=0, atol=1e-5
     )

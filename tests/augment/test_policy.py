@@ -16,10 +16,10 @@ def test_compose_random_apply_one_of():
     x = image(8, 8, 3)
     noise = functools.partial(A.gaussian_noise, sigma=0.1)
     np.testing.assert_array_equal(A.random_apply(noise, 0.0)(key(), x), x)
-    k_use, k_op = jax.random.split(key())
+    _k_use, k_op = jax.random.split(key())
     np.testing.assert_allclose(A.random_apply(noise, 1.0)(key(), x), noise(k_op, x), atol=1e-6)
     f = A.compose(noise, lambda k, v: A.invert(v))
-    k1, k2 = jax.random.split(key())
+    k1, _k2 = jax.random.split(key())
     np.testing.assert_allclose(f(key(), x), 1.0 - noise(k1, x), atol=1e-6)
     picked = A.one_of(noise, lambda k, v: v * 0.0, probs=[0.0, 1.0])(key(), x)
     np.testing.assert_array_equal(picked, jnp.zeros_like(x))
@@ -41,7 +41,7 @@ def test_batch_gives_per_example_keys_and_runs_in_scan():
 
     _, means = jax.jit(lambda ks: jax.lax.scan(step, 0.0, ks))(jax.random.split(key(), 3))
     assert means.shape == (3,)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="images must have rank 4"):
         fn(key(), image())
 
 
@@ -113,16 +113,24 @@ def test_bad_specs(spec, match):
         A.from_spec(spec)
 
 
-@pytest.mark.parametrize("spec", ["mixup(alpha=0)", "mixup(beta=2)", "flip", "mixup+cutmix"])
-def test_bad_mix_specs(spec):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("mixup(alpha=0)", "alpha must be > 0"),
+        ("mixup(beta=2)", "allowed options"),
+        ("flip", "unknown mix 'flip'"),
+        ("mixup+cutmix", "a mix spec names one op"),
+    ],
+)
+def test_bad_mix_specs(spec, match):
+    with pytest.raises(ValueError, match=match):
         A.mix_from_spec(spec)
 
 
 def test_identity_specs():
     x = image()
     np.testing.assert_array_equal(A.from_spec("none")(key(), x), x)
-    xs, ys = A.mix_from_spec("")(key(), images(2), jnp.ones((2, 3)) / 3)
+    xs, _ys = A.mix_from_spec("")(key(), images(2), jnp.ones((2, 3)) / 3)
     np.testing.assert_array_equal(xs, images(2))
 
 
@@ -136,18 +144,18 @@ def test_policies_keep_range_and_shape():
 
 
 @pytest.mark.parametrize(
-    "call",
+    "call, match",
     [
-        lambda: A.rand_augment(2, 11),
-        lambda: A.rand_augment(-1, 5),
-        lambda: A.augmix(severity=0),
-        lambda: A.augmix(alpha=0.0),
-        lambda: A.random_apply(A.identity, 1.2),
-        lambda: A.one_of(A.identity, probs=[-1.0]),
+        (lambda: A.rand_augment(2, 11), r"magnitude must be a number in \[0, 10\]"),
+        (lambda: A.rand_augment(-1, 5), "n must be >= 0"),
+        (lambda: A.augmix(severity=0), "severity must be >= 1"),
+        (lambda: A.augmix(alpha=0.0), "alpha must be > 0"),
+        (lambda: A.random_apply(A.identity, 1.2), "p must be a probability"),
+        (lambda: A.one_of(A.identity, probs=[-1.0]), "probs must hold 1 non-negative weights"),
     ],
 )
-def test_bad_policy_arguments(call):
-    with pytest.raises(ValueError):
+def test_bad_policy_arguments(call, match):
+    with pytest.raises(ValueError, match=match):
         call()
 
 

@@ -144,7 +144,7 @@ def test_not_prepared_fails_fast_and_offline(tmp_path):
 
 
 def test_missing_version_and_bad_names(data_dir):
-    with pytest.raises(FileNotFoundError, match="prepared versions: \\['1.0.0'\\]"):
+    with pytest.raises(FileNotFoundError, match=r"prepared versions: \['1\.0\.0'\]"):
         load("tfds:jaxreg_tiny_tensor:9.9.9", data_dir=data_dir)
     with pytest.raises(ValueError, match="malformed TFDS name"):
         load("tfds:../etc", data_dir=data_dir)

@@ -175,7 +175,7 @@ def test_how_many_copies_are_nested_and_fixed():
 
 
 def test_overfitting_reports_onsets_and_curves(smoke_root):
-    root, results = smoke_root
+    root, _results = smoke_root
     summary = _summary(root, "overfitting")
     assert _variants(summary) == {"plain", "early_stopping", "all"}
     for row in summary["table_rows"]:

@@ -16,7 +16,7 @@ def smoke_run(tmp_path_factory):
 
 
 def test_report_summary_and_figures_exist(smoke_run):
-    workdir, result = smoke_run
+    workdir, _result = smoke_run
     assert (workdir / "report.md").is_file()
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["figures"], "no figures listed"
@@ -28,7 +28,7 @@ def test_report_summary_and_figures_exist(smoke_run):
 
 
 def test_table_has_every_variant_with_mean_and_std(smoke_run):
-    workdir, result = smoke_run
+    workdir, _result = smoke_run
     summary = json.loads((workdir / "summary.json").read_text())
     rows = {r["variant"]: r for r in summary["table_rows"]}
     assert set(rows) == {"none", "l1_prox", "early_stopping"}

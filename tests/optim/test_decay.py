@@ -23,7 +23,7 @@ from jaxreg.optim import (
 
 def _params(seed=0):
     rng = np.random.default_rng(seed)
-    f32 = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)  # noqa: E731
+    f32 = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
     return {
         "Conv_0": {"kernel": f32(3, 3, 2, 4), "bias": jnp.ones((4,))},
         "BatchNorm_0": {"scale": jnp.full((4,), 2.0), "bias": jnp.full((4,), -1.0)},
@@ -78,7 +78,7 @@ def test_path_strings_for_dicts_lists_and_nnx_state(tiny_net):
 def test_default_mask_on_nnx_state_decays_kernels_only(tiny_net):
     _, params, _ = nnx.split(tiny_net, nnx.Param, nnx.BatchStat)
     mask = decay_mask(params)
-    flags = {p: m for p, m in zip(jax.tree.leaves(param_paths(params)), jax.tree.leaves(mask))}
+    flags = dict(zip(jax.tree.leaves(param_paths(params)), jax.tree.leaves(mask)))
     assert flags == {
         "bn/bias": False,
         "bn/scale": False,
@@ -220,7 +220,7 @@ def test_bfloat16_params_under_strict_promotion():
 def test_prox_l1_closed_form_and_schedule_count():
     p = {"w": {"kernel": jnp.array([[1.0, -1.0, 0.05, -0.2, 0.3]])}}
     u = {"w": {"kernel": jnp.array([[-0.1, 0.2, 0.0, 0.1, 0.5]])}}
-    sched = lambda count: 0.5 * (count + 1).astype(jnp.float32)  # noqa: E731
+    sched = lambda count: 0.5 * (count + 1).astype(jnp.float32)
     tx = prox_l1(0.2, learning_rate=sched)  # threshold lr * rate = 0.1 then 0.2
     state = tx.init(p)
     out, state = tx.update(u, state, p)

@@ -56,7 +56,7 @@ def assert_bitwise_equal(got, want):
         if jnp.issubdtype(w.dtype, jax.dtypes.prng_key):
             assert jax.random.key_impl(g) == jax.random.key_impl(w)
             g, w = jax.random.key_data(g), jax.random.key_data(w)
-        as_bytes = lambda a: np.asarray(a).reshape(-1).view(np.uint8)  # noqa: E731
+        as_bytes = lambda a: np.asarray(a).reshape(-1).view(np.uint8)
         np.testing.assert_array_equal(as_bytes(g), as_bytes(w))
 
 

@@ -43,7 +43,7 @@ def test_min_delta():
 
 
 def test_patience_zero_stops_at_first_non_improvement():
-    es, hist = _run(EarlyStopping(patience=0), [1.0, 0.9, 0.9])
+    _es, hist = _run(EarlyStopping(patience=0), [1.0, 0.9, 0.9])
     assert [h.should_stop for h in hist] == [False, False, True]
 
 

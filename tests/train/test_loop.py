@@ -20,7 +20,7 @@ def _params(results):
 def test_writes_metrics_report_and_curves(tmp_path, digits_small):
     r = train_and_evaluate(tiny_config(), tmp_path, data=digits_small)
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    recs = [json.loads(l) for l in lines]
+    recs = [json.loads(line) for line in lines]
     assert [x["epoch"] for x in recs] == [1, 2, 3]
     for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_ece"):
         assert all(np.isfinite(x[k]) for x in recs)
@@ -42,7 +42,7 @@ def test_same_seed_same_numbers(tmp_path, digits_small):
 
 
 def test_resume_continues_to_the_same_parameters(tmp_path, digits_small):
-    cfg = dict(batch_norm=True, ema_decay=0.9, dropout=0.2)
+    cfg = {"batch_norm": True, "ema_decay": 0.9, "dropout": 0.2}
     full = train_and_evaluate(tiny_config(epochs=4, **cfg), tmp_path / "full", data=digits_small)
     train_and_evaluate(tiny_config(epochs=2, **cfg), tmp_path / "part", data=digits_small)
     resumed = train_and_evaluate(tiny_config(epochs=4, **cfg), tmp_path / "part", data=digits_small)
@@ -50,8 +50,8 @@ def test_resume_continues_to_the_same_parameters(tmp_path, digits_small):
     for a, b in zip(_params(full), _params(resumed)):
         np.testing.assert_array_equal(a, b)
     h = [
-        json.loads(l)["epoch"]
-        for l in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
+        json.loads(line)["epoch"]
+        for line in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
     ]
     assert h == [1, 2, 3, 4]
 

@@ -55,7 +55,7 @@ def test_epoch_is_deterministic_and_learns():
     x, y = _data()
     epoch = make_train_epoch(batch_size=8, num_classes=4)
     a, ma = epoch(_state(), x, y, jnp.int32(0))
-    b, mb = epoch(_state(), x, y, jnp.int32(0))
+    b, _mb = epoch(_state(), x, y, jnp.int32(0))
     for u, v in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
         np.testing.assert_array_equal(u, v)
     st = a
