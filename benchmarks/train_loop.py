@@ -1,14 +1,14 @@
 """Images/s of the on-device scan epoch vs a per-batch Python loop calling the same jitted step.
 
-Run: ``.venv/bin/python benchmarks/train_loop.py [--batch-size 128] [--repeats 3]``
+Run: `.venv/bin/python benchmarks/train_loop.py [--batch-size 128] [--repeats 3]`
 
-Both loops train the default CNN (``jaxreg.models.CNN``, BatchNorm on) on the 3,000 mnist5k
-training images with Adam, the same ``train_step``, the same per-step keys. The Python loop
+Both loops train the default CNN (`jaxreg.models.CNN`, BatchNorm on) on the 3,000 mnist5k
+training images with Adam, the same `train_step`, the same per-step keys. The Python loop
 is the textbook Flax pattern: a jitted step fed one host batch at a time. Rows also show the
-convolution weight-gradient rules (``conv_grad``): "auto" picks the patches matmul on CPU.
-Timings are the best of ``--repeats`` epochs after the first (compile) epoch; compare the
+convolution weight-gradient rules (`conv_grad`): "auto" picks the patches matmul on CPU.
+Timings are the best of `--repeats` epochs after the first (compile) epoch; compare the
 ratios, not absolute numbers (the machine is shared). "1st epoch s" is compile plus one epoch;
-"XLA compile s" is the compile alone (``jitted.lower(...).compile()``, which the first call reuses).
+"XLA compile s" is the compile alone (`jitted.lower(...).compile()`, which the first call reuses).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Augmentation ablation on limited mnist5k: each augmentation alone, then combinations (20 and 100 per class).
 
-Run: ``jaxreg run augmentation_ablation`` (``--config.smoke=true`` shrinks it to seconds;
-``--config.variants=none,rotate,mixup`` runs a subset of the single augmentations;
-``--config.sizes=(20,)``; ``--config.seeds=(0,1,2)``). About 20 minutes on 2 free CPU cores
-(2 sizes x 13 variants x 3 seeds of ``cnn_small``, 240+ optimizer steps each).
+Run: `jaxreg run augmentation_ablation` (`--config.smoke=true` shrinks it to seconds;
+`--config.variants=none,rotate,mixup` runs a subset of the single augmentations;
+`--config.sizes=(20,)`; `--config.seeds=(0,1,2)`). About 20 minutes on 2 free CPU cores
+(2 sizes x 13 variants x 3 seeds of `cnn_small`, 240+ optimizer steps each).
 
 Question: on limited data, which augmentation helps a small CNN, which hurts, and by how much?
 Do the gains add up when augmentations are combined, and do they shrink with more data?
@@ -20,10 +20,10 @@ Expectation (written before running):
 Protocol: seed k draws training subset k (the same subset for every variant, so differences
 are paired by seed), and changes initialisation, shuffling and augmentation keys. The full
 validation (1,000) and test (1,000) splits evaluate every model. Nothing is chosen on test:
-the best epoch is restored by validation accuracy, and the combinations ``top2``/``top3`` are
+the best epoch is restored by validation accuracy, and the combinations `top2`/`top3` are
 built from the single augmentations with the largest mean *validation* gain. Every run takes
-at least ``min_steps`` optimizer steps (``epochs = max(epochs, ceil(min_steps / steps per
-epoch))``), so the small set is not under-trained. "Clear" effects are those whose 95 %
+at least `min_steps` optimizer steps (`epochs = max(epochs, ceil(min_steps / steps per
+epoch))`), so the small set is not under-trained. "Clear" effects are those whose 95 %
 t-interval of the paired per-seed difference excludes 0.
 """
 

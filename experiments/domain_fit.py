@@ -1,8 +1,8 @@
 """Domain fit: augmentations must match deployment — flips/large rotations vs digits, degradations vs degraded test images.
 
-Run: ``jaxreg run domain_fit`` (``--config.smoke=true`` shrinks it to seconds;
-``--config.variants=none,rotate_large,degrade`` runs a subset; ``--config.seeds=(0,1,2)``).
-About 12 minutes on 2 free CPU cores (7 variants x 3 seeds of ``cnn_small`` on 100 images
+Run: `jaxreg run domain_fit` (`--config.smoke=true` shrinks it to seconds;
+`--config.variants=none,rotate_large,degrade` runs a subset; `--config.seeds=(0,1,2)`).
+About 12 minutes on 2 free CPU cores (7 variants x 3 seeds of `cnn_small` on 100 images
 per class).
 
 Question: an augmentation is only a good idea if the transformed image could occur where the
@@ -20,10 +20,10 @@ wins most of it back at a small cost (or none) on clean images.
 Protocol: seed k draws training subset k (shared by all variants, so differences are paired by
 seed). Every model is evaluated on the clean test split and on a corrupted copy of it built
 once, deterministically (fixed key), with the library's own degradation functions
-(``gaussian_noise``, ``gaussian_blur``, ``downscale``, ``jpeg_compress``): image i gets
+(`gaussian_noise`, `gaussian_blur`, `downscale`, `jpeg_compress`): image i gets
 corruption i mod 4; the per-type sets are reported too. Validation is clean and chooses the
 epoch; the test sets choose nothing. Confusion counts come from the restored model's test
-predictions (``jaxreg.train.predict``), summed over seeds.
+predictions (`jaxreg.train.predict`), summed over seeds.
 """
 
 from __future__ import annotations
@@ -120,10 +120,10 @@ def corrupt_test_set(
     jpeg_quality: float,
     key: int,
 ) -> dict[str, data_lib.Dataset]:
-    """Deterministic corrupted copies of ``test``: one per corruption and a mixed one.
+    """Deterministic corrupted copies of `test`: one per corruption and a mixed one.
 
-    ``test_<type>`` applies one corruption to every image; ``test_corrupt`` gives image i the
-    corruption ``CORRUPTIONS[i % 4]``. Same ``key`` -> bit-identical sets.
+    `test_<type>` applies one corruption to every image; `test_corrupt` gives image i the
+    corruption `CORRUPTIONS[i % 4]`. Same `key` -> bit-identical sets.
     """
     import jax
     import jax.numpy as jnp

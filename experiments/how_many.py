@@ -1,8 +1,8 @@
 """How many generated examples per real one: grow the augmented copies (0, 1, 2, 4, ...) until validation stops improving.
 
-Run: ``jaxreg run how_many`` (``--config.smoke=true`` shrinks it to seconds;
-``--config.copies=(0,1,2,4,8)``; ``--config.patience=2``; ``--config.seeds=(0,1,2)``).
-About 12 minutes on 2 free CPU cores (up to 7 amounts x 3 seeds of ``cnn_small``, 500
+Run: `jaxreg run how_many` (`--config.smoke=true` shrinks it to seconds;
+`--config.copies=(0,1,2,4,8)`; `--config.patience=2`; `--config.seeds=(0,1,2)`).
+About 12 minutes on 2 free CPU cores (up to 7 amounts x 3 seeds of `cnn_small`, 500
 optimizer steps each, plus an on-the-fly reference).
 
 Question (the study note's "how many examples to generate?"): for each real training image,
@@ -16,14 +16,14 @@ by several points (20 real images per class), the curve flattens by k = 4-8 and 
 copies add nothing; we do not expect a clear drop, but with a fixed step budget the largest
 sets see each real image only a few times.
 
-Protocol: seed k draws real subset k; its copies come from ``jaxreg.batch(policy)`` on device
-with the fixed key ``fold_in(key(generate_key), seed)``, copy j using ``fold_in(that, j)``, so
+Protocol: seed k draws real subset k; its copies come from `jaxreg.batch(policy)` on device
+with the fixed key `fold_in(key(generate_key), seed)`, copy j using `fold_in(that, j)`, so
 the copies of a smaller k are a subset of those of a larger k (the set grows, nothing is
-re-drawn). Every amount trains for the same number of optimizer steps (``steps``; epochs =
+re-drawn). Every amount trains for the same number of optimizer steps (`steps`; epochs =
 ceil(steps / steps per epoch)), so only the data change, not the compute. The amount is chosen
-on validation accuracy (mean over seeds): the search stops after ``patience`` consecutive
-amounts without an improvement above ``min_delta``; the test split chooses nothing. The
-``online`` row is a reference: the real images only, with the same policy applied on the fly
+on validation accuracy (mean over seeds): the search stops after `patience` consecutive
+amounts without an improvement above `min_delta`; the test split chooses nothing. The
+`online` row is a reference: the real images only, with the same policy applied on the fly
 (fresh augmentation every step) and the same step budget.
 """
 
@@ -88,9 +88,9 @@ _COPY_FNS: dict[str, Any] = {}  # policy spec -> jitted batch augmentation (comp
 
 
 def make_copies(train: data_lib.Dataset, policy: str, k: int, key: int) -> data_lib.Dataset:
-    """``train`` followed by ``k`` augmented copies of every image (labels repeated).
+    """`train` followed by `k` augmented copies of every image (labels repeated).
 
-    Copy j of the whole set is ``jaxreg.batch(from_spec(policy))(fold_in(key(key), j), images)``,
+    Copy j of the whole set is `jaxreg.batch(from_spec(policy))(fold_in(key(key), j), images)`,
     computed on device; copy j does not depend on k, so growing k only appends.
     """
     if k < 0:

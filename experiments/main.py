@@ -1,6 +1,6 @@
 """The main job: limited mnist5k (50 per class), baseline vs simple augmentation, side by side.
 
-Run: ``make run`` (or ``jaxreg run main``; ``--config.smoke=true`` shrinks it to seconds).
+Run: `make run` (or `jaxreg run main`; `--config.smoke=true` shrinks it to seconds).
 
 Expectation: with 500 training images, small shifts, rotations and zooms (no flips: these are
 digits) raise validation and test accuracy by a few points over the same CNN without

@@ -1,13 +1,13 @@
 """Overfitting: train long on little data; detected onset with and without regularization (augmentation, dropout, weight decay, early stopping).
 
-Run: ``jaxreg run overfitting`` (``--config.smoke=true`` shrinks it to seconds;
-``--config.variants=plain,early_stopping`` runs a subset; ``--config.epochs=80``).
-About 10 minutes on 2 free CPU cores (5 variants x 3 seeds x 60 epochs of ``cnn_small`` on
+Run: `jaxreg run overfitting` (`--config.smoke=true` shrinks it to seconds;
+`--config.variants=plain,early_stopping` runs a subset; `--config.epochs=80`).
+About 10 minutes on 2 free CPU cores (5 variants x 3 seeds x 60 epochs of `cnn_small` on
 300 images).
 
 Question: when a small CNN trains far longer than it needs on 30 images per class, where does
 it start to overfit (validation loss rising while training accuracy still rises, found by
-``jaxreg.report.overfitting_onset``), how much does that cost on the test split, and what do
+`jaxreg.report.overfitting_onset`), how much does that cost on the test split, and what do
 augmentation, dropout + weight decay and early stopping change about the onset and the cost?
 
 Expectation (written before running): the plain model fits the training set within ~15 epochs
@@ -20,8 +20,8 @@ give the best test accuracy with no or a late onset.
 Protocol: seed k draws training subset k (shared by all variants, paired by seed); constant
 learning rate (a decaying schedule would hide the rise); no BatchNorm, so 'plain' has no
 regularizer at all. Every variant except those with early stopping reports its last epoch
-(``restore_best=False``); early stopping watches validation loss (patience in the config)
-and restores its best epoch. Onsets use ``overfitting_onset(history, patience=2)``; the test
+(`restore_best=False`); early stopping watches validation loss (patience in the config)
+and restores its best epoch. Onsets use `overfitting_onset(history, patience=2)`; the test
 split chooses nothing.
 """
 
@@ -100,7 +100,7 @@ def variant_overrides(spec: str, reg: Mapping[str, Any]) -> dict[str, dict[str, 
 
 
 def _effect(mean: float, half: float) -> str:
-    """``experiment.effect`` with neutral words: a higher test loss is not a help."""
+    """`experiment.effect` with neutral words: a higher test loss is not a help."""
     return experiment.effect(mean, half, above="higher", below="lower")
 
 

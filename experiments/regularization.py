@@ -1,8 +1,8 @@
 """Regularizers side by side on limited mnist5k: L1, L1-prox, L2, weight decay, BN, dropout, LS, EMA, early stopping.
 
-Run: ``jaxreg run regularization`` (``--workdir runs/regularization``; ``--config.smoke=true``
-shrinks it to seconds; ``--config.variants=none,l1_prox`` runs a subset; ``--config.seeds=(0,1)``).
-About 15 minutes on 2 free CPU cores (11 variants x 3 seeds x 20 epochs of ``cnn_small``).
+Run: `jaxreg run regularization` (`--workdir runs/regularization`; `--config.smoke=true`
+shrinks it to seconds; `--config.variants=none,l1_prox` runs a subset; `--config.seeds=(0,1)`).
+About 15 minutes on 2 free CPU cores (11 variants x 3 seeds x 20 epochs of `cnn_small`).
 
 Question: with 500 training images (50 per class of mnist5k), which of the usual regularizers
 improve a small CNN's test accuracy by more than the seed-to-seed noise, and what do they do to
@@ -29,8 +29,8 @@ Expectation (written before running; the report repeats it next to what was meas
 Protocol: every variant and seed trains on the same stratified subset per seed (seed k draws
 subset k, so the comparison is paired) and is evaluated on the full mnist5k validation (1,000)
 and test (1,000) splits. Nothing is chosen on the test split: the rates are fixed in
-``get_config`` and early stopping monitors validation loss. Variants other than
-``early_stopping`` report the weights after the last epoch (``restore_best=False``), so that
+`get_config` and early stopping monitors validation loss. Variants other than
+`early_stopping` report the weights after the last epoch (`restore_best=False`), so that
 early stopping is the only one that selects an epoch.
 """
 
@@ -157,7 +157,7 @@ def _settings(overrides: Mapping[str, Any]) -> str:
 def _mean_curves(
     workdir: Path, names: Sequence[str], seeds: Sequence[int], key: str
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Variant -> (epochs, mean of ``key`` over the seeds that reached each epoch)."""
+    """Variant -> (epochs, mean of `key` over the seeds that reached each epoch)."""
     out = {}
     for name in names:
         paths = [experiment.run_dir(workdir, name, seed) / "metrics.jsonl" for seed in seeds]

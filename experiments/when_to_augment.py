@@ -1,17 +1,17 @@
 """When to augment: limited data (accuracy vs training-set size), imbalanced data, low-diversity data.
 
-Run: ``jaxreg run when_to_augment`` (``--config.smoke=true`` shrinks it to seconds;
-``--config.parts=a`` runs one part; ``--config.sizes=(10,100)``; ``--config.seeds=(0,1,2)``).
-About 20 minutes on 2 free CPU cores (``cnn_small``; part a: 4 sizes x 2 x 3 seeds, part b:
+Run: `jaxreg run when_to_augment` (`--config.smoke=true` shrinks it to seconds;
+`--config.parts=a` runs one part; `--config.sizes=(10,100)`; `--config.seeds=(0,1,2)`).
+About 20 minutes on 2 free CPU cores (`cnn_small`; part a: 4 sizes x 2 x 3 seeds, part b:
 4 variants x 3 seeds, part c: 4 variants x 3 seeds).
 
 Questions (the three situations of the study note, one part each):
   (a) limited data: how does test accuracy grow with the number of training images per class,
       with and without augmentation, and at what size does augmentation stop paying?
-  (b) imbalanced data: with long-tailed class sizes (largest / smallest = ``imbalance_factor``),
+  (b) imbalanced data: with long-tailed class sizes (largest / smallest = `imbalance_factor`),
       does class-balanced augmentation (class-balanced batches, so minority examples are drawn
       more often, each draw freshly augmented) raise balanced accuracy and minority recall?
-  (c) low diversity: a training set of only the lightest strokes (the ``narrow_fraction`` of
+  (c) low diversity: a training set of only the lightest strokes (the `narrow_fraction` of
       each class with the least ink) is tested on the full variety; how much does that cost
       against a random subset of the same size, and does augmentation that adds the missing
       variation (zoom-in, blur + gamma that thicken strokes) win it back?
@@ -25,8 +25,8 @@ subset, generic geometric augmentation recovers part of it and stroke-thickening
 Protocol: seed k draws training subset k where a subset is random (shared by the variants of a
 comparison, so differences are paired by seed); the full validation and test splits evaluate
 every model; the best epoch is restored by validation accuracy; the test split chooses nothing.
-Every run takes at least ``min_steps`` optimizer steps. Per-class recall and balanced accuracy
-are computed from the restored model's test predictions (``jaxreg.train.predict``).
+Every run takes at least `min_steps` optimizer steps. Per-class recall and balanced accuracy
+are computed from the restored model's test predictions (`jaxreg.train.predict`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """jaxreg: data augmentation and regularization for small vision models in JAX/Flax.
 
-The flat public API. Augmentations are pure per-example functions ``fn(key, image, *, ...)``
-(batch them with ``batch``); regularizers are Optax transforms; ``train_and_evaluate`` runs
+The flat public API. Augmentations are pure per-example functions `fn(key, image, *, ...)`
+(batch them with `batch`); regularizers are Optax transforms; `train_and_evaluate` runs
 the one functional training loop. See README.md for a tour.
 """
 

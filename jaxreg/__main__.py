@@ -1,4 +1,4 @@
-"""``python -m jaxreg`` runs the command line (see jaxreg.cli)."""
+"""`python -m jaxreg` runs the command line (see jaxreg.cli)."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""Command line: ``jaxreg run|list|augment|report`` (also ``python -m jaxreg``)."""
+"""Command line: `jaxreg run|list|augment|report` (also `python -m jaxreg`)."""
 
 from __future__ import annotations
 
@@ -19,16 +19,16 @@ CACHE_ENV = "JAXREG_XLA_CACHE"
 
 
 def enable_compilation_cache() -> str | None:
-    """Turns on JAX's persistent compilation cache for this ``jaxreg`` process.
+    """Turns on JAX's persistent compilation cache for this `jaxreg` process.
 
     Experiments train the same program for several seeds and variants, and each
-    ``train_and_evaluate`` call builds fresh jitted functions: with the cache, identical
-    programs compile once (seconds each on a CPU). The folder is ``$JAXREG_XLA_CACHE``
-    (``off`` disables it), default ``~/.cache/jaxreg/xla``. A cache the user configured
-    (``JAX_COMPILATION_CACHE_DIR`` or ``jax.config``) is left as it is.
+    `train_and_evaluate` call builds fresh jitted functions: with the cache, identical
+    programs compile once (seconds each on a CPU). The folder is `$JAXREG_XLA_CACHE`
+    (`off` disables it), default `~/.cache/jaxreg/xla`. A cache the user configured
+    (`JAX_COMPILATION_CACHE_DIR` or `jax.config`) is left as it is.
 
     Returns:
-      The cache folder in use, or ``None`` when disabled.
+      The cache folder in use, or `None` when disabled.
     """
     import jax
 
@@ -45,8 +45,8 @@ def enable_compilation_cache() -> str | None:
 def experiments_dir() -> Path:
     """The folder of experiment modules.
 
-    ``$JAXREG_EXPERIMENTS`` if set, else ``experiments/`` of the source tree jaxreg runs from
-    (when that folder exists), else ``./experiments``.
+    `$JAXREG_EXPERIMENTS` if set, else `experiments/` of the source tree jaxreg runs from
+    (when that folder exists), else `./experiments`.
     """
     env = os.environ.get(EXPERIMENTS_ENV)
     if env:
@@ -78,7 +78,7 @@ def list_experiments() -> dict[str, str]:
 
 
 def load_module(name_or_path: str) -> ModuleType:
-    """Imports an experiment by name (``experiments/NAME.py``) or a config file by path."""
+    """Imports an experiment by name (`experiments/NAME.py`) or a config file by path."""
     path = Path(name_or_path)
     if path.suffix == ".py" or os.sep in name_or_path:
         if not path.is_file():
@@ -106,17 +106,17 @@ def run(
     fresh: bool = False,
     resume: bool = False,
 ) -> Any:
-    """Runs an experiment (its ``run``) or a config file (``train_and_evaluate``).
+    """Runs an experiment (its `run`) or a config file (`train_and_evaluate`).
 
     Args:
-      target: experiment name (see ``jaxreg list``) or path to a Python config file.
-      overrides: ``key=value`` strings (``--config.`` already stripped).
-      workdir: output folder; default ``runs/<name>``.
-      fresh: delete ``workdir`` first.
+      target: experiment name (see `jaxreg list`) or path to a Python config file.
+      overrides: `key=value` strings (`--config.` already stripped).
+      workdir: output folder; default `runs/<name>`.
+      fresh: delete `workdir` first.
       resume: require a checkpoint to resume from (otherwise resume is automatic when one exists).
 
     Returns:
-      What the experiment's ``run`` returns (a dict of results).
+      What the experiment's `run` returns (a dict of results).
     """
     from jaxreg.train.config import apply_overrides
 
@@ -222,7 +222,7 @@ def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``jaxreg`` parser: subcommands run, list, augment, report; handlers in ``func``."""
+    """The `jaxreg` parser: subcommands run, list, augment, report; handlers in `func`."""
     p = argparse.ArgumentParser(prog="jaxreg", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run an experiment or a config file (--config.KEY=VALUE ...)")

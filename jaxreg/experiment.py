@@ -3,7 +3,7 @@
 They run variants over seeds, aggregate mean ± std, compute paired confidence intervals and
 prediction-based metrics, draw plots and write the report.
 
-The experiments in ``experiments/`` share these; each keeps only what is its own question.
+The experiments in `experiments/` share these; each keeps only what is its own question.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def int_tuple(value: Any, *, name: str = "value") -> tuple[int, ...]:
     """One integer or a list/tuple of integers as a tuple of Python ints.
 
     Args:
-      value: an integer (``3``) or a list/tuple of integers (``(0, 1, 2)``), as a config holds.
+      value: an integer (`3`) or a list/tuple of integers (`(0, 1, 2)`), as a config holds.
       name: the config key, named in errors.
 
     Returns:
@@ -51,7 +51,7 @@ def int_tuple(value: Any, *, name: str = "value") -> tuple[int, ...]:
 
 
 def parse_seeds(value: Any) -> tuple[int, ...]:
-    """The ``seeds`` config value as a non-empty tuple of ints.
+    """The `seeds` config value as a non-empty tuple of ints.
 
     Args:
       value: an integer or a list/tuple of integers.
@@ -73,7 +73,7 @@ def split_names(spec: str) -> tuple[str, ...]:
     """Comma-separated names as a tuple, blanks and surrounding spaces dropped.
 
     Raises:
-      TypeError: ``spec`` is not a string.
+      TypeError: `spec` is not a string.
     """
     if not isinstance(spec, str):
         raise TypeError(f"spec must be a comma-separated string, got {type(spec).__name__}")
@@ -83,20 +83,20 @@ def split_names(spec: str) -> tuple[str, ...]:
 def select_variants(
     spec: str, *, allowed: Iterable[str], default: Sequence[str], baseline: str
 ) -> tuple[str, ...]:
-    """The variants named in ``spec`` (comma-separated), the baseline always among them.
+    """The variants named in `spec` (comma-separated), the baseline always among them.
 
     Args:
-      spec: e.g. ``"none,rotate"``; empty or blank selects ``default``.
+      spec: e.g. `"none,rotate"`; empty or blank selects `default`.
       allowed: every known variant name (listed in the error message, in this order).
-      default: what an empty ``spec`` selects (returned as given).
-      baseline: prepended when ``spec`` does not name it (comparisons need it).
+      default: what an empty `spec` selects (returned as given).
+      baseline: prepended when `spec` does not name it (comparisons need it).
 
     Returns:
       tuple of variant names, in the order given.
 
     Raises:
-      TypeError: ``spec`` is not a string.
-      ValueError: ``spec`` names an unknown variant ("unknown variants [...]; allowed: [...]").
+      TypeError: `spec` is not a string.
+      ValueError: `spec` names an unknown variant ("unknown variants [...]; allowed: [...]").
     """
     allowed = list(allowed)
     if baseline not in allowed:
@@ -111,10 +111,10 @@ def select_variants(
 
 
 def epochs_for(n_train: int, batch_size: int, epochs: int, min_steps: int) -> int:
-    """Epochs so that a run takes at least ``min_steps`` optimizer steps.
+    """Epochs so that a run takes at least `min_steps` optimizer steps.
 
-    ``max(epochs, ceil(min_steps / steps_per_epoch))`` with ``steps_per_epoch =
-    max(1, n_train // batch_size)`` (the loop drops the last partial batch).
+    `max(epochs, ceil(min_steps / steps_per_epoch))` with `steps_per_epoch =
+    max(1, n_train // batch_size)` (the loop drops the last partial batch).
 
     Args:
       n_train: training-set size, >= 0.
@@ -123,7 +123,7 @@ def epochs_for(n_train: int, batch_size: int, epochs: int, min_steps: int) -> in
       min_steps: the step budget to reach at least, >= 0.
 
     Returns:
-      the number of epochs (an int >= ``epochs``).
+      the number of epochs (an int >= `epochs`).
 
     Raises:
       ValueError: an argument is out of its range (the message names it).
@@ -145,17 +145,17 @@ def epochs_for(n_train: int, batch_size: int, epochs: int, min_steps: int) -> in
 
 @contextlib.contextmanager
 def compile_cache(workdir: str | Path, enabled: bool = True) -> Iterator[None]:
-    """A persistent XLA compilation cache in ``workdir/../.xla_cache`` for the ``with`` block.
+    """A persistent XLA compilation cache in `workdir/../.xla_cache` for the `with` block.
 
     Every run builds a new jitted epoch function, so without a persistent cache every seed
     recompiles the same program (10-15 s on a CPU). Sibling experiments under one root share
-    the folder. A cache the caller configured already (``jax_compilation_cache_dir`` set, e.g.
+    the folder. A cache the caller configured already (`jax_compilation_cache_dir` set, e.g.
     by the tests) is left alone; otherwise the previous cache settings are restored on exit,
     also when the block raises.
 
     Args:
       workdir: the experiment's output folder (the cache goes next to it).
-      enabled: ``False`` makes this a no-op.
+      enabled: `False` makes this a no-op.
     """
     import jax
 
@@ -183,9 +183,9 @@ def compile_cache(workdir: str | Path, enabled: bool = True) -> Iterator[None]:
 
 
 def variant_config(base: ConfigDict, overrides: Mapping[str, Any], seed: int) -> ConfigDict:
-    """A copy of ``base`` with ``overrides`` (dotted keys allowed) and ``seed`` set.
+    """A copy of `base` with `overrides` (dotted keys allowed) and `seed` set.
 
-    Unknown keys raise ``ValueError`` naming the key.
+    Unknown keys raise `ValueError` naming the key.
     """
     c = ConfigDict(base.to_dict())
     for key, value in overrides.items():
@@ -214,22 +214,22 @@ def run_variants(
 ) -> list[dict]:
     """Trains every variant with every seed; returns one row per (variant, seed).
 
-    Each run lives in ``workdir/<variant>/seed<k>`` (so a killed experiment resumes where it
-    stopped: finished runs are read back from their ``results.json``).
+    Each run lives in `workdir/<variant>/seed<k>` (so a killed experiment resumes where it
+    stopped: finished runs are read back from their `results.json`).
 
     Args:
       base: the experiment's base config.
       workdir: output folder.
       variants: name -> config overrides.
       seeds: seeds; each changes initialisation, shuffling, augmentation and dropout keys.
-      data: fixed ``{"train", "val", "test"}`` sets for every run (default: from the config).
-      data_fn: ``(config, seed) -> data`` when the data depend on the variant or seed.
-      augment_fns: optional name -> per-example augmentation overriding ``config.augment``.
+      data: fixed `{"train", "val", "test"}` sets for every run (default: from the config).
+      data_fn: `(config, seed) -> data` when the data depend on the variant or seed.
+      augment_fns: optional name -> per-example augmentation overriding `config.augment`.
       extra_eval: extra labelled sets evaluated at the end of every run.
       log: progress printer.
 
     Returns:
-      list of dicts: ``variant``, ``seed`` and the ``METRICS`` plus ``extra`` results.
+      list of dicts: `variant`, `seed` and the `METRICS` plus `extra` results.
     """
     workdir = Path(workdir)
     rows = []
@@ -266,25 +266,25 @@ def run_variants_with_predictions(
     extra_eval: Mapping[str, Any] | None = None,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
-    """Like :func:`run_variants`, but also keeps the restored model's predicted labels.
+    """Like `run_variants`, but also keeps the restored model's predicted labels.
 
-    Each run stores ``predictions.npz`` (the predicted class per example of ``val``, ``test``
-    and every ``extra_eval`` set, int16) next to its ``results.json``; a re-run reads both back
+    Each run stores `predictions.npz` (the predicted class per example of `val`, `test`
+    and every `extra_eval` set, int16) next to its `results.json`; a re-run reads both back
     instead of training again.
 
     Args:
       base: the experiment's base config.
-      workdir: output folder; run ``(variant, seed)`` lives in :func:`run_dir`.
+      workdir: output folder; run `(variant, seed)` lives in `run_dir`.
       variants: name -> config overrides.
       seeds: seeds.
-      data_fn: ``(config, seed) -> {"train", "val", "test"}`` data sets.
+      data_fn: `(config, seed) -> {"train", "val", "test"}` data sets.
       extra_eval: extra labelled sets evaluated (and predicted) at the end of every run.
       log: progress printer.
 
     Returns:
-      list of dicts, one per (variant, seed): ``variant``, ``seed``, the ``METRICS``,
-      ``extra`` (a dict, possibly empty), ``train_size``, ``pred`` and ``labels`` (set name ->
-      int array of shape ``(N,)`` for val, test and every ``extra_eval`` set).
+      list of dicts, one per (variant, seed): `variant`, `seed`, the `METRICS`,
+      `extra` (a dict, possibly empty), `train_size`, `pred` and `labels` (set name ->
+      int array of shape `(N,)` for val, test and every `extra_eval` set).
     """
     from jaxreg.train.step import predict
 
@@ -328,7 +328,7 @@ def run_variants_with_predictions(
 def _runs(
     base: ConfigDict, workdir: Path, variants: Mapping[str, Mapping[str, Any]], seeds: Sequence[int]
 ) -> Iterator[tuple[str, int, ConfigDict, Path]]:
-    """``(variant, seed, config, run folder)`` for every variant, then every seed."""
+    """`(variant, seed, config, run folder)` for every variant, then every seed."""
     for name, overrides in variants.items():
         for seed in seeds:
             yield name, seed, variant_config(base, overrides, seed), run_dir(workdir, name, seed)
@@ -342,26 +342,26 @@ def _log_row(log: Callable[[str], None], row: Mapping[str, Any]) -> None:
 
 
 def run_dir(workdir: str | Path, variant: str, seed: int) -> Path:
-    """The folder of one run: ``workdir/<variant>/seed<seed>`` (results.json, metrics.jsonl)."""
+    """The folder of one run: `workdir/<variant>/seed<seed>` (results.json, metrics.jsonl)."""
     return Path(workdir) / variant / f"seed{int(seed)}"
 
 
 def subset_data_fn(splits: Mapping[str, Any], per_class: int | None) -> Callable[[Any, int], dict]:
-    """A ``data_fn`` for :func:`run_variants`: seed k trains on stratified subset k.
+    """A `data_fn` for `run_variants`: seed k trains on stratified subset k.
 
     The subset depends on the seed only, so every variant of a seed sees the same training
     images (comparisons are paired by seed); each subset is drawn once and reused.
 
     Args:
-      splits: ``{"train", "val", "test"}`` data sets (``jaxreg.data.load_splits``).
-      per_class: training images per class; ``None`` keeps the whole training split.
+      splits: `{"train", "val", "test"}` data sets (`jaxreg.data.load_splits`).
+      per_class: training images per class; `None` keeps the whole training split.
 
     Returns:
-      ``data_fn(config, seed) -> {"train": subset, "val": splits["val"], "test": splits["test"]}``
+      `data_fn(config, seed) -> {"train": subset, "val": splits["val"], "test": splits["test"]}`
       (the config is ignored).
 
     Raises:
-      ValueError: ``splits`` lacks a split, or ``per_class`` < 1.
+      ValueError: `splits` lacks a split, or `per_class` < 1.
     """
     missing = [k for k in ("train", "val", "test") if k not in splits]
     if missing:
@@ -386,10 +386,10 @@ def subset_data_fn(splits: Mapping[str, Any], per_class: int | None) -> Callable
 def aggregate(
     rows: Sequence[Mapping[str, Any]], *, metrics: Sequence[str] = METRICS, key: str = "variant"
 ) -> list[dict]:
-    """Mean ± std over seeds per ``key`` value, in first-seen order.
+    """Mean ± std over seeds per `key` value, in first-seen order.
 
-    Returns rows with ``key``, ``n`` (seeds), ``<metric>`` formatted as "mean ± std" and
-    ``<metric>_mean`` / ``<metric>_std`` floats (std with ddof=1; 0 for one seed).
+    Returns rows with `key`, `n` (seeds), `<metric>` formatted as "mean ± std" and
+    `<metric>_mean` / `<metric>_std` floats (std with ddof=1; 0 for one seed).
     """
     groups: dict[Any, list] = {}
     for r in rows:
@@ -407,7 +407,7 @@ def aggregate(
 
 
 def _save_figure(fig, ax, title: str | None, path: str | Path) -> Path:
-    """Sets the optional title, lays out and writes ``fig`` to ``path`` (PNG, 110 dpi)."""
+    """Sets the optional title, lays out and writes `fig` to `path` (PNG, 110 dpi)."""
     if title:
         ax.set_title(title)
     fig.tight_layout()
@@ -425,7 +425,7 @@ def bar_plot(
     title: str | None = None,
     baseline: str | None = None,
 ) -> Path:
-    """Horizontal bars of ``<metric>_mean`` with ± std error bars; a line at ``baseline``'s mean."""
+    """Horizontal bars of `<metric>_mean` with ± std error bars; a line at `baseline`'s mean."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -461,7 +461,7 @@ def line_plot(
     logx: bool = False,
     marker_x: float | None = None,
 ) -> Path:
-    """Lines with ± std bands: ``series[name] = (x, mean, std)``; optional vertical marker."""
+    """Lines with ± std bands: `series[name] = (x, mean, std)`; optional vertical marker."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -487,20 +487,20 @@ def line_plot(
 def mean_curve(
     histories: Iterable[Sequence[Mapping[str, Any]]], key: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-epoch mean of ``key`` over several runs' histories (e.g. one per seed).
+    """Per-epoch mean of `key` over several runs' histories (e.g. one per seed).
 
     An epoch is averaged over the runs that reached it (early-stopped runs are shorter).
 
     Args:
-      histories: per run, the records of ``report.read_metrics`` (dicts with ``epoch``).
-      key: the metric to average, e.g. ``"val_loss"``.
+      histories: per run, the records of `report.read_metrics` (dicts with `epoch`).
+      key: the metric to average, e.g. `"val_loss"`.
 
     Returns:
-      ``(epochs, means)``: int array of the sorted epochs seen, shape ``(E,)``, and the float
-      mean of ``key`` at each, shape ``(E,)`` (both empty when there are no records).
+      `(epochs, means)`: int array of the sorted epochs seen, shape `(E,)`, and the float
+      mean of `key` at each, shape `(E,)` (both empty when there are no records).
 
     Raises:
-      ValueError: a record lacks ``epoch`` or ``key``.
+      ValueError: a record lacks `epoch` or `key`.
     """
     per_epoch: dict[int, list[float]] = {}
     for history in histories:
@@ -523,21 +523,21 @@ def paired_differences(
     baseline: str,
     key: str = "variant",
 ) -> np.ndarray:
-    """Per-seed differences ``metric(name) - metric(baseline)``, paired by ``seed``.
+    """Per-seed differences `metric(name) - metric(baseline)`, paired by `seed`.
 
     Args:
-      rows: one dict per run with ``seed``, ``key`` and ``metric`` (``run_variants`` rows).
+      rows: one dict per run with `seed`, `key` and `metric` (`run_variants` rows).
       name: the variant compared.
       metric: the row field compared.
       baseline: the reference variant.
       key: the row field that names the variant.
 
     Returns:
-      float64 array of shape ``(n,)``, in the order of ``name``'s rows; seeds without a
-      baseline run and runs where either value is ``None`` are left out.
+      float64 array of shape `(n,)`, in the order of `name`'s rows; seeds without a
+      baseline run and runs where either value is `None` are left out.
 
     Raises:
-      ValueError: ``name`` or ``baseline`` is empty.
+      ValueError: `name` or `baseline` is empty.
     """
     for arg, value in (("name", name), ("baseline", baseline)):
         if not isinstance(value, str) or not value:
@@ -567,11 +567,11 @@ def paired_ci(
 ) -> tuple[float, float, int, int]:
     """Paired (by seed) difference to the baseline with a Student-t confidence interval.
 
-    The interval is ``mean ± t_{(1+confidence)/2, n-1} * std(d, ddof=1) / sqrt(n)`` over the
-    per-seed differences ``d`` of :func:`paired_differences`.
+    The interval is `mean ± t_{(1+confidence)/2, n-1} * std(d, ddof=1) / sqrt(n)` over the
+    per-seed differences `d` of `paired_differences`.
 
     Args:
-      rows: one dict per run with ``seed``, ``key`` and ``metric`` (``run_variants`` rows).
+      rows: one dict per run with `seed`, `key` and `metric` (`run_variants` rows).
       name: the variant compared.
       metric: the row field compared.
       baseline: the reference variant.
@@ -579,12 +579,12 @@ def paired_ci(
       confidence: two-sided level in (0, 1).
 
     Returns:
-      ``(mean, half_width, n_above, n)``: mean difference (NaN when no seed pairs up), the
+      `(mean, half_width, n_above, n)`: mean difference (NaN when no seed pairs up), the
       interval's half-width (NaN for fewer than two pairs), how many differences are > 0, and
       the number of pairs.
 
     Raises:
-      ValueError: ``confidence`` is outside (0, 1), or a name is empty.
+      ValueError: `confidence` is outside (0, 1), or a name is empty.
     """
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
@@ -601,19 +601,19 @@ def paired_ci(
 
 
 def effect(mean: float, half: float, *, above: str = "helps", below: str = "hurts") -> str:
-    """Word for a paired difference and its interval half-width (see :func:`paired_ci`).
+    """Word for a paired difference and its interval half-width (see `paired_ci`).
 
     Args:
       mean: mean difference.
-      half: interval half-width; NaN (one seed) gives ``"one seed"``.
+      half: interval half-width; NaN (one seed) gives `"one seed"`.
       above: word when the whole interval is above 0.
       below: word when the whole interval is below 0.
 
     Returns:
-      ``above``, ``below``, ``"within noise"`` (the interval contains 0) or ``"one seed"``.
+      `above`, `below`, `"within noise"` (the interval contains 0) or `"one seed"`.
 
     Raises:
-      TypeError: ``mean`` or ``half`` is not a real number.
+      TypeError: `mean` or `half` is not a real number.
     """
     for arg, value in (("mean", mean), ("half", half)):
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -628,9 +628,9 @@ def effect(mean: float, half: float, *, above: str = "helps", below: str = "hurt
 
 
 def format_pm(mean: float, half: float, scale: float = 100.0) -> str:
-    """``"+1.2 ± 0.8"``: a signed difference and its half-width times ``scale`` (points).
+    """`"+1.2 ± 0.8"`: a signed difference and its half-width times `scale` (points).
 
-    A NaN half-width (one seed) prints the difference alone (``"+1.2"``).
+    A NaN half-width (one seed) prints the difference alone (`"+1.2"`).
 
     Raises:
       TypeError: an argument is not a real number.
@@ -644,7 +644,7 @@ def format_pm(mean: float, half: float, scale: float = 100.0) -> str:
 
 
 def join_names(items: Iterable[str], *, empty: str = "no variant") -> str:
-    """English list: ``"a"``, ``"a and b"``, ``"a, b and c"``; ``empty`` for none.
+    """English list: `"a"`, `"a and b"`, `"a, b and c"`; `empty` for none.
 
     Raises:
       TypeError: an item is not a string.
@@ -682,15 +682,15 @@ def _check_labels(pred: Any, labels: Any, num_classes: int) -> tuple[np.ndarray,
 
 
 def confusion_matrix(pred: Any, labels: Any, num_classes: int) -> np.ndarray:
-    """Confusion counts: entry ``[i, j]`` = examples of true class i predicted as class j.
+    """Confusion counts: entry `[i, j]` = examples of true class i predicted as class j.
 
     Args:
-      pred: predicted classes, int array of shape ``(N,)`` in ``[0, num_classes)``.
-      labels: true classes, int array of shape ``(N,)`` in ``[0, num_classes)``.
+      pred: predicted classes, int array of shape `(N,)` in `[0, num_classes)`.
+      labels: true classes, int array of shape `(N,)` in `[0, num_classes)`.
       num_classes: K >= 1.
 
     Returns:
-      int64 array of shape ``(K, K)``; rows sum to the class counts of ``labels``.
+      int64 array of shape `(K, K)`; rows sum to the class counts of `labels`.
 
     Raises:
       TypeError: non-integer inputs.
@@ -706,16 +706,16 @@ def per_class_recall(pred: Any, labels: Any, num_classes: int) -> np.ndarray:
     """Recall of every class: the fraction of its examples predicted as that class.
 
     Args:
-      pred: predicted classes, int array of shape ``(N,)`` in ``[0, num_classes)``.
-      labels: true classes, int array of shape ``(N,)`` in ``[0, num_classes)``.
+      pred: predicted classes, int array of shape `(N,)` in `[0, num_classes)`.
+      labels: true classes, int array of shape `(N,)` in `[0, num_classes)`.
       num_classes: K >= 1.
 
     Returns:
-      float64 array of shape ``(K,)`` in [0, 1]; NaN for a class absent from ``labels``
-      (``np.nanmean`` of it is the balanced accuracy).
+      float64 array of shape `(K,)` in [0, 1]; NaN for a class absent from `labels`
+      (`np.nanmean` of it is the balanced accuracy).
 
     Raises:
-      TypeError, ValueError: as in :func:`confusion_matrix`.
+      TypeError, ValueError: as in `confusion_matrix`.
     """
     m = confusion_matrix(pred, labels, num_classes)
     support = m.sum(axis=1)
@@ -741,9 +741,9 @@ def write_report(
     wall_time_s: float,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """Writes ``report.md`` and ``summary.json``, then logs the table, verdict and report path.
+    """Writes `report.md` and `summary.json`, then logs the table, verdict and report path.
 
-    The files come from ``report.write_experiment_report``.
+    The files come from `report.write_experiment_report`.
 
     Args:
       workdir: the experiment's output folder.
@@ -752,16 +752,16 @@ def write_report(
       expectation: what was expected before running it.
       table_rows: result rows (one dict per row), also logged as a Markdown table.
       verdict: the answer, as found; must be non-empty.
-      figures: image files saved inside ``workdir``, relative to it (or absolute inside it).
+      figures: image files saved inside `workdir`, relative to it (or absolute inside it).
       extra_md: extra Markdown appended to the report (not stored in the summary).
       wall_time_s: seconds this invocation took (logged).
       log: printer.
 
     Returns:
-      the path of ``report.md``.
+      the path of `report.md`.
 
     Raises:
-      ValueError: ``verdict`` is empty (an experiment always states one).
+      ValueError: `verdict` is empty (an experiment always states one).
     """
     if not isinstance(verdict, str) or not verdict.strip():
         raise ValueError("verdict must be a non-empty string")

@@ -72,22 +72,22 @@ def _check_batch(a: jax.Array, b: jax.Array, name: str) -> None:
 
 
 def smooth_labels(labels: Any, num_classes: int, smoothing: float) -> jax.Array:
-    """Label smoothing: ``y -> (1 - smoothing) * y + smoothing / num_classes``.
+    """Label smoothing: `y -> (1 - smoothing) * y + smoothing / num_classes`.
 
-    Matches ``optax.smooth_labels`` (Szegedy et al., 2016, "Rethinking the Inception
+    Matches `optax.smooth_labels` (Szegedy et al., 2016, "Rethinking the Inception
     Architecture for Computer Vision").
 
     Args:
-      labels: int class ids of shape (B,) in ``[0, num_classes)``, or soft labels of shape
+      labels: int class ids of shape (B,) in `[0, num_classes)`, or soft labels of shape
         (B, K) with rows summing to 1 (e.g. from mixup/cutmix).
       num_classes: K, a positive int.
-      smoothing: float in ``[0, 1)``.
+      smoothing: float in `[0, 1)`.
 
     Returns:
       float32 array of shape (B, K); rows sum to 1 when the input rows do.
 
     Raises:
-      TypeError / ValueError: for a bad ``num_classes``, ``smoothing`` or label shape.
+      TypeError / ValueError: for a bad `num_classes`, `smoothing` or label shape.
     """
     num_classes = _check_positive_int(num_classes, "num_classes")
     smoothing = _check_smoothing(smoothing, "smoothing")
@@ -98,22 +98,22 @@ def smooth_labels(labels: Any, num_classes: int, smoothing: float) -> jax.Array:
 def soft_cross_entropy(logits: Any, soft_labels: Any, *, label_smoothing: float = 0.0) -> jax.Array:
     """Per-example cross-entropy against soft (or integer) labels.
 
-    ``loss_i = -sum_k y_ik * log_softmax(logits_i)_k``, computed in float32 via
-    ``log_softmax`` for numerical stability; with ``label_smoothing > 0`` the labels are
-    first passed through :func:`smooth_labels`. Agrees with
-    ``optax.softmax_cross_entropy``.
+    `loss_i = -sum_k y_ik * log_softmax(logits_i)_k`, computed in float32 via
+    `log_softmax` for numerical stability; with `label_smoothing > 0` the labels are
+    first passed through `smooth_labels`. Agrees with
+    `optax.softmax_cross_entropy`.
 
     Args:
       logits: float array of shape (B, K).
       soft_labels: soft labels (B, K) (rows summing to 1, e.g. mixup/cutmix targets) or int
         class ids (B,).
-      label_smoothing: float in ``[0, 1)``.
+      label_smoothing: float in `[0, 1)`.
 
     Returns:
       float32 array of shape (B,), non-negative.
 
     Raises:
-      TypeError / ValueError: for bad shapes, dtypes or ``label_smoothing``.
+      TypeError / ValueError: for bad shapes, dtypes or `label_smoothing`.
     """
     logits = _check_logits(logits)
     label_smoothing = _check_smoothing(label_smoothing, "label_smoothing")
@@ -151,7 +151,7 @@ def accuracy(logits: Any, labels: Any) -> jax.Array:
       labels: int class ids (B,) or soft labels (B, K), whose argmax is the class.
 
     Returns:
-      float32 scalar in ``[0, 1]``: the fraction of rows whose argmax matches.
+      float32 scalar in `[0, 1]`: the fraction of rows whose argmax matches.
 
     Raises:
       TypeError / ValueError: for bad shapes or dtypes.
@@ -165,21 +165,21 @@ def accuracy(logits: Any, labels: Any) -> jax.Array:
 def expected_calibration_error(probs: Any, labels: Any, *, num_bins: int = 15) -> jax.Array:
     """Expected calibration error with equal-width confidence bins.
 
-    Confidence is ``max_k probs_ik`` and the prediction its argmax. Bin ``m`` (1-based) holds
-    confidences in ``((m - 1) / M, m / M]`` (a confidence of 0 goes to the first bin), and
-    ``ECE = sum_m |B_m| / N * |acc(B_m) - conf(B_m)|`` (Guo et al., 2017, "On Calibration
+    Confidence is `max_k probs_ik` and the prediction its argmax. Bin `m` (1-based) holds
+    confidences in `((m - 1) / M, m / M]` (a confidence of 0 goes to the first bin), and
+    `ECE = sum_m |B_m| / N * |acc(B_m) - conf(B_m)|` (Guo et al., 2017, "On Calibration
     of Modern Neural Networks"; Naeini et al., 2015). Jit-able.
 
     Args:
-      probs: float array of shape (N, K), predicted class probabilities in ``[0, 1]``.
+      probs: float array of shape (N, K), predicted class probabilities in `[0, 1]`.
       labels: int class ids (N,) or soft labels (N, K) (argmax is the class).
       num_bins: M, a positive int.
 
     Returns:
-      float32 scalar in ``[0, 1]``.
+      float32 scalar in `[0, 1]`.
 
     Raises:
-      TypeError / ValueError: for bad shapes, dtypes or ``num_bins``.
+      TypeError / ValueError: for bad shapes, dtypes or `num_bins`.
     """
     num_bins = _check_positive_int(num_bins, "num_bins")
     probs = _check_logits(probs, "probs")
@@ -201,18 +201,18 @@ def reconstruction_loss(
     """Per-example reconstruction loss for autoencoders, averaged over non-batch axes.
 
     Args:
-      outputs: float array (B, ...): reconstructions (``"mse"``), or logits / probabilities
-        (``"bce"``, see ``from_logits``).
-      targets: float array with the shape of ``outputs``; for ``"bce"`` in ``[0, 1]``.
-      kind: ``"mse"`` (mean squared error) or ``"bce"`` (binary cross-entropy).
-      from_logits: for ``"bce"``, whether ``outputs`` are logits (stable
-        ``log_sigmoid`` form) or probabilities in ``[0, 1]`` (clipped to ``[1e-7, 1 - 1e-7]``).
+      outputs: float array (B, ...): reconstructions (`"mse"`), or logits / probabilities
+        (`"bce"`, see `from_logits`).
+      targets: float array with the shape of `outputs`; for `"bce"` in `[0, 1]`.
+      kind: `"mse"` (mean squared error) or `"bce"` (binary cross-entropy).
+      from_logits: for `"bce"`, whether `outputs` are logits (stable
+        `log_sigmoid` form) or probabilities in `[0, 1]` (clipped to `[1e-7, 1 - 1e-7]`).
 
     Returns:
       float32 array of shape (B,).
 
     Raises:
-      TypeError / ValueError: for a bad ``kind`` or mismatched shapes.
+      TypeError / ValueError: for a bad `kind` or mismatched shapes.
     """
     if kind not in _RECON_KINDS:
         raise ValueError(f"kind must be one of {_RECON_KINDS}, got {kind!r}")

@@ -38,11 +38,11 @@ _ACC_KEYS = ("train_accuracy", "val_accuracy")
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """Reads the per-epoch records that the training loop appends to ``metrics.jsonl``.
+    """Reads the per-epoch records that the training loop appends to `metrics.jsonl`.
 
-    Each non-blank line is one JSON object with at least an integer ``"epoch"`` (1-based);
-    other keys (``train_loss``, ``val_accuracy``, ``lr``, ``val_ece``, ...) are passed
-    through untouched. ``NaN``/``Infinity`` written by Python's ``json`` are accepted.
+    Each non-blank line is one JSON object with at least an integer `"epoch"` (1-based);
+    other keys (`train_loss`, `val_accuracy`, `lr`, `val_ece`, ...) are passed
+    through untouched. `NaN`/`Infinity` written by Python's `json` are accepted.
 
     Robustness rules:
       * A last line that does not parse (a process killed mid-write) is skipped with a
@@ -52,14 +52,14 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
       * Records are returned sorted by epoch.
 
     Args:
-      path: the ``metrics.jsonl`` file.
+      path: the `metrics.jsonl` file.
 
     Returns:
-      A list of dicts, one per epoch, sorted by ``"epoch"``. An empty file gives ``[]``.
+      A list of dicts, one per epoch, sorted by `"epoch"`. An empty file gives `[]`.
 
     Raises:
-      FileNotFoundError: ``path`` does not exist.
-      ValueError: a complete line is not a JSON object or lacks an integer ``"epoch"``.
+      FileNotFoundError: `path` does not exist.
+      ValueError: a complete line is not a JSON object or lacks an integer `"epoch"`.
     """
     path = Path(path)
     text = path.read_text(encoding="utf-8")
@@ -146,38 +146,38 @@ def overfitting_onset(
 ) -> int | None:
     """Finds the epoch where validation loss starts to rise while training accuracy still rises.
 
-    Exact rule. Let ``m`` be the epoch of the lowest finite ``val_loss`` of the whole
-    history (the first one on ties) and ``delta = max(min_delta, rel_delta * val_loss[m])``.
-    A record ``j`` after ``m`` is *rising* when both hold:
+    Exact rule. Let `m` be the epoch of the lowest finite `val_loss` of the whole
+    history (the first one on ties) and `delta = max(min_delta, rel_delta * val_loss[m])`.
+    A record `j` after `m` is *rising* when both hold:
 
-      * ``val_loss[j] > val_loss[m] + delta`` (finite), and
-      * ``train_accuracy[j] >= train_accuracy[m]`` (both finite): training accuracy still
+      * `val_loss[j] > val_loss[m] + delta` (finite), and
+      * `train_accuracy[j] >= train_accuracy[m]` (both finite): training accuracy still
         rises or holds (a model already at 100 % cannot rise further, yet overfits).
 
-    The onset is the first epoch of the first run of ``patience`` *consecutive* rising
-    records after ``m``. A record within ``delta`` of the minimum (noise), a rising val loss
-    with train accuracy not above its value at ``m`` (underfitting / instability) or a
+    The onset is the first epoch of the first run of `patience` *consecutive* rising
+    records after `m`. A record within `delta` of the minimum (noise), a rising val loss
+    with train accuracy not above its value at `m` (underfitting / instability) or a
     non-finite value ends a run. Using the global minimum means a dip followed by a lower
     minimum later is not reported (a noisy curve that keeps improving is not overfitting).
 
-    The returned epoch is the **first epoch of the rise** (``m``, the validation-loss
-    minimum that early stopping would restore, is before it; usually ``onset - 1``).
-    Short histories and an empty history give ``None``.
+    The returned epoch is the **first epoch of the rise** (`m`, the validation-loss
+    minimum that early stopping would restore, is before it; usually `onset - 1`).
+    Short histories and an empty history give `None`.
 
     Args:
-      history: per-epoch dicts with keys ``"epoch"``, ``"val_loss"`` and
-        ``"train_accuracy"`` (values may be NaN or None), in epoch order.
+      history: per-epoch dicts with keys `"epoch"`, `"val_loss"` and
+        `"train_accuracy"` (values may be NaN or None), in epoch order.
       patience: int >= 1, consecutive rising epochs needed.
       min_delta: float >= 0, how far above the minimum the val loss must be to count.
       rel_delta: float >= 0, the same as a fraction of the minimum (e.g. 0.05 = 5 %).
 
     Returns:
-      The epoch (as stored in ``"epoch"``) where the rise starts, or ``None``.
+      The epoch (as stored in `"epoch"`) where the rise starts, or `None`.
 
     Raises:
-      TypeError: ``history`` is not a list of dicts, or ``patience`` is not an int.
-      ValueError: a record misses one of the keys above; ``patience < 1``;
-        ``min_delta``/``rel_delta`` negative or not finite.
+      TypeError: `history` is not a list of dicts, or `patience` is not an int.
+      ValueError: a record misses one of the keys above; `patience < 1`;
+        `min_delta`/`rel_delta` negative or not finite.
     """
     history = _check_history(history)
     if isinstance(patience, bool) or not isinstance(patience, numbers.Integral):
@@ -234,12 +234,12 @@ def plot_curves(
     """Writes a PNG with two panels: loss and accuracy per epoch, train vs validation.
 
     Series missing from a record (or NaN) leave a gap. Each panel needs at least one of
-    its two series (``train_loss``/``val_loss``, ``train_accuracy``/``val_accuracy``).
-    Vertical markers: a dashed red line at ``onset`` (overfitting onset) and a dotted
-    green line at ``best_epoch`` (the restored / best epoch), both in the legend.
+    its two series (`train_loss`/`val_loss`, `train_accuracy`/`val_accuracy`).
+    Vertical markers: a dashed red line at `onset` (overfitting onset) and a dotted
+    green line at `best_epoch` (the restored / best epoch), both in the legend.
 
     Args:
-      history: per-epoch dicts with an ``"epoch"`` key and the metric keys above.
+      history: per-epoch dicts with an `"epoch"` key and the metric keys above.
       path: output PNG path; parent folders are created.
       onset: epoch of the overfitting onset to mark, or None.
       best_epoch: epoch of the best (restored) model to mark, or None.
@@ -249,10 +249,10 @@ def plot_curves(
       The path written.
 
     Raises:
-      TypeError: ``history`` not a list of dicts; ``onset``/``best_epoch`` not ints;
-        ``title`` not a str.
-      ValueError: empty ``history``; a record without ``"epoch"``; a panel with none of its
-        series; ``onset``/``best_epoch`` outside the history's epochs.
+      TypeError: `history` not a list of dicts; `onset`/`best_epoch` not ints;
+        `title` not a str.
+      ValueError: empty `history`; a record without `"epoch"`; a panel with none of its
+        series; `onset`/`best_epoch` outside the history's epochs.
     """
     history = _check_history(history)
     if not history:
@@ -327,15 +327,15 @@ def _plain(value: Any) -> Any:
 def format_value(value: Any, floatfmt: str = ".4f") -> str:
     """Formats one table cell.
 
-    ``None`` -> ``""``; bools and ints as is; floats with ``floatfmt``, except that a
-    fixed-point format (``"f"``) switches to 3 significant digits (``".3g"``) for a
-    nonzero ``|value| < 1e-3`` (e.g. a learning rate of ``3e-4``), one it would show as
-    zero, or ``|value| >= 1e6``; NaN/inf as
-    ``nan``/``inf``/``-inf``; strings as is; other objects (lists, dicts) as compact JSON.
+    `None` -> `""`; bools and ints as is; floats with `floatfmt`, except that a
+    fixed-point format (`"f"`) switches to 3 significant digits (`".3g"`) for a
+    nonzero `|value| < 1e-3` (e.g. a learning rate of `3e-4`), one it would show as
+    zero, or `|value| >= 1e6`; NaN/inf as
+    `nan`/`inf`/`-inf`; strings as is; other objects (lists, dicts) as compact JSON.
 
     Args:
       value: the cell value (numpy scalars are accepted).
-      floatfmt: a ``format`` spec for floats.
+      floatfmt: a `format` spec for floats.
 
     Returns:
       The formatted string.
@@ -367,23 +367,23 @@ def format_value(value: Any, floatfmt: str = ".4f") -> str:
 
 
 def mean_std(values: Sequence[float], *, fmt: str = ".3f", ddof: int = 1) -> str:
-    """Formats a metric over seeds as ``"mean ± std"``, e.g. ``"0.912 ± 0.004"``.
+    """Formats a metric over seeds as `"mean ± std"`, e.g. `"0.912 ± 0.004"`.
 
-    The std is the sample standard deviation (``ddof=1``) by default. A single value is
+    The std is the sample standard deviation (`ddof=1`) by default. A single value is
     shown alone (its std is undefined). NaN values are kept, so a diverged seed shows as
-    ``"nan ± nan"`` instead of being hidden.
+    `"nan ± nan"` instead of being hidden.
 
     Args:
       values: the per-seed values (a non-empty 1-D sequence of numbers).
-      fmt: a ``format`` spec used for both the mean and the std.
+      fmt: a `format` spec used for both the mean and the std.
       ddof: delta degrees of freedom for the std (0 = population std).
 
     Returns:
       The formatted string.
 
     Raises:
-      TypeError: ``values`` is a string or a scalar.
-      ValueError: ``values`` is empty or not 1-D.
+      TypeError: `values` is a string or a scalar.
+      ValueError: `values` is empty or not 1-D.
     """
     if isinstance(values, (str, bytes)) or np.ndim(values) == 0:
         raise TypeError(f"values must be a sequence of numbers; got {type(values).__name__}.")
@@ -434,20 +434,20 @@ def markdown_table(
     r"""Renders dicts as a GitHub-flavoured Markdown table.
 
     Columns default to the union of the rows' keys in first-seen order; a missing cell is
-    empty. Cells are formatted by :func:`format_value`; ``|`` is escaped and newlines
+    empty. Cells are formatted by `format_value`; `|` is escaped and newlines
     become spaces. Columns whose non-empty cells are all numbers are right-aligned.
 
     Args:
       rows: list of dicts, one per table row.
       columns: column names (keys) in order, or None for all keys.
-      floatfmt: ``format`` spec for floats, e.g. ``".4f"`` or ``".3g"``.
+      floatfmt: `format` spec for floats, e.g. `".4f"` or `".3g"`.
 
     Returns:
-      The table, lines joined by ``"\n"``, with a trailing newline.
+      The table, lines joined by `"\n"`, with a trailing newline.
 
     Raises:
-      TypeError: ``rows`` is not a list of dicts, or ``columns`` not a list of str.
-      ValueError: no rows and no ``columns`` (nothing to render).
+      TypeError: `rows` is not a list of dicts, or `columns` not a list of str.
+      ValueError: no rows and no `columns` (nothing to render).
     """
     rows = _check_rows(rows, "rows")
     cols = _columns(rows, columns)
@@ -522,36 +522,36 @@ def write_run_report(
     onset_min_delta: float = 0.0,
     onset_rel_delta: float = 0.05,
 ) -> Path:
-    """Writes ``workdir/report.md`` for one training run (and ``workdir/curves.png``).
+    """Writes `workdir/report.md` for one training run (and `workdir/curves.png`).
 
-    The report has: the title; a results table (one row per ``results`` item, in order,
-    floats via :func:`format_value`); the overfitting-onset statement ("Validation loss
+    The report has: the title; a results table (one row per `results` item, in order,
+    floats via `format_value`); the overfitting-onset statement ("Validation loss
     started rising at epoch N while training accuracy kept rising." or "No overfitting
-    onset detected in N epochs."), using :func:`overfitting_onset`; notes as a bullet
-    list; the loss/accuracy curves (``curves.png``, written by :func:`plot_curves`, with
-    ``results["best_epoch"]`` marked when it is an epoch of the history); the per-epoch
-    metrics and the config (as JSON), each in a collapsed ``<details>`` block.
+    onset detected in N epochs."), using `overfitting_onset`; notes as a bullet
+    list; the loss/accuracy curves (`curves.png`, written by `plot_curves`, with
+    `results["best_epoch"]` marked when it is an epoch of the history); the per-epoch
+    metrics and the config (as JSON), each in a collapsed `<details>` block.
     With an empty history the report is still written, without curves.
 
     Args:
       workdir: the run folder (created if missing).
       title: report title.
-      config: the run's config (a dict, or an object with ``.to_dict()`` such as
-        ``ml_collections.ConfigDict``); non-JSON values are shown with ``repr``.
-      history: per-epoch dicts as returned by :func:`read_metrics`.
-      results: final numbers, e.g. ``{"test_accuracy": 0.91, "best_epoch": 7}``.
+      config: the run's config (a dict, or an object with `.to_dict()` such as
+        `ml_collections.ConfigDict`); non-JSON values are shown with `repr`.
+      history: per-epoch dicts as returned by `read_metrics`.
+      results: final numbers, e.g. `{"test_accuracy": 0.91, "best_epoch": 7}`.
       notes: optional lines added as a bullet list.
-      onset_patience: ``patience`` for :func:`overfitting_onset`.
-      onset_min_delta: ``min_delta`` for :func:`overfitting_onset`.
-      onset_rel_delta: ``rel_delta`` for :func:`overfitting_onset` (default 5 % of the
+      onset_patience: `patience` for `overfitting_onset`.
+      onset_min_delta: `min_delta` for `overfitting_onset`.
+      onset_rel_delta: `rel_delta` for `overfitting_onset` (default 5 % of the
         minimum validation loss, so epoch-to-epoch noise is not called overfitting).
 
     Returns:
-      The path of ``report.md``.
+      The path of `report.md`.
 
     Raises:
       TypeError: an argument has the wrong type (named in the message).
-      ValueError: records miss ``"epoch"``/``"val_loss"``/``"train_accuracy"``, or bad
+      ValueError: records miss `"epoch"`/`"val_loss"`/`"train_accuracy"`, or bad
         onset options.
     """
     title = _check_str(title, "title")
@@ -664,30 +664,30 @@ def write_experiment_report(
     figures: Sequence[str],
     extra_md: str = "",
 ) -> Path:
-    """Writes ``workdir/report.md`` and ``workdir/summary.json`` for one experiment.
+    """Writes `workdir/report.md` and `workdir/summary.json` for one experiment.
 
-    ``summary.json`` holds ``title``, ``question``, ``expectation``, ``verdict``,
-    ``table_rows`` and ``figures`` (file names relative to ``workdir``), which is what
-    :func:`html_index` collects. The report shows the same plus ``extra_md`` at the end.
+    `summary.json` holds `title`, `question`, `expectation`, `verdict`,
+    `table_rows` and `figures` (file names relative to `workdir`), which is what
+    `html_index` collects. The report shows the same plus `extra_md` at the end.
 
     Args:
       workdir: the experiment run folder (created if missing).
       title: experiment title.
       question: the question the experiment answers.
       expectation: what we expected before running it.
-      table_rows: result rows (list of dicts, e.g. one per method with ``mean_std``
+      table_rows: result rows (list of dicts, e.g. one per method with `mean_std`
         strings); values must be JSON-serialisable or numpy scalars.
       verdict: the answer, as found.
-      figures: image files (PNG, JPEG, SVG, GIF) already saved inside ``workdir``, given
+      figures: image files (PNG, JPEG, SVG, GIF) already saved inside `workdir`, given
         relative to it or as absolute paths inside it.
       extra_md: extra Markdown appended to the report (not stored in the summary).
 
     Returns:
-      The path of ``report.md``.
+      The path of `report.md`.
 
     Raises:
       TypeError: an argument has the wrong type (named in the message).
-      ValueError: a figure is missing or outside ``workdir``.
+      ValueError: a figure is missing or outside `workdir`.
     """
     title = _check_str(title, "title")
     question = _check_str(question, "question")
@@ -827,12 +827,12 @@ def _html_section(run_dir: Path, anchor: str) -> tuple[str, str]:
 
 
 def html_index(root: str | os.PathLike, out_path: str | os.PathLike) -> Path:
-    """Writes one self-contained HTML page collecting every ``root/*/summary.json``.
+    """Writes one self-contained HTML page collecting every `root/*/summary.json`.
 
     One section per experiment run folder (sorted by folder name), with a table of
     contents: title, question, expectation, the results table, the verdict and the
-    figures embedded as base64 ``data:`` URIs, so the page works when moved or opened
-    from disk. All text is HTML-escaped. A folder whose ``summary.json`` cannot be read
+    figures embedded as base64 `data:` URIs, so the page works when moved or opened
+    from disk. All text is HTML-escaped. A folder whose `summary.json` cannot be read
     gets a section with the error instead of aborting the index; a missing figure file is
     noted in place.
 
@@ -844,7 +844,7 @@ def html_index(root: str | os.PathLike, out_path: str | os.PathLike) -> Path:
       The path written.
 
     Raises:
-      ValueError: ``root`` is not an existing folder.
+      ValueError: `root` is not an existing folder.
     """
     root = Path(root)
     if not root.is_dir():

@@ -1,4 +1,4 @@
-"""Flax NNX models and the registry that builds them by name (``create``)."""
+"""Flax NNX models and the registry that builds them by name (`create`)."""
 
 from __future__ import annotations
 
@@ -35,14 +35,14 @@ def create(
     """Builds a registered model.
 
     Args:
-        name: one of ``list_models()``.
+        name: one of `list_models()`.
         num_classes: output classes.
         input_shape: (H, W, C) of one example.
         seed: parameter initialisation seed.
-        **kwargs: model options (e.g. ``batch_norm``, ``dropout``, ``conv_grad``).
+        **kwargs: model options (e.g. `batch_norm`, `dropout`, `conv_grad`).
 
     Returns:
-        An ``nnx.Module`` mapping (N, H, W, C) float32 to (N, num_classes) logits.
+        An `nnx.Module` mapping (N, H, W, C) float32 to (N, num_classes) logits.
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; allowed: {sorted(MODELS)}")

@@ -38,8 +38,8 @@ class CNN(nnx.Module):
         dropout: dropout rate before the last layer, in [0, 1) (Srivastava et al., 2014).
         bn_momentum: running-statistics momentum. 0.9 rather than flax's 0.99: runs on small data
             take only ~100 steps, after which 0.99 leaves the statistics far from the data.
-        conv_grad: weight-gradient rule of the convolutions (see ``layers.conv2d``).
-        rngs: ``nnx.Rngs`` with a ``params`` stream.
+        conv_grad: weight-gradient rule of the convolutions (see `layers.conv2d`).
+        rngs: `nnx.Rngs` with a `params` stream.
     """
 
     def __init__(
@@ -95,7 +95,7 @@ class CNN(nnx.Module):
     def __call__(
         self, x: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None
     ) -> jax.Array:
-        """Logits (N, num_classes). ``dropout_key`` is required when training with dropout > 0."""
+        """Logits (N, num_classes). `dropout_key` is required when training with dropout > 0."""
         x = self.hidden(self.features(x, train=train))
         if self.hidden_norm is not None:
             x = self.hidden_norm(x, use_running_average=not train)

@@ -35,8 +35,8 @@ def _patches(x, kh, kw, strides, padding):
     """(N, Ho, Wo, kh*kw*cin) patch matrix, features ordered (kh, kw, cin).
 
     Built from kh*kw strided slices of the padded input and one concatenation: pure data
-    movement. ``lax.conv_general_dilated_patches`` computes the same matrix as a convolution
-    with a one-hot kernel (kh*kw*cin times the work of a copy), which inside a ``lax.scan``
+    movement. `lax.conv_general_dilated_patches` computes the same matrix as a convolution
+    with a one-hot kernel (kh*kw*cin times the work of a copy), which inside a `lax.scan`
     body cost more than the weight-gradient matmul itself.
     """
     sh, sw = strides
@@ -75,10 +75,10 @@ def _bwd(strides, padding, residuals, g):
 
 
 def _conv_input_grad(g, kernel, x_shape, strides, padding):
-    """dL/dx of ``_conv`` as one canonical NHWC x HWIO convolution.
+    """dL/dx of `_conv` as one canonical NHWC x HWIO convolution.
 
     JAX's transpose rule emits a convolution whose kernel dimensions are swapped
-    (``01oi``); XLA:CPU runs that form off its fast path inside a loop body (~5x slower
+    (`01oi`); XLA:CPU runs that form off its fast path inside a loop body (~5x slower
     than the same arithmetic with an explicitly flipped and transposed HWIO kernel).
     Strides become input dilation; the padding is the forward's, mirrored.
     """
@@ -108,11 +108,11 @@ def conv2d(
     """2-D convolution, NHWC x HWIO -> NHWC, with a choice of weight-gradient rule.
 
     The forward pass is always XLA's convolution (fast everywhere, also for evaluation).
-    Only the backward rule differs: ``"patches"`` computes the weight gradient as an explicit
+    Only the backward rule differs: `"patches"` computes the weight gradient as an explicit
     patch matrix times the output gradient, which on XLA:CPU is several times faster than the
-    native backward-filter convolution when the step runs inside ``lax.scan``
-    (see benchmarks/train_loop.py). ``"auto"`` uses ``"patches"`` when lowering for CPU and the
-    native rule for GPU/TPU, decided where the program is compiled (``lax.platform_dependent``).
+    native backward-filter convolution when the step runs inside `lax.scan`
+    (see benchmarks/train_loop.py). `"auto"` uses `"patches"` when lowering for CPU and the
+    native rule for GPU/TPU, decided where the program is compiled (`lax.platform_dependent`).
 
     Args:
         x: (N, H, W, Cin) floating array.
@@ -142,7 +142,7 @@ def conv2d(
 
 
 class Conv(nnx.Module):
-    """2-D convolution layer (NHWC), parameters laid out like ``nnx.Conv`` (kernel HWIO, bias).
+    """2-D convolution layer (NHWC), parameters laid out like `nnx.Conv` (kernel HWIO, bias).
 
     Args:
         in_features: input channels.
@@ -151,8 +151,8 @@ class Conv(nnx.Module):
         strides: (sh, sw).
         padding: "SAME" or "VALID".
         use_bias: add a bias (off before BatchNorm).
-        grad: weight-gradient rule, see :func:`conv2d`.
-        rngs: ``nnx.Rngs`` with a ``params`` stream.
+        grad: weight-gradient rule, see `conv2d`.
+        rngs: `nnx.Rngs` with a `params` stream.
     """
 
     def __init__(
@@ -180,7 +180,7 @@ class Conv(nnx.Module):
         self.grad = grad
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Convolves NHWC ``x`` with the kernel (weight gradient per ``grad``), adding the bias."""
+        """Convolves NHWC `x` with the kernel (weight gradient per `grad`), adding the bias."""
         y = conv2d(x, self.kernel[...], strides=self.strides, padding=self.padding, grad=self.grad)
         if self.bias is not None:
             y = y + self.bias[...].reshape((1,) * (y.ndim - 1) + (-1,))
@@ -224,12 +224,12 @@ _max_pool_even.defvjp(_pool_fwd, _pool_bwd)
 def max_pool_2x2(x: jax.Array) -> jax.Array:
     """2x2 max pooling with stride 2 on (N, H, W, C); odd sizes are padded ("SAME").
 
-    Same values and gradients as ``lax.reduce_window(x, -inf, lax.max, (1,2,2,1), (1,2,2,1),
-    "SAME")``: the gradient goes to the first maximum of each window in row-major order (as
+    Same values and gradients as `lax.reduce_window(x, -inf, lax.max, (1,2,2,1), (1,2,2,1),
+    "SAME")`: the gradient goes to the first maximum of each window in row-major order (as
     XLA's select_and_scatter does). The forward pass keeps that position as int8 (a quarter of
     the output's size); the backward pass is one broadcast select that writes the input
     gradient once, instead of select_and_scatter, which is slow on XLA:CPU, notably inside
-    ``lax.scan``.
+    `lax.scan`.
 
     Args:
         x: (N, H, W, C) floating array.

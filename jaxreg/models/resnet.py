@@ -44,7 +44,7 @@ class BasicBlock(nnx.Module):
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         """Returns relu(shortcut(x) + bn2(conv2(relu(bn1(conv1(x)))))), NHWC.
 
-        BatchNorm uses batch statistics (and updates its running averages) when ``train`` is
+        BatchNorm uses batch statistics (and updates its running averages) when `train` is
         true, the running averages otherwise.
         """
         ura = not train
@@ -58,7 +58,7 @@ class BasicBlock(nnx.Module):
 class ResNet(nnx.Module):
     """CIFAR-style ResNet: a 3x3 stem, three stages of basic blocks, global average pool, head.
 
-    ``depth = 6 * blocks_per_stage + 2`` (ResNet-20: 3 blocks per stage, widths 16/32/64).
+    `depth = 6 * blocks_per_stage + 2` (ResNet-20: 3 blocks per stage, widths 16/32/64).
     Input (N, H, W, C) float32 in [0, 1]; output logits (N, num_classes).
 
     Args:
@@ -68,8 +68,8 @@ class ResNet(nnx.Module):
         widths: channels of the three stages.
         dropout: dropout rate before the head, in [0, 1).
         bn_momentum: BatchNorm running-statistics momentum (0.9 suits short runs).
-        conv_grad: weight-gradient rule of the convolutions (see ``layers.conv2d``).
-        rngs: ``nnx.Rngs`` with a ``params`` stream.
+        conv_grad: weight-gradient rule of the convolutions (see `layers.conv2d`).
+        rngs: `nnx.Rngs` with a `params` stream.
     """
 
     def __init__(

@@ -35,8 +35,8 @@ LearningRate = float | Callable[[jax.Array], jax.Array]
 # ----------------------------------------------------------------------------------------------
 
 
-# Flax < 0.11 stores ``nnx.VariableState`` in a State; later versions store ``nnx.Variable`` and
-# serve ``VariableState`` as a deprecated alias through module ``__getattr__``, hence ``vars``.
+# Flax < 0.11 stores `nnx.VariableState` in a State; later versions store `nnx.Variable` and
+# serve `VariableState` as a deprecated alias through module `__getattr__`, hence `vars`.
 _VARIABLE_TYPES: tuple[type, ...] = (nnx.Variable,)
 _variable_state = vars(nnx).get("VariableState")
 if isinstance(_variable_state, type) and _variable_state is not nnx.Variable:
@@ -48,17 +48,17 @@ def _is_variable(x: Any) -> bool:
 
 
 def path_to_str(path: Iterable[Any]) -> str:
-    """Spells a JAX key path as a ``/``-joined string.
+    """Spells a JAX key path as a `/`-joined string.
 
-    The rule: a dict key (``DictKey``) contributes ``str(key)``, a sequence index
-    (``SequenceKey``) its index, an attribute (``GetAttrKey``) its name and a flattened
-    index (``FlattenedIndexKey``) its number; the parts are joined with ``/``. Flax NNX
-    variables (``nnx.Param``, ``nnx.BatchStat``, ...) are treated as leaves, so the
-    ``value`` attribute inside them never appears. Examples: ``"Conv_0/kernel"`` (Linen
-    dict), ``"conv/kernel"`` and ``"layers/0/kernel"`` (``nnx.State``).
+    The rule: a dict key (`DictKey`) contributes `str(key)`, a sequence index
+    (`SequenceKey`) its index, an attribute (`GetAttrKey`) its name and a flattened
+    index (`FlattenedIndexKey`) its number; the parts are joined with `/`. Flax NNX
+    variables (`nnx.Param`, `nnx.BatchStat`, ...) are treated as leaves, so the
+    `value` attribute inside them never appears. Examples: `"Conv_0/kernel"` (Linen
+    dict), `"conv/kernel"` and `"layers/0/kernel"` (`nnx.State`).
 
     Args:
-      path: a key path as returned by ``jax.tree_util.tree_flatten_with_path``.
+      path: a key path as returned by `jax.tree_util.tree_flatten_with_path`.
 
     Returns:
       The path string (empty for the root).
@@ -79,7 +79,7 @@ def path_to_str(path: Iterable[Any]) -> str:
 
 
 def _map_with_path_str(fn: Callable[[str, Any], Any], tree: PyTree) -> PyTree:
-    """Maps ``fn(path_string, leaf_array)`` over the leaves; NNX variables stay wrapped."""
+    """Maps `fn(path_string, leaf_array)` over the leaves; NNX variables stay wrapped."""
 
     def visit(path, leaf):
         if _is_variable(leaf):
@@ -91,24 +91,24 @@ def _map_with_path_str(fn: Callable[[str, Any], Any], tree: PyTree) -> PyTree:
 
 
 def param_paths(params: PyTree) -> PyTree:
-    """Returns a pytree like ``params`` whose leaves are their path strings.
+    """Returns a pytree like `params` whose leaves are their path strings.
 
-    See :func:`path_to_str` for the spelling. Useful to inspect which names a mask's
-    regular expressions will see, e.g. ``jax.tree.leaves(param_paths(state))``.
+    See `path_to_str` for the spelling. Useful to inspect which names a mask's
+    regular expressions will see, e.g. `jax.tree.leaves(param_paths(state))`.
 
     Args:
-      params: any parameter pytree (nested dicts, ``nnx.State``, lists, ...).
+      params: any parameter pytree (nested dicts, `nnx.State`, lists, ...).
 
     Returns:
-      A pytree of ``str`` with the structure of ``params``.
+      A pytree of `str` with the structure of `params`.
     """
     return _map_with_path_str(lambda p, _: p, params)
 
 
 def decay_mask(params: PyTree) -> PyTree:
-    """The default weight-decay mask: ``True`` for conv/dense kernels only.
+    """The default weight-decay mask: `True` for conv/dense kernels only.
 
-    A leaf is decayed iff the last part of its path is ``kernel`` and it has at least two
+    A leaf is decayed iff the last part of its path is `kernel` and it has at least two
     dimensions. Biases, BatchNorm/LayerNorm scales and biases, embeddings and everything
     else are left alone (the big_vision / "bag of tricks" convention; He et al., 2019,
     "Bag of Tricks for Image Classification with Convolutional Neural Networks").
@@ -117,7 +117,7 @@ def decay_mask(params: PyTree) -> PyTree:
       params: parameter pytree (or updates with the same structure).
 
     Returns:
-      A bool pytree with the structure of ``params``.
+      A bool pytree with the structure of `params`.
     """
 
     def rule(path: str, leaf: Any) -> bool:
@@ -161,19 +161,19 @@ def path_mask(
 ) -> PyTree:
     """Builds a bool mask from parameter path strings and regular expressions.
 
-    A leaf is ``True`` iff its path (see :func:`path_to_str`, e.g. ``"layers/0/conv/kernel"``)
-    matches at least one ``include`` pattern (every leaf when ``include`` is ``None`` or
-    empty) and no ``exclude`` pattern. Matching uses ``re.search``; anchor with ``^``/``$``
-    for whole-path matches. For a callable mask usable in :func:`add_l2` and friends, use
-    ``functools.partial(path_mask, include=..., exclude=...)``.
+    A leaf is `True` iff its path (see `path_to_str`, e.g. `"layers/0/conv/kernel"`)
+    matches at least one `include` pattern (every leaf when `include` is `None` or
+    empty) and no `exclude` pattern. Matching uses `re.search`; anchor with `^`/`$`
+    for whole-path matches. For a callable mask usable in `add_l2` and friends, use
+    `functools.partial(path_mask, include=..., exclude=...)`.
 
     Args:
-      params: parameter pytree (nested dicts, ``nnx.State``, ...).
+      params: parameter pytree (nested dicts, `nnx.State`, ...).
       include: regex or sequence of regexes selecting leaves.
       exclude: regex or sequence of regexes removing leaves.
 
     Returns:
-      A bool pytree with the structure of ``params``.
+      A bool pytree with the structure of `params`.
 
     Raises:
       TypeError / ValueError: if a pattern is not a string or does not compile.
@@ -242,7 +242,7 @@ class LrCountState(NamedTuple):
 def _lr_transform(
     step: Callable[[Any, Any, Any], Any], learning_rate: LearningRate, name: str
 ) -> optax.GradientTransformation:
-    """Builds a transform ``u -> step(u, p, lr)`` with a constant or scheduled ``lr``."""
+    """Builds a transform `u -> step(u, p, lr)` with a constant or scheduled `lr`."""
     if callable(learning_rate):
 
         def init_fn(params):
@@ -272,7 +272,7 @@ def _lr_transform(
 def _gradient_penalty(
     name: str, term: Callable[[Any, Any], Any], mask: Mask
 ) -> optax.GradientTransformation:
-    """Stateless transform adding ``term(grad, param)`` to every (masked) gradient leaf."""
+    """Stateless transform adding `term(grad, param)` to every (masked) gradient leaf."""
 
     def init_fn(params):
         del params
@@ -286,22 +286,22 @@ def _gradient_penalty(
 
 
 def add_l1(rate: float, *, mask: Mask = None) -> optax.GradientTransformation:
-    """Adds the L1 subgradient ``rate * sign(p)`` to the gradient.
+    """Adds the L1 subgradient `rate * sign(p)` to the gradient.
 
-    Equivalent to adding ``rate * ||p||_1`` to the loss (with ``sign(0) = 0``). Place it
-    *before* the optimizer in an ``optax.chain``. The subgradient oscillates around zero
-    instead of reaching it; use :func:`prox_l1` for exact zeros.
+    Equivalent to adding `rate * ||p||_1` to the loss (with `sign(0) = 0`). Place it
+    *before* the optimizer in an `optax.chain`. The subgradient oscillates around zero
+    instead of reaching it; use `prox_l1` for exact zeros.
 
     Args:
       rate: non-negative L1 coefficient.
-      mask: ``None`` for :func:`decay_mask` (kernels only), ``True`` for every leaf, a
-        bool pytree like the params, or a callable ``params -> bool pytree``.
+      mask: `None` for `decay_mask` (kernels only), `True` for every leaf, a
+        bool pytree like the params, or a callable `params -> bool pytree`.
 
     Returns:
-      An ``optax.GradientTransformation`` (needs ``params`` in ``update``).
+      An `optax.GradientTransformation` (needs `params` in `update`).
 
     Raises:
-      TypeError / ValueError: if ``rate`` is not a non-negative finite float.
+      TypeError / ValueError: if `rate` is not a non-negative finite float.
     """
     rate = _check_rate(rate)
     return _gradient_penalty(
@@ -314,24 +314,24 @@ def prox_l1(
 ) -> optax.GradientTransformation:
     """Proximal L1 step (soft-thresholding) applied after the optimizer's update.
 
-    With ``u`` the incoming update (already scaled by ``-learning_rate``) and
-    ``z = p + u``, the new parameter is ``sign(z) * max(|z| - learning_rate * rate, 0)``
-    and the returned update is ``new_p - p``. This is ISTA / proximal gradient descent
+    With `u` the incoming update (already scaled by `-learning_rate`) and
+    `z = p + u`, the new parameter is `sign(z) * max(|z| - learning_rate * rate, 0)`
+    and the returned update is `new_p - p`. This is ISTA / proximal gradient descent
     (Beck & Teboulle, 2009, "A Fast Iterative Shrinkage-Thresholding Algorithm") and
-    produces exact zeros. Place it *last* in an ``optax.chain``; ``learning_rate`` must
+    produces exact zeros. Place it *last* in an `optax.chain`; `learning_rate` must
     be the same one the optimizer uses.
 
     Args:
-      rate: non-negative L1 coefficient (of ``rate * ||p||_1`` in the loss).
-      learning_rate: float, or an optax schedule ``count -> lr`` evaluated at the number of
-        updates done so far (as ``optax.scale_by_schedule`` does).
-      mask: see :func:`add_l1`.
+      rate: non-negative L1 coefficient (of `rate * ||p||_1` in the loss).
+      learning_rate: float, or an optax schedule `count -> lr` evaluated at the number of
+        updates done so far (as `optax.scale_by_schedule` does).
+      mask: see `add_l1`.
 
     Returns:
-      An ``optax.GradientTransformation`` (needs ``params`` in ``update``).
+      An `optax.GradientTransformation` (needs `params` in `update`).
 
     Raises:
-      TypeError / ValueError: if ``rate`` or ``learning_rate`` is invalid.
+      TypeError / ValueError: if `rate` or `learning_rate` is invalid.
     """
     rate = _check_rate(rate)
     learning_rate = _check_learning_rate(learning_rate)
@@ -346,23 +346,23 @@ def prox_l1(
 
 
 def add_l2(rate: float, *, mask: Mask = None) -> optax.GradientTransformation:
-    """Coupled L2: adds ``rate * p`` to the gradient.
+    """Coupled L2: adds `rate * p` to the gradient.
 
-    Equivalent to adding ``rate / 2 * ||p||^2`` to the loss, and identical to
-    ``optax.add_decayed_weights(rate, mask)`` with the default mask resolved. Place it
+    Equivalent to adding `rate / 2 * ||p||^2` to the loss, and identical to
+    `optax.add_decayed_weights(rate, mask)` with the default mask resolved. Place it
     *before* an adaptive optimizer to get classic (coupled) L2 regularization; see
     Loshchilov & Hutter, 2019, "Decoupled Weight Decay Regularization" for why that
-    differs from :func:`decoupled_weight_decay` under Adam.
+    differs from `decoupled_weight_decay` under Adam.
 
     Args:
       rate: non-negative L2 coefficient.
-      mask: see :func:`add_l1`.
+      mask: see `add_l1`.
 
     Returns:
-      An ``optax.GradientTransformation`` (needs ``params`` in ``update``).
+      An `optax.GradientTransformation` (needs `params` in `update`).
 
     Raises:
-      TypeError / ValueError: if ``rate`` is not a non-negative finite float.
+      TypeError / ValueError: if `rate` is not a non-negative finite float.
     """
     rate = _check_rate(rate)
     return _gradient_penalty(
@@ -375,21 +375,21 @@ def decoupled_weight_decay(
 ) -> optax.GradientTransformation:
     """Decoupled (AdamW-style) weight decay applied after the optimizer.
 
-    Subtracts ``learning_rate * rate * p`` from the incoming update, so
-    ``optax.chain(optax.adam(lr), decoupled_weight_decay(wd, learning_rate=lr))`` equals
-    ``optax.adamw(lr, weight_decay=wd)`` (Loshchilov & Hutter, 2019, "Decoupled Weight
+    Subtracts `learning_rate * rate * p` from the incoming update, so
+    `optax.chain(optax.adam(lr), decoupled_weight_decay(wd, learning_rate=lr))` equals
+    `optax.adamw(lr, weight_decay=wd)` (Loshchilov & Hutter, 2019, "Decoupled Weight
     Decay Regularization"). Place it *last* in the chain.
 
     Args:
-      rate: non-negative decay coefficient (``weight_decay`` in ``optax.adamw``).
-      learning_rate: float or optax schedule ``count -> lr`` (see :func:`prox_l1`).
-      mask: see :func:`add_l1`.
+      rate: non-negative decay coefficient (`weight_decay` in `optax.adamw`).
+      learning_rate: float or optax schedule `count -> lr` (see `prox_l1`).
+      mask: see `add_l1`.
 
     Returns:
-      An ``optax.GradientTransformation`` (needs ``params`` in ``update``).
+      An `optax.GradientTransformation` (needs `params` in `update`).
 
     Raises:
-      TypeError / ValueError: if ``rate`` or ``learning_rate`` is invalid.
+      TypeError / ValueError: if `rate` or `learning_rate` is invalid.
     """
     rate = _check_rate(rate)
     learning_rate = _check_learning_rate(learning_rate)

@@ -18,13 +18,13 @@ _BATCH_STATS_MODES = ("average", "copy")
 
 
 class EmaState(NamedTuple):
-    """State of :func:`ema`.
+    """State of `ema`.
 
     Attributes:
       count: int32 scalar, number of updates applied so far.
       ema_params: averaged parameters (same structure and dtypes as the params).
-      ema_batch_stats: averaged or copied BatchNorm statistics, or ``None`` when none
-        were given to ``init``.
+      ema_batch_stats: averaged or copied BatchNorm statistics, or `None` when none
+        were given to `init`.
     """
 
     count: jax.Array
@@ -33,11 +33,11 @@ class EmaState(NamedTuple):
 
 
 class Ema(NamedTuple):
-    """A pure ``(init, update)`` pair returned by :func:`ema`.
+    """A pure `(init, update)` pair returned by `ema`.
 
     Attributes:
-      init: ``init(params, batch_stats=None) -> EmaState``.
-      update: ``update(state, params, batch_stats=None) -> EmaState``.
+      init: `init(params, batch_stats=None) -> EmaState`.
+      update: `update(state, params, batch_stats=None) -> EmaState`.
     """
 
     init: Callable[..., EmaState]
@@ -45,20 +45,20 @@ class Ema(NamedTuple):
 
 
 def ema_decay(decay: float, count: jax.Array | int, *, warmup: bool = False) -> jax.Array:
-    """The decay used for the update that follows ``count`` earlier updates.
+    """The decay used for the update that follows `count` earlier updates.
 
-    Without warm-up this is ``decay``. With warm-up it is
-    ``min(decay, (1 + count) / (10 + count))``, the ``num_updates`` rule of TensorFlow's
-    ``tf.train.ExponentialMovingAverage``: the average follows the weights closely early
-    on (0.1 at the first update, 0.5 at count 8, 0.9 at count 80) and settles at ``decay``.
+    Without warm-up this is `decay`. With warm-up it is
+    `min(decay, (1 + count) / (10 + count))`, the `num_updates` rule of TensorFlow's
+    `tf.train.ExponentialMovingAverage`: the average follows the weights closely early
+    on (0.1 at the first update, 0.5 at count 8, 0.9 at count 80) and settles at `decay`.
 
     Args:
-      decay: the asymptotic decay in ``[0, 1]``.
+      decay: the asymptotic decay in `[0, 1]`.
       count: number of updates done before this one (int, scalar).
       warmup: whether to apply the warm-up rule.
 
     Returns:
-      float32 scalar in ``[0, 1]``.
+      float32 scalar in `[0, 1]`.
     """
     d = jnp.asarray(decay, jnp.float32)
     if not warmup:
@@ -68,7 +68,7 @@ def ema_decay(decay: float, count: jax.Array | int, *, warmup: bool = False) -> 
 
 
 def _blend(avg: Any, new: Any, d: jax.Array) -> Any:
-    """``d * avg + (1 - d) * new`` for floating leaves (computed in float32); else ``new``."""
+    """`d * avg + (1 - d) * new` for floating leaves (computed in float32); else `new`."""
     avg, new = jnp.asarray(avg), jnp.asarray(new)
     if not jnp.issubdtype(new.dtype, jnp.floating):
         return new
@@ -79,26 +79,26 @@ def _blend(avg: Any, new: Any, d: jax.Array) -> Any:
 def ema(decay: float, *, warmup: bool = False, batch_stats: str = "average") -> Ema:
     """Exponential moving average of parameters (Polyak averaging).
 
-    ``update`` computes ``ema <- d * ema + (1 - d) * params`` leaf by leaf, with
-    ``d = ema_decay(decay, count, warmup=warmup)``; the average starts at the initial
+    `update` computes `ema <- d * ema + (1 - d) * params` leaf by leaf, with
+    `d = ema_decay(decay, count, warmup=warmup)`; the average starts at the initial
     parameters (no bias correction). Integer leaves are copied. Reference: Polyak &
     Juditsky, 1992, "Acceleration of Stochastic Approximation by Averaging"; the warm-up
-    rule follows TensorFlow's ``ExponentialMovingAverage(num_updates=...)``.
+    rule follows TensorFlow's `ExponentialMovingAverage(num_updates=...)`.
 
-    BatchNorm statistics are handled on purpose: ``batch_stats="average"`` averages them
-    with the same decay; ``"copy"`` stores the live statistics. Either may be refined with
-    :func:`recompute_batch_stats` for the averaged weights.
+    BatchNorm statistics are handled on purpose: `batch_stats="average"` averages them
+    with the same decay; `"copy"` stores the live statistics. Either may be refined with
+    `recompute_batch_stats` for the averaged weights.
 
     Args:
-      decay: float in ``[0, 1]``; ``0`` tracks the params exactly, ``1`` freezes the average.
-      warmup: apply the ``min(decay, (1 + count) / (10 + count))`` warm-up.
-      batch_stats: ``"average"`` or ``"copy"``.
+      decay: float in `[0, 1]`; `0` tracks the params exactly, `1` freezes the average.
+      warmup: apply the `min(decay, (1 + count) / (10 + count))` warm-up.
+      batch_stats: `"average"` or `"copy"`.
 
     Returns:
-      :class:`Ema` with pure, jit-able ``init`` and ``update``.
+      `Ema` with pure, jit-able `init` and `update`.
 
     Raises:
-      TypeError / ValueError: for a bad ``decay``, ``warmup`` or ``batch_stats``.
+      TypeError / ValueError: for a bad `decay`, `warmup` or `batch_stats`.
     """
     if isinstance(decay, bool) or not isinstance(decay, numbers.Real):
         raise TypeError(f"decay must be a float in [0, 1], got {type(decay).__name__} {decay!r}")
@@ -151,34 +151,34 @@ def recompute_batch_stats(
 ) -> PyTree:
     """Re-estimates BatchNorm statistics for given (e.g. averaged) weights.
 
-    Runs ``stats_fn`` once per batch and returns the equal-weight cumulative average of the
+    Runs `stats_fn` once per batch and returns the equal-weight cumulative average of the
     per-batch statistics (not a momentum average), as in SWA's BatchNorm update (Izmailov
     et al., 2018, "Averaging Weights Leads to Wider Optima and Better Generalization").
-    ``stats_fn`` runs the model in training mode and returns its updated running
-    statistics. If its BatchNorm layers blend with a momentum ``m``
-    (``new = m * old + (1 - m) * batch``, the Flax convention), pass ``momentum=m`` and the
-    per-batch statistics are recovered as ``(new - m * old) / (1 - m)``; with the default
-    ``momentum=0`` the returned statistics are taken as the batch's own.
+    `stats_fn` runs the model in training mode and returns its updated running
+    statistics. If its BatchNorm layers blend with a momentum `m`
+    (`new = m * old + (1 - m) * batch`, the Flax convention), pass `momentum=m` and the
+    per-batch statistics are recovered as `(new - m * old) / (1 - m)`; with the default
+    `momentum=0` the returned statistics are taken as the batch's own.
 
     With equal-size batches the result's means equal the data mean; its variances are
     the mean of per-batch (biased) variances, which equals the data variance when there is
     a single batch.
 
     Args:
-      stats_fn: ``stats_fn(params, batch_stats, images) -> new_batch_stats``; may be jitted.
+      stats_fn: `stats_fn(params, batch_stats, images) -> new_batch_stats`; may be jitted.
       params: the weights to estimate statistics for.
-      batch_stats: a pytree of statistics with the structure ``stats_fn`` returns; only its
-        structure (and, with ``momentum > 0``, its values as ``old``) are used.
+      batch_stats: a pytree of statistics with the structure `stats_fn` returns; only its
+        structure (and, with `momentum > 0`, its values as `old`) are used.
       batches: an iterable of image batches (e.g. a list, or an array with a leading
         batch-index axis).
-      momentum: the BatchNorm momentum ``stats_fn`` applies, in ``[0, 1)``.
+      momentum: the BatchNorm momentum `stats_fn` applies, in `[0, 1)`.
 
     Returns:
-      A pytree like ``batch_stats`` with the re-estimated statistics.
+      A pytree like `batch_stats` with the re-estimated statistics.
 
     Raises:
-      ValueError: if ``batches`` is empty or ``momentum`` is outside ``[0, 1)``.
-      TypeError: if ``stats_fn`` is not callable.
+      ValueError: if `batches` is empty or `momentum` is outside `[0, 1)`.
+      TypeError: if `stats_fn` is not callable.
     """
     if not callable(stats_fn):
         raise TypeError(f"stats_fn must be callable, got {type(stats_fn).__name__}")

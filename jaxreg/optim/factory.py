@@ -20,12 +20,12 @@ def learning_rate_schedule(
 
     Args:
       learning_rate: peak learning rate (> 0).
-      schedule: "constant", "cosine" (to 0 at ``total_steps``) or "step" (x0.1 at 50 % and 75 %).
+      schedule: "constant", "cosine" (to 0 at `total_steps`) or "step" (x0.1 at 50 % and 75 %).
       total_steps: total optimizer steps (>= 1).
       warmup_steps: linear warm-up from 0 over this many steps (>= 0).
 
     Returns:
-      An ``optax.Schedule`` mapping an int step to a float32 learning rate.
+      An `optax.Schedule` mapping an int step to a float32 learning rate.
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
@@ -63,14 +63,14 @@ def _mask(name: str) -> Any:
 def build_optimizer(
     config: Any, *, total_steps: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """Optax chain from a training config (see ``jaxreg.train.default_config``).
+    """Optax chain from a training config (see `jaxreg.train.default_config`).
 
-    Order: ``clip_by_global_norm`` (if ``grad_clip > 0``) -> ``add_l1`` (``l1``) -> ``add_l2``
-    (``l2``, coupled) -> optimizer with the schedule -> ``decoupled_weight_decay``
-    (``weight_decay``) -> ``prox_l1`` (``l1_prox``). Decay masks follow ``decay_mask``.
+    Order: `clip_by_global_norm` (if `grad_clip > 0`) -> `add_l1` (`l1`) -> `add_l2`
+    (`l2`, coupled) -> optimizer with the schedule -> `decoupled_weight_decay`
+    (`weight_decay`) -> `prox_l1` (`l1_prox`). Decay masks follow `decay_mask`.
 
     Returns:
-      ``(tx, schedule)``.
+      `(tx, schedule)`.
     """
     opt = config.optimizer
     if opt not in OPTIMIZERS:

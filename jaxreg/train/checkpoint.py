@@ -1,51 +1,51 @@
 """Epoch checkpoints on Orbax: the latest N and the best kept together, resume after a kill.
 
-Layout on disk (``directory`` is typically ``workdir/checkpoints``)::
+Layout on disk (`directory` is typically `workdir/checkpoints`)::
 
   directory/
-    latest/<step>/{state/, meta/, commit_success.txt, ...}   the newest ``keep_latest`` steps
+    latest/<step>/{state/, meta/, commit_success.txt, ...}   the newest `keep_latest` steps
     best/<step>/{state/, meta/, commit_success.txt, ...}     the best step so far (one)
 
-Why two Orbax ``CheckpointManager``s: with ``best_fn`` set, Orbax's ``max_to_keep`` keeps the
+Why two Orbax `CheckpointManager`s: with `best_fn` set, Orbax's `max_to_keep` keeps the
 N *best* steps and silently deletes the newest ones, so one manager cannot keep "the latest N"
-and "the best" with those options. ``latest/`` keeps the newest ``keep_latest`` steps
-(``LatestN``); ``best/`` receives a copy of a step only when that step is the best so far and
+and "the best" with those options. `latest/` keeps the newest `keep_latest` steps
+(`LatestN`); `best/` receives a copy of a step only when that step is the best so far and
 keeps only its newest step, which is therefore the best one. The best step is written twice
-(in ``latest/`` too): fine for the small models this toolkit trains, and each directory stays
-self-contained. No Orbax metrics files or ``best_fn`` are involved. (Orbax 0.12.8 could also
-keep both in one manager with ``preservation_policy=AnyPreservationPolicy([LatestN(n),
-BestN(n=1)])``, but ``BestN`` ranks by the raw metric in Orbax's per-step metrics files, which
-are written only when ``best_fn`` is set, so its best would disagree with ``EarlyStopping``'s
-``min_delta`` and tie rules; the two directories keep the decision with the caller.)
+(in `latest/` too): fine for the small models this toolkit trains, and each directory stays
+self-contained. No Orbax metrics files or `best_fn` are involved. (Orbax 0.12.8 could also
+keep both in one manager with `preservation_policy=AnyPreservationPolicy([LatestN(n),
+BestN(n=1)])`, but `BestN` ranks by the raw metric in Orbax's per-step metrics files, which
+are written only when `best_fn` is set, so its best would disagree with `EarlyStopping`'s
+`min_delta` and tie rules; the two directories keep the decision with the caller.)
 
-Saving step ``s`` first deletes every checkpoint with a step ``>= s`` in both directories (with
+Saving step `s` first deletes every checkpoint with a step `>= s` in both directories (with
 a warning): they belong to an abandoned run, e.g. one resumed from an older step after
-``restore_latest`` skipped a corrupt newest step. Orbax would otherwise refuse (silently) to
+`restore_latest` skipped a corrupt newest step. Orbax would otherwise refuse (silently) to
 save a step that is not newer than its latest one.
 
-Which step is "best": ``save(..., is_best=True/False)`` lets the caller decide (pass
-``early_stopping.has_improved`` so the best checkpoint agrees with ``EarlyStopping``'s
-``min_delta`` rule); with ``is_best=None`` (the default) the checkpointer decides: the step is
-best when ``metadata``'s ``best_metric`` is finite and strictly better (``best_mode``) than the
+Which step is "best": `save(..., is_best=True/False)` lets the caller decide (pass
+`early_stopping.has_improved` so the best checkpoint agrees with `EarlyStopping`'s
+`min_delta` rule); with `is_best=None` (the default) the checkpointer decides: the step is
+best when `metadata`'s `best_metric` is finite and strictly better (`best_mode`) than the
 value stored with the current best checkpoint.
 
-Atomicity: every step is one Orbax ``Composite`` checkpoint holding two items, ``state`` (the
-array pytree, ``StandardSave``) and ``meta`` (the JSON metadata, ``JsonSave``). Orbax writes a
-step into ``<step>.orbax-checkpoint-tmp-<time>/`` and renames it to ``<step>/`` only after all
-items and ``commit_success.txt`` are written, so after a SIGKILL a step is either complete or
+Atomicity: every step is one Orbax `Composite` checkpoint holding two items, `state` (the
+array pytree, `StandardSave`) and `meta` (the JSON metadata, `JsonSave`). Orbax writes a
+step into `<step>.orbax-checkpoint-tmp-<time>/` and renames it to `<step>/` only after all
+items and `commit_success.txt` are written, so after a SIGKILL a step is either complete or
 a temporary directory that Orbax ignores (and deletes when the directory is reopened).
 
 Corruption: restoring walks the steps from newest to oldest. A step directory without
-``commit_success.txt`` (written by something other than a finished Orbax save), or one whose
+`commit_success.txt` (written by something other than a finished Orbax save), or one whose
 items fail to read (missing or truncated files, garbage bytes: Orbax's OCDBT storage checks
-its data, the JSON must parse), is skipped with a ``CheckpointWarning`` naming the step and
-the error; if no step is readable the result is ``None``, also with a warning. A readable step
-whose paths, shapes or dtypes differ from ``target`` (another model in the same workdir) is not
-corruption: it raises ``ValueError`` instead of silently starting over.
+its data, the JSON must parse), is skipped with a `CheckpointWarning` naming the step and
+the error; if no step is readable the result is `None`, also with a warning. A readable step
+whose paths, shapes or dtypes differ from `target` (another model in the same workdir) is not
+corruption: it raises `ValueError` instead of silently starting over.
 
-Typed PRNG keys (``jax.random.key``) are stored as their ``uint32`` key data and rewrapped on
-restore with the implementation of the matching leaf of ``target`` (see ``keys_to_data`` and
-``data_to_keys``), so they survive a save/restore bit for bit.
+Typed PRNG keys (`jax.random.key`) are stored as their `uint32` key data and rewrapped on
+restore with the implementation of the matching leaf of `target` (see `keys_to_data` and
+`data_to_keys`), so they survive a save/restore bit for bit.
 
 Example::
 
@@ -103,12 +103,12 @@ def keys_to_data(tree: Any) -> Any:
     """Replaces every typed PRNG key leaf by its raw key data.
 
     Args:
-      tree: a pytree whose leaves may be typed key arrays (``jax.random.key``, dtype
-        ``key<impl>``) or ``jax.ShapeDtypeStruct``s of a key dtype.
+      tree: a pytree whose leaves may be typed key arrays (`jax.random.key`, dtype
+        `key<impl>`) or `jax.ShapeDtypeStruct`s of a key dtype.
 
     Returns:
-      The same tree with each key leaf replaced by ``jax.random.key_data(leaf)`` (``uint32``,
-      shape ``leaf.shape + impl_key_shape``; a ``ShapeDtypeStruct`` of it for an abstract leaf).
+      The same tree with each key leaf replaced by `jax.random.key_data(leaf)` (`uint32`,
+      shape `leaf.shape + impl_key_shape`; a `ShapeDtypeStruct` of it for an abstract leaf).
       Other leaves are returned unchanged.
     """
 
@@ -130,16 +130,16 @@ def _key_impl(like: Any):
 
 
 def data_to_keys(tree: Any, like: Any) -> Any:
-    """Inverse of ``keys_to_data``: rewraps key data where ``like`` holds a typed key.
+    """Inverse of `keys_to_data`: rewraps key data where `like` holds a typed key.
 
     Args:
-      tree: a pytree of arrays, as returned by ``keys_to_data`` or a restore.
-      like: a pytree of the original structure (arrays or ``jax.ShapeDtypeStruct``s); where its
-        leaf has a key dtype, the leaf of ``tree`` (``uint32`` key data) is wrapped with
-        ``jax.random.wrap_key_data`` using that leaf's PRNG implementation.
+      tree: a pytree of arrays, as returned by `keys_to_data` or a restore.
+      like: a pytree of the original structure (arrays or `jax.ShapeDtypeStruct`s); where its
+        leaf has a key dtype, the leaf of `tree` (`uint32` key data) is wrapped with
+        `jax.random.wrap_key_data` using that leaf's PRNG implementation.
 
     Returns:
-      ``tree`` with the key leaves restored to typed keys; other leaves unchanged.
+      `tree` with the key leaves restored to typed keys; other leaves unchanged.
     """
 
     def convert(like_leaf, x):
@@ -238,21 +238,21 @@ def _metric_value(metadata: Mapping[str, Any], name: str) -> float:
 
 
 class Checkpointer:
-    """Keeps the latest ``keep_latest`` epoch checkpoints and the best one; see module doc.
+    """Keeps the latest `keep_latest` epoch checkpoints and the best one; see module doc.
 
     Args:
-      directory: root directory (created if missing); holds ``latest/`` and ``best/``.
-      keep_latest: int >= 1, how many of the newest steps ``latest/`` keeps.
-      best_metric: metadata key of the metric that ranks steps when ``save`` gets
-        ``is_best=None``; looked up in ``metadata["metrics"]`` first, then in ``metadata``.
-        ``None``: only ``is_best=True`` saves a best checkpoint.
-      best_mode: ``"max"`` (higher is better, e.g. accuracy) or ``"min"`` (e.g. loss).
-      async_save: write the files in background threads (``save`` returns before they are
-        written); ``close``/``wait_until_finished``/the context manager wait for them.
+      directory: root directory (created if missing); holds `latest/` and `best/`.
+      keep_latest: int >= 1, how many of the newest steps `latest/` keeps.
+      best_metric: metadata key of the metric that ranks steps when `save` gets
+        `is_best=None`; looked up in `metadata["metrics"]` first, then in `metadata`.
+        `None`: only `is_best=True` saves a best checkpoint.
+      best_mode: `"max"` (higher is better, e.g. accuracy) or `"min"` (e.g. loss).
+      async_save: write the files in background threads (`save` returns before they are
+        written); `close`/`wait_until_finished`/the context manager wait for them.
 
     Raises:
-      ValueError: ``keep_latest < 1`` or ``best_mode`` not in ``{"min", "max"}``.
-      TypeError: ``keep_latest`` not an int or ``best_metric`` not a str or None.
+      ValueError: `keep_latest < 1` or `best_mode` not in `{"min", "max"}`.
+      TypeError: `keep_latest` not an int or `best_metric` not a str or None.
     """
 
     def __init__(
@@ -333,15 +333,15 @@ class Checkpointer:
     # -- queries ----------------------------------------------------------------------------------
 
     def latest_step(self) -> int | None:
-        """Newest step in ``latest/`` (a save still in flight counts), or None. Not validated."""
+        """Newest step in `latest/` (a save still in flight counts), or None. Not validated."""
         return self._latest.latest_step()
 
     def best_step(self) -> int | None:
-        """Step held in ``best/`` (a save still in flight counts), or None. Not validated."""
+        """Step held in `best/` (a save still in flight counts), or None. Not validated."""
         return self._best.latest_step()
 
     def all_steps(self) -> list[int]:
-        """Steps in ``latest/``, oldest first."""
+        """Steps in `latest/`, oldest first."""
         return sorted(self._latest.all_steps())
 
     # -- save -------------------------------------------------------------------------------------
@@ -349,28 +349,28 @@ class Checkpointer:
     def save(
         self, step: int, tree: Any, metadata: Mapping[str, Any], *, is_best: bool | None = None
     ) -> bool:
-        """Saves ``tree`` and ``metadata`` as step ``step`` in ``latest/`` (and ``best/``).
+        """Saves `tree` and `metadata` as step `step` in `latest/` (and `best/`).
 
-        Saving step ``s`` first deletes any checkpoint with a step ``>= s`` (in both
+        Saving step `s` first deletes any checkpoint with a step `>= s` (in both
         directories, with a warning): those belong to a run abandoned at an earlier step, e.g.
-        after ``restore_latest`` fell back past a corrupt step.
+        after `restore_latest` fell back past a corrupt step.
 
         Args:
           step: int >= 0, e.g. the epoch.
           tree: pytree of arrays (jax/numpy, any dtype incl. typed PRNG keys) and Python
             scalars; dicts/lists/tuples as nodes.
           metadata: JSON-able mapping with str keys (numpy/jax scalars and arrays are
-            converted to Python numbers/lists); saved atomically with ``tree``.
-          is_best: ``True``/``False``: whether this step becomes the best checkpoint.
-            ``None``: decided from ``best_metric``/``best_mode`` (strict improvement over the
-            stored best; a NaN metric never improves; never best if ``best_metric`` is None).
+            converted to Python numbers/lists); saved atomically with `tree`.
+          is_best: `True`/`False`: whether this step becomes the best checkpoint.
+            `None`: decided from `best_metric`/`best_mode` (strict improvement over the
+            stored best; a NaN metric never improves; never best if `best_metric` is None).
 
         Returns:
           Whether the step was saved as the best checkpoint too.
 
         Raises:
-          ValueError: negative ``step``; ``is_best=None`` and the metric is missing.
-          TypeError: non-mapping or non-JSON ``metadata``.
+          ValueError: negative `step`; `is_best=None` and the metric is missing.
+          TypeError: non-mapping or non-JSON `metadata`.
           RuntimeError: the checkpointer is closed.
         """
         self._check_open()
@@ -456,28 +456,28 @@ class Checkpointer:
     # -- restore ----------------------------------------------------------------------------------
 
     def restore_latest(self, target: Any) -> tuple[Any, dict, int] | None:
-        """Restores the newest readable step of ``latest/``.
+        """Restores the newest readable step of `latest/`.
 
         Args:
           target: pytree with the structure, shapes and dtypes of the saved tree: concrete
-            arrays or ``jax.ShapeDtypeStruct``s (e.g. ``jax.eval_shape(init_fn, ...)``);
+            arrays or `jax.ShapeDtypeStruct`s (e.g. `jax.eval_shape(init_fn, ...)`);
             typed key leaves (or key-dtype structs) get typed keys back. Array leaves come
-            back as ``jax.Array`` on the leaf's sharding (default device if it has none).
+            back as `jax.Array` on the leaf's sharding (default device if it has none).
 
         Returns:
-          ``(tree, metadata, step)``, or ``None`` if there is no checkpoint or none is
+          `(tree, metadata, step)`, or `None` if there is no checkpoint or none is
           readable. Unreadable or uncommitted newer steps are skipped with a
-          ``CheckpointWarning`` naming each.
+          `CheckpointWarning` naming each.
 
         Raises:
           ValueError: the newest readable step has other paths, shapes or dtypes than
-            ``target`` (Orbax would silently cast dtypes; this refuses).
+            `target` (Orbax would silently cast dtypes; this refuses).
           RuntimeError: the checkpointer is closed.
         """
         return self._restore(self._latest, "latest", target)
 
     def restore_best(self, target: Any) -> tuple[Any, dict, int] | None:
-        """Restores the best checkpoint (``best/``); same contract as ``restore_latest``."""
+        """Restores the best checkpoint (`best/`); same contract as `restore_latest`."""
         return self._restore(self._best, "best", target)
 
     def _restore(self, manager: ocp.CheckpointManager, name: str, target: Any):

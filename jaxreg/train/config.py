@@ -11,15 +11,15 @@ from ml_collections.config_dict import placeholder
 
 
 def default_config() -> ConfigDict:
-    """Every option of ``train_and_evaluate``, with defaults for limited mnist5k on a CPU.
+    """Every option of `train_and_evaluate`, with defaults for limited mnist5k on a CPU.
 
-    Groups: data (``data``, ``train_per_class``, ``imbalance_factor``, ``balanced_sampling``),
-    model (``model``, ``batch_norm``, ``dropout``, ``bn_momentum``), optimisation
-    (``optimizer``, ``learning_rate``, ``schedule``, ``epochs``, ``batch_size``), regularization
-    (``l1``, ``l1_prox``, ``l2``, ``weight_decay``, ``label_smoothing``, ``ema_decay``,
-    ``early_stopping``), augmentation (``augment``, ``mix`` as spec strings, see
-    ``jaxreg.augment.from_spec``), model selection (``monitor``, ``monitor_mode``), and
-    run control (``checkpoint``, ``resume``, ``progress``, ``smoke``).
+    Groups: data (`data`, `train_per_class`, `imbalance_factor`, `balanced_sampling`),
+    model (`model`, `batch_norm`, `dropout`, `bn_momentum`), optimisation
+    (`optimizer`, `learning_rate`, `schedule`, `epochs`, `batch_size`), regularization
+    (`l1`, `l1_prox`, `l2`, `weight_decay`, `label_smoothing`, `ema_decay`,
+    `early_stopping`), augmentation (`augment`, `mix` as spec strings, see
+    `jaxreg.augment.from_spec`), model selection (`monitor`, `monitor_mode`), and
+    run control (`checkpoint`, `resume`, `progress`, `smoke`).
     """
     c = ConfigDict()
     c.seed = 0  # parameter init, shuffling, augmentation and dropout keys
@@ -91,11 +91,11 @@ def _parse_value(text: str, current: Any) -> Any:
 
 
 def apply_overrides(config: ConfigDict, overrides: Iterable[str]) -> ConfigDict:
-    """Applies ``key.sub=value`` overrides (the part after ``--config.``) to a copy of ``config``.
+    """Applies `key.sub=value` overrides (the part after `--config.`) to a copy of `config`.
 
-    Values are parsed as Python literals (``3``, ``0.1``, ``(1, 2)``, ``None``, ``true``);
-    string fields take the text as is. Unknown keys raise ``ValueError`` naming the allowed
-    ones; type mismatches raise ``TypeError``.
+    Values are parsed as Python literals (`3`, `0.1`, `(1, 2)`, `None`, `true`);
+    string fields take the text as is. Unknown keys raise `ValueError` naming the allowed
+    ones; type mismatches raise `TypeError`.
     """
     config = ConfigDict(config.to_dict(preserve_field_references=True), type_safe=True)
     for item in overrides:

@@ -14,16 +14,16 @@ _MODES = ("min", "max")
 
 @dataclasses.dataclass(frozen=True)
 class EarlyStopping:
-    """Early stopping as an immutable value: ``update`` returns a new object.
+    """Early stopping as an immutable value: `update` returns a new object.
 
-    An epoch *improves* when its metric beats the best so far by more than ``min_delta``
-    (``metric < best - min_delta`` in ``"min"`` mode, ``metric > best + min_delta`` in
-    ``"max"`` mode); the first finite metric always improves. A NaN metric never improves.
-    Each non-improving epoch at or after ``warmup_epochs`` adds one to ``patience_count``
-    (an improvement resets it to 0); ``should_stop`` becomes ``True`` once
-    ``patience_count >= patience`` and then stays ``True``. During warm-up the best metric
-    is still tracked, but the patience counter does not move. Use ``has_improved`` to decide
-    when to save the "best" checkpoint. Patterned on ``flax.training.early_stopping``.
+    An epoch *improves* when its metric beats the best so far by more than `min_delta`
+    (`metric < best - min_delta` in `"min"` mode, `metric > best + min_delta` in
+    `"max"` mode); the first finite metric always improves. A NaN metric never improves.
+    Each non-improving epoch at or after `warmup_epochs` adds one to `patience_count`
+    (an improvement resets it to 0); `should_stop` becomes `True` once
+    `patience_count >= patience` and then stays `True`. During warm-up the best metric
+    is still tracked, but the patience counter does not move. Use `has_improved` to decide
+    when to save the "best" checkpoint. Patterned on `flax.training.early_stopping`.
 
     Example::
 
@@ -38,14 +38,14 @@ class EarlyStopping:
     Attributes:
       patience: int >= 0, non-improving epochs tolerated before stopping.
       min_delta: float >= 0, the margin an improvement must exceed.
-      mode: ``"min"`` (lower is better, e.g. loss) or ``"max"`` (e.g. accuracy).
-      warmup_epochs: int >= 0, epochs (0-based ``epoch < warmup_epochs``) that never count
+      mode: `"min"` (lower is better, e.g. loss) or `"max"` (e.g. accuracy).
+      warmup_epochs: int >= 0, epochs (0-based `epoch < warmup_epochs`) that never count
         towards patience.
-      best_metric: best metric so far (``inf`` / ``-inf`` before any update).
-      best_epoch: epoch of ``best_metric`` (-1 before any improvement).
+      best_metric: best metric so far (`inf` / `-inf` before any update).
+      best_epoch: epoch of `best_metric` (-1 before any improvement).
       patience_count: consecutive non-improving epochs after warm-up.
       should_stop: whether training should stop.
-      has_improved: whether the last ``update`` improved the best metric.
+      has_improved: whether the last `update` improved the best metric.
       last_epoch: epoch of the last update (-1 before any).
     """
 
@@ -88,18 +88,18 @@ class EarlyStopping:
         return metric > self.best_metric + self.min_delta
 
     def update(self, metric: Any, epoch: int | None = None) -> EarlyStopping:
-        """Returns the state after observing ``metric`` at ``epoch``.
+        """Returns the state after observing `metric` at `epoch`.
 
         Args:
-          metric: a Python or NumPy/JAX scalar (converted with ``float``; this syncs with
+          metric: a Python or NumPy/JAX scalar (converted with `float`; this syncs with
             the device, so call it between epochs).
-          epoch: 0-based epoch number; ``None`` means ``last_epoch + 1``.
+          epoch: 0-based epoch number; `None` means `last_epoch + 1`.
 
         Returns:
-          A new :class:`EarlyStopping`; ``self`` is unchanged.
+          A new `EarlyStopping`; `self` is unchanged.
 
         Raises:
-          TypeError: if ``metric`` is not a scalar or ``epoch`` not an int.
+          TypeError: if `metric` is not a scalar or `epoch` not an int.
         """
         try:
             value = float(metric)

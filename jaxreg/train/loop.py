@@ -32,7 +32,7 @@ LOOPS = ("auto", "scan", "python")
 
 
 def prepare_data(config: ConfigDict) -> dict[str, data_lib.Dataset]:
-    """Loads ``config.data`` and applies the training-set options (subset, imbalance).
+    """Loads `config.data` and applies the training-set options (subset, imbalance).
 
     Only the training split is subsampled or made imbalanced; val and test stay whole.
     """
@@ -67,7 +67,7 @@ def _check_config(config: ConfigDict) -> None:
 
 
 def resolve_augment(spec: str | Callable | None) -> Callable | None:
-    """A batched augmentation ``(key, images) -> images`` from a spec string or a per-example fn."""
+    """A batched augmentation `(key, images) -> images` from a spec string or a per-example fn."""
     if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "none")):
         return None
     from jaxreg import augment as aug  # deferred: the augment package is large
@@ -77,7 +77,7 @@ def resolve_augment(spec: str | Callable | None) -> Callable | None:
 
 
 def resolve_mix(spec: str | Callable | None) -> Callable | None:
-    """Batch mixing ``(key, images, soft_labels) -> (images, soft_labels)`` from a spec or fn."""
+    """Batch mixing `(key, images, soft_labels) -> (images, soft_labels)` from a spec or fn."""
     if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "none")):
         return None
     if callable(spec):
@@ -145,37 +145,37 @@ def train_and_evaluate(
     extra_eval: Mapping[str, data_lib.Dataset] | None = None,
     title: str | None = None,
 ) -> dict[str, Any]:
-    """Trains a classifier as ``config`` says and evaluates it; resumable after a crash.
+    """Trains a classifier as `config` says and evaluates it; resumable after a crash.
 
-    Per epoch: one compiled ``lax.scan`` over the device-resident training set (shuffle,
+    Per epoch: one compiled `lax.scan` over the device-resident training set (shuffle,
     batch, augment, mix, step) — or, when the training images exceed
-    ``config.device_data_limit_mb`` (or ``config.loop="python"``), host-fed batches through
-    the same jitted step with the same keys — then validation (on EMA weights when ``ema_decay > 0``),
-    a line in ``workdir/metrics.jsonl``, early stopping and checkpoints (latest and best).
-    At the end the best epoch by ``config.monitor`` is restored and evaluated on val and
-    test (the test split is never used to choose anything), and ``report.md``,
-    ``curves.png`` and ``results.json`` are written.
+    `config.device_data_limit_mb` (or `config.loop="python"`), host-fed batches through
+    the same jitted step with the same keys — then validation (on EMA weights when `ema_decay > 0`),
+    a line in `workdir/metrics.jsonl`, early stopping and checkpoints (latest and best).
+    At the end the best epoch by `config.monitor` is restored and evaluated on val and
+    test (the test split is never used to choose anything), and `report.md`,
+    `curves.png` and `results.json` are written.
 
     The same config and seed give bit-identical numbers on CPU, also across a resume. On GPU,
     XLA picks non-deterministic kernels (atomics in reductions and convolution backward) unless
-    ``XLA_FLAGS=--xla_gpu_deterministic_ops=true`` is set before JAX starts (the test suite sets
+    `XLA_FLAGS=--xla_gpu_deterministic_ops=true` is set before JAX starts (the test suite sets
     it); without it reruns agree only to float rounding.
 
     Args:
-      config: a ``default_config()``-shaped ``ConfigDict``.
+      config: a `default_config()`-shaped `ConfigDict`.
       workdir: output folder; a folder holding checkpoints of the same config is resumed.
-      data: optional ``{"train", "val", "test"}`` data sets replacing ``config.data``.
-      augment_fn: optional per-example ``fn(key, image) -> image`` replacing ``config.augment``.
-      mix_fn: optional ``fn(key, images, soft_labels) -> (images, soft_labels)`` replacing
-        ``config.mix``.
+      data: optional `{"train", "val", "test"}` data sets replacing `config.data`.
+      augment_fn: optional per-example `fn(key, image) -> image` replacing `config.augment`.
+      mix_fn: optional `fn(key, images, soft_labels) -> (images, soft_labels)` replacing
+        `config.mix`.
       extra_eval: more labelled sets evaluated at the end (e.g. corrupted test images).
       title: report title.
 
     Returns:
-      dict of results: ``val_*``/``test_*`` loss, accuracy and ECE of the restored model,
-      ``best_epoch``, ``epochs_run``, ``stopped_early``, ``stop_reason``, ``wall_time_s``,
-      ``compile_time_s``, ``train_images_per_s``, ``history`` (list of per-epoch dicts),
-      and ``extra`` results per ``extra_eval`` set.
+      dict of results: `val_*`/`test_*` loss, accuracy and ECE of the restored model,
+      `best_epoch`, `epochs_run`, `stopped_early`, `stop_reason`, `wall_time_s`,
+      `compile_time_s`, `train_images_per_s`, `history` (list of per-epoch dicts),
+      and `extra` results per `extra_eval` set.
     """
     _check_config(config)
     workdir = Path(workdir)

@@ -17,15 +17,15 @@ class TrainState:
     """Immutable training state; every array field is a pytree leaf, the rest is static.
 
     Attributes:
-      graphdef: static structure of the NNX model (``nnx.split``), merged back per step.
+      graphdef: static structure of the NNX model (`nnx.split`), merged back per step.
       tx: the Optax transformation (static).
-      ema_fn: the EMA ``(init, update)`` pair, or ``None`` (static).
-      params: ``nnx.State`` of ``nnx.Param`` leaves (float32).
-      batch_stats: ``nnx.State`` of ``nnx.BatchStat`` leaves (empty without BatchNorm).
+      ema_fn: the EMA `(init, update)` pair, or `None` (static).
+      params: `nnx.State` of `nnx.Param` leaves (float32).
+      batch_stats: `nnx.State` of `nnx.BatchStat` leaves (empty without BatchNorm).
       opt_state: the Optax state.
-      ema: ``EmaState`` or ``None``.
+      ema: `EmaState` or `None`.
       step: int32 scalar, optimizer steps taken.
-      key: typed PRNG key of the run; per-step keys are ``fold_in(key, step)``.
+      key: typed PRNG key of the run; per-step keys are `fold_in(key, step)`.
     """
 
     graphdef: nnx.GraphDef = struct.field(pytree_node=False)
@@ -47,13 +47,13 @@ class TrainState:
         key: jax.Array,
         ema_fn: Ema | None = None,
     ) -> TrainState:
-        """Splits ``model`` once into graphdef + pytrees and initialises optimizer and EMA.
+        """Splits `model` once into graphdef + pytrees and initialises optimizer and EMA.
 
         Args:
-          model: an NNX module whose state is only ``Param`` and ``BatchStat`` variables.
+          model: an NNX module whose state is only `Param` and `BatchStat` variables.
           tx: Optax transformation.
-          key: typed PRNG key (``jax.random.key``) of the run.
-          ema_fn: optional ``jaxreg.optim.ema(...)``.
+          key: typed PRNG key (`jax.random.key`) of the run.
+          ema_fn: optional `jaxreg.optim.ema(...)`.
         """
         graphdef, params, batch_stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
         if jax.tree.leaves(rest):
@@ -80,7 +80,7 @@ class TrainState:
         )
 
     def eval_variables(self, *, use_ema: bool = False) -> tuple[Any, Any]:
-        """``(params, batch_stats)`` to evaluate with: the EMA ones when ``use_ema``."""
+        """`(params, batch_stats)` to evaluate with: the EMA ones when `use_ema`."""
         if use_ema:
             if self.ema is None:
                 raise ValueError("use_ema=True but the state has no EMA (set ema_decay > 0)")

@@ -1,4 +1,4 @@
-"""Pure, jit-compiled training and evaluation steps, and one epoch as a single ``lax.scan``."""
+"""Pure, jit-compiled training and evaluation steps, and one epoch as a single `lax.scan`."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ _SHUFFLE, _STEP = 0, 1
 
 
 def step_key(run_key: jax.Array, step: jax.Array) -> jax.Array:
-    """The key of optimizer step ``step``: ``fold_in(fold_in(run_key, STEP), step)``."""
+    """The key of optimizer step `step`: `fold_in(fold_in(run_key, STEP), step)`."""
     return jax.random.fold_in(jax.random.fold_in(run_key, _STEP), step)
 
 
@@ -36,8 +36,8 @@ def epoch_permutation(
 ) -> jax.Array:
     """Example indices of one epoch, (num_steps, batch_size) int32.
 
-    Without ``weights`` a random permutation (the remainder is dropped); with ``weights``
-    (N,) float32 summing to 1, ``num_steps * batch_size`` draws with replacement
+    Without `weights` a random permutation (the remainder is dropped); with `weights`
+    (N,) float32 summing to 1, `num_steps * batch_size` draws with replacement
     (class-balanced sampling).
     """
     key = jax.random.fold_in(jax.random.fold_in(run_key, _SHUFFLE), epoch)
@@ -67,7 +67,7 @@ def train_step(
     mix: MixFn | None = None,
     label_smoothing: float = 0.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer step (pure; wrap in ``jax.jit``).
+    """One optimizer step (pure; wrap in `jax.jit`).
 
     Args:
       state: the training state.
@@ -75,13 +75,13 @@ def train_step(
       labels: (B,) int32 in [0, num_classes).
       key: this step's PRNG key (split here into augmentation, mixing and dropout keys).
       num_classes: K.
-      augment: batched augmentation ``(key, images) -> images`` (e.g. ``jaxreg.batch(fn)``).
-      mix: batch mixing ``(key, images, soft_labels) -> (images, soft_labels)``.
+      augment: batched augmentation `(key, images) -> images` (e.g. `jaxreg.batch(fn)`).
+      mix: batch mixing `(key, images, soft_labels) -> (images, soft_labels)`.
       label_smoothing: in [0, 1).
 
     Returns:
-      ``(new_state, metrics)`` with scalar float32 ``loss``, ``accuracy`` (against the
-      un-mixed labels), ``grad_norm``.
+      `(new_state, metrics)` with scalar float32 `loss`, `accuracy` (against the
+      un-mixed labels), `grad_norm`.
     """
     k_aug, k_mix, k_drop = jax.random.split(key, 3)
     if augment is not None:
@@ -125,12 +125,12 @@ def make_train_epoch(
     mix: MixFn | None = None,
     label_smoothing: float = 0.0,
 ) -> Callable:
-    """A jitted ``epoch(state, images, labels, epoch, weights) -> (state, step_metrics)``.
+    """A jitted `epoch(state, images, labels, epoch, weights) -> (state, step_metrics)`.
 
     The whole epoch (shuffle, gather each batch, augment, mix, step) is one compiled
-    ``lax.scan`` over device-resident data: no host round-trip inside. ``step_metrics`` holds
-    per-step arrays of shape (num_steps,). ``images`` (N, H, W, C) float32, ``labels`` (N,)
-    int32, ``epoch`` int32 scalar, ``weights`` (N,) sampling weights or ``None``.
+    `lax.scan` over device-resident data: no host round-trip inside. `step_metrics` holds
+    per-step arrays of shape (num_steps,). `images` (N, H, W, C) float32, `labels` (N,)
+    int32, `epoch` int32 scalar, `weights` (N,) sampling weights or `None`.
     """
 
     def epoch_fn(state: TrainState, images, labels, epoch, weights=None):
@@ -164,7 +164,7 @@ def make_train_step(
     mix: MixFn | None = None,
     label_smoothing: float = 0.0,
 ) -> Callable:
-    """A jitted ``step(state, images, labels) -> (state, metrics)`` for host-fed batches.
+    """A jitted `step(state, images, labels) -> (state, metrics)` for host-fed batches.
 
     Uses the same per-step key rule as the scan epoch, so both loops see the same randomness.
     """
@@ -192,11 +192,11 @@ def make_host_epoch(
     mix: MixFn | None = None,
     label_smoothing: float = 0.0,
 ) -> Callable:
-    """``epoch(state, images, labels, epoch, weights) -> (state, step_metrics)`` fed from host.
+    """`epoch(state, images, labels, epoch, weights) -> (state, step_metrics)` fed from host.
 
     For training sets too large for device memory: the same permutation and step keys as
-    :func:`make_train_epoch` (so the same numbers), but each batch is gathered on the host
-    (numpy) and passed to one jitted step. ``images``/``labels`` are numpy arrays.
+    `make_train_epoch` (so the same numbers), but each batch is gathered on the host
+    (numpy) and passed to one jitted step. `images`/`labels` are numpy arrays.
     """
     step = make_train_step(
         num_classes=num_classes, augment=augment, mix=mix, label_smoothing=label_smoothing
@@ -226,7 +226,7 @@ def _eval_batch(graphdef, params, batch_stats, images, labels):
 def predict(
     state: TrainState, images: Any, *, batch_size: int = 1000, use_ema: bool = False
 ) -> jax.Array:
-    """Logits (N, K) float32 for ``images`` (N, H, W, C) in eval mode (running BN statistics)."""
+    """Logits (N, K) float32 for `images` (N, H, W, C) in eval mode (running BN statistics)."""
     params, bs = state.eval_variables(use_ema=use_ema)
     out = []
     for i in range(0, images.shape[0], batch_size):
@@ -249,7 +249,7 @@ def evaluate(
       use_ema: evaluate the EMA weights.
 
     Returns:
-      dict with float ``loss``, ``accuracy``, ``ece``.
+      dict with float `loss`, `accuracy`, `ece`.
     """
     logits = predict(state, images, batch_size=batch_size, use_ema=use_ema)
     labels = jnp.asarray(labels, jnp.int32)
