@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+import warnings
 from pathlib import Path
 
 __all__ = [
@@ -27,7 +28,11 @@ __all__ = [
     "check_private_file",
     "private_dir",
     "temp_private_dir",
+    "xla_cache_dir",
 ]
+
+XLA_CACHE_ENV = "JAXREG_XLA_CACHE"
+_OFF = ("", "0", "off", "none", "false", "no")
 
 
 class UnsafePathError(OSError):
@@ -128,3 +133,26 @@ def temp_private_dir(name: str) -> Path:
     user = str(uid) if uid is not None else os.environ.get("USERNAME", "user")
     top = private_dir(Path(tempfile.gettempdir()) / f"jaxreg-{user}")
     return private_dir(top / name)
+
+
+def xla_cache_dir() -> Path | None:
+    """The private folder for JAX's persistent compilation cache, or None when it is off.
+
+    `$JAXREG_XLA_CACHE` names the folder (`off` disables the cache); default
+    `cache_root() / "xla"`. A folder that is not private (see the module docstring) is refused
+    with one `RuntimeWarning` and the cache stays off: JAX loads compiled programs from it.
+    """
+    env = os.environ.get(XLA_CACHE_ENV)
+    if env is not None and env.strip().lower() in _OFF:
+        return None
+    path = Path(env).expanduser() if env else cache_root() / "xla"
+    try:
+        return private_dir(path)
+    except OSError as err:
+        warnings.warn(
+            f"jaxreg: not using {path} as the XLA compilation cache ({err}); compiling without "
+            f"a persistent cache. Set {XLA_CACHE_ENV} to a folder of your own, or to off.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,8 +13,8 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
-EXPERIMENTS_ENV = "JAXREG_EXPERIMENTS"
 CACHE_ENV = "JAXREG_XLA_CACHE"
+EXPERIMENTS_PACKAGE = "jaxreg.experiments"
 
 
 def enable_compilation_cache() -> str | None:
@@ -24,77 +23,87 @@ def enable_compilation_cache() -> str | None:
     Experiments train the same program for several seeds and variants, and each
     `train_and_evaluate` call builds fresh jitted functions: with the cache, identical
     programs compile once (seconds each on a CPU). The folder is `$JAXREG_XLA_CACHE`
-    (`off` disables it), default `~/.cache/jaxreg/xla`. A cache the user configured
-    (`JAX_COMPILATION_CACHE_DIR` or `jax.config`) is left as it is.
+    (`off` disables it), default `~/.cache/jaxreg/xla`; it must be private to this user
+    (`jaxreg._paths.xla_cache_dir`), since JAX loads compiled programs from it. A cache the
+    user configured (`JAX_COMPILATION_CACHE_DIR` or `jax.config`) is left as it is.
 
     Returns:
       The cache folder in use, or `None` when disabled.
     """
     import jax
 
+    from jaxreg import _paths
+
     if jax.config.jax_compilation_cache_dir:
         return jax.config.jax_compilation_cache_dir
-    path = os.environ.get(CACHE_ENV, str(Path.home() / ".cache" / "jaxreg" / "xla"))
-    if path.strip().lower() in ("", "0", "off", "none"):
+    path = _paths.xla_cache_dir()
+    if path is None:
         return None
-    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    return path
+    return str(path)
 
 
-def experiments_dir() -> Path:
-    """The folder of experiment modules.
-
-    `$JAXREG_EXPERIMENTS` if set, else `experiments/` of the source tree jaxreg runs from
-    (when that folder exists), else `./experiments`.
-    """
-    env = os.environ.get(EXPERIMENTS_ENV)
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve().parent.parent / "experiments"
-    if here.is_dir():
-        return here
-    return Path.cwd() / "experiments"
-
-
-def _module_doc_line(path: Path) -> str:
+def _module_doc_line(module_name: str) -> str:
     import ast
 
+    spec = importlib.util.find_spec(module_name)
     try:
-        doc = ast.get_docstring(ast.parse(path.read_text()))
-    except SyntaxError:
+        source = spec.loader.get_source(module_name) if spec and spec.loader else None
+        doc = ast.get_docstring(ast.parse(source or ""))
+    except (SyntaxError, ImportError, OSError):
         return "(does not parse)"
-    return (doc or "").strip().splitlines()[0] if doc else ""
+    return doc.strip().splitlines()[0] if doc else ""
 
 
 def list_experiments() -> dict[str, str]:
-    """Experiment name -> the first line of its module docstring."""
-    d = experiments_dir()
-    if not d.is_dir():
-        return {}
-    return {
-        p.stem: _module_doc_line(p) for p in sorted(d.glob("*.py")) if not p.stem.startswith("_")
-    }
+    """Experiment name -> the first line of its module docstring (jaxreg's own experiments)."""
+    import pkgutil
+
+    from jaxreg import experiments
+
+    names = sorted(
+        m.name
+        for m in pkgutil.iter_modules(experiments.__path__)
+        if not m.name.startswith("_") and not m.ispkg
+    )
+    return {n: _module_doc_line(f"{EXPERIMENTS_PACKAGE}.{n}") for n in names}
+
+
+def _looks_like_path(target: str) -> bool:
+    return target.endswith(".py") or "/" in target or os.sep in target
 
 
 def load_module(name_or_path: str) -> ModuleType:
-    """Imports an experiment by name (`experiments/NAME.py`) or a config file by path."""
-    path = Path(name_or_path)
-    if path.suffix == ".py" or os.sep in name_or_path:
+    """Imports one of jaxreg's experiments by name, or a config file the caller names by path.
+
+    Names resolve only inside the installed `jaxreg.experiments` package; nothing is looked
+    up in the current directory or in other packages. A file runs only when its path is
+    given explicitly (`path/to/config.py`).
+
+    Raises:
+      ValueError: an unknown name (the allowed ones are listed), a missing file, or a module
+        without `get_config()`.
+    """
+    import importlib
+
+    if _looks_like_path(name_or_path):
+        path = Path(name_or_path)
         if not path.is_file():
             raise ValueError(f"config file {name_or_path!r} does not exist")
+        spec = importlib.util.spec_from_file_location(f"jaxreg_config_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
     else:
-        path = experiments_dir() / f"{name_or_path}.py"
-        if not path.is_file():
+        allowed = list_experiments()
+        if name_or_path not in allowed:
             raise ValueError(
-                f"unknown experiment {name_or_path!r}; allowed: "
-                f"{sorted(list_experiments())} or a path to a config .py file"
+                f"unknown experiment {name_or_path!r}; allowed: {sorted(allowed)} or a path "
+                "to a config .py file"
             )
-    spec = importlib.util.spec_from_file_location(f"jaxreg_exp_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
+        module = importlib.import_module(f"{EXPERIMENTS_PACKAGE}.{name_or_path}")
     if not hasattr(module, "get_config"):
-        raise ValueError(f"{path} has no get_config()")
+        raise ValueError(f"{name_or_path} has no get_config()")
     return module
 
 
@@ -108,35 +117,54 @@ def run(
 ) -> Any:
     """Runs an experiment (its `run`) or a config file (`train_and_evaluate`).
 
+    Order: load, apply the overrides, validate the whole config (an experiment's `validate`,
+    or `validate_config` for a training config), take the workdir's lock, and only then, with
+    `fresh`, empty the workdir (only a folder jaxreg made; see `jaxreg.train.workdir`).
+
     Args:
       target: experiment name (see `jaxreg list`) or path to a Python config file.
       overrides: `key=value` strings (`--config.` already stripped).
       workdir: output folder; default `runs/<name>`.
-      fresh: delete `workdir` first.
+      fresh: empty `workdir` first (after every check passed).
       resume: require a checkpoint to resume from (otherwise resume is automatic when one exists).
 
     Returns:
       What the experiment's `run` returns (a dict of results).
+
+    Raises:
+      ValueError, TypeError: bad config values, before anything is deleted or written.
+      WorkdirBusyError: another process runs in `workdir`.
     """
-    from jaxreg.train.config import apply_overrides
+    from jaxreg.train import workdir as workdir_lib
+    from jaxreg.train.config import apply_overrides, validate_config
 
     module = load_module(target)
     config = module.get_config()
     if not isinstance(config, ConfigDict):
         raise TypeError(f"get_config() of {target!r} must return a ConfigDict")
     config = apply_overrides(config, overrides)
-    workdir = Path(workdir or Path("runs") / Path(target).stem)
-    if fresh and workdir.exists():
-        shutil.rmtree(workdir)
-    if resume and not (workdir / "checkpoints").exists() and not any(workdir.glob("*/checkpoints")):
-        raise ValueError(f"--resume: no checkpoints in {workdir}")
     if hasattr(module, "run"):
-        return module.run(config, str(workdir))
-    from jaxreg.train.loop import train_and_evaluate
+        if hasattr(module, "validate"):
+            module.validate(config)
+    else:
+        validate_config(config)
+    workdir = Path(workdir or Path("runs") / Path(target).stem).absolute()
+    with workdir_lib.lock(workdir):
+        if fresh:
+            workdir_lib.fresh(workdir)
+        if (
+            resume
+            and not any(workdir.glob("checkpoints"))
+            and not any(workdir.glob("**/checkpoints"))
+        ):
+            raise ValueError(f"--resume: no checkpoints in {workdir}")
+        if hasattr(module, "run"):
+            return module.run(config, str(workdir))
+        from jaxreg.train.loop import train_and_evaluate
 
-    results = train_and_evaluate(config, workdir, title=Path(target).stem)
-    _print_results(results, workdir)
-    return results
+        results = train_and_evaluate(config, workdir, title=Path(target).stem)
+        _print_results(results, workdir)
+        return results
 
 
 def _print_results(results: dict, workdir: Path) -> None:
@@ -265,6 +293,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"jaxreg: error: {e}", file=sys.stderr)
         return 2
+    except (
+        RuntimeError,
+        FloatingPointError,
+    ) as e:  # a diverged run, a busy workdir, checkpoints that cannot resume
+        from jaxreg.train.checkpoint import CheckpointError
+        from jaxreg.train.loop import NonFiniteLossError
+        from jaxreg.train.workdir import WorkdirBusyError
+
+        if not isinstance(e, (NonFiniteLossError, WorkdirBusyError, CheckpointError)):
+            raise
+        print(f"jaxreg: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -144,31 +144,36 @@ def epochs_for(n_train: int, batch_size: int, epochs: int, min_steps: int) -> in
 
 
 @contextlib.contextmanager
-def compile_cache(workdir: str | Path, enabled: bool = True) -> Iterator[None]:
-    """A persistent XLA compilation cache in `workdir/../.xla_cache` for the `with` block.
+def compile_cache(enabled: bool = True) -> Iterator[None]:
+    """JAX's persistent compilation cache in the user's private cache folder, for the block.
 
     Every run builds a new jitted epoch function, so without a persistent cache every seed
-    recompiles the same program (10-15 s on a CPU). Sibling experiments under one root share
-    the folder. A cache the caller configured already (`jax_compilation_cache_dir` set, e.g.
-    by the tests) is left alone; otherwise the previous cache settings are restored on exit,
-    also when the block raises.
+    recompiles the same program (10-15 s on a CPU). The folder is `jaxreg._paths.xla_cache_dir()`
+    (`~/.cache/jaxreg/xla`, or `$JAXREG_XLA_CACHE`), checked to be private to this user: JAX
+    loads compiled programs from it, so it never lives in a shared place such as the temporary
+    folder. A cache the caller configured already (`jax_compilation_cache_dir` set, e.g. by the
+    tests or the `jaxreg` command) is left alone; otherwise the previous settings are restored
+    on exit, also when the block raises.
 
     Args:
-      workdir: the experiment's output folder (the cache goes next to it).
       enabled: `False` makes this a no-op.
     """
     import jax
 
+    from jaxreg import _paths
+
     if not enabled or jax.config.jax_compilation_cache_dir:
+        yield
+        return
+    path = _paths.xla_cache_dir()
+    if path is None:
         yield
         return
     from jax.experimental.compilation_cache import compilation_cache as cc
 
     old_dir = jax.config.jax_compilation_cache_dir
     old_min = jax.config.jax_persistent_cache_min_compile_time_secs
-    jax.config.update(
-        "jax_compilation_cache_dir", str(Path(workdir).resolve().parent / ".xla_cache")
-    )
+    jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     cc.reset_cache()
     try:

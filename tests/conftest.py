@@ -5,7 +5,6 @@ of the same program compile once.
 """
 
 import os
-import tempfile
 
 # Same seed -> same numbers, resume -> same parameters: bit-identical on GPU only with XLA's
 # deterministic kernels (CPU runs are deterministic anyway). Read when the backend starts.
@@ -21,11 +20,18 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 # Many tests train the same tiny programs again (determinism, resume, subprocesses): the
 # persistent cache turns those recompilations into disk reads. Subprocesses get it via env.
+# Both caches hold things that get loaded (compiled programs, the native kernel), so they live
+# in this user's private cache folder (jaxreg._paths: 0700, owner checked), never under a
+# predictable name in the shared temporary folder.
+from jaxreg import _paths  # noqa: E402
+
+_ROOT = _paths.cache_root() / "tests"
 CACHE_DIR = os.environ.setdefault(
-    "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "jaxreg-test-xla-cache")
+    "JAX_COMPILATION_CACHE_DIR", str(_paths.private_dir(_ROOT / "xla"))
 )
+_paths.check_private_dir(CACHE_DIR)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-# The native CPU warp (jaxreg/augment/_native.py) is built once into this folder, not $HOME.
-os.environ.setdefault("JAXREG_CACHE_DIR", os.path.join(tempfile.gettempdir(), "jaxreg-test-native"))
+# The native CPU warp (jaxreg/augment/_native.py) is built once into this folder.
+os.environ.setdefault("JAXREG_CACHE_DIR", str(_paths.private_dir(_ROOT / "native")))
 jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

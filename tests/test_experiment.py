@@ -385,34 +385,54 @@ def test_compile_cache_leaves_a_configured_cache_alone(tmp_path):
     before = jax.config.jax_compilation_cache_dir
     min_time = jax.config.jax_persistent_cache_min_compile_time_secs
     assert before  # tests/conftest.py configures one
-    with experiment.compile_cache(tmp_path / "exp"):
+    with experiment.compile_cache():
         assert jax.config.jax_compilation_cache_dir == before
         assert jax.config.jax_persistent_cache_min_compile_time_secs == min_time
     assert jax.config.jax_compilation_cache_dir == before
-    assert not (tmp_path / ".xla_cache").exists()
 
 
-def test_compile_cache_sets_and_restores_settings(tmp_path):
+def test_compile_cache_sets_and_restores_settings(tmp_path, monkeypatch):
     from jax.experimental.compilation_cache import compilation_cache as cc
 
+    monkeypatch.setenv("JAXREG_XLA_CACHE", str(tmp_path / "xla"))
     configured = jax.config.jax_compilation_cache_dir
     min_time = jax.config.jax_persistent_cache_min_compile_time_secs
     jax.config.update("jax_compilation_cache_dir", None)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.25)
     try:
-        with experiment.compile_cache(tmp_path / "exp", enabled=False):
+        with experiment.compile_cache(enabled=False):
             assert jax.config.jax_compilation_cache_dir is None
-        with experiment.compile_cache(tmp_path / "exp"):
-            assert jax.config.jax_compilation_cache_dir == str(tmp_path.resolve() / ".xla_cache")
+        with experiment.compile_cache():
+            assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
+            assert (tmp_path / "xla").stat().st_mode & 0o777 == 0o700
             assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.5
         assert jax.config.jax_compilation_cache_dir is None
         assert jax.config.jax_persistent_cache_min_compile_time_secs == 1.25
         with pytest.raises(RuntimeError, match="boom"):
-            with experiment.compile_cache(tmp_path / "exp"):
+            with experiment.compile_cache():
                 raise RuntimeError("boom")
         assert jax.config.jax_compilation_cache_dir is None
         assert jax.config.jax_persistent_cache_min_compile_time_secs == 1.25
     finally:
         jax.config.update("jax_compilation_cache_dir", configured)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", min_time)
+        cc.reset_cache()
+
+
+def test_compile_cache_refuses_a_folder_other_users_can_write(tmp_path, monkeypatch):
+    """JAX loads compiled programs from the cache: a shared, writable folder is never used."""
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("JAXREG_XLA_CACHE", str(shared))
+    configured = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", None)
+    try:
+        with pytest.warns(RuntimeWarning, match="writable by group or others"):
+            with experiment.compile_cache():
+                assert jax.config.jax_compilation_cache_dir is None
+    finally:
+        jax.config.update("jax_compilation_cache_dir", configured)
         cc.reset_cache()

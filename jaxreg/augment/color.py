@@ -272,10 +272,10 @@ def color_jitter(
     key: jax.Array,
     image: jax.Array,
     *,
-    brightness: Any = 0.0,
-    contrast: Any = 0.0,
-    saturation: Any = 0.0,
-    hue: Any = 0.0,
+    brightness: float | Sequence[float] = 0.0,
+    contrast: float | Sequence[float] = 0.0,
+    saturation: float | Sequence[float] = 0.0,
+    hue: float | Sequence[float] = 0.0,
 ) -> jax.Array:
     """Random brightness, contrast, saturation and hue in one fused pass (torchvision ColorJitter).
 

@@ -50,7 +50,12 @@ def add_noise(image: jax.Array, noise: jax.Array, *, clip: bool = True) -> jax.A
 
 
 def gaussian_noise(
-    key: jax.Array, image: jax.Array, *, sigma: Any, clip: bool = True, p: float = 1.0
+    key: jax.Array,
+    image: jax.Array,
+    *,
+    sigma: float | Sequence[float],
+    clip: bool = True,
+    p: float = 1.0,
 ) -> jax.Array:
     """Adds i.i.d. Gaussian noise N(0, sigma^2) per pixel and channel.
 

@@ -2,9 +2,10 @@
 
 These are batch-level ops: they take (B, H, W, C) images and labels and return
 `(images, soft_labels)` with soft labels float32 (B, K). Labels may be integer class ids (B,)
-with `num_classes`, or soft labels (B, K). Each example is mixed with its partner in the reversed
-batch (example i with example B-1-i, as timm does), so any batch size works; with an odd size the
-middle example is mixed with itself. Label smoothing is applied as timm does: both targets are
+with `num_classes`, or soft labels (B, K). Each example is mixed with its partner in the
+reversed batch (example i with example B-1-i, as timm does), so any batch size from 2 works
+(a batch of 1 raises ValueError: it would come back unchanged); with an odd size the middle
+example is mixed with itself. Label smoothing is applied as timm does: both targets are
 smoothed one-hots, then mixed.
 
 Modes: "batch" one lambda (and one box) for the whole batch; "pair" one per pair (i, B-1-i),
@@ -40,12 +41,19 @@ def soft_labels(
     """Integer (B,) or soft (B, K) labels -> float32 (B, K), smoothed as y (1 - s) + s / K.
 
     Args:
-      labels: int (B,) class ids (needs `num_classes`) or float (B, K) probabilities.
+      labels: int (B,) class ids in [0, K) (needs `num_classes`) or float (B, K) probabilities.
+        Concrete integer labels outside [0, K) raise `ValueError`; traced ones (inside `jit`)
+        cannot be checked, and an out-of-range id then gives an all-zero row, as
+        `jax.nn.one_hot` does.
       num_classes: K for integer labels.
       label_smoothing: s in [0, 1).
 
     Returns:
       float32 (B, K).
+
+    Raises:
+      ValueError: concrete integer labels out of [0, K), bad shapes or `label_smoothing`.
+      TypeError: labels that are not an integer or floating array.
     """
     if not hasattr(labels, "shape") or not hasattr(labels, "dtype"):
         raise TypeError(f"labels must be an array; got {type(labels).__name__}.")
@@ -58,6 +66,12 @@ def soft_labels(
         if num_classes is None:
             raise ValueError("num_classes is required with integer labels.")
         k = _core.check_int(num_classes, "num_classes", minimum=1)
+        if not isinstance(labels, jax.core.Tracer) and labels.shape[0]:
+            lo, hi = int(jnp.min(labels)), int(jnp.max(labels))
+            if lo < 0 or hi >= k:
+                raise ValueError(
+                    f"labels must be class ids in [0, num_classes={k}); got values in [{lo}, {hi}]."
+                )
         y = jax.nn.one_hot(labels, k, dtype=jnp.float32)
     elif jnp.issubdtype(labels.dtype, jnp.floating):
         if len(labels.shape) != 2:
@@ -77,6 +91,11 @@ def soft_labels(
 
 def _prepare(images, labels, alpha, num_classes, label_smoothing, mode):
     b = _core.check_images(images)[0]
+    if b < 2:
+        raise ValueError(
+            f"batch mixing needs at least 2 examples (each is mixed with its partner in the "
+            f"reversed batch); got a batch of {b}, which would come back unchanged."
+        )
     _check_alpha(alpha)
     _core.check_in(mode, "mode", MODES)
     y = soft_labels(labels, num_classes=num_classes, label_smoothing=label_smoothing)

@@ -22,8 +22,12 @@ raise ValueError when the spec is built.
 from __future__ import annotations
 
 import ast
+import collections.abc
 import functools
 import inspect
+import numbers
+import types
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -46,6 +50,7 @@ def _op(fn, **defaults):
         return functools.partial(fn, **{**defaults, **kw})
 
     build.signature = sig
+    build.func = fn
     return build
 
 
@@ -68,10 +73,11 @@ def _keyless(fn, **defaults):
         apply.__name__ = fn.__name__
         return apply
 
+    build.func = fn
     return build
 
 
-def _cutout(size=None, fill=0.0):
+def _cutout(size: int | None = None, fill: Any = 0.0):
     check_fill_option(fill)
 
     def fn(key, image):
@@ -82,7 +88,7 @@ def _cutout(size=None, fill=0.0):
     return fn
 
 
-def _corner(size=None, p=0.5, fill="noise"):
+def _corner(size: int | None = None, p: float = 0.5, fill: Any = "noise"):
     check_fill_option(fill)
 
     def fn(key, image):
@@ -300,7 +306,69 @@ def parse_spec(spec: str) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
+def _target(builder: Any) -> Any:
+    """The function whose annotated parameters a builder's options go to."""
+    fn = getattr(builder, "func", builder)
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return fn
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    """Whether a literal option value fits a type annotation (unknown kinds pass)."""
+    if hint is Any or hint is inspect.Parameter.empty:
+        return True
+    if hint is type(None) or hint is None:
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, a) for a in args)
+    if origin is typing.Literal:
+        return value in args
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        return (
+            isinstance(value, (tuple, list))
+            and len(value) == len(args)
+            and all(_conforms(v, a) for v, a in zip(value, args))
+        )
+    if origin in (tuple, list, collections.abc.Sequence):
+        item = args[0] if args else Any
+        return isinstance(value, (tuple, list)) and all(_conforms(v, item) for v in value)
+    return True  # arrays, callables and other kinds cannot come from a literal: not checked
+
+
+def _describe_hint(hint: Any) -> str:
+    if typing.get_origin(hint) is None and hasattr(hint, "__name__"):
+        return hint.__name__
+    return str(hint).replace("typing.", "").replace("collections.abc.", "")
+
+
+def _check_option_types(name: str, builder: Any, kwargs: dict[str, Any]) -> None:
+    """Raises `TypeError` when an option's value does not fit the op's annotation."""
+    target = _target(builder)
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # an op without resolvable annotations is not checked
+        return
+    for key, value in kwargs.items():
+        hint = hints.get(key)
+        if hint is not None and not _conforms(value, hint):
+            raise TypeError(
+                f"option {key}={value!r} of {name!r} must be {_describe_hint(hint)}; "
+                f"got a {type(value).__name__}."
+            )
+
+
 def _build(name: str, builder: Callable[..., Any], kwargs: dict[str, Any]):
+    _check_option_types(name, builder, kwargs)
     try:
         return builder(**kwargs)
     except TypeError as e:

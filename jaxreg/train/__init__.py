@@ -1,6 +1,6 @@
 """The functional training loop: state, pure steps, the epoch scan, early stopping, checkpoints."""
 
-from jaxreg.train.config import apply_overrides, default_config
+from jaxreg.train.config import apply_overrides, default_config, validate_config
 from jaxreg.train.early_stopping import EarlyStopping
 from jaxreg.train.state import TrainState
 from jaxreg.train.step import (
@@ -11,10 +11,13 @@ from jaxreg.train.step import (
     step_key,
     train_step,
 )
+from jaxreg.train.workdir import WorkdirBusyError
 
 __all__ = [
     "EarlyStopping",
+    "NonFiniteLossError",
     "TrainState",
+    "WorkdirBusyError",
     "apply_overrides",
     "default_config",
     "evaluate",
@@ -24,12 +27,13 @@ __all__ = [
     "step_key",
     "train_and_evaluate",
     "train_step",
+    "validate_config",
 ]
 
 
-def __getattr__(name):  # train_and_evaluate pulls in orbax; import it on first use
-    if name == "train_and_evaluate":
-        from jaxreg.train.loop import train_and_evaluate
+def __getattr__(name):  # the loop pulls in orbax; import it on first use
+    if name in ("train_and_evaluate", "NonFiniteLossError"):
+        from jaxreg.train import loop
 
-        return train_and_evaluate
+        return getattr(loop, name)
     raise AttributeError(name)

@@ -4,13 +4,14 @@ Layout on disk (`directory` is typically `workdir/checkpoints`)::
 
   directory/
     latest/<step>/{state/, meta/, commit_success.txt, ...}   the newest `keep_latest` steps
-    best/<step>/{state/, meta/, commit_success.txt, ...}     the best step so far (one)
+    best/<step>/{state/, meta/, commit_success.txt, ...}     the best step so far, and the one before
 
 Why two Orbax `CheckpointManager`s: with `best_fn` set, Orbax's `max_to_keep` keeps the
 N *best* steps and silently deletes the newest ones, so one manager cannot keep "the latest N"
 and "the best" with those options. `latest/` keeps the newest `keep_latest` steps
 (`LatestN`); `best/` receives a copy of a step only when that step is the best so far and
-keeps only its newest step, which is therefore the best one. The best step is written twice
+keeps its two newest steps: the newest is the best one, and the previous best survives until
+the step after it is committed everywhere (see "Consistency" below). The best step is written twice
 (in `latest/` too): fine for the small models this toolkit trains, and each directory stays
 self-contained. No Orbax metrics files or `best_fn` are involved. (Orbax 0.12.8 could also
 keep both in one manager with `preservation_policy=AnyPreservationPolicy([LatestN(n),
@@ -28,6 +29,14 @@ Which step is "best": `save(..., is_best=True/False)` lets the caller decide (pa
 `min_delta` rule); with `is_best=None` (the default) the checkpointer decides: the step is
 best when `metadata`'s `best_metric` is finite and strictly better (`best_mode`) than the
 value stored with the current best checkpoint.
+
+Consistency between `latest/` and `best/`: a run records its best epoch in the metadata of
+every step (early stopping's record). A kill between the two saves of one step, or two
+background saves that commit in either order, can leave `best/`'s newest step other than the
+recorded best: one step behind (the new best reached `latest/` only) or one step ahead (the
+resumed point is older). `restore_step` finds a given step in either directory, so a resumed
+run asks for exactly the recorded best epoch, and keeping the previous best in `best/` makes
+that step always findable after a kill. (The training loop checks the step it gets.)
 
 Atomicity: every step is one Orbax `Composite` checkpoint holding two items, `state` (the
 array pytree, `StandardSave`) and `meta` (the JSON metadata, `JsonSave`). Orbax writes a
@@ -88,6 +97,10 @@ _META = "meta"
 
 class CheckpointWarning(UserWarning):
     """A checkpoint step was unreadable or uncommitted and was skipped."""
+
+
+class CheckpointError(RuntimeError):
+    """The checkpoints of a workdir cannot give what the run needs (e.g. its recorded best)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,7 +291,7 @@ class Checkpointer:
         self.best_mode = best_mode
         self.async_save = bool(async_save)
         self._latest = self._manager("latest", self.keep_latest)
-        self._best = self._manager("best", 1)
+        self._best = self._manager("best", 2)
         self._best_value: float | None = None  # metric of the best checkpoint, read lazily
         self._best_value_known = False
         self._closed = False
@@ -477,15 +490,66 @@ class Checkpointer:
         return self._restore(self._latest, "latest", target)
 
     def restore_best(self, target: Any) -> tuple[Any, dict, int] | None:
-        """Restores the best checkpoint (`best/`); same contract as `restore_latest`."""
-        return self._restore(self._best, "best", target)
+        """Restores the best checkpoint (`best/`'s newest step); same contract as `restore_latest`."""
+        return self._restore(self._best, "best", target, newest_only=True)
 
-    def _restore(self, manager: ocp.CheckpointManager, name: str, target: Any):
+    def restore_step(self, step: int, target: Any) -> tuple[Any, dict, str] | None:
+        """Restores exactly step `step`, from `best/` if it is readable there, else from `latest/`.
+
+        Args:
+          step: the step wanted (e.g. the best epoch early stopping recorded).
+          target: as for `restore_latest`.
+
+        Returns:
+          `(tree, metadata, directory name)` with `metadata["epoch"]`-style fields as saved,
+          or `None` when neither directory holds a readable copy of that step (each unreadable
+          copy is named in a `CheckpointWarning`).
+
+        Raises:
+          ValueError: a readable copy has other paths, shapes or dtypes than `target`.
+        """
+        for name, manager in (("best", self._best), ("latest", self._latest)):
+            out = self._restore(manager, name, target, only_step=int(step))
+            if out is not None:
+                return out[0], out[1], name
+        return None
+
+    def save_best(self, step: int, tree: Any, metadata: Mapping[str, Any]) -> None:
+        """Writes step `step` into `best/` only (e.g. to repair `best/` after a resume).
+
+        Args:
+          step: int >= 0; must be newer than every step in `best/` (older ones are kept).
+          tree: as for `save`.
+          metadata: as for `save`.
+        """
+        self._check_open()
+        meta = _to_json(metadata)
+        self._truncate(self._best, int(step), "best")
+        args = ocp.args.Composite(
+            **{_STATE: ocp.args.StandardSave(keys_to_data(tree)), _META: ocp.args.JsonSave(meta)}
+        )
+        if not self._best.save(int(step), args=args, force=True):
+            raise RuntimeError(f"Orbax declined to save step {step} in {self.directory}/best")
+        self._best_value_known = False
+
+    def _restore(
+        self,
+        manager: ocp.CheckpointManager,
+        name: str,
+        target: Any,
+        *,
+        newest_only: bool = False,
+        only_step: int | None = None,
+    ):
         self._check_open()
         manager.wait_until_finished()
         where = os.path.join(self.directory, name)
         manager.reload()  # see steps written or removed since the manager was opened
         steps = sorted(manager.all_steps(), reverse=True)
+        if only_step is not None:
+            steps = [s for s in steps if s == only_step]
+        elif newest_only:
+            steps = steps[:1]
         if not steps:
             return None
         target_data = keys_to_data(target)

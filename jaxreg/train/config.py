@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterable
+import json
+import math
+import numbers
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ml_collections import ConfigDict, FieldReference
@@ -130,3 +133,174 @@ def apply_overrides(config: ConfigDict, overrides: Iterable[str]) -> ConfigDict:
         except TypeError as e:
             raise TypeError(f"config key {key!r}: {e}") from None
     return config
+
+
+MONITORS = ("val_loss", "val_accuracy", "val_ece")
+EMA_BATCH_STATS = ("average", "copy", "recompute")
+LOOPS = ("auto", "scan", "python")
+
+# (key, lowest allowed, whether the lowest is excluded): numeric fields and their ranges.
+_RANGES = (
+    ("epochs", 1, False),
+    ("batch_size", 1, False),
+    ("eval_batch_size", 1, False),
+    ("learning_rate", 0.0, True),
+    ("momentum", 0.0, False),
+    ("warmup_epochs", 0.0, False),
+    ("grad_clip", 0.0, False),
+    ("l1", 0.0, False),
+    ("l1_prox", 0.0, False),
+    ("l2", 0.0, False),
+    ("weight_decay", 0.0, False),
+    ("imbalance_factor", 1.0, False),
+    ("device_data_limit_mb", 0.0, True),
+    ("checkpoint.keep", 1, False),
+    ("early_stopping.patience", 0, False),
+    ("early_stopping.min_delta", 0.0, False),
+    ("early_stopping.warmup_epochs", 0, False),
+)
+# Fields in [0, 1).
+_UNIT = ("dropout", "bn_momentum", "label_smoothing", "ema_decay")
+
+
+def _get(config: ConfigDict, key: str) -> Any:
+    node = config
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _walk(node: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
+    items = node.items() if isinstance(node, (ConfigDict, Mapping)) else ()
+    for k, v in items:
+        key = f"{prefix}{k}"
+        if isinstance(v, (ConfigDict, Mapping)):
+            yield from _walk(v, key + ".")
+        elif isinstance(v, (list, tuple)):
+            for i, x in enumerate(v):
+                yield f"{key}[{i}]", x
+        else:
+            yield key, v
+
+
+def check_finite(config: ConfigDict) -> None:
+    """Raises `ValueError` naming the first field (nested ones too) that holds NaN or +-inf.
+
+    A learning rate of `1e400` parses as `inf`; no field of a training config means anything
+    when it is not finite.
+    """
+    for key, value in _walk(config):
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            if not math.isfinite(float(value)):
+                raise ValueError(f"config key {key!r} must be a finite number, got {value!r}")
+
+
+def validate_config(config: ConfigDict) -> None:
+    """Checks a whole training config before anything trains, deletes or writes.
+
+    Every value is checked: finite numbers, ranges, the names of the monitor, loop, optimizer,
+    schedule, decay mask, model and data set (its name only; the files are read later), and
+    the augmentation and mixing spec strings, which are parsed and built here.
+
+    Args:
+      config: a `default_config()`-shaped `ConfigDict`.
+
+    Raises:
+      ValueError: a value out of its range or not among the allowed names (the message names
+        the key and the allowed values).
+      TypeError: a value of the wrong type.
+    """
+    from jaxreg import models
+    from jaxreg.models.layers import CONV_GRADS
+    from jaxreg.optim import factory
+
+    if not isinstance(config, ConfigDict):
+        raise TypeError(f"config must be an ml_collections ConfigDict, got {type(config).__name__}")
+    check_finite(config)
+    for key, lo, strict in _RANGES:
+        value = _get(config, key)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"config key {key!r} must be a number, got {value!r}")
+        if value < lo or (strict and value == lo):
+            raise ValueError(
+                f"config key {key!r} must be {'>' if strict else '>='} {lo}, got {value}"
+            )
+    for key in _UNIT:
+        value = _get(config, key)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"config key {key!r} must be a number in [0, 1), got {value!r}")
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"config key {key!r} must be in [0, 1), got {value}")
+    if config.train_per_class is not None and int(config.train_per_class) < 1:
+        raise ValueError(
+            f"config key 'train_per_class' must be >= 1 or None, got {config.train_per_class}"
+        )
+    choices = (
+        ("monitor", MONITORS),
+        ("monitor_mode", ("min", "max")),
+        ("ema_batch_stats", EMA_BATCH_STATS),
+        ("loop", LOOPS),
+        ("optimizer", factory.OPTIMIZERS),
+        ("schedule", factory.SCHEDULES),
+        ("decay_mask", factory.DECAY_MASKS),
+        ("conv_grad", CONV_GRADS),
+        ("model", tuple(models.MODELS)),
+    )
+    for key, allowed in choices:
+        if _get(config, key) not in allowed:
+            raise ValueError(
+                f"config key {key!r} must be one of {list(allowed)}, got {_get(config, key)!r}"
+            )
+    _check_data_name(config.data)
+    _check_spec("augment", config.augment)
+    _check_spec("mix", config.mix)
+
+
+def _check_data_name(name: Any) -> None:
+    from jaxreg.data.api import FOLDER_PREFIX, TFDS_PREFIX
+    from jaxreg.data.builtin import BUILTIN
+
+    if not isinstance(name, str):
+        raise TypeError(f"config key 'data' must be a string, got {name!r}")
+    if name in BUILTIN or (name.startswith((TFDS_PREFIX, FOLDER_PREFIX)) and name.split(":", 1)[1]):
+        return
+    raise ValueError(
+        f"config key 'data' must be one of {sorted(BUILTIN)}, '{TFDS_PREFIX}NAME' or "
+        f"'{FOLDER_PREFIX}PATH', got {name!r}"
+    )
+
+
+def _check_spec(key: str, spec: Any) -> None:
+    if callable(spec):
+        return
+    if not isinstance(spec, str):
+        raise TypeError(f"config key {key!r} must be a spec string, got {spec!r}")
+    from jaxreg import augment
+
+    build = augment.from_spec if key == "augment" else augment.mix_from_spec
+    try:
+        build(spec)
+    except (ValueError, TypeError) as e:
+        raise type(e)(f"config key {key!r}: {e}") from None
+
+
+def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """The fields that differ between two config dicts, as `"key: old -> new"` lines.
+
+    Args:
+      saved: the config a workdir's checkpoints were written with (a plain dict).
+      current: the config of this run (a plain dict).
+
+    Returns:
+      One line per changed, added or removed key (nested keys dotted), sorted by key.
+    """
+    old, new = dict(_walk(saved)), dict(_walk(current))
+    missing = object()
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, missing), new.get(key, missing)
+        if a != b:
+            fa = "(absent)" if a is missing else json.dumps(a, default=str)
+            fb = "(absent)" if b is missing else json.dumps(b, default=str)
+            out.append(f"{key}: {fa} -> {fb}")
+    return out

@@ -23,12 +23,45 @@ from jaxreg.optim.ema import ema as make_ema
 from jaxreg.optim.ema import recompute_batch_stats
 from jaxreg.optim.factory import build_optimizer
 from jaxreg.train import step as step_lib
+from jaxreg.train import workdir as workdir_lib
+from jaxreg.train.config import (
+    LOOPS,
+    config_changes,
+    validate_config,
+)
 from jaxreg.train.early_stopping import EarlyStopping
 from jaxreg.train.state import TrainState
 
-MONITORS = ("val_loss", "val_accuracy", "val_ece")
-EMA_BATCH_STATS = ("average", "copy", "recompute")
-LOOPS = ("auto", "scan", "python")
+__all__ = ["NonFiniteLossError", "prepare_data", "train_and_evaluate"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss; the run stopped without evaluating anything.
+
+    The workdir keeps the checkpoints of the last good epoch (if any), so the run can be
+    resumed with another config only by choosing another workdir or `--fresh`.
+
+    Attributes:
+      workdir: the run's folder.
+      epoch: the epoch in which the loss stopped being finite (1-based).
+      step: the global optimizer step (1-based) of the first non-finite loss.
+      value: that loss.
+      last_good_epoch: the newest epoch with a checkpoint, or None when none was saved.
+    """
+
+    def __init__(self, workdir, epoch, step, value, last_good_epoch):
+        self.workdir, self.epoch, self.step = str(workdir), int(epoch), int(step)
+        self.value, self.last_good_epoch = float(value), last_good_epoch
+        kept = (
+            f"the checkpoint of epoch {last_good_epoch} is kept in {workdir}"
+            if last_good_epoch is not None
+            else "no checkpoint was saved"
+        )
+        super().__init__(
+            f"training diverged: non-finite loss ({self.value}) at step {self.step} "
+            f"(epoch {self.epoch}); nothing was evaluated and {kept}. Lower the learning rate "
+            "or add gradient clipping (--config.grad_clip)."
+        )
 
 
 def prepare_data(config: ConfigDict) -> dict[str, data_lib.Dataset]:
@@ -46,24 +79,6 @@ def prepare_data(config: ConfigDict) -> dict[str, data_lib.Dataset]:
         ratios = data_lib.long_tail_ratios(train.num_classes, float(config.imbalance_factor))
         train = data_lib.imbalance(train, ratios, seed=config.data_seed)
     return {"train": train, "val": splits["val"], "test": splits["test"]}
-
-
-def _check_config(config: ConfigDict) -> None:
-    if config.monitor not in MONITORS:
-        raise ValueError(f"monitor must be one of {MONITORS}, got {config.monitor!r}")
-    if config.monitor_mode not in ("min", "max"):
-        raise ValueError(f"monitor_mode must be 'min' or 'max', got {config.monitor_mode!r}")
-    if config.ema_batch_stats not in EMA_BATCH_STATS:
-        raise ValueError(
-            f"ema_batch_stats must be one of {EMA_BATCH_STATS}, got {config.ema_batch_stats!r}"
-        )
-    for name in ("epochs", "batch_size", "eval_batch_size"):
-        if int(config[name]) < 1:
-            raise ValueError(f"{name} must be >= 1, got {config[name]}")
-    if not 0.0 <= config.ema_decay < 1.0:
-        raise ValueError(f"ema_decay must be in [0, 1), got {config.ema_decay}")
-    if not 0.0 <= config.label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {config.label_smoothing}")
 
 
 def resolve_augment(spec: str | Callable | None) -> Callable | None:
@@ -119,10 +134,63 @@ def _tree_to_state(tree: Mapping[str, Any], like: TrainState) -> TrainState:
 
 def _config_fingerprint(config: ConfigDict) -> str:
     d = config.to_dict()
-    for k in ("progress", "resume", "checkpoint"):
+    for k in ("progress", "resume", "checkpoint", "restore_best"):
         d.pop(k, None)
     d["epochs"] = None  # a resumed run may train for longer
     return json.dumps(d, sort_keys=True, default=str)
+
+
+def _check_same_config(workdir: Path, saved: str | None, current: str) -> None:
+    """Refuses to resume checkpoints written with another config, naming what changed."""
+    if saved == current:
+        return
+    try:
+        changes = config_changes(json.loads(saved), json.loads(current)) if saved else []
+    except ValueError:
+        changes = []
+    shown = "; ".join(changes[:8]) + (" ..." if len(changes) > 8 else "")
+    raise ValueError(
+        f"workdir {workdir} holds checkpoints of a different config"
+        + (f" (changed: {shown})" if shown else "")
+        + "; use another workdir, or --fresh to start over"
+    )
+
+
+def _restore_best_epoch(ckpt, es: EarlyStopping, state, latest_step: int, meta, workdir):
+    """The state of the best epoch early stopping recorded, checked; see `Checkpointer`.
+
+    The recorded best epoch is found in `best/` or `latest/` (a kill between the two saves of
+    one step leaves it in one of them). Its metadata must name that epoch and the metric the
+    record holds. When no readable copy is left, this fails instead of evaluating other
+    weights under that epoch's name.
+    """
+    from jaxreg.train.checkpoint import CheckpointError
+
+    best_epoch = int(es.best_epoch)
+    if best_epoch < 0:  # no epoch improved yet (e.g. NaN metrics): nothing to restore
+        return state
+    if best_epoch == int(latest_step):
+        if ckpt.best_step() != latest_step:  # the kill came between the two saves: repair
+            ckpt.save_best(latest_step, _state_tree(state), meta)
+        return state
+    found = ckpt.restore_step(best_epoch, _state_tree(state))
+    if found is not None:
+        tree, best_meta, where = found
+        if int(best_meta.get("epoch", -1)) == best_epoch:
+            if where != "best" or ckpt.best_step() != best_epoch:
+                warnings.warn(
+                    f"the best epoch {best_epoch} of {workdir} was not the newest step of "
+                    f"checkpoints/best/ (a kill between two saves); restored it from {where}/",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            return _tree_to_state(tree, state)
+    raise CheckpointError(
+        f"early stopping recorded epoch {best_epoch} as the best of {workdir}, but no readable "
+        f"checkpoint of that epoch is left in checkpoints/best/ or checkpoints/latest/ "
+        f"(latest is epoch {latest_step}). Resume with --config.restore_best=False to continue "
+        "and evaluate the last epoch instead, or --fresh to start over."
+    )
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
@@ -176,10 +244,27 @@ def train_and_evaluate(
       `best_epoch`, `epochs_run`, `stopped_early`, `stop_reason`, `wall_time_s`,
       `compile_time_s`, `train_images_per_s`, `history` (list of per-epoch dicts),
       and `extra` results per `extra_eval` set.
+
+    Raises:
+      ValueError, TypeError: a bad config value (checked before anything is written), or a
+        workdir whose checkpoints were written with another config (the changed keys named).
+      WorkdirBusyError: another process is running in `workdir`.
+      NonFiniteLossError: the loss became NaN or infinite; nothing is evaluated.
     """
-    _check_config(config)
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    validate_config(config)
+    with workdir_lib.lock(workdir) as workdir:
+        return _train_and_evaluate(
+            config,
+            workdir,
+            data=data,
+            augment_fn=augment_fn,
+            mix_fn=mix_fn,
+            extra_eval=extra_eval,
+            title=title,
+        )
+
+
+def _train_and_evaluate(config, workdir, *, data, augment_fn, mix_fn, extra_eval, title):
     splits = dict(data) if data is not None else prepare_data(config)
     for name in ("train", "val", "test"):
         if name not in splits:
@@ -264,19 +349,16 @@ def train_and_evaluate(
         if ckpt is not None and config.resume:
             restored = ckpt.restore_latest(_state_tree(state))
             if restored is not None:
-                tree, meta, _ = restored
-                if meta.get("fingerprint") != fingerprint:
-                    raise ValueError(
-                        f"workdir {workdir} holds checkpoints of a different config; "
-                        "use another workdir, or --fresh to start over"
-                    )
+                tree, meta, latest_step = restored
+                _check_same_config(workdir, meta.get("fingerprint"), fingerprint)
                 state = _tree_to_state(tree, state)
                 history = list(meta["history"])
                 es = EarlyStopping(**meta["early_stopping"])
                 start_epoch = int(meta["epoch"]) + 1
                 wall_before = float(meta.get("wall_time_s", 0.0))
-                best = ckpt.restore_best(_state_tree(state))
-                best_state = _tree_to_state(best[0], state) if best is not None else state
+                best_state = state
+                if config.restore_best:
+                    best_state = _restore_best_epoch(ckpt, es, state, latest_step, meta, workdir)
                 print(f"Resumed from {workdir} at epoch {start_epoch - 1}.")
         _write_jsonl(metrics_path, history)
         (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
@@ -454,14 +536,11 @@ def _run_epochs(
         losses = np.asarray(step_metrics["loss"])
         if not np.all(np.isfinite(losses)):
             bad = int(np.argmax(~np.isfinite(losses)))
-            global_step = int(state.step) + bad + 1
-            stop_reason = (
-                f"non-finite loss ({losses[bad]}) at step {global_step} (epoch {epoch}); "
-                f"kept the last good checkpoint (epoch {epoch - 1})"
+            bar.close()
+            last_good = ckpt.latest_step() if ckpt is not None else None
+            raise NonFiniteLossError(
+                metrics_path.parent, epoch, int(state.step) + bad + 1, losses[bad], last_good
             )
-            warnings.warn(stop_reason, RuntimeWarning, stacklevel=2)
-            bar.write(f"Stopped: {stop_reason}")
-            break
         state = new_state
         val_m = step_lib.evaluate(
             eval_state(state),

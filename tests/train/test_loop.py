@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxreg.train.checkpoint import Checkpointer
-from jaxreg.train.loop import train_and_evaluate
+from jaxreg.train.loop import NonFiniteLossError, train_and_evaluate
 from tests.train.conftest import tiny_config
 
 
@@ -62,21 +62,31 @@ def test_resume_refuses_a_different_config(tmp_path, digits_small):
         train_and_evaluate(tiny_config(epochs=2, learning_rate=0.1), tmp_path, data=digits_small)
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, digits_small):
+def _poison(key, images, soft):  # every batch becomes NaN
+    return images * jnp.float32(jnp.nan), soft
+
+
+def test_non_finite_loss_raises_and_keeps_the_last_good_checkpoint(tmp_path, digits_small):
     train_and_evaluate(tiny_config(epochs=2), tmp_path, data=digits_small)
-
-    def poison(key, images, soft):  # every batch becomes NaN
-        return images * jnp.float32(jnp.nan), soft
-
-    with pytest.warns(RuntimeWarning, match="non-finite loss"):
-        r = train_and_evaluate(tiny_config(epochs=4), tmp_path, data=digits_small, mix_fn=poison)
+    before = (tmp_path / "results.json").read_text()
+    with pytest.raises(NonFiniteLossError, match="checkpoint of epoch 2 is kept") as err:
+        train_and_evaluate(tiny_config(epochs=4), tmp_path, data=digits_small, mix_fn=_poison)
     steps_per_epoch = 120 // 30
-    assert f"at step {2 * steps_per_epoch + 1}" in r["stop_reason"]
-    assert r["epochs_run"] == 2 and np.isfinite(r["test_loss"])
+    e = err.value
+    assert (e.epoch, e.step, e.last_good_epoch) == (3, 2 * steps_per_epoch + 1, 2)
+    assert not np.isfinite(e.value)
+    assert (tmp_path / "results.json").read_text() == before  # nothing evaluated or reported
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with Checkpointer(tmp_path / "checkpoints") as ck:
             assert ck.latest_step() == 2
+
+
+def test_non_finite_loss_in_the_first_epoch_names_no_checkpoint(tmp_path, digits_small):
+    with pytest.raises(NonFiniteLossError, match="no checkpoint was saved") as err:
+        train_and_evaluate(tiny_config(epochs=2), tmp_path, data=digits_small, mix_fn=_poison)
+    assert err.value.last_good_epoch is None and err.value.epoch == 1
+    assert "epoch 0" not in str(err.value)
 
 
 def test_early_stopping_restores_the_best_epoch(tmp_path, digits_small):
@@ -97,7 +107,7 @@ def test_bad_config_is_rejected_before_training(tmp_path, digits_small):
         train_and_evaluate(tiny_config(monitor="test_accuracy"), tmp_path, data=digits_small)
     with pytest.raises(ValueError, match="batch_size"):
         train_and_evaluate(tiny_config(batch_size=1000), tmp_path, data=digits_small)
-    with pytest.raises(ValueError, match="unknown model"):
+    with pytest.raises(ValueError, match="'model' must be one of"):
         train_and_evaluate(tiny_config(model="nope"), tmp_path, data=digits_small)
 
 

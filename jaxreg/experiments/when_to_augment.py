@@ -548,7 +548,7 @@ def run(config: ConfigDict, workdir: str) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     splits = data_lib.load_splits(config.data)
     table, details, figures, texts, out = [], [], [], [], {}
-    with experiment.compile_cache(workdir, use_cache):
+    with experiment.compile_cache(use_cache):
         if "a" in parts:
             rows, t, f, v = _part_a(
                 config, workdir / "a_size", splits, seeds, sizes, spec, min_steps

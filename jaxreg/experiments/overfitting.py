@@ -139,7 +139,7 @@ def run(config: ConfigDict, workdir: str) -> dict:
         f"overfitting: {len(names)} variants x {len(seeds)} seeds, {config.epochs} epochs on "
         f"{config.train_per_class} per class"
     )
-    with experiment.compile_cache(workdir, use_cache):
+    with experiment.compile_cache(use_cache):
         rows = experiment.run_variants(
             config, workdir, {n: overrides[n] for n in names}, seeds=seeds, data_fn=data_fn
         )

@@ -98,7 +98,9 @@ def get_config() -> ConfigDict:
     c.variants = ""  # comma-separated single augmentations (see SINGLES); "" = the default set
     c.combos = "digits,top2,top3"  # fixed preset and combinations of the best singles on val
     c.min_steps = 240  # every run takes at least this many optimizer steps
-    c.compile_cache = True  # persistent XLA cache next to workdir: seeds reuse compiled programs
+    c.compile_cache = (
+        True  # persistent XLA cache (~/.cache/jaxreg/xla): seeds reuse compiled programs
+    )
     return c
 
 
@@ -165,7 +167,7 @@ def run(config: ConfigDict, workdir: str) -> dict:
     splits = data_lib.load_splits(config.data)
     rows: list[dict] = []
     settings: dict[tuple[int, str], str] = {}
-    with experiment.compile_cache(workdir, use_cache):
+    with experiment.compile_cache(use_cache):
         for size in sizes:
             data_fn = experiment.subset_data_fn(splits, size)  # subset k for seed k, all variants
             epochs = experiment.epochs_for(

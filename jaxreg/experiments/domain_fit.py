@@ -195,7 +195,7 @@ def run(config: ConfigDict, workdir: str) -> dict:
         f"domain_fit: {len(names)} variants x {len(seeds)} seeds, {n_train} training images, "
         f"{config.epochs} epochs"
     )
-    with experiment.compile_cache(workdir, use_cache):
+    with experiment.compile_cache(use_cache):
         rows = experiment.run_variants_with_predictions(
             config,
             workdir,

@@ -166,7 +166,7 @@ def run(config: ConfigDict, workdir: str) -> dict:
 
     rows, curve, stop_note = [], [], ""
     best_k, best_val, bad = None, -math.inf, 0
-    with experiment.compile_cache(workdir, use_cache):
+    with experiment.compile_cache(use_cache):
         for k in copies:
             n = n_real * (k + 1)
             print(
