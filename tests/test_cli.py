@@ -90,6 +90,35 @@ def test_bad_input_gives_a_clear_error(argv, needle, capsys, tmp_path):
     assert err.startswith("jaxreg: error:") and needle in err
 
 
+def test_experiments_come_only_from_jaxreg_or_an_explicit_path(tmp_path, monkeypatch, capsys):
+    """A file named like an experiment in the current folder (or a folder named by an
+    environment variable, or another package's `experiments/`) is never executed by name."""
+    marker = tmp_path / "planted_ran"
+    planted = tmp_path / "experiments"
+    planted.mkdir()
+    evil = f"open({str(marker)!r}, 'w').write('ran')\ndef get_config():\n    raise SystemExit\n"
+    for name in ("evil", "main"):
+        (planted / f"{name}.py").write_text(evil)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("JAXREG_EXPERIMENTS", str(planted))
+    assert cli.main(["run", "evil", "--workdir", str(tmp_path / "w")]) == 2
+    assert "unknown experiment 'evil'" in capsys.readouterr().err
+    assert cli.load_module("main").__name__ == "jaxreg.experiments.main"
+    assert not marker.exists()
+    assert "evil" not in cli.list_experiments()
+    # A path the user names explicitly is theirs to run.
+    cli.load_module(str(planted / "evil.py"))
+    assert marker.exists()
+
+
+def test_a_diverged_run_exits_non_zero_with_one_clear_message(tmp_path):
+    cfg = _write_config(tmp_path, epochs=3)
+    out = _cli("run", str(cfg), "--workdir", str(tmp_path / "w"), "--config.learning_rate=1e30")
+    assert out.returncode == 1, out.stdout[-2000:]
+    assert "jaxreg: error: training diverged: non-finite loss" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def _final_params(workdir: Path):
     from jaxreg.train.checkpoint import Checkpointer
 

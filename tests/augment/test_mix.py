@@ -143,3 +143,25 @@ def test_mixup_or_cutmix_extremes():
 def test_bad_arguments(call, err):
     with pytest.raises(err):
         call()
+
+
+@pytest.mark.parametrize("op", [A.mixup, A.cutmix, A.mixup_or_cutmix])
+def test_labels_outside_the_classes_are_rejected_when_concrete(op):
+    xs = images(4, 8, 8, 3)
+    kw = {"num_classes": 3} | ({} if op is A.mixup_or_cutmix else {"alpha": 1.0})
+    with pytest.raises(
+        ValueError, match=r"class ids in \[0, num_classes=3\); got values in \[0, 3\]"
+    ):
+        op(key(0), xs, jnp.array([0, 1, 2, 3]), **kw)
+    with pytest.raises(ValueError, match=r"got values in \[-1, 2\]"):
+        op(key(0), xs, jnp.array([0, 1, 2, -1]), **kw)
+    # Inside jit the labels are traced and cannot be checked; that is documented.
+    out = jax.jit(functools.partial(op, **kw))(key(0), xs, jnp.array([0, 1, 2, 2]))
+    assert out[1].shape == (4, 3)
+
+
+@pytest.mark.parametrize("op", [A.mixup, A.cutmix, A.mixup_or_cutmix])
+def test_a_batch_of_one_is_an_error_not_a_silent_identity(op):
+    kw = {"num_classes": 3} | ({} if op is A.mixup_or_cutmix else {"alpha": 1.0})
+    with pytest.raises(ValueError, match="at least 2 examples"):
+        op(key(0), images(1, 8, 8, 3), jnp.array([1]), **kw)

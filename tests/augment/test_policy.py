@@ -171,3 +171,21 @@ def test_batch_equals_vmap_on_split_keys():
     for fn in (A.from_spec("cifar+jitter+noise(sigma=0.1,p=0.5)+cutout(size=3)"),):
         ref = jax.vmap(fn)(jax.random.split(key(5), 4), xs)
         np.testing.assert_allclose(jax.jit(A.batch(fn))(key(5), xs), ref, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("rotate(max_degrees='x')", r"max_degrees='x' of 'rotate' must be float"),
+        ("crop(padding=4.5)", r"padding=4.5 of 'crop' must be int"),
+        ("noise(sigma='a')", r"sigma='a' of 'noise' must be"),
+        ("jitter(brightness='lots')", r"brightness='lots' of 'jitter'"),
+        ("cutout(size='big')", r"size='big' of 'cutout' must be"),
+        ("rand_augment(n='2')", r"n='2' of 'rand_augment' must be int"),
+        ("hflip(p='often')", r"p='often' of 'hflip' must be float"),
+        ("jpeg(chroma_subsampling=1)", r"chroma_subsampling=1 of 'jpeg' must be bool"),
+    ],
+)
+def test_option_types_are_checked_when_the_spec_is_parsed(spec, match):
+    with pytest.raises(TypeError, match=match):
+        A.from_spec(spec)  # no image, no tracing: the spec alone is rejected

@@ -1,6 +1,7 @@
 """train_and_evaluate end to end on tiny data: files, determinism, resume, NaN stop, best model."""
 
 import json
+import shutil
 import warnings
 
 import jax
@@ -8,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxreg.train.checkpoint import Checkpointer
+from jaxreg.train.checkpoint import CheckpointError, Checkpointer
 from jaxreg.train.loop import NonFiniteLossError, train_and_evaluate
 from tests.train.conftest import tiny_config
 
@@ -56,10 +57,98 @@ def test_resume_continues_to_the_same_parameters(tmp_path, digits_small):
     assert h == [1, 2, 3, 4]
 
 
-def test_resume_refuses_a_different_config(tmp_path, digits_small):
+def test_resume_refuses_a_different_config_naming_what_changed(tmp_path, digits_small):
     train_and_evaluate(tiny_config(epochs=1), tmp_path, data=digits_small)
-    with pytest.raises(ValueError, match="different config"):
+    with pytest.raises(
+        ValueError, match=r"different config \(changed: learning_rate: 0.003 -> 0.1\)"
+    ):
         train_and_evaluate(tiny_config(epochs=2, learning_rate=0.1), tmp_path, data=digits_small)
+    with pytest.raises(ValueError, match=r"augment: \"\" -> \"flip\"; seed: 0 -> 1"):
+        train_and_evaluate(
+            tiny_config(epochs=2, augment="flip", seed=1), tmp_path, data=digits_small
+        )
+    # Settings that do not change training may change on resume.
+    train_and_evaluate(tiny_config(epochs=2, restore_best=False), tmp_path, data=digits_small)
+
+
+# ----------------------------------------------------------------------------- resume and "best"
+
+# A high constant learning rate makes validation loss bounce, so the best epoch comes early.
+_BOUNCY = {"learning_rate": 0.3, "monitor": "val_loss", "monitor_mode": "min"}
+
+
+def _bouncy_reference(tmp_path, digits_small, epochs=8):
+    ref = train_and_evaluate(
+        tiny_config(epochs=epochs, **_BOUNCY), tmp_path / "ref", data=digits_small
+    )
+    assert ref["best_epoch"] < epochs - 1, "the scenario needs a best epoch before the kill"
+    return ref
+
+
+def _same_final_model(a, b):
+    assert a["best_epoch"] == b["best_epoch"]
+    for k in ("val_loss", "val_accuracy", "test_loss", "test_accuracy"):
+        assert a[k] == b[k], k
+    for x, y in zip(_params(a), _params(b)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_resume_after_the_best_epoch_restores_that_epoch(tmp_path, digits_small):
+    """A run killed after its best epoch evaluates that epoch's weights, as an unbroken run does."""
+    ref = _bouncy_reference(tmp_path, digits_small)
+    cut = ref["best_epoch"] + 1  # killed one epoch after the best
+    w = tmp_path / "w"
+    train_and_evaluate(tiny_config(epochs=cut, **_BOUNCY), w, data=digits_small)
+    resumed = train_and_evaluate(tiny_config(epochs=8, **_BOUNCY), w, data=digits_small)
+    _same_final_model(ref, resumed)
+    best = ref["history"][ref["best_epoch"] - 1]
+    assert resumed["val_loss"] == pytest.approx(best["val_loss"], rel=1e-5)
+
+
+def test_kill_between_the_latest_and_the_best_save_is_repaired(tmp_path, digits_small):
+    """`latest/` has the new best epoch, `best/` still the previous best: resume uses the new one."""
+    ref = _bouncy_reference(tmp_path, digits_small)
+    cut = ref["best_epoch"]  # no later epoch improves on it
+    w = tmp_path / "w"
+    train_and_evaluate(tiny_config(epochs=cut, **_BOUNCY), w, data=digits_small)
+    shutil.rmtree(w / "checkpoints" / "best" / str(cut))  # killed before best/cut was written
+    resumed = train_and_evaluate(tiny_config(epochs=8, **_BOUNCY), w, data=digits_small)
+    _same_final_model(ref, resumed)
+    with Checkpointer(w / "checkpoints") as ck:  # best/ was repaired on resume
+        assert ck.best_step() == cut
+
+
+def test_best_save_committed_before_the_latest_save_is_not_taken_as_best(tmp_path, digits_small):
+    """Background saves may commit `best/n` before `latest/n`; a resume from n-1 must not use n."""
+    ref = _bouncy_reference(tmp_path, digits_small)
+    losses = [h["val_loss"] for h in ref["history"]]
+    n = next(e for e in range(2, 9) if losses[e - 1] < min(losses[: e - 1]))  # an improving epoch
+    w = tmp_path / "w"
+    train_and_evaluate(tiny_config(epochs=n, **_BOUNCY), w, data=digits_small)
+    shutil.rmtree(w / "checkpoints" / "latest" / str(n))  # killed before latest/n committed
+    # Resumed at epoch n - 1 and asked to stop there: it must evaluate the best of n - 1 epochs.
+    resumed = train_and_evaluate(tiny_config(epochs=n - 1, **_BOUNCY), w, data=digits_small)
+    short = train_and_evaluate(
+        tiny_config(epochs=n - 1, **_BOUNCY), tmp_path / "s", data=digits_small
+    )
+    _same_final_model(short, resumed)
+
+
+def test_a_lost_best_checkpoint_fails_loudly_instead_of_evaluating_other_weights(
+    tmp_path, digits_small
+):
+    ref = _bouncy_reference(tmp_path, digits_small)
+    w = tmp_path / "w"
+    c = tiny_config(epochs=ref["best_epoch"] + 2, **_BOUNCY)
+    c.checkpoint.keep = 1
+    train_and_evaluate(c, w, data=digits_small)
+    shutil.rmtree(w / "checkpoints" / "best")  # e.g. a disk error took it
+    c.epochs = 8
+    with pytest.raises(CheckpointError, match=f"recorded epoch {ref['best_epoch']} as the best"):
+        train_and_evaluate(c, w, data=digits_small)
+    c.restore_best = False  # the way forward the message names
+    r = train_and_evaluate(c, w, data=digits_small)
+    assert r["epochs_run"] == 8
 
 
 def _poison(key, images, soft):  # every batch becomes NaN
