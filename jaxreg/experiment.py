@@ -20,6 +20,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from jaxreg import report
+from jaxreg.train.config import validate_config
 from jaxreg.train.loop import prepare_data, train_and_evaluate
 
 METRICS = ("val_accuracy", "test_accuracy", "test_loss", "test_ece", "best_epoch", "zero_fraction")
@@ -140,6 +141,148 @@ def epochs_for(n_train: int, batch_size: int, epochs: int, min_steps: int) -> in
     return max(int(epochs), -(-int(min_steps) // steps_per_epoch))
 
 
+def least_epochs(epochs: Any, min_steps: Any) -> Any:
+    """The fewest epochs `epochs_for` can give for any training-set size.
+
+    For checks made before the data are loaded: `epochs_for` returns `max(epochs,
+    ceil(min_steps / steps_per_epoch))`, which is at least 1 whenever `min_steps` > 0, whatever
+    the size. A training config holding this value passes `validate_config` exactly when the
+    config of every size does (only a lower bound is checked on `epochs`).
+
+    Args:
+      epochs: the configured number of epochs.
+      min_steps: the step budget, an int >= 0.
+
+    Returns:
+      `max(epochs, 1)` when `min_steps` > 0, else `epochs`; a negative or non-integer
+      `epochs` is returned as is, for validation to name.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 0:
+        return epochs
+    return max(int(epochs), 1) if int(min_steps) > 0 else int(epochs)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def shrink(config: ConfigDict, **smoke_values: Any) -> ConfigDict:
+    """A copy of `config` made smaller for a smoke run, which validation then checks as usual.
+
+    A number field (int or float, not bool) becomes `min(current, value)`: a larger value is
+    lowered to the smoke value, a smaller one the user chose is kept, and an invalid one
+    (`epochs=-1`, NaN) stays, so that validation rejects it instead of smoke mode hiding it.
+    A field holding `None` (`train_per_class`: the whole split) counts as unbounded and takes
+    the value; a number field holding a non-number is left as it is, for validation to name.
+    Every other field (a data set or model name, a bool) is set to the value.
+
+    Args:
+      config: the training config (not changed).
+      **smoke_values: key -> smoke value of the field's type; nested keys dotted, passed as
+        `**{"checkpoint.enabled": False}`.
+
+    Returns:
+      a new `ConfigDict`.
+
+    Raises:
+      ValueError: a key that `config` lacks.
+    """
+    out = ConfigDict(config.to_dict())
+    for key, value in smoke_values.items():
+        *path, field = key.split(".")
+        node = out
+        for part in path:
+            node = node[part] if isinstance(node, ConfigDict) and part in node else None
+        if not isinstance(node, ConfigDict) or field not in node:
+            raise ValueError(f"unknown config key {key!r} in smoke values")
+        current = node[field]
+        if _is_number(value) and current is not None:
+            if not _is_number(current) or not value < current:
+                continue  # already smaller, or invalid: kept for validation
+        node[field] = value
+    return out
+
+
+def _same_kind(error: Exception, message: str) -> Exception:
+    """A `TypeError` for a type error, else a `ValueError`, with `message`."""
+    return (TypeError if isinstance(error, TypeError) else ValueError)(message)
+
+
+def check_spec(key: str, spec: Any, *, mix: bool = False) -> None:
+    """Builds an augmentation spec string of an experiment's config; errors name the key.
+
+    Args:
+      key: the config key holding the spec (e.g. `"augment_spec"`), named in errors.
+      spec: the spec string (`jaxreg.augment.from_spec`, or `mix_from_spec` with `mix`).
+      mix: whether `spec` is a mixing spec.
+
+    Raises:
+      TypeError: `spec` is not a string.
+      ValueError: the spec does not build (unknown name, bad options).
+    """
+    if not isinstance(spec, str):
+        raise TypeError(f"config key {key!r} must be a spec string, got {spec!r}")
+    from jaxreg import augment
+
+    build = augment.mix_from_spec if mix else augment.from_spec
+    try:
+        build(spec)
+    except (ValueError, TypeError) as e:
+        raise _same_kind(e, f"config key {key!r}: {e}") from None
+
+
+def check_int(value: Any, *, name: str, minimum: int | None = None) -> int:
+    """`value` as an int after checking it is an int >= `minimum`; errors name config key `name`.
+
+    Raises:
+      TypeError: not an integer (bools are rejected).
+      ValueError: below `minimum` (`None`: no lower bound).
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"config key {name!r} must be an int, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"config key {name!r} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_real(
+    value: Any,
+    *,
+    name: str,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    strict: bool = False,
+) -> float:
+    """`value` as a float after checking it is a finite number in range; errors name `name`.
+
+    Args:
+      value: the config value.
+      name: the config key, named in errors.
+      minimum: the lowest allowed value (`None`: no lower bound).
+      maximum: the highest allowed value, included (`None`: no upper bound).
+      strict: whether `minimum` itself is excluded.
+
+    Returns:
+      the value as a float.
+
+    Raises:
+      TypeError: not a real number (bools are rejected).
+      ValueError: not finite, or out of range.
+    """
+    if not _is_number(value):
+        raise TypeError(f"config key {name!r} must be a number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"config key {name!r} must be a finite number, got {value!r}")
+    if minimum is not None and (v < minimum or (strict and v == minimum)):
+        raise ValueError(
+            f"config key {name!r} must be {'>' if strict else '>='} {minimum}, got {v}"
+        )
+    if maximum is not None and v > maximum:
+        raise ValueError(f"config key {name!r} must be <= {maximum}, got {v}")
+    return v
+
+
 # ----------------------------------------------------------------------------- compile cache
 
 
@@ -197,12 +340,69 @@ def variant_config(base: ConfigDict, overrides: Mapping[str, Any], seed: int) ->
         node = c
         parts = key.split(".")
         for part in parts[:-1]:
-            node = node[part]
-        if parts[-1] not in node:
+            node = node[part] if isinstance(node, ConfigDict) and part in node else None
+        if not isinstance(node, ConfigDict) or parts[-1] not in node:
             raise ValueError(f"unknown config key {key!r} in variant overrides")
         node[parts[-1]] = value
     c.seed = int(seed)
     return c
+
+
+def validate_variants(
+    base: ConfigDict, variants: Mapping[str, Mapping[str, Any]], *, seed: int = 0
+) -> None:
+    """Builds every variant's training config and validates it, before anything trains.
+
+    Each config is `variant_config(base, overrides, seed)`, checked by
+    `jaxreg.train.config.validate_config` (ranges, names, spec strings built). The seed only
+    sets `config.seed`, so one seed checks every run of a variant.
+
+    Args:
+      base: the experiment's base training config.
+      variants: name -> config overrides (dotted keys allowed).
+      seed: the seed set in the checked configs.
+
+    Raises:
+      ValueError, TypeError: the first bad variant; the message names the variant and the key
+        (`"variant 'rot': config key 'augment': unknown augmentation ..."`).
+    """
+    if not isinstance(variants, Mapping):
+        raise TypeError(f"variants must map names to overrides, got {type(variants).__name__}")
+    for name, overrides in variants.items():
+        try:
+            if not isinstance(overrides, Mapping):
+                raise TypeError(f"overrides must be a mapping, got {type(overrides).__name__}")
+            validate_config(variant_config(base, overrides, seed))
+        except (ValueError, TypeError) as e:
+            raise _same_kind(e, f"variant {name!r}: {e}") from None
+
+
+def validate_with_smoke(config: ConfigDict, check: Callable[[ConfigDict], None]) -> None:
+    """Runs an experiment's `check(config)`; for a smoke run, also on the config as given.
+
+    Smoke settings lower numbers with `shrink` (an invalid value stays invalid) but replace a
+    few values outright (a data set, a model, a learning rate, a spec string, a list of sizes).
+    Checking the config once more with `smoke` off makes sure that a value the user gave is
+    valid even where the smoke run does not use it.
+
+    Args:
+      config: the experiment's whole config (experiment keys included).
+      check: raises `ValueError` or `TypeError` for a bad config; changes nothing.
+
+    Raises:
+      ValueError, TypeError: from `check`; an error of the second check says the value was
+        checked as given.
+    """
+    check(config)
+    if "smoke" in config and bool(config.smoke):
+        given = ConfigDict(config.to_dict())
+        given.smoke = False
+        try:
+            check(given)
+        except (ValueError, TypeError) as e:
+            raise _same_kind(
+                e, f"{e} (checked as given: smoke mode replaces the value, but it must be valid)"
+            ) from None
 
 
 def run_variants(
@@ -220,7 +420,8 @@ def run_variants(
     """Trains every variant with every seed; returns one row per (variant, seed).
 
     Each run lives in `workdir/<variant>/seed<k>` (so a killed experiment resumes where it
-    stopped: finished runs are read back from their `results.json`).
+    stopped: finished runs are read back from their `results.json`). Every variant's config is
+    validated (`validate_variants`) before the first run trains.
 
     Args:
       base: the experiment's base config.
@@ -235,7 +436,11 @@ def run_variants(
 
     Returns:
       list of dicts: `variant`, `seed` and the `METRICS` plus `extra` results.
+
+    Raises:
+      ValueError, TypeError: a variant's config is invalid (before anything trains).
     """
+    validate_variants(base, variants, seed=next(iter(seeds), 0))
     workdir = Path(workdir)
     rows = []
     for name, seed, c, folder in _runs(base, workdir, variants, seeds):
@@ -275,7 +480,7 @@ def run_variants_with_predictions(
 
     Each run stores `predictions.npz` (the predicted class per example of `val`, `test`
     and every `extra_eval` set, int16) next to its `results.json`; a re-run reads both back
-    instead of training again.
+    instead of training again. Every variant's config is validated first.
 
     Args:
       base: the experiment's base config.
@@ -290,9 +495,13 @@ def run_variants_with_predictions(
       list of dicts, one per (variant, seed): `variant`, `seed`, the `METRICS`,
       `extra` (a dict, possibly empty), `train_size`, `pred` and `labels` (set name ->
       int array of shape `(N,)` for val, test and every `extra_eval` set).
+
+    Raises:
+      ValueError, TypeError: a variant's config is invalid (before anything trains).
     """
     from jaxreg.train.step import predict
 
+    validate_variants(base, variants, seed=next(iter(seeds), 0))
     workdir = Path(workdir)
     rows = []
     for name, seed, c, folder in _runs(base, workdir, variants, seeds):

@@ -15,6 +15,7 @@ from sklearn import metrics as skm
 
 from jaxreg import experiment
 from jaxreg.data import Dataset
+from jaxreg.train.config import default_config
 
 
 def _rows(values):
@@ -100,6 +101,115 @@ def test_epochs_for_rejects_out_of_range(arg, args):
 
 def test_run_dir_layout():
     assert experiment.run_dir("out", "rotate", np.int64(2)).as_posix() == "out/rotate/seed2"
+
+
+def test_least_epochs_is_the_fewest_epochs_for_can_give():
+    for epochs, min_steps in ((0, 240), (12, 240), (0, 0), (5, 0), (3, 1)):
+        want = experiment.least_epochs(epochs, min_steps)
+        assert want == min(
+            experiment.epochs_for(n, 32, epochs, min_steps) for n in (0, 100, 10**6, 10**9)
+        )
+    assert experiment.least_epochs(-1, 240) == -1  # left for validation to reject
+    assert experiment.least_epochs(2.5, 240) == 2.5
+
+
+# ----------------------------------------------------------------------------- smoke and validation
+
+
+def test_shrink_lowers_larger_values_and_keeps_smaller_and_invalid_ones():
+    c = default_config()
+    c.epochs, c.batch_size, c.learning_rate = 30, 4, float("nan")
+    small = {
+        "epochs": 2,
+        "batch_size": 20,
+        "learning_rate": 1e-3,
+        "train_per_class": 10,
+        "data": "digits",
+        "model": "tiny",
+        "progress": False,
+        "checkpoint.enabled": False,
+    }
+    out = experiment.shrink(c, **small)
+    assert out is not c and isinstance(out, type(c))
+    assert out.epochs == 2  # larger: lowered to the smoke value
+    assert out.batch_size == 4  # the user's smaller value is kept
+    assert math.isnan(out.learning_rate)  # invalid: kept, for validation to reject
+    assert out.train_per_class == 10  # None (the whole split) counts as unbounded
+    assert (out.data, out.model, out.progress, out.checkpoint.enabled) == (
+        "digits",
+        "tiny",
+        False,
+        False,
+    )
+    c.epochs = -1
+    assert experiment.shrink(c, epochs=2).epochs == -1
+    # the argument is not changed
+    assert (c.epochs, c.batch_size, c.data, c.train_per_class) == (-1, 4, "mnist5k", None)
+    assert c.checkpoint.enabled is True and c.progress is True
+    with pytest.raises(ValueError, match="'no_such'"):
+        experiment.shrink(c, no_such=1)
+    with pytest.raises(ValueError, match=r"'checkpoint\.nope'"):
+        experiment.shrink(c, **{"checkpoint.nope": 1})
+
+
+def test_validate_variants_names_the_bad_variant_and_key():
+    base = default_config()
+    experiment.validate_variants(base, {"none": {}, "rot": {"augment": "rotate"}}, seed=3)
+    with pytest.raises(ValueError, match=r"variant 'bad': config key 'augment': .*nosuchop"):
+        experiment.validate_variants(base, {"none": {}, "bad": {"augment": "nosuchop"}})
+    with pytest.raises(ValueError, match=r"variant 'mixed': config key 'mix'"):
+        experiment.validate_variants(base, {"mixed": {"mix": "mixup(alpha=-1)"}})
+    with pytest.raises(ValueError, match=r"variant 'neg': config key 'early_stopping.patience'"):
+        experiment.validate_variants(base, {"neg": {"early_stopping.patience": -1}})
+    with pytest.raises(ValueError, match=r"variant 'x': unknown config key 'no.such'"):
+        experiment.validate_variants(base, {"x": {"no.such": 1}})
+    with pytest.raises(TypeError, match=r"variant 'typed'"):
+        experiment.validate_variants(base, {"typed": {"dropout": "high"}})
+    bad_base = default_config()
+    bad_base.epochs = -1
+    with pytest.raises(ValueError, match=r"variant 'none': config key 'epochs' must be >= 1"):
+        experiment.validate_variants(bad_base, {"none": {}})
+
+
+def test_validate_with_smoke_also_checks_the_config_as_given():
+    from ml_collections import ConfigDict
+
+    seen = []
+
+    def check(c):
+        seen.append(bool(c.smoke))
+        if c.lr <= 0 and not c.smoke:
+            raise ValueError("config key 'lr' must be > 0")
+
+    experiment.validate_with_smoke(ConfigDict({"smoke": False, "lr": 1.0}), check)
+    assert seen == [False]
+    with pytest.raises(ValueError, match=r"'lr'.*checked as given"):
+        experiment.validate_with_smoke(ConfigDict({"smoke": True, "lr": -1.0}), check)
+
+
+def test_check_spec_int_and_real_name_the_key():
+    experiment.check_spec("policy", "digits+shear(max_degrees=8)")
+    experiment.check_spec("mix_spec", "mixup(alpha=0.2)", mix=True)
+    with pytest.raises(ValueError, match="config key 'policy': unknown augmentation 'nope'"):
+        experiment.check_spec("policy", "nope")
+    with pytest.raises(ValueError, match="config key 'mix_spec'"):
+        experiment.check_spec("mix_spec", "rotate", mix=True)
+    with pytest.raises(TypeError, match="config key 'policy' must be a spec string"):
+        experiment.check_spec("policy", None)
+    assert experiment.check_int(np.int64(3), name="steps", minimum=0) == 3
+    assert experiment.check_int(-5, name="key") == -5
+    with pytest.raises(ValueError, match="config key 'steps' must be >= 0, got -1"):
+        experiment.check_int(-1, name="steps", minimum=0)
+    with pytest.raises(TypeError, match="config key 'steps'"):
+        experiment.check_int(True, name="steps", minimum=0)
+    assert experiment.check_real(3, name="f", minimum=1.0) == 3.0
+    for bad, kind in ((float("nan"), ValueError), (0.5, ValueError), ("2", TypeError)):
+        with pytest.raises(kind, match="config key 'f'"):
+            experiment.check_real(bad, name="f", minimum=1.0)
+    with pytest.raises(ValueError, match="config key 'q' must be <= 100"):
+        experiment.check_real(101, name="q", maximum=100.0)
+    with pytest.raises(ValueError, match="config key 's' must be > 0"):
+        experiment.check_real(0.0, name="s", minimum=0.0, strict=True)
 
 
 # ----------------------------------------------------------------------------- paired statistics
@@ -290,9 +400,7 @@ def _finished_run(folder, **results):
 
 
 def test_run_variants_reads_finished_runs_back(tmp_path):
-    from ml_collections import ConfigDict
-
-    base = ConfigDict({"seed": 0, "augment": ""})
+    base = default_config()  # a whole training config: run_variants validates every variant
     for seed, acc in ((0, 0.5), (1, 0.7)):
         _finished_run(
             tmp_path / "rot" / f"seed{seed}",
@@ -322,9 +430,7 @@ def test_run_variants_reads_finished_runs_back(tmp_path):
 
 
 def test_run_variants_with_predictions_reads_predictions_back(tmp_path):
-    from ml_collections import ConfigDict
-
-    base = ConfigDict({"seed": 0})
+    base = default_config()
     val, test = _dataset(name="v"), _dataset(name="t")
     folder = tmp_path / "none" / "seed3"
     _finished_run(folder, val_accuracy=0.9, test_accuracy=0.8, train_size=12)
@@ -344,6 +450,34 @@ def test_run_variants_with_predictions_reads_predictions_back(tmp_path):
     assert row["train_size"] == 12 and row["extra"] == {} and row["val_accuracy"] == 0.9
     np.testing.assert_array_equal(row["pred"]["test"], preds["test"])
     np.testing.assert_array_equal(row["labels"]["val"], val.labels)
+
+
+def _tiny_config():
+    c = default_config()
+    c.data, c.model, c.train_per_class, c.epochs, c.batch_size = "digits", "tiny", 5, 1, 25
+    c.progress = False
+    c.checkpoint.enabled = False
+    return c
+
+
+def test_run_variants_validates_every_variant_before_the_first_run(tmp_path):
+    variants = {"none": {}, "bad": {"augment": "nosuchop"}}
+    with pytest.raises(ValueError, match="variant 'bad': config key 'augment'"):
+        experiment.run_variants(_tiny_config(), tmp_path, variants, seeds=(0,), log=print)
+    assert list(tmp_path.iterdir()) == []  # not even the first variant trained
+
+
+def test_run_variants_with_predictions_validates_before_the_first_run(tmp_path):
+    from jaxreg.train.loop import prepare_data
+
+    config = _tiny_config()
+    data = prepare_data(config)
+    variants = {"none": {}, "bad": {"epochs": 0}}
+    with pytest.raises(ValueError, match="variant 'bad': config key 'epochs'"):
+        experiment.run_variants_with_predictions(
+            config, tmp_path, variants, seeds=(0,), data_fn=lambda c, s: data, log=print
+        )
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_write_report_writes_summary_and_logs(tmp_path):

@@ -29,6 +29,7 @@ t-interval of the paired per-seed difference excludes 0.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -39,7 +40,7 @@ from ml_collections import ConfigDict
 
 from jaxreg import data as data_lib
 from jaxreg import experiment, report
-from jaxreg.train.config import default_config
+from jaxreg.train.config import default_config, validate_config
 
 BASELINE = "none"
 
@@ -137,13 +138,30 @@ def _describe(aug: str, mix: str) -> str:
     return " | ".join(p for p in (aug, f"mix: {mix}" if mix else "") if p) or "-"
 
 
-def run(config: ConfigDict, workdir: str) -> dict:
-    """Trains every (size, variant, seed); writes the table, bar plots and the verdict."""
-    t0 = time.perf_counter()
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What `run` trains: the base config, seeds, sizes, singles and combinations."""
+
+    config: ConfigDict  # the training config (experiment keys removed, smoke settings applied)
+    seeds: tuple[int, ...]
+    sizes: tuple[int, ...]  # training images per class
+    singles: tuple[str, ...]  # the selected single augmentations, the baseline first
+    combos: tuple[str, ...]  # PRESET, "top2", "top3": run after the singles
+    min_steps: int
+    use_cache: bool
+    variants: dict[str, dict[str, str]]  # single name -> {"augment": ..., "mix": ...}
+
+
+def _plan(config: ConfigDict) -> _Plan:
+    """Parses `config` into what `run` trains; trains, loads and writes nothing."""
     config = ConfigDict(config.to_dict())
     smoke = bool(config.smoke)
     seeds = experiment.parse_seeds(config.seeds)
     sizes = experiment.int_tuple(config.sizes, name="sizes")
+    if not sizes:
+        raise ValueError("config key 'sizes' must name at least one size")
+    for size in sizes:
+        experiment.check_int(size, name="sizes", minimum=1)
     singles = experiment.select_variants(
         config.variants,
         allowed=SINGLES,
@@ -154,20 +172,70 @@ def run(config: ConfigDict, workdir: str) -> dict:
     bad = [c for c in combos if c not in (PRESET, "top2", "top3")]
     if bad:
         raise ValueError(f"unknown combos {bad}; allowed: {PRESET}, top2, top3")
-    min_steps, use_cache = int(config.min_steps), bool(config.compile_cache)
+    min_steps = experiment.check_int(config.min_steps, name="min_steps", minimum=0)
+    use_cache = bool(config.compile_cache)
     for key in EXPERIMENT_KEYS:
         del config[key]
     if smoke:
-        config.data, config.model, config.epochs, config.batch_size = "digits", "tiny", 2, 20
-        config.learning_rate = 3e-3
-        seeds, sizes, min_steps = seeds[:2], (10,), 0
+        config = experiment.shrink(config, data="digits", model="tiny", epochs=2, batch_size=20)
+        config.learning_rate = 3e-3  # a smoke setting, not a shrink (above the default)
+        seeds, sizes, min_steps = seeds[:2], (10,), min(min_steps, 0)
         combos = tuple(c for c in combos if c == PRESET) or (PRESET,)
+    variants = {n: {"augment": SINGLES[n][0], "mix": SINGLES[n][1]} for n in singles}
+    return _Plan(config, seeds, sizes, singles, combos, min_steps, use_cache, variants)
+
+
+def _check(plan: _Plan) -> None:
+    # Every size trains for epochs_for(size * classes, ...) epochs, known once the data are
+    # loaded; the fewest it can be stands in for them (see experiment.least_epochs).
+    base = experiment.variant_config(
+        plan.config,
+        {"epochs": experiment.least_epochs(plan.config.epochs, plan.min_steps)},
+        plan.config.seed,
+    )
+    validate_config(base)
+    variants = dict(plan.variants)
+    if PRESET in plan.combos:
+        variants[PRESET] = {"augment": PRESET, "mix": ""}
+    if any(c != PRESET for c in plan.combos):
+        # top2/top3 are picked from the singles after they ran (and checked again then, by
+        # run_variants); what can be known now is that the singles combine: all their augment
+        # specs joined, with the first mix, as `_combine` joins any subset of them.
+        aug, mix = _combine(plan.singles)
+        variants["top-k (every selected single combined)"] = {"augment": aug, "mix": mix}
+    experiment.validate_variants(base, variants, seed=plan.seeds[0])
+
+
+def validate(config: ConfigDict) -> None:
+    """Checks what `run` would train, before anything trains or is written.
+
+    The base config and the config of every selected single augmentation and of the preset,
+    for every size (its epochs stand in by the fewest `epochs_for` can give); after the smoke
+    settings (which only lower numbers, so an invalid value stays invalid) and once more as
+    given. The `top2`/`top3` combinations are made from the singles with the best validation
+    gain, known only after the singles ran: here the singles' specs are checked to combine
+    (all of them joined, with the first mix op, as `_combine` joins any subset), and
+    `run_variants` checks the picked combinations again before they train.
+
+    Raises:
+      ValueError, TypeError: a bad value; the message names the config key (and the variant).
+    """
+    experiment.validate_with_smoke(config, lambda c: _check(_plan(c)))
+
+
+def run(config: ConfigDict, workdir: str) -> dict:
+    """Trains every (size, variant, seed); writes the table, bar plots and the verdict."""
+    t0 = time.perf_counter()
+    validate(config)
+    plan = _plan(config)
+    config, seeds, sizes = plan.config, plan.seeds, plan.sizes
+    singles, combos, min_steps = plan.singles, plan.combos, plan.min_steps
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     splits = data_lib.load_splits(config.data)
     rows: list[dict] = []
     settings: dict[tuple[int, str], str] = {}
-    with experiment.compile_cache(use_cache):
+    with experiment.compile_cache(plan.use_cache):
         for size in sizes:
             data_fn = experiment.subset_data_fn(splits, size)  # subset k for seed k, all variants
             epochs = experiment.epochs_for(
@@ -179,9 +247,8 @@ def run(config: ConfigDict, workdir: str) -> dict:
             base = ConfigDict(config.to_dict())
             base.epochs = epochs
             print(f"augmentation_ablation: {size} per class, {epochs} epochs, seeds {list(seeds)}")
-            variants = {n: {"augment": SINGLES[n][0], "mix": SINGLES[n][1]} for n in singles}
             size_rows = experiment.run_variants(
-                base, workdir / f"n{size}", variants, seeds=seeds, data_fn=data_fn
+                base, workdir / f"n{size}", plan.variants, seeds=seeds, data_fn=data_fn
             )
             for n in singles:
                 settings[(size, n)] = _describe(*SINGLES[n])

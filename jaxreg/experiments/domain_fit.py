@@ -28,8 +28,10 @@ predictions (`jaxreg.train.predict`), summed over seeds.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from ml_collections import ConfigDict
@@ -37,7 +39,7 @@ from ml_collections import ConfigDict
 from jaxreg import data as data_lib
 from jaxreg import experiment
 from jaxreg.experiment import effect, format_pm, join_names
-from jaxreg.train.config import default_config
+from jaxreg.train.config import default_config, validate_config
 
 BASELINE = "none"
 GEOMETRIC = ("digits", "rotate_large", "hflip", "vflip")
@@ -157,9 +159,23 @@ def corrupt_test_set(
 # ----------------------------------------------------------------------------- run
 
 
-def run(config: ConfigDict, workdir: str) -> dict:
-    """Trains every variant and seed; evaluates on clean and corrupted test sets; reports."""
-    t0 = time.perf_counter()
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What `run` trains: the base config, seeds, variants and the corrupted test set's settings."""
+
+    config: ConfigDict  # the training config (experiment keys removed, smoke settings applied)
+    seeds: tuple[int, ...]
+    names: tuple[str, ...]  # the selected variants, the baseline first
+    degrade_spec: str  # as given (a smoke run trains a lighter one)
+    specs: dict[str, str]  # variant -> augment spec
+    corruption: dict[str, Any]  # keyword arguments of `corrupt_test_set`
+    min_steps: int
+    use_cache: bool
+    variants: dict[str, dict[str, str]]  # name -> {"augment": spec}
+
+
+def _plan(config: ConfigDict) -> _Plan:
+    """Parses `config` into what `run` trains; trains, loads and writes nothing."""
     config = ConfigDict(config.to_dict())
     smoke = bool(config.smoke)
     seeds = experiment.parse_seeds(config.seeds)
@@ -169,17 +185,81 @@ def run(config: ConfigDict, workdir: str) -> dict:
         baseline=BASELINE,
         default=SMOKE_VARIANTS if smoke else ALL_VARIANTS,
     )
-    specs = variant_specs(config.degrade_spec)
+    degrade_spec = config.degrade_spec
+    specs = variant_specs(degrade_spec)
     corr = dict(config.corruption)
-    min_steps, use_cache = int(config.min_steps), bool(config.compile_cache)
+    min_steps = experiment.check_int(config.min_steps, name="min_steps", minimum=0)
+    use_cache = bool(config.compile_cache)
     for key in EXPERIMENT_KEYS:
         if key in config:
             del config[key]
     if smoke:
-        config.data, config.model, config.epochs, config.batch_size = "digits", "tiny", 2, 20
-        config.train_per_class, config.learning_rate = 10, 3e-3
-        seeds, min_steps = seeds[:2], 0
+        config = experiment.shrink(
+            config, data="digits", model="tiny", epochs=2, batch_size=20, train_per_class=10
+        )
+        config.learning_rate = 3e-3  # a smoke setting, not a shrink (above the default)
+        seeds, min_steps = seeds[:2], min(min_steps, 0)
         specs = variant_specs("noise(sigma=(0.0,0.3))")  # compiles in a fraction of the time
+    variants = {n: {"augment": specs[n]} for n in names}
+    return _Plan(config, seeds, names, degrade_spec, specs, corr, min_steps, use_cache, variants)
+
+
+_CORRUPTION_KEYS = ("noise_sigma", "blur_sigma", "lowres_factor", "jpeg_quality", "key")
+
+
+def _check_corruption(corr: dict[str, Any]) -> None:
+    if sorted(corr) != sorted(_CORRUPTION_KEYS):
+        raise ValueError(
+            f"config key 'corruption' must have exactly the keys {list(_CORRUPTION_KEYS)}, "
+            f"got {sorted(corr)}"
+        )
+    experiment.check_real(corr["noise_sigma"], name="corruption.noise_sigma", minimum=0.0)
+    experiment.check_real(
+        corr["blur_sigma"], name="corruption.blur_sigma", minimum=0.0, strict=True
+    )
+    experiment.check_int(corr["lowres_factor"], name="corruption.lowres_factor", minimum=1)
+    experiment.check_real(
+        corr["jpeg_quality"], name="corruption.jpeg_quality", minimum=1.0, maximum=100.0
+    )
+    experiment.check_int(corr["key"], name="corruption.key")
+
+
+def _check(plan: _Plan) -> None:
+    experiment.check_spec("degrade_spec", plan.degrade_spec)
+    _check_corruption(plan.corruption)
+    # The epochs follow from the training-set size (epochs_for), known once the data are
+    # loaded; the fewest they can be stands in for them (see experiment.least_epochs).
+    base = experiment.variant_config(
+        plan.config,
+        {"epochs": experiment.least_epochs(plan.config.epochs, plan.min_steps)},
+        plan.config.seed,
+    )
+    validate_config(base)
+    experiment.validate_variants(base, plan.variants, seed=plan.seeds[0])
+
+
+def validate(config: ConfigDict) -> None:
+    """Checks every training config `run` would train, before anything trains or is written.
+
+    `degrade_spec` is built (`jaxreg.augment.from_spec`; also in a smoke run, which trains a
+    lighter one), the corrupted test set's settings checked, then the base config and every
+    selected variant's config (the epochs, which follow from the training-set size, stand in
+    by the fewest `epochs_for` can give); after the smoke settings (which only lower numbers,
+    so an invalid value stays invalid) and once more as given.
+
+    Raises:
+      ValueError, TypeError: a bad value; the message names the config key (and the variant).
+    """
+    experiment.validate_with_smoke(config, lambda c: _check(_plan(c)))
+
+
+def run(config: ConfigDict, workdir: str) -> dict:
+    """Trains every variant and seed; evaluates on clean and corrupted test sets; reports."""
+    t0 = time.perf_counter()
+    validate(config)
+    plan = _plan(config)
+    config, seeds, names, specs = plan.config, plan.seeds, plan.names, plan.specs
+    corr, min_steps = plan.corruption, plan.min_steps
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     splits = data_lib.load_splits(config.data)
@@ -195,11 +275,11 @@ def run(config: ConfigDict, workdir: str) -> dict:
         f"domain_fit: {len(names)} variants x {len(seeds)} seeds, {n_train} training images, "
         f"{config.epochs} epochs"
     )
-    with experiment.compile_cache(use_cache):
+    with experiment.compile_cache(plan.use_cache):
         rows = experiment.run_variants_with_predictions(
             config,
             workdir,
-            {n: {"augment": specs[n]} for n in names},
+            plan.variants,
             seeds=seeds,
             data_fn=data_fn,
             extra_eval=extra,

@@ -29,6 +29,7 @@ amounts without an improvement above `min_delta`; the test split chooses nothing
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -40,7 +41,7 @@ from ml_collections import ConfigDict
 from jaxreg import data as data_lib
 from jaxreg import experiment, report
 from jaxreg.experiment import format_pm
-from jaxreg.train.config import default_config
+from jaxreg.train.config import default_config, validate_config
 
 EXPERIMENT_KEYS = (
     "seeds",
@@ -118,26 +119,85 @@ def make_copies(train: data_lib.Dataset, policy: str, k: int, key: int) -> data_
 # ----------------------------------------------------------------------------- run
 
 
-def run(config: ConfigDict, workdir: str) -> dict:
-    """Grows the number of copies until validation stops improving; writes the curve and verdict."""
-    t0 = time.perf_counter()
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What `run` trains: the base config, the seeds, the amounts and the search's settings."""
+
+    config: ConfigDict  # the training config (experiment keys removed, smoke settings applied)
+    seeds: tuple[int, ...]
+    copies: tuple[int, ...]  # amounts tried, in this order
+    policy: str
+    gen_key: int
+    steps: int  # optimizer steps per run
+    patience: int
+    min_delta: float
+    online: bool
+    use_cache: bool
+
+
+def _plan(config: ConfigDict) -> _Plan:
+    """Parses `config` into what `run` trains; trains, loads and writes nothing."""
     config = ConfigDict(config.to_dict())
     smoke = bool(config.smoke)
     seeds = experiment.parse_seeds(config.seeds)
     copies = experiment.int_tuple(config.copies, name="copies")
     if not copies or any(k < 0 for k in copies) or list(copies) != sorted(set(copies)):
         raise ValueError(f"copies must be increasing non-negative ints, got {copies}")
-    policy, gen_key, steps = config.policy, int(config.generate_key), int(config.steps)
-    patience, min_delta = int(config.patience), float(config.min_delta)
+    policy = config.policy
+    gen_key = experiment.check_int(config.generate_key, name="generate_key")
+    steps = experiment.check_int(config.steps, name="steps", minimum=0)
+    patience = experiment.check_int(config.patience, name="patience", minimum=1)
+    min_delta = experiment.check_real(config.min_delta, name="min_delta")
     online, use_cache = bool(config.online_reference), bool(config.compile_cache)
-    if patience < 1:
-        raise ValueError(f"patience must be >= 1, got {patience}")
     for key in EXPERIMENT_KEYS:
         del config[key]
     if smoke:
-        config.data, config.model, config.batch_size = "digits", "tiny", 20
-        config.train_per_class, config.learning_rate = 10, 3e-3
-        seeds, copies, steps, patience, online = seeds[:2], (0, 1, 3), 10, 1, False
+        config = experiment.shrink(
+            config, data="digits", model="tiny", batch_size=20, train_per_class=10
+        )
+        config.learning_rate = 3e-3  # a smoke setting, not a shrink (above the default)
+        seeds, copies, online = seeds[:2], (0, 1, 3), False
+        steps, patience = min(steps, 10), min(patience, 1)
+    return _Plan(
+        config, seeds, copies, policy, gen_key, steps, patience, min_delta, online, use_cache
+    )
+
+
+def _check(plan: _Plan) -> None:
+    experiment.check_spec("policy", plan.policy)
+    experiment.check_int(plan.config.train_per_class, name="train_per_class", minimum=1)
+    validate_config(plan.config)
+    # Every run's epochs give `steps` optimizer steps on its training-set size (epochs_for with
+    # at least 1 epoch), known once the data are loaded; 1, the fewest, stands in for them.
+    variants = {f"k{k}": {"epochs": 1, "augment": ""} for k in plan.copies}
+    if plan.online:
+        variants["online"] = {"epochs": 1, "augment": plan.policy}
+    experiment.validate_variants(plan.config, variants, seed=plan.seeds[0])
+
+
+def validate(config: ConfigDict) -> None:
+    """Checks every training config `run` may train, before anything trains or is written.
+
+    `policy` is built (`jaxreg.augment.from_spec`), the search's settings checked (`copies`,
+    `steps`, `patience`, `min_delta`, `generate_key`), then the base config and the config of
+    every amount and of the online reference (their epochs, which follow from each training
+    set's size, stand in by 1, the fewest they can be); after the smoke settings (which only
+    lower numbers, so an invalid value stays invalid) and once more as given.
+
+    Raises:
+      ValueError, TypeError: a bad value; the message names the config key (and the variant).
+    """
+    experiment.validate_with_smoke(config, lambda c: _check(_plan(c)))
+
+
+def run(config: ConfigDict, workdir: str) -> dict:
+    """Grows the number of copies until validation stops improving; writes the curve and verdict."""
+    t0 = time.perf_counter()
+    validate(config)
+    plan = _plan(config)
+    config, seeds, copies, policy = plan.config, plan.seeds, plan.copies, plan.policy
+    gen_key, steps, patience, min_delta = plan.gen_key, plan.steps, plan.patience, plan.min_delta
+    online = plan.online
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     splits = data_lib.load_splits(config.data)
@@ -166,7 +226,7 @@ def run(config: ConfigDict, workdir: str) -> dict:
 
     rows, curve, stop_note = [], [], ""
     best_k, best_val, bad = None, -math.inf, 0
-    with experiment.compile_cache(use_cache):
+    with experiment.compile_cache(plan.use_cache):
         for k in copies:
             n = n_real * (k + 1)
             print(

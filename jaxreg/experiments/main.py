@@ -9,14 +9,15 @@ augmentation, at the price of slower convergence per epoch. Offline, a few minut
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
 
 from ml_collections import ConfigDict
 
-from jaxreg import report
-from jaxreg.train.config import default_config
+from jaxreg import experiment, report
+from jaxreg.train.config import default_config, validate_config
 from jaxreg.train.loop import prepare_data, train_and_evaluate
 
 
@@ -37,17 +38,57 @@ def get_config() -> ConfigDict:
     return c
 
 
-def run(config: ConfigDict, workdir: str) -> dict:
-    """Trains the baseline and the augmented model; prints and writes the comparison."""
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What `run` trains: the training config and the augment spec of each run."""
+
+    config: ConfigDict  # the training config (augment_spec removed, smoke settings applied)
+    spec: str  # the augmented run's policy
+    runs: dict[str, str]  # run name -> its `augment` spec, in training order
+
+
+def _plan(config: ConfigDict) -> _Plan:
+    """Parses `config` into what `run` trains; trains, loads and writes nothing."""
     config = ConfigDict(config.to_dict())
     if config.smoke:
-        config.epochs, config.train_per_class, config.progress = 2, 10, False
+        config = experiment.shrink(config, epochs=2, train_per_class=10, progress=False)
     spec = config.augment_spec
     del config.augment_spec
+    return _Plan(config, spec, {"baseline": "", "augmented": spec})
+
+
+def _check(plan: _Plan) -> None:
+    experiment.check_spec("augment_spec", plan.spec)
+    validate_config(plan.config)
+    experiment.validate_variants(
+        plan.config,
+        {name: {"augment": spec} for name, spec in plan.runs.items()},
+        seed=plan.config.seed,
+    )
+
+
+def validate(config: ConfigDict) -> None:
+    """Checks both training configs `run` would train, before anything trains or is written.
+
+    `augment_spec` is built (`jaxreg.augment.from_spec`), then the training config of the
+    baseline and of the augmented run (`validate_config`), after the smoke settings (which only
+    lower numbers, so an invalid value stays invalid) and once more as given.
+
+    Raises:
+      ValueError, TypeError: a bad value; the message names the config key (and the run).
+    """
+    experiment.validate_with_smoke(config, lambda c: _check(_plan(c)))
+
+
+def run(config: ConfigDict, workdir: str) -> dict:
+    """Trains the baseline and the augmented model; prints and writes the comparison."""
+    validate(config)
+    plan = _plan(config)
+    config, spec = plan.config, plan.spec
     workdir = Path(workdir)
     data = prepare_data(config)
     rows = []
-    for name, augment in (("baseline", ""), ("augmented", spec)):
+    for name, augment in plan.runs.items():
         c = ConfigDict(config.to_dict())
         c.augment = augment
         print(f"== {name}: augment={augment or 'none'}")

@@ -27,6 +27,7 @@ split chooses nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,7 +39,7 @@ from ml_collections import ConfigDict
 from jaxreg import data as data_lib
 from jaxreg import experiment, report
 from jaxreg.experiment import format_pm
-from jaxreg.train.config import default_config
+from jaxreg.train.config import default_config, validate_config
 
 BASELINE = "plain"
 ALL_VARIANTS = ("plain", "early_stopping", "augment", "dropout_wd", "all")
@@ -107,9 +108,21 @@ def _effect(mean: float, half: float) -> str:
 # ----------------------------------------------------------------------------- run
 
 
-def run(config: ConfigDict, workdir: str) -> dict:
-    """Trains every variant long; detects overfitting onsets; writes curves, table and verdict."""
-    t0 = time.perf_counter()
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What `run` trains: the base config, the seeds and every selected variant's overrides."""
+
+    config: ConfigDict  # the training config (experiment keys removed, smoke settings applied)
+    seeds: tuple[int, ...]
+    names: tuple[str, ...]  # the selected variants, the baseline first
+    spec: str  # the augment spec of "augment" and "all"
+    onset_patience: int
+    use_cache: bool
+    variants: dict[str, dict[str, Any]]  # name -> config overrides
+
+
+def _plan(config: ConfigDict) -> _Plan:
+    """Parses `config` into what `run` trains; trains, loads and writes nothing."""
     config = ConfigDict(config.to_dict())
     smoke = bool(config.smoke)
     seeds = experiment.parse_seeds(config.seeds)
@@ -119,17 +132,53 @@ def run(config: ConfigDict, workdir: str) -> dict:
         baseline=BASELINE,
         default=SMOKE_VARIANTS if smoke else ALL_VARIANTS,
     )
-    overrides = variant_overrides(config.augment_spec, dict(config.reg))
-    onset_patience, use_cache = int(config.onset_patience), bool(config.compile_cache)
+    spec = config.augment_spec
+    overrides = variant_overrides(spec, dict(config.reg))
+    onset_patience = experiment.check_int(config.onset_patience, name="onset_patience", minimum=1)
+    use_cache = bool(config.compile_cache)
     for key in EXPERIMENT_KEYS:
         del config[key]
     if smoke:
-        config.data, config.model, config.epochs, config.batch_size = "digits", "tiny", 6, 20
-        config.train_per_class, config.learning_rate = 10, 1e-2
+        config = experiment.shrink(
+            config, data="digits", model="tiny", epochs=6, batch_size=20, train_per_class=10
+        )
+        config.learning_rate = 1e-2  # a smoke setting, not a shrink (above the default)
         seeds = seeds[:2]
         for o in overrides.values():
             if "early_stopping.patience" in o:
-                o["early_stopping.patience"] = 2
+                o["early_stopping.patience"] = min(o["early_stopping.patience"], 2)
+    variants = {n: overrides[n] for n in names}
+    return _Plan(config, seeds, names, spec, onset_patience, use_cache, variants)
+
+
+def _check(plan: _Plan) -> None:
+    experiment.check_spec("augment_spec", plan.spec)
+    experiment.check_int(plan.config.train_per_class, name="train_per_class", minimum=1)
+    validate_config(plan.config)
+    experiment.validate_variants(plan.config, plan.variants, seed=plan.seeds[0])
+
+
+def validate(config: ConfigDict) -> None:
+    """Checks every training config `run` would train, before anything trains or is written.
+
+    `augment_spec` is built (`jaxreg.augment.from_spec`), `onset_patience` checked, then the
+    base config and every selected variant's config (with the rates of `reg`); after the
+    smoke settings (which only lower numbers, so an invalid value stays invalid) and once more
+    as given.
+
+    Raises:
+      ValueError, TypeError: a bad value; the message names the config key (and the variant).
+    """
+    experiment.validate_with_smoke(config, lambda c: _check(_plan(c)))
+
+
+def run(config: ConfigDict, workdir: str) -> dict:
+    """Trains every variant long; detects overfitting onsets; writes curves, table and verdict."""
+    t0 = time.perf_counter()
+    validate(config)
+    plan = _plan(config)
+    config, seeds, names, overrides = plan.config, plan.seeds, plan.names, plan.variants
+    onset_patience = plan.onset_patience
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     splits = data_lib.load_splits(config.data)
@@ -139,10 +188,8 @@ def run(config: ConfigDict, workdir: str) -> dict:
         f"overfitting: {len(names)} variants x {len(seeds)} seeds, {config.epochs} epochs on "
         f"{config.train_per_class} per class"
     )
-    with experiment.compile_cache(use_cache):
-        rows = experiment.run_variants(
-            config, workdir, {n: overrides[n] for n in names}, seeds=seeds, data_fn=data_fn
-        )
+    with experiment.compile_cache(plan.use_cache):
+        rows = experiment.run_variants(config, workdir, overrides, seeds=seeds, data_fn=data_fn)
     hists = {}
     for r in rows:
         h = report.read_metrics(

@@ -36,6 +36,7 @@ early stopping is the only one that selects an epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -47,7 +48,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from jaxreg import experiment, report
-from jaxreg.train.config import default_config
+from jaxreg.train.config import default_config, validate_config
 from jaxreg.train.loop import prepare_data
 
 BASELINE = "none"
@@ -346,9 +347,18 @@ def make_verdict(
     return " ".join(parts), checks
 
 
-def run(config: ConfigDict, workdir: str) -> dict:
-    """Trains every variant with every seed; writes the table, curves, bar plots and verdict."""
-    t0 = time.perf_counter()
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What `run` trains: the base training config, the seeds and every variant's overrides."""
+
+    config: ConfigDict  # the training config (experiment keys removed, smoke settings applied)
+    seeds: tuple[int, ...]
+    names: tuple[str, ...]  # the selected variants, the baseline first
+    variants: dict[str, dict[str, Any]]  # name -> config overrides
+
+
+def _plan(config: ConfigDict) -> _Plan:
+    """Parses `config` into what `run` trains; trains, loads and writes nothing."""
     config = ConfigDict(config.to_dict())
     seeds = experiment.parse_seeds(config.seeds)
     rates = dict(config.rates)
@@ -362,18 +372,51 @@ def run(config: ConfigDict, workdir: str) -> dict:
     for key in ("seeds", "variants", "rates"):
         del config[key]
     if smoke:
-        config.data, config.train_per_class, config.model = "digits", 20, "tiny"
-        config.epochs, config.batch_size, config.learning_rate = 2, 40, 3e-3
-        config.checkpoint.enabled = False
+        config = experiment.shrink(
+            config,
+            data="digits",
+            train_per_class=20,
+            model="tiny",
+            epochs=2,
+            batch_size=40,
+            **{"checkpoint.enabled": False},
+        )
+        config.learning_rate = 3e-3  # a smoke setting, not a shrink (above the default)
         seeds = seeds[:2]
         # 10 steps are too few for a 0.1 threshold to pin weights at zero; make it visible
         rates["l1_prox"] = max(float(rates["l1_prox"]), 1.0)
-        rates["patience"] = 1
+        rates["patience"] = min(rates["patience"], 1)
+    all_overrides = variant_overrides(rates)
+    return _Plan(config, seeds, names, {n: all_overrides[n] for n in names})
+
+
+def _check(plan: _Plan) -> None:
+    validate_config(plan.config)
+    experiment.validate_variants(plan.config, plan.variants, seed=plan.seeds[0])
+
+
+def validate(config: ConfigDict) -> None:
+    """Checks every training config `run` would train, before anything trains or is written.
+
+    The base config and each selected variant's config (`validate_config`: ranges, names,
+    the rates in `rates` as the variants use them), after the smoke settings (which only lower
+    numbers, so an invalid value stays invalid) and once more as given.
+
+    Raises:
+      ValueError, TypeError: a bad value; the message names the config key (and the variant).
+    """
+    experiment.validate_with_smoke(config, lambda c: _check(_plan(c)))
+
+
+def run(config: ConfigDict, workdir: str) -> dict:
+    """Trains every variant with every seed; writes the table, curves, bar plots and verdict."""
+    t0 = time.perf_counter()
+    validate(config)
+    plan = _plan(config)
+    config, seeds, names, variants = plan.config, plan.seeds, plan.names, plan.variants
     # absolute: Orbax (>= 0.12) refuses relative checkpoint paths
     workdir = Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
-    all_overrides = variant_overrides(rates)
-    variants = {n: all_overrides[n] for n in names}
 
     cache: dict[int, dict] = {}
 

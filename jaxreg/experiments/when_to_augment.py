@@ -31,9 +31,11 @@ are computed from the restored model's test predictions (`jaxreg.train.predict`)
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from ml_collections import ConfigDict
@@ -41,7 +43,7 @@ from ml_collections import ConfigDict
 from jaxreg import data as data_lib
 from jaxreg import experiment, report
 from jaxreg.experiment import effect, format_pm
-from jaxreg.train.config import default_config
+from jaxreg.train.config import default_config, validate_config
 
 EXPERIMENT_KEYS = (
     "seeds",
@@ -95,7 +97,7 @@ def get_config() -> ConfigDict:
 # ----------------------------------------------------------------------------- part a
 
 
-def _part_a(config, workdir, splits, seeds, sizes, spec, min_steps):
+def _part_a(config, workdir, splits, seeds, sizes, variants, spec, min_steps):
     rows = []
     k = splits["train"].num_classes
     for size in sizes:
@@ -107,7 +109,7 @@ def _part_a(config, workdir, splits, seeds, sizes, spec, min_steps):
         rs = experiment.run_variants(
             base,
             workdir / f"n{size}",
-            {"none": {"augment": ""}, "augmented": {"augment": spec}},
+            variants,
             seeds=seeds,
             data_fn=experiment.subset_data_fn(splits, size),
         )
@@ -209,7 +211,7 @@ def _part_a(config, workdir, splits, seeds, sizes, spec, min_steps):
 # ----------------------------------------------------------------------------- part b
 
 
-def _part_b(config, workdir, splits, seeds, spec, factor, min_steps, smoke):
+def _part_b(config, workdir, splits, seeds, variants, factor, min_steps):
     k = splits["train"].num_classes
     ratios = data_lib.long_tail_ratios(k, factor)
     cache = {}
@@ -228,16 +230,10 @@ def _part_b(config, workdir, splits, seeds, spec, factor, min_steps, smoke):
     base.epochs = experiment.epochs_for(
         int(counts.sum()), int(config.batch_size), int(config.epochs), min_steps
     )
-    all_variants = {
-        "baseline": {},
-        "augment": {"augment": spec},
-        "oversample": {"balanced_sampling": True},
-        "balanced_augment": {"balanced_sampling": True, "augment": spec},
-    }
-    names = SMOKE_IMBALANCE_VARIANTS if smoke else IMBALANCE_VARIANTS
+    names = tuple(variants)
     print(f"when_to_augment (b): class sizes {counts.tolist()}, {base.epochs} epochs")
     rows = experiment.run_variants_with_predictions(
-        base, workdir, {n: all_variants[n] for n in names}, seeds=seeds, data_fn=data_fn
+        base, workdir, variants, seeds=seeds, data_fn=data_fn
     )
     minority = np.argsort(counts, kind="stable")[:3]
     for r in rows:
@@ -264,7 +260,7 @@ def _part_b(config, workdir, splits, seeds, spec, factor, min_steps, smoke):
             {
                 "part": "b",
                 "variant": name,
-                "settings": ", ".join(f"{k_}={v}" for k_, v in all_variants[name].items())
+                "settings": ", ".join(f"{k_}={v}" for k_, v in variants[name].items())
                 or "uniform batches, no augmentation",
                 "n": a["n"],
                 "val balanced acc": a["val_balanced_accuracy"],
@@ -353,7 +349,7 @@ def _ink(images: np.ndarray) -> np.ndarray:
     return np.asarray(images, np.float64).reshape(images.shape[0], -1).sum(1)
 
 
-def _part_c(config, workdir, splits, seeds, spec, thicken, fraction, min_steps, smoke):
+def _part_c(config, workdir, splits, seeds, variants, fraction, min_steps):
     train, test = splits["train"], splits["test"]
     k = train.num_classes
     ink = _ink(train.images)
@@ -387,13 +383,7 @@ def _part_c(config, workdir, splits, seeds, spec, thicken, fraction, min_steps, 
     base.epochs = experiment.epochs_for(
         len(narrow), int(config.batch_size), int(config.epochs), min_steps
     )
-    all_variants = {
-        "random": {},
-        "narrow": {},
-        "narrow_digits": {"augment": spec},
-        "narrow_thicken": {"augment": thicken},
-    }
-    names = SMOKE_DIVERSITY_VARIANTS if smoke else DIVERSITY_VARIANTS
+    names = tuple(variants)
     print(
         f"when_to_augment (c): {len(narrow)} lightest-stroke images "
         f"(mean ink {_ink(narrow.images).mean():.0f} vs {ink.mean():.0f} in the whole split)"
@@ -403,7 +393,7 @@ def _part_c(config, workdir, splits, seeds, spec, thicken, fraction, min_steps, 
         rows += experiment.run_variants(
             base,
             workdir,
-            {name: all_variants[name]},
+            {name: variants[name]},
             seeds=seeds,
             data_fn=random_fn if name == "random" else narrow_fn,
             extra_eval=extra,
@@ -428,11 +418,7 @@ def _part_c(config, workdir, splits, seeds, spec, thicken, fraction, min_steps, 
                     if name == "random"
                     else f"lightest {fraction:.0%} per class"
                 )
-                + (
-                    f" + {all_variants[name]['augment']}"
-                    if all_variants[name].get("augment")
-                    else ""
-                ),
+                + (f" + {variants[name]['augment']}" if variants[name].get("augment") else ""),
                 "n": a["n"],
                 "val_accuracy": a["val_accuracy"],
                 "test_accuracy": a["test_accuracy"],
@@ -523,35 +509,149 @@ def _tercile_figure(agg, path: Path) -> Path:
 # ----------------------------------------------------------------------------- run
 
 
-def run(config: ConfigDict, workdir: str) -> dict:
-    """Runs the selected parts; writes one report with a table, figures and verdict per part."""
-    t0 = time.perf_counter()
+def part_variants(
+    spec: str, thicken: str, *, smoke: bool = False
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Part ("a", "b", "c") -> variant name -> config overrides (smoke: fewer variants)."""
+    imbalance = {
+        "baseline": {},
+        "augment": {"augment": spec},
+        "oversample": {"balanced_sampling": True},
+        "balanced_augment": {"balanced_sampling": True, "augment": spec},
+    }
+    diversity = {
+        "random": {},
+        "narrow": {},
+        "narrow_digits": {"augment": spec},
+        "narrow_thicken": {"augment": thicken},
+    }
+    b_names = SMOKE_IMBALANCE_VARIANTS if smoke else IMBALANCE_VARIANTS
+    c_names = SMOKE_DIVERSITY_VARIANTS if smoke else DIVERSITY_VARIANTS
+    return {
+        "a": {"none": {"augment": ""}, "augmented": {"augment": spec}},
+        "b": {n: imbalance[n] for n in b_names},
+        "c": {n: diversity[n] for n in c_names},
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What `run` trains: the base config, seeds, the parts and their settings and variants."""
+
+    config: ConfigDict  # the training config (experiment keys removed, smoke settings applied)
+    seeds: tuple[int, ...]
+    parts: str  # letters from "abc"
+    sizes: tuple[int, ...]  # (a) training images per class
+    spec: str
+    thicken: str
+    factor: float  # (b) largest / smallest class
+    fraction: float  # (c) the fraction of each class kept
+    min_steps: int
+    use_cache: bool
+    variants: dict[str, dict[str, dict[str, Any]]]  # part -> name -> overrides
+
+
+def _plan(config: ConfigDict) -> _Plan:
+    """Parses `config` into what `run` trains; trains, loads and writes nothing."""
     config = ConfigDict(config.to_dict())
     smoke = bool(config.smoke)
     seeds = experiment.parse_seeds(config.seeds)
+    if not isinstance(config.parts, str):
+        raise TypeError(f"config key 'parts' must be a string, got {config.parts!r}")
     parts = config.parts.strip().lower()
     if not parts or set(parts) - set("abc"):
         raise ValueError(f"parts must be letters from 'abc', got {config.parts!r}")
     sizes = experiment.int_tuple(config.sizes, name="sizes")
+    if not sizes:
+        raise ValueError("config key 'sizes' must name at least one size")
+    for size in sizes:
+        experiment.check_int(size, name="sizes", minimum=1)
     spec, thicken = config.augment_spec, config.thicken_spec
-    factor, fraction = float(config.imbalance), float(config.narrow_fraction)
-    min_steps, use_cache = int(config.min_steps), bool(config.compile_cache)
+    factor = experiment.check_real(config.imbalance, name="imbalance", minimum=1.0)
+    fraction = float(config.narrow_fraction)
+    min_steps = experiment.check_int(config.min_steps, name="min_steps", minimum=0)
+    use_cache = bool(config.compile_cache)
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"narrow_fraction must be in (0, 1], got {fraction}")
     for key in EXPERIMENT_KEYS:
         del config[key]
     if smoke:
-        config.data, config.model, config.epochs, config.batch_size = "digits", "tiny", 2, 20
-        config.learning_rate = 3e-3
-        seeds, sizes, min_steps, factor, fraction = seeds[:2], (5, 10), 0, 5.0, 0.1
+        config = experiment.shrink(config, data="digits", model="tiny", epochs=2, batch_size=20)
+        config.learning_rate = 3e-3  # a smoke setting, not a shrink (above the default)
+        seeds, sizes, min_steps = seeds[:2], (5, 10), min(min_steps, 0)
+        factor, fraction = min(factor, 5.0), min(fraction, 0.1)
+    variants = part_variants(spec, thicken, smoke=smoke)
+    return _Plan(
+        config,
+        seeds,
+        parts,
+        sizes,
+        spec,
+        thicken,
+        factor,
+        fraction,
+        min_steps,
+        use_cache,
+        {p: v for p, v in variants.items() if p in parts},
+    )
+
+
+def _check(plan: _Plan) -> None:
+    experiment.check_spec("augment_spec", plan.spec)
+    experiment.check_spec("thicken_spec", plan.thicken)
+    # The epochs of every run follow from the training-set size (epochs_for), known once the
+    # data are loaded; the fewest they can be stands in for them (see experiment.least_epochs).
+    base = experiment.variant_config(
+        plan.config,
+        {"epochs": experiment.least_epochs(plan.config.epochs, plan.min_steps)},
+        plan.config.seed,
+    )
+    validate_config(base)
+    for part, variants in plan.variants.items():
+        experiment.validate_variants(
+            base, {f"({part}) {n}": o for n, o in variants.items()}, seed=plan.seeds[0]
+        )
+
+
+def validate(config: ConfigDict) -> None:
+    """Checks every training config of the selected parts, before anything trains or is written.
+
+    `augment_spec` and `thicken_spec` are built (`jaxreg.augment.from_spec`), the part
+    settings checked (`sizes`, `imbalance`, `narrow_fraction`, `min_steps`), then the base
+    config and every variant of every selected part (the epochs, which follow from each
+    training set's size, stand in by the fewest `epochs_for` can give); after the smoke
+    settings (which only lower numbers, so an invalid value stays invalid) and once more as
+    given.
+
+    Raises:
+      ValueError, TypeError: a bad value; the message names the config key (and the variant).
+    """
+    experiment.validate_with_smoke(config, lambda c: _check(_plan(c)))
+
+
+def run(config: ConfigDict, workdir: str) -> dict:
+    """Runs the selected parts; writes one report with a table, figures and verdict per part."""
+    t0 = time.perf_counter()
+    validate(config)
+    plan = _plan(config)
+    config, seeds, parts, sizes = plan.config, plan.seeds, plan.parts, plan.sizes
+    spec, thicken, factor, fraction = plan.spec, plan.thicken, plan.factor, plan.fraction
+    min_steps = plan.min_steps
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     splits = data_lib.load_splits(config.data)
     table, details, figures, texts, out = [], [], [], [], {}
-    with experiment.compile_cache(use_cache):
+    with experiment.compile_cache(plan.use_cache):
         if "a" in parts:
             rows, t, f, v = _part_a(
-                config, workdir / "a_size", splits, seeds, sizes, spec, min_steps
+                config,
+                workdir / "a_size",
+                splits,
+                seeds,
+                sizes,
+                plan.variants["a"],
+                spec,
+                min_steps,
             )
             out["a"] = rows
             table += t[0]
@@ -560,7 +660,13 @@ def run(config: ConfigDict, workdir: str) -> dict:
             texts.append(v)
         if "b" in parts:
             rows, t, f, v = _part_b(
-                config, workdir / "b_imbalance", splits, seeds, spec, factor, min_steps, smoke
+                config,
+                workdir / "b_imbalance",
+                splits,
+                seeds,
+                plan.variants["b"],
+                factor,
+                min_steps,
             )
             out["b"] = [{k: v_ for k, v_ in r.items() if k not in ("pred", "labels")} for r in rows]
             table += t[0]
@@ -573,11 +679,9 @@ def run(config: ConfigDict, workdir: str) -> dict:
                 workdir / "c_diversity",
                 splits,
                 seeds,
-                spec,
-                thicken,
+                plan.variants["c"],
                 fraction,
                 min_steps,
-                smoke,
             )
             out["c"] = rows
             table += t[0]
