@@ -3,7 +3,7 @@
 XLA:CPU runs a gather as a scalar loop with index arithmetic per element, and a rotated warp
 of a large batch spends most of its time there and in page faults of its fresh output buffer
 (benchmarks/augment.py, Workload B). `_warp_native.cc` does the same arithmetic as
-`_warp._apply_batch_xla` in one pass, as an XLA FFI custom call. It is compiled here, the first
+`_warp.apply_batch_xla` in one pass, as an XLA FFI custom call. It is compiled here, the first
 time a batched bilinear warp is traced, with the system C++ compiler against the FFI headers
 that ship with the installed jaxlib, and cached on disk under a key of everything the build
 depends on (source, compiler, flags, jaxlib version, CPU). When it cannot be built (no

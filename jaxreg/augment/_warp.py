@@ -164,7 +164,7 @@ def apply_batch(
     """
     b, h, w, c = images.shape
     fillv = _core.fill_value(fill, c).astype(images.dtype)
-    xla = functools.partial(_apply_batch_xla, out_hw=tuple(out_hw), mode=mode)
+    xla = functools.partial(apply_batch_xla, out_hw=tuple(out_hw), mode=mode)
     target = None
     if native is not False and images.dtype == jnp.float32:
         target = _native.warp_target()
@@ -204,7 +204,7 @@ def apply_batch(
     return warp(images, ms, fillv)
 
 
-def _apply_batch_xla(
+def apply_batch_xla(
     images: jax.Array, ms: jax.Array, fillv: jax.Array, *, out_hw: tuple[int, int], mode: str
 ) -> jax.Array:
     """`apply_batch` in XLA ops: the batch as one (B * H * W, C) array of pixels.
