@@ -5,8 +5,10 @@ of a large batch spends most of its time there and in page faults of its fresh o
 (benchmarks/augment.py, Workload B). `_warp_native.cc` does the same arithmetic as
 `_warp.apply_batch_xla` in one pass, as an XLA FFI custom call.
 
-When it is built: the first time a float32 batched bilinear warp is traced (`_warp.apply_batch`
-asks `warp_target`). GPU and TPU programs use the XLA path (`lax.platform_dependent`).
+When it is built: only when a program that holds a float32 batched bilinear warp is lowered
+for the CPU (the CPU lowering rule of the warp primitive in `_warp` asks `warp_target`).
+Lowering for GPU or TPU (`jax.jit(...).lower(lowering_platforms=...)`, `jax.export`) never
+builds, loads or calls it: those programs use the XLA path.
 
 What is compiled and where it goes: `_warp_native.cc`, with the system C++ compiler, against
 the FFI headers that ship with the installed jaxlib; first with `-march=native`, then (if that
@@ -52,7 +54,7 @@ this one included: export CPU programs that contain batched warps with `JAXREG_N
 machines where jaxreg registers the same kernel). Programs exported for GPU or TPU do not
 contain it.
 
-Environment (read when a batched warp is traced):
+Environment (read when a CPU program is lowered):
   JAXREG_NATIVE: "0" (or "false", "off", "no") turns the native kernel off: nothing is built
     or loaded. Values other than these and "1"/"true"/"on"/"yes" raise ValueError (also for
     JAXREG_HUGE_PAGES); empty means the default.
@@ -696,7 +698,7 @@ def _adopt_for_selftest(library: Path) -> None:
 def warp_target() -> str | None:
     """Name of the registered native warp custom call, or None to use the XLA path.
 
-    Called when a batched warp is traced. The first call in a process (with
+    Called by the CPU lowering rule of the batched warp. The first call in a process (with
     JAXREG_NATIVE on) builds the kernel if needed, verifies it and registers it; when any of
     that fails it warns once (RuntimeWarning) and this returns None from then on.
 
@@ -716,13 +718,13 @@ def warp_target() -> str | None:
 
 
 def native_status() -> dict[str, str | None]:
-    """Which path the batched bilinear warps of CPU programs traced in this process took.
+    """Which path the batched bilinear warps of CPU programs lowered in this process took.
 
     Returns:
       `{"warp": ..., "library": ...}`: "warp" is "native", "xla (disabled by
-      JAXREG_NATIVE=0)", "xla (<why the kernel is not available>)" or "not used yet" (no
-      float32 batched bilinear warp was traced); "library" is the loaded kernel's path when
-      "warp" is "native", else None.
+      JAXREG_NATIVE=0)", "xla (<why the kernel is not available>)" or "not used yet" (no CPU
+      program with a float32 batched bilinear warp was lowered); "library" is the loaded
+      kernel's path when "warp" is "native", else None.
     """
     with _LOADER.lock:
         if not _LOADER.asked:

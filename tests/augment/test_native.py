@@ -1,9 +1,10 @@
 """The native XLA:CPU warp kernel (_warp_native.cc) against the XLA path.
 
-It is built where a compiler exists, gives the same values, gradients and batching rules as
-the XLA path, is loaded only from a private folder after its digest and self-test check out,
-and falls back cleanly (one warning) when it is off or anything about it fails. Process-level behaviour (what gets loaded, built or registered) is
-checked in subprocesses, which run `_SCENARIOS`.
+It is built where a compiler exists (and only when a CPU program needs it), gives the same
+values, gradients and batching rules as the XLA path, is loaded only from a private folder
+after its digest and self-test check out, and falls back cleanly (one warning) when it is off
+or anything about it fails. Process-level behaviour (what gets loaded, built or registered) is
+checked in subprocesses, which run `_SCENARIOS` or `_PLATFORMS`.
 """
 
 import functools
@@ -166,6 +167,32 @@ def test_native_gradients_come_from_the_xla_path():
 
 
 @requires_native
+def test_native_derivatives_with_vmap_in_both_orders():
+    xs = _images((2, 3, 6, 7, 3), seed=10)
+    ms = jnp.stack([_maps(3, seed=11), _maps(3, seed=12)])
+    w = _images((3, 5, 6, 3), seed=13)
+
+    def loss(native):
+        return lambda x, m: jnp.sum(_warp.apply_batch(x, m, (5, 6), native=native) * w)
+
+    def derivatives(native):
+        f = loss(native)
+        tangents = (jnp.ones_like(xs), jnp.full_like(ms, 0.01))
+        return (
+            jax.vmap(jax.grad(f, argnums=(0, 1)))(xs, ms),
+            jax.grad(lambda x, m: jax.vmap(f)(x, m).sum(), argnums=(0, 1))(xs, ms),
+            jax.vmap(lambda x, m, tx, tm: jax.jvp(f, (x, m), (tx, tm))[1])(xs, ms, *tangents),
+            jax.jvp(jax.vmap(f), (xs, ms), tangents)[1],
+        )
+
+    for a, b in zip(
+        jax.tree.leaves(jax.jit(lambda: derivatives(True))()),
+        jax.tree.leaves(jax.jit(lambda: derivatives(False))()),
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@requires_native
 def test_native_under_vmap_and_scan():
     xs = _images((2, 3, 6, 5, 3))
     ms = jnp.stack([_maps(3, seed=8), _maps(3, seed=9)])
@@ -173,6 +200,9 @@ def test_native_under_vmap_and_scan():
     np.testing.assert_allclose(
         jax.jit(jax.vmap(f(True)))(xs, ms), jax.jit(jax.vmap(f(False)))(xs, ms), rtol=0, atol=1e-5
     )
+    # The vmapped axis folds into the batch: one call for the whole (2, 3) batch, not a loop.
+    text = _lowered(jax.vmap(f(True)), xs, ms)
+    assert text.count(f"custom_call @{_native.WARP_TARGET}") == 1 and "stablehlo.while" not in text
 
     def scanned(native):
         def body(carry, xm):
@@ -182,6 +212,19 @@ def test_native_under_vmap_and_scan():
         return jax.jit(lambda xs, ms: jax.lax.scan(body, jnp.float32(0), (xs, ms)))(xs, ms)
 
     np.testing.assert_allclose(scanned(True)[1], scanned(False)[1], rtol=0, atol=1e-5)
+
+
+@requires_native
+def test_native_under_vmap_with_one_fill_per_element():
+    xs = _images((2, 3, 6, 5, 3), seed=14)
+    ms = jnp.stack([_maps(3, seed=15), _maps(3, seed=16)])
+    fills = jnp.asarray([[0.1, 0.2, 0.3], [0.9, 0.8, 0.7]], jnp.float32)
+
+    def run(native):
+        f = lambda x, m, c: _warp.apply_batch(x, m, (7, 4), fill=c, native=native)
+        return jax.jit(jax.vmap(f))(xs, ms, fills)
+
+    np.testing.assert_allclose(run(True), run(False), rtol=0, atol=1e-5)
 
 
 def test_env_switch_turns_the_native_kernel_off(monkeypatch):
@@ -219,6 +262,8 @@ def test_non_float32_batches_use_the_xla_path():
     text = _lowered(lambda x, m: _warp.apply_batch(x, m, (6, 6)), x, ms)
     assert not _calls_native(text)
     assert _warp.apply_batch(x, ms, (6, 6)).dtype == jnp.bfloat16
+    with pytest.raises(RuntimeError, match="float32"):
+        _warp.apply_batch(x, ms, (6, 6), native=True)
 
 
 @requires_native
@@ -329,8 +374,8 @@ def test_cache_folder_falls_back_to_a_private_temporary_folder(tmp_path, monkeyp
 @requires_native
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
 def test_gpu_and_tpu_programs_use_the_xla_path(platform):
-    # Lowered for another platform (no such device needed): lax.platform_dependent keeps the
-    # native CPU kernel out of the program.
+    # Lowered for another platform (no such device needed): only the CPU lowering rule of the
+    # warp primitive emits the native call.
     aug = A.batch(A.compose(functools.partial(A.random_rotate, max_degrees=15), A.random_flip))
     exported = jax.export.export(jax.jit(aug), platforms=[platform])(
         jax.random.key(0), _images((2, 8, 8, 3))
@@ -673,3 +718,53 @@ def test_truncated_cached_library_is_rebuilt_not_loaded(tmp_path):
     assert r["status"] == "native"
     assert _native.check_library(lib)["sha256"] == _native.file_digest(lib)
     assert lib.stat().st_size > len(data) // 2
+
+
+# Lowers a batched rotation for CUDA and TPU, then for the CPU, in a fresh process; prints the
+# lowered texts' native calls, the cache folder's files, the compiler's log and the status.
+_PLATFORMS = """
+import functools, json, os, sys
+import jax, numpy as np
+import jaxreg.augment as A
+from jaxreg.augment import _native
+
+cache, log = sys.argv[1], sys.argv[2]
+x = jax.numpy.asarray(np.random.default_rng(0).random((2, 8, 8, 3), dtype=np.float32))
+key = jax.random.key(0)
+f = jax.jit(A.batch(functools.partial(A.random_rotate, max_degrees=15)))
+
+def state(*texts):
+    return {
+        "native_call": ["custom_call @jaxreg_warp_bilinear" in t for t in texts],
+        "gather": ["stablehlo.gather" in t for t in texts],
+        "files": sorted(os.listdir(cache)) if os.path.exists(cache) else [],
+        "compiler_calls": open(log).read().splitlines() if os.path.exists(log) else [],
+        "status": _native.native_status()["warp"],
+    }
+
+cuda = f.trace(key, x).lower(lowering_platforms=("cuda",)).as_text()
+tpu = jax.export.export(f, platforms=["tpu"])(key, x).mlir_module()
+other = state(cuda, tpu)
+cpu = state(f.lower(key, x).as_text())
+print(json.dumps({"other": other, "cpu": cpu}))
+"""
+
+
+def test_lowering_for_gpu_or_tpu_does_not_build_the_kernel(tmp_path):
+    # A compiler that logs its calls and fails: any build attempt shows in the log, quickly.
+    log = tmp_path / "log"
+    cxx = _script(tmp_path / "cxx", f'echo "$*" >> {log}\nexit 1\n')
+    cache = tmp_path / "cache"
+    res = _python(
+        _PLATFORMS, [str(cache), str(log)], {"JAXREG_CACHE_DIR": str(cache), "CXX": str(cxx)}
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    other, cpu = out["other"], out["cpu"]
+    assert other["native_call"] == [False, False] and other["gather"] == [True, True]
+    assert other["files"] == [] and other["compiler_calls"] == []
+    assert other["status"] == "not used yet"
+    # Lowering for the CPU is what asks for the kernel: the build runs (and fails here).
+    assert cpu["compiler_calls"] and cpu["compiler_calls"][0] == "--version"
+    assert any("-march=native" in c for c in cpu["compiler_calls"])
+    assert cpu["status"].startswith("xla (build failed") and cpu["native_call"] == [False]
