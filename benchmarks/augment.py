@@ -480,11 +480,12 @@ def _warp_note():
     t0 = time.perf_counter()
     target = _native.warp_target()
     took = time.perf_counter() - t0
+    status = _native.native_status()
     if target is None:
-        return "jaxreg bilinear warp: XLA gather path (native kernel off or not buildable)."
+        return f"jaxreg bilinear warp: XLA gather path ({status['warp']})."
     return (
         f"jaxreg bilinear warp: native XLA:CPU kernel, ready in {took:.2f} s (built now or "
-        f"loaded from {_native.cache_dir()}), huge-page advice "
+        f"loaded from {status['library']}), huge-page advice "
         f"{'on' if _native.huge_pages() else 'off'}."
     )
 

@@ -1,5 +1,6 @@
 """Pure per-example image augmentations, their batch forms, batch mixing and policies."""
 
+from jaxreg.augment._native import native_status
 from jaxreg.augment.color import (
     adjust_brightness,
     adjust_contrast,
@@ -112,6 +113,8 @@ __all__ = [
     # batch mixing
     "mixup",
     "mixup_or_cutmix",
+    # which path the native CPU warp took
+    "native_status",
     "one_of",
     "parse_spec",
     "posterize",

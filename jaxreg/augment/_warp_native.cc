@@ -1,7 +1,7 @@
 // Batched bilinear affine warp for XLA:CPU, called from jaxreg/augment/_warp.py (apply_batch).
 //
 // XLA:CPU runs gathers as scalar loops with per-element index arithmetic; this kernel does the
-// same arithmetic as `_warp._apply_batch_xla` (fold the coordinates by the border rule, clamp the
+// same arithmetic as `_warp.apply_batch_xla` (fold the coordinates by the border rule, clamp the
 // 2x2 window, blend, fill where the map leaves the image) in one pass over the output, with the
 // coordinates of an output row computed in a vectorisable loop and each pixel's four taps read
 // as contiguous channel vectors. Built on first use by jaxreg/augment/_native.py against the
