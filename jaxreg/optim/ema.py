@@ -1,4 +1,4 @@
-"""Parameter exponential moving average (pure init/update pair) and BatchNorm statistics re-estimation."""
+"""Parameter EMA: an Optax transform (`param_ema`), a pure init/update pair, BatchNorm re-estimation."""
 
 from __future__ import annotations
 
@@ -9,8 +9,18 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
-__all__ = ["Ema", "EmaState", "ema", "ema_decay", "recompute_batch_stats"]
+__all__ = [
+    "Ema",
+    "EmaState",
+    "ParamEmaState",
+    "ema",
+    "ema_decay",
+    "ema_params",
+    "param_ema",
+    "recompute_batch_stats",
+]
 
 PyTree = Any
 
@@ -139,6 +149,103 @@ def ema(decay: float, *, warmup: bool = False, batch_stats: str = "average") -> 
         return EmaState(count=count, ema_params=new_params, ema_batch_stats=new_stats)
 
     return Ema(init=init_fn, update=update_fn)
+
+
+class ParamEmaState(NamedTuple):
+    """State of `param_ema`.
+
+    Attributes:
+      count: int32 scalar, updates averaged so far.
+      ema: the averaged parameters (same structure and dtypes as the params).
+    """
+
+    count: jax.Array
+    ema: PyTree
+
+
+def param_ema(decay: float, *, warmup: bool = False) -> optax.GradientTransformation:
+    """Exponential moving average of the parameters as an Optax transform, last in a chain.
+
+    `optax.chain(..., jaxreg.param_ema(0.999))` passes the updates through unchanged and keeps
+    in its state the average of the parameters the step produces:
+    `ema <- d * ema + (1 - d) * (params + updates)`, with `d = ema_decay(decay, count,
+    warmup=warmup)`, starting at the initial parameters (no bias correction), computed in
+    float32 and stored in each leaf's dtype (integer leaves are copied). Put it last: it must
+    see the final updates, the ones `optax.apply_updates` adds. Read the averaged parameters
+    with `ema_params(opt_state, params)`. Reference: Polyak & Juditsky, 1992, "Acceleration of
+    Stochastic Approximation by Averaging"; the warm-up is the `num_updates` rule of
+    TensorFlow's `tf.train.ExponentialMovingAverage`.
+
+    Parameters another transform freezes (`optax.set_to_zero` in a `multi_transform`) get zero
+    updates, so their average stays equal to their live value. Wrapped in `optax.masked`, the
+    transform averages only the masked-in parameters; `ema_params` returns the live values of
+    the others.
+
+    Args:
+      decay: float in `[0, 1]`; `0` tracks the params exactly, `1` freezes the average.
+      warmup: apply the `min(decay, (1 + count) / (10 + count))` warm-up.
+
+    Returns:
+      An `optax.GradientTransformation` whose `update` needs `params`.
+
+    Raises:
+      TypeError, ValueError: a bad `decay` or `warmup`.
+    """
+    ema(decay, warmup=warmup)  # the same argument checks
+
+    def init_fn(params: PyTree) -> ParamEmaState:
+        return ParamEmaState(count=jnp.zeros([], jnp.int32), ema=jax.tree.map(jnp.asarray, params))
+
+    def update_fn(updates: PyTree, state: ParamEmaState, params: PyTree | None = None):
+        if params is None:
+            raise ValueError("param_ema needs params: call tx.update(updates, state, params)")
+        d = ema_decay(decay, state.count, warmup=warmup)
+        new = optax.apply_updates(params, updates)
+        avg = jax.tree.map(lambda a, p: _blend(a, p, d), state.ema, new)
+        count = jnp.where(state.count < jnp.iinfo(jnp.int32).max, state.count + 1, state.count)
+        return updates, ParamEmaState(count=count, ema=avg)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _is_ema_state(x: Any) -> bool:
+    return isinstance(x, ParamEmaState)
+
+
+def ema_params(opt_state: PyTree, params: PyTree) -> PyTree:
+    """The averaged parameters kept by the `param_ema` inside an optimizer state.
+
+    Args:
+      opt_state: the state of a chain (or `nnx.Optimizer.opt_state`) holding one
+        `param_ema`, possibly inside `optax.chain`, `optax.masked`, `multi_transform` or
+        `inject_hyperparams`.
+      params: the live parameters, structured like the ones the optimizer was built for; their
+        values stand in for parameters the EMA does not cover (masked out or frozen without
+        optimizer state).
+
+    Returns:
+      A tree like `params`: the averages where `param_ema` keeps one, else the live value.
+
+    Raises:
+      ValueError: the state holds no `param_ema`, or more than one.
+    """
+    found = [x for x in jax.tree.leaves(opt_state, is_leaf=_is_ema_state) if _is_ema_state(x)]
+    if len(found) != 1:
+        raise ValueError(
+            f"opt_state must hold exactly one jaxreg.param_ema state, found {len(found)}"
+        )
+    avg = found[0].ema
+    p_leaves, p_def = jax.tree_util.tree_flatten_with_path(params)
+    a_leaves = dict(jax.tree_util.tree_flatten_with_path(avg, is_leaf=_is_masked)[0])
+    out = []
+    for path, live in p_leaves:
+        a = a_leaves.get(path)
+        out.append(live if a is None or _is_masked(a) else a)
+    return jax.tree_util.tree_unflatten(p_def, out)
+
+
+def _is_masked(x: Any) -> bool:
+    return isinstance(x, optax.MaskedNode)
 
 
 def recompute_batch_stats(

@@ -143,3 +143,95 @@ def test_recompute_batch_stats_bad_arguments():
         recompute_batch_stats(lambda p, s, x: s, {}, {}, [jnp.zeros(2)], momentum=1.0)
     with pytest.raises(TypeError, match="stats_fn"):
         recompute_batch_stats(None, {}, {}, [jnp.zeros(2)])
+
+
+# ----------------------------------------------------------------------------- param_ema (Optax)
+
+
+def test_param_ema_equals_a_direct_computation_and_passes_updates_through():
+    import optax
+
+    from jaxreg.optim import ema_params, param_ema
+
+    params = {"w": jnp.array([1.0, -2.0]), "b": jnp.array(0.5)}
+    grads = [{"w": jnp.array([0.3, 0.1]), "b": jnp.array(-1.0)} for _ in range(4)]
+    for warmup in (False, True):
+        tx = optax.chain(optax.sgd(0.1), param_ema(0.9, warmup=warmup))
+        ref_tx = optax.sgd(0.1)
+        state, ref_state = tx.init(params), ref_tx.init(params)
+        p, avg = params, params
+        for i, g in enumerate(grads):
+            updates, state = tx.update(g, state, p)
+            ref_updates, ref_state = ref_tx.update(g, ref_state, p)
+            assert jax.tree.all(
+                jax.tree.map(lambda a, b: bool(jnp.all(a == b)), updates, ref_updates)
+            )
+            p = optax.apply_updates(p, updates)
+            d = min(0.9, (1 + i) / (10 + i)) if warmup else 0.9
+            avg = jax.tree.map(lambda a, x, d=d: d * a + (1 - d) * x, avg, p)
+            got = ema_params(state, p)
+            for k in params:
+                np.testing.assert_allclose(got[k], avg[k], rtol=1e-6)
+
+
+def test_param_ema_masked_and_frozen_parameters_fall_back_to_live_values():
+    import optax
+
+    from jaxreg.optim import ema_params, param_ema
+
+    params = {"body": {"w": jnp.ones(3)}, "head": {"w": jnp.zeros(2)}}
+    g = jax.tree.map(jnp.ones_like, params)
+    # Masked: only the body is averaged; the head's value is the live one.
+    tx = optax.chain(optax.sgd(1.0), optax.masked(param_ema(0.5), {"body": True, "head": False}))
+    updates, state = tx.update(g, tx.init(params), params)
+    new = optax.apply_updates(params, updates)
+    got = ema_params(state, new)
+    np.testing.assert_allclose(got["body"]["w"], 0.5)  # 0.5 * 1 + 0.5 * 0
+    np.testing.assert_array_equal(got["head"]["w"], new["head"]["w"])
+    # Frozen with set_to_zero: the average of a parameter that never moves is its value.
+    tx = optax.chain(
+        optax.multi_transform(
+            {"train": optax.sgd(1.0), "frozen": optax.set_to_zero()},
+            {"body": "frozen", "head": "train"},
+        ),
+        param_ema(0.5),
+    )
+    state = tx.init(params)
+    p = params
+    for _ in range(3):
+        updates, state = tx.update(g, state, p)
+        p = optax.apply_updates(p, updates)
+    got = ema_params(state, p)
+    np.testing.assert_array_equal(got["body"]["w"], params["body"]["w"])
+    with pytest.raises(ValueError, match=r"exactly one jaxreg\.param_ema"):
+        ema_params(optax.sgd(0.1).init(params), params)
+
+
+def test_param_ema_inside_nnx_optimizer():
+    import optax
+
+    from jaxreg.optim import ema_params, param_ema
+
+    model = TinyNet(rngs=nnx.Rngs(0))
+    opt = nnx.Optimizer(model, optax.chain(optax.adam(1e-2), param_ema(0.8)), wrt=nnx.Param)
+    x = jax.random.uniform(jax.random.key(1), (4, 6, 6, 3))
+    avg = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+    @nnx.jit
+    def step(model, opt, x):
+        def loss_fn(m):
+            return jnp.mean(m(x) ** 2)
+
+        grads = nnx.grad(loss_fn)(model)
+        opt.update(model, grads)
+
+    for _ in range(3):
+        with jax.numpy_dtype_promotion("standard"):  # optax's adam mixes int32 and float
+            step(model, opt, x)
+        live = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+        avg = jax.tree.map(lambda a, p: 0.8 * a + 0.2 * p, avg, live)
+    got = nnx.to_pure_dict(ema_params(opt.opt_state, nnx.state(model, nnx.Param)))
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(avg)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="needs params"):
+        param_ema(0.9).update({"w": jnp.ones(1)}, param_ema(0.9).init({"w": jnp.ones(1)}))
