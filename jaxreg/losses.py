@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 __all__ = [
+    "SMOOTHING_KINDS",
     "accuracy",
     "expected_calibration_error",
     "reconstruction_loss",
@@ -71,59 +72,82 @@ def _check_batch(a: jax.Array, b: jax.Array, name: str) -> None:
         raise ValueError(f"{name} has batch size {b.shape[0]} but logits/probs have {a.shape[0]}")
 
 
-def smooth_labels(labels: Any, num_classes: int, smoothing: float) -> jax.Array:
-    """Label smoothing: `y -> (1 - smoothing) * y + smoothing / num_classes`.
+SMOOTHING_KINDS = ("uniform", "wrong_classes")
 
-    Matches `optax.smooth_labels` (Szegedy et al., 2016, "Rethinking the Inception
-    Architecture for Computer Vision").
+
+def smooth_labels(
+    labels: Any, num_classes: int, smoothing: float, *, kind: str = "uniform"
+) -> jax.Array:
+    """Label smoothing of integer or soft labels, the one place jaxreg smooths labels.
+
+    `kind="uniform"` is `optax.smooth_labels`: `y -> (1 - s) * y + s / K` (Szegedy et al.,
+    2016, "Rethinking the Inception Architecture for Computer Vision"). `kind="wrong_classes"`
+    spreads the mass `s` over the other classes only, as the study note states it:
+    `y -> (1 - s) * y + s * (1 - y) / (K - 1)`, so a one-hot label keeps `1 - s` on its class
+    and puts `s / (K - 1)` on each wrong one.
 
     Args:
       labels: int class ids of shape (B,) in `[0, num_classes)`, or soft labels of shape
         (B, K) with rows summing to 1 (e.g. from mixup/cutmix).
-      num_classes: K, a positive int.
-      smoothing: float in `[0, 1)`.
+      num_classes: K, a positive int (>= 2 for `"wrong_classes"`).
+      smoothing: s, a float in `[0, 1)`.
+      kind: `"uniform"` or `"wrong_classes"`.
 
     Returns:
       float32 array of shape (B, K); rows sum to 1 when the input rows do.
 
     Raises:
-      TypeError / ValueError: for a bad `num_classes`, `smoothing` or label shape.
+      TypeError, ValueError: a bad `num_classes`, `smoothing`, `kind` or label shape.
     """
+    return _smooth(labels, num_classes, smoothing, kind, "labels")
+
+
+def _smooth(labels: Any, num_classes: int, smoothing: float, kind: str, name: str) -> jax.Array:
+    import optax
+
     num_classes = _check_positive_int(num_classes, "num_classes")
     smoothing = _check_smoothing(smoothing, "smoothing")
-    soft = _to_soft(labels, num_classes, "labels")
-    return (1.0 - smoothing) * soft + smoothing / num_classes
+    if kind not in SMOOTHING_KINDS:
+        raise ValueError(f"kind must be one of {SMOOTHING_KINDS}, got {kind!r}")
+    soft = _to_soft(labels, num_classes, name)
+    if smoothing == 0.0:
+        return soft
+    if kind == "uniform":
+        return optax.smooth_labels(soft, smoothing)
+    if num_classes < 2:
+        raise ValueError("kind='wrong_classes' needs num_classes >= 2")
+    return (1.0 - smoothing) * soft + smoothing * (1.0 - soft) / (num_classes - 1)
 
 
-def soft_cross_entropy(logits: Any, soft_labels: Any, *, label_smoothing: float = 0.0) -> jax.Array:
-    """Per-example cross-entropy against soft (or integer) labels.
+def soft_cross_entropy(
+    logits: Any, soft_labels: Any, *, label_smoothing: float = 0.0, smoothing_kind: str = "uniform"
+) -> jax.Array:
+    """Per-example cross-entropy against soft (or integer) labels (`optax.softmax_cross_entropy`).
 
-    `loss_i = -sum_k y_ik * log_softmax(logits_i)_k`, computed in float32 via
-    `log_softmax` for numerical stability; with `label_smoothing > 0` the labels are
-    first passed through `smooth_labels`. Agrees with
-    `optax.softmax_cross_entropy`.
+    `loss_i = -sum_k y_ik * log_softmax(logits_i)_k` in float32; with `label_smoothing > 0`
+    the labels first go through `smooth_labels`.
 
     Args:
       logits: float array of shape (B, K).
       soft_labels: soft labels (B, K) (rows summing to 1, e.g. mixup/cutmix targets) or int
         class ids (B,).
       label_smoothing: float in `[0, 1)`.
+      smoothing_kind: `"uniform"` or `"wrong_classes"` (see `smooth_labels`).
 
     Returns:
       float32 array of shape (B,), non-negative.
 
     Raises:
-      TypeError / ValueError: for bad shapes, dtypes or `label_smoothing`.
+      TypeError, ValueError: bad shapes, dtypes, `label_smoothing` or `smoothing_kind`.
     """
+    import optax
+
     logits = _check_logits(logits)
-    label_smoothing = _check_smoothing(label_smoothing, "label_smoothing")
+    _check_smoothing(label_smoothing, "label_smoothing")
     num_classes = logits.shape[1]
-    targets = _to_soft(soft_labels, num_classes, "soft_labels")
+    targets = _smooth(soft_labels, num_classes, label_smoothing, smoothing_kind, "soft_labels")
     _check_batch(logits, targets, "soft_labels")
-    if label_smoothing > 0.0:
-        targets = (1.0 - label_smoothing) * targets + label_smoothing / num_classes
-    log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return -jnp.sum(targets * log_p, axis=-1)
+    return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
 def _hard_labels(labels: Any, num_classes: int, name: str) -> jax.Array:

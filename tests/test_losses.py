@@ -158,3 +158,20 @@ def test_bad_arguments():
         reconstruction_loss(LOGITS, LOGITS, kind="l1")
     with pytest.raises(ValueError, match="targets"):
         reconstruction_loss(LOGITS, LOGITS[:2])
+
+
+def test_wrong_classes_smoothing_spreads_the_mass_over_the_other_classes():
+    from jaxreg.losses import smooth_labels
+
+    y = smooth_labels(jnp.array([2, 0]), 4, 0.3, kind="wrong_classes")
+    np.testing.assert_allclose(y[0], [0.1, 0.1, 0.7, 0.1], rtol=1e-6)
+    np.testing.assert_allclose(jnp.sum(y, axis=1), 1.0, rtol=1e-6)
+    soft = jnp.array([[0.5, 0.5, 0.0, 0.0]])
+    y = smooth_labels(soft, 4, 0.3, kind="wrong_classes")
+    np.testing.assert_allclose(y[0], [0.35 + 0.05, 0.35 + 0.05, 0.1, 0.1], rtol=1e-6)
+    uniform = smooth_labels(jnp.array([2]), 4, 0.3)
+    np.testing.assert_allclose(uniform[0], [0.075, 0.075, 0.775, 0.075], rtol=1e-6)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        smooth_labels(jnp.array([1]), 4, 0.1, kind="other")
+    loss = soft_cross_entropy(LOGITS, SOFT, label_smoothing=0.2, smoothing_kind="wrong_classes")
+    assert loss.shape == (LOGITS.shape[0],) and bool(jnp.all(jnp.isfinite(loss)))

@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxreg import losses
 from jaxreg.augment import _core, _rng
 
 __all__ = ["cutmix", "mixup", "mixup_or_cutmix", "soft_labels"]
@@ -85,7 +86,7 @@ def soft_labels(
             f"labels must be integer (B,) or floating (B, K); got dtype {labels.dtype}."
         )
     if s > 0:
-        y = y * (1.0 - s) + s / k
+        y = losses.smooth_labels(y, k, s)
     return y
 
 
