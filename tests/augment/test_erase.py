@@ -84,6 +84,53 @@ def test_corner_patches_touch_only_corners():
     assert any_change
 
 
+def _corner_boxes(y, h, w, sh, sw):
+    """Erased (value -1) box per corner of y: (height, width), (0, 0) for none; checks anchors."""
+    m = np.asarray(y)[..., 0] == -1.0
+    r, c = np.nonzero(m)
+    # Every erased pixel lies in one of the four (sh x sw) corner regions.
+    assert np.all(((r < sh) | (r >= h - sh)) & ((c < sw) | (c >= w - sw)))
+    sides = []
+    for top in (True, False):
+        for left in (True, False):
+            rows = slice(0, sh) if top else slice(h - sh, h)
+            cols = slice(0, sw) if left else slice(w - sw, w)
+            region = m[rows, cols]
+            box, (bh, bw) = _is_box(region)
+            assert box
+            if region.any():  # anchored at the image corner
+                rr, cc = np.nonzero(region)
+                assert (rr.min() == 0) if top else (rr.max() == sh - 1)
+                assert (cc.min() == 0) if left else (cc.max() == sw - 1)
+            sides.append((int(bh), int(bw)))
+    return sides
+
+
+_corners = jax.jit(
+    jax.vmap(
+        lambda k, x, p: A.corner_patches(k, x, size=(3, 4), p=p, fill=-1.0), in_axes=(0, None, None)
+    )
+)
+
+
+def test_corner_patches_reach_every_corner_with_sides_in_bounds():
+    # Top-left, top-right, bottom-left, bottom-right: each corner independently with p, a box
+    # anchored there with height in [1, 3] and width in [1, 4] (size=(3, 4); H != W catches swaps).
+    h, w = 10, 13
+    x = image(h, w, 1)
+    keys = jax.random.split(key(5), 64)
+    for p in (1.0, 0.5):
+        sides = np.array([_corner_boxes(y, h, w, 3, 4) for y in _corners(keys, x, p)])
+        hit = sides[..., 0] > 0  # (64, 4)
+        assert np.all(hit == (sides[..., 1] > 0))
+        if p == 1.0:
+            assert hit.all()  # every corner, every time
+        else:
+            assert np.all((hit.mean(0) > 0.25) & (hit.mean(0) < 0.75))  # each corner ~ half
+        hs, ws = sides[..., 0][hit], sides[..., 1][hit]
+        assert set(hs.tolist()) == {1, 2, 3} and set(ws.tolist()) == {1, 2, 3, 4}
+
+
 def test_erase_twin():
     x = image(6, 6, 1)
     y = A.erase(x, 1, 2, 2, 3, fill=0.5)

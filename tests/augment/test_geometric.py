@@ -80,6 +80,46 @@ def test_rotate_quarter_turn_equals_rot90():
     np.testing.assert_allclose(A.rotate(x, 90.0), A.rot90(x, 1), atol=1e-5)
 
 
+def _blob(n=33, radius=12, sigma=2.0):
+    """(n, n, 1) Gaussian blob `radius` pixels right of the centre (angle 0)."""
+    r, c = np.mgrid[:n, :n] - (n - 1) / 2.0
+    return jnp.asarray(np.exp(-(r**2 + (c - radius) ** 2) / (2 * sigma**2))[..., None], jnp.float32)
+
+
+def _angle(y):
+    """Counter-clockwise angle on screen (degrees) of the blob's centroid about the centre."""
+    y = np.asarray(y)[..., 0]
+    n = y.shape[0]
+    r, c = np.mgrid[:n, :n] - (n - 1) / 2.0
+    return np.degrees(np.arctan2(-(r * y).sum() / y.sum(), (c * y).sum() / y.sum()))
+
+
+_rotations = jax.jit(
+    jax.vmap(
+        lambda k, x: (
+            A.random_rotate(k, x, max_degrees=10.0),
+            A.random_affine(k, x, max_degrees=10.0),
+            A.from_spec("rotate(max_degrees=10)")(k, x),
+        ),
+        in_axes=(0, None),
+    )
+)
+
+
+def test_random_rotation_angles_are_degrees_within_max_degrees():
+    # The angle is drawn in degrees from [-10, 10]: recovered from where an off-centre blob
+    # lands, every draw stays within 10 degrees (plus centroid error) and the draws fill the
+    # range. The deterministic twin turns by the angle given in degrees, counter-clockwise.
+    x = _blob()
+    np.testing.assert_allclose(_angle(x), 0.0, atol=1e-6)
+    for deg in (10.0, -7.0, 90.0):
+        np.testing.assert_allclose(_angle(A.rotate(x, deg)), deg, atol=0.2)
+    for ys in _rotations(jax.random.split(key(2), 64), x):
+        angles = np.array([_angle(y) for y in ys])
+        assert np.all(np.abs(angles) <= 10.2), angles
+        assert angles.min() < -7 and angles.max() > 7  # the draws spread over the range
+
+
 def test_center_crop_matches_dm_pix():
     x = image(9, 8, 3)
     for size in [(4, 3), (9, 8), (1, 1)]:

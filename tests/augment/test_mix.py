@@ -71,6 +71,47 @@ def test_cutmix_label_weight_equals_pasted_area(b, mode, seed):
         assert np.all((y[i] == x[i, 0, 0, 0]) | (y[i] == x[j, 0, 0, 0]))
 
 
+_cutmix_raw_lam = jax.jit(
+    functools.partial(A.cutmix, alpha=1.0, num_classes=16, mode="elem", correct_lam=False)
+)
+
+
+def test_cutmix_box_side_is_sqrt_of_one_minus_lambda():
+    # With correct_lam=False the label keeps the Beta draw lambda, so the box can be checked
+    # against it: side ratio sqrt(1 - lambda) (area 1 - lambda), clipped at the border. A box
+    # that touches no edge was not clipped: its sides are 2 * (floor(n sqrt(1 - lambda)) // 2).
+    b, h, w = 16, 20, 24
+    labels = jnp.arange(b, dtype=jnp.int32)
+    x = np.asarray(_distinct(b, h, w))
+    unclipped = 0
+    for seed in range(4):
+        y, soft = _cutmix_raw_lam(key(seed), jnp.asarray(x), labels)
+        y, soft = np.asarray(y), np.asarray(soft)
+        for i in range(b):
+            j = b - 1 - i
+            lam = soft[i, i]
+            np.testing.assert_allclose(soft[i, j], 1.0 - lam, atol=1e-6)
+            cut = np.sqrt(1.0 - lam)
+            side_h, side_w = 2 * (int(np.floor(h * cut)) // 2), 2 * (int(np.floor(w * cut)) // 2)
+            rows, cols = np.nonzero(y[i, ..., 0] == x[j, 0, 0, 0])
+            if rows.size == 0:
+                assert side_h == 0 or side_w == 0  # a box of side >= 2 keeps its centre
+                continue
+            bh, bw = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+            assert rows.size == bh * bw  # one box
+            assert bh <= side_h and bw <= side_w
+            assert rows.size / (h * w) <= (1.0 - lam) + 1e-6
+            if rows.min() > 0 and rows.max() < h - 1:
+                assert bh == side_h
+            if cols.min() > 0 and cols.max() < w - 1:
+                assert bw == side_w
+            if 0 < rows.min() and rows.max() < h - 1 and 0 < cols.min() and cols.max() < w - 1:
+                unclipped += 1
+                # The whole box: its area is 1 - lambda up to the rounding of both sides.
+                assert abs(rows.size / (h * w) - (1.0 - lam)) <= 2 / h + 2 / w
+    assert unclipped >= 8  # enough boxes checked in full (64 draws)
+
+
 def test_label_smoothing_like_timm_and_soft_labels_in():
     b, k, s = 4, 5, 0.1
     labels = jnp.array([0, 1, 2, 3])

@@ -34,6 +34,19 @@ def test_max_mode():
     assert EarlyStopping(patience=1).best_metric == math.inf
 
 
+def test_max_mode_tie_is_not_an_improvement():
+    # Accuracy on a small validation set often repeats: an equal value must not count as an
+    # improvement (it would move the best epoch and reset patience).
+    es, hist = _run(EarlyStopping(patience=2, mode="max"), [0.5, 0.75, 0.75, 0.75])
+    assert [h.has_improved for h in hist] == [True, True, False, False]
+    assert [h.patience_count for h in hist] == [0, 0, 1, 2]
+    assert es.should_stop and es.best_metric == 0.75 and es.best_epoch == 1
+    # With min_delta, a value exactly best + min_delta is a tie too (0.25 is exact in binary).
+    es, hist = _run(EarlyStopping(patience=2, min_delta=0.25, mode="max"), [0.5, 0.75, 1.0])
+    assert [h.has_improved for h in hist] == [True, False, True]
+    assert es.best_metric == 1.0 and es.best_epoch == 2 and es.patience_count == 0
+
+
 def test_min_delta():
     es, hist = _run(EarlyStopping(patience=3, min_delta=0.1), [1.0, 0.95, 0.85, 0.89])
     assert [h.has_improved for h in hist] == [True, False, True, False]
