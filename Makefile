@@ -1,11 +1,12 @@
-# `make run` trains the main job offline; `make test` runs the test suite.
+# `make run` trains the main job offline; `make test` runs the test suite; `make mutate` runs
+# the mutation tests of the core modules (slow, not part of `make test`).
 # Each target creates .venv (with the project installed) when it is missing.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.jaxreg-installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench mutate clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,5 +30,14 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/train_loop.py
 
+# Plants one small bug at a time in the core modules and runs the tests mapped to each
+# (tools/mutate.py): report in benchmarks/results/mutation.md, outcomes cached in .mutate/.
+# A subset: `make mutate MODULES="jaxreg/augment/mix.py jaxreg/optim/"`; MUTATE_JOBS=2 runs
+# two mutants at once.
+MODULES ?=
+MUTATE_JOBS ?= 1
+mutate: $(STAMP)
+	$(PY) tools/mutate.py --jobs $(MUTATE_JOBS) $(MODULES)
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .mutate
