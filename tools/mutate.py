@@ -61,7 +61,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CORE: dict[str, list[str]] = {
     "jaxreg/optim/decay.py": ["tests/optim/test_decay.py"],
     "jaxreg/optim/ema.py": ["tests/optim/test_ema.py"],
-    "jaxreg/optim/factory.py": ["tests/optim/test_factory.py", "tests/train/test_loop.py"],
+    "jaxreg/optim/factory.py": ["tests/optim/test_factory.py"],
     "jaxreg/optim/__init__.py": ["tests/optim/test_decay.py", "tests/optim/test_ema.py"],
     "jaxreg/losses.py": ["tests/test_losses.py"],
     "jaxreg/augment/mix.py": ["tests/augment/test_mix.py"],
