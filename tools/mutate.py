@@ -700,11 +700,14 @@ def mutate_module(
 ) -> tuple[list[Result], Baseline | None, float]:
     """Generates, runs and classifies every mutant of one module; returns results and seconds."""
     t0 = time.perf_counter()
-    text = (root / path).read_text()
+    # Everything is read from the copy made when the pass started (edits made to the real tree
+    # during a pass do not mix into it).
+    snapshot = trees[0]
+    text = (snapshot / path).read_text()
     mutants = generate(path, text)
     if max_mutants is not None:
         mutants = mutants[:max_mutants]
-    tests_hash = _hash_files(root, [*tests, *_conftests(root, tests)])
+    tests_hash = _hash_files(snapshot, [*tests, *_conftests(snapshot, tests)])
     todo, results = [], {}
     for m in mutants:
         hit = cache.get(m.digest)
@@ -829,9 +832,11 @@ def report(
     command: str,
     total_seconds: float,
     note: str = "",
+    sources: dict[str, str] | None = None,
 ) -> str:
     """Markdown: scores per module, survivors with diffs, functions not mutated."""
     accepted = _accepted(root)
+    sources = sources or {path: (root / path).read_text() for path in per_module}
     out = [
         "# Mutation testing",
         "",
@@ -875,7 +880,7 @@ def report(
     out += ["", "## Surviving mutants", ""]
     any_survivor = False
     for path, (results, _s) in per_module.items():
-        original = (root / path).read_text()
+        original = sources[path]
         for r in results:
             if r.status not in ("survived", "no coverage"):
                 continue
@@ -896,7 +901,7 @@ def report(
         out.append("None.")
     out += ["", "## Functions not mutated", ""]
     for path, (results, _s) in per_module.items():
-        text = (root / path).read_text()
+        text = sources[path]
         mutated = {r.mutant.function for r in results if r.status != "no coverage"}
         uncovered = {r.mutant.function for r in results if r.status == "no coverage"}
         made = {r.mutant.function for r in results}
@@ -973,6 +978,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = _xla_cache_env(root)
     t0 = time.perf_counter()
     per_module: dict[str, tuple[list[Result], float]] = {}
+    sources: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="jaxreg-mutate-") as tmp:
         trees = [_copy_tree(root, Path(tmp) / f"tree{j}") for j in range(args.jobs)]
         for path in modules:
@@ -992,6 +998,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 save=save,
             )
             per_module[path] = (results, seconds)
+            sources[path] = (trees[0] / path).read_text()
             save()
     total = time.perf_counter() - t0
     command = "make mutate" + (f" MODULES='{' '.join(args.modules)}'" if args.modules else "")
@@ -1000,7 +1007,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"This run took {total / 60:.1f} min; some outcomes came from the cache." if cached else ""
     )
     wall = sum(r.seconds for rs, _ in per_module.values() for r in rs) if cached else total
-    text = report(root, per_module, command=command, total_seconds=wall, note=note)
+    text = report(root, per_module, command=command, total_seconds=wall, note=note, sources=sources)
     out = root / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)

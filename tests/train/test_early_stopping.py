@@ -92,6 +92,15 @@ def test_immutable_and_reset():
     assert hash(fresh) == hash(EarlyStopping(patience=2))
 
 
+def test_defaults_and_the_state_before_any_update():
+    es = EarlyStopping(patience=3)
+    assert (es.min_delta, es.mode, es.warmup_epochs) == (0.0, "min", 0)
+    assert es.best_epoch == -1 and es.last_epoch == -1 and es.patience_count == 0
+    assert not es.should_stop and not es.has_improved
+    # No warm-up by default: a first epoch that does not improve (NaN) already counts.
+    assert EarlyStopping(patience=1).update(float("nan")).should_stop
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="mode"):
         EarlyStopping(patience=1, mode="lower")
@@ -109,3 +118,19 @@ def test_bad_arguments():
         EarlyStopping(patience=1).update(jnp.ones(3))
     with pytest.raises(TypeError, match="epoch"):
         EarlyStopping(patience=1).update(1.0, epoch=1.5)
+    with pytest.raises(TypeError, match="epoch"):
+        EarlyStopping(patience=1).update(1.0, epoch=True)
+    # Booleans and strings are not numbers here, even where Python would accept them.
+    for kw, name in [
+        ({"patience": True}, "patience"),
+        ({"min_delta": True}, "min_delta"),
+        ({"min_delta": "0.1"}, "min_delta"),
+        ({"warmup_epochs": False}, "warmup_epochs"),
+        ({"warmup_epochs": 1.5}, "warmup_epochs"),
+    ]:
+        with pytest.raises(TypeError, match=name):
+            EarlyStopping(**({"patience": 1} | kw))
+    with pytest.raises(ValueError, match="min_delta"):
+        EarlyStopping(patience=1, min_delta=float("inf"))
+    # The smallest valid values are accepted.
+    EarlyStopping(patience=0, min_delta=0.0, warmup_epochs=0)
