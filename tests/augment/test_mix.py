@@ -127,6 +127,32 @@ def test_label_smoothing_like_timm_and_soft_labels_in():
     np.testing.assert_allclose(soft, soft2, atol=1e-6)
 
 
+def test_soft_labels_one_hot_smoothing_and_checks():
+    y = A.soft_labels(jnp.array([2, 0]), num_classes=3)
+    assert y.dtype == jnp.float32
+    np.testing.assert_array_equal(y, [[0, 0, 1], [1, 0, 0]])  # no smoothing by default
+    y = A.soft_labels(jnp.array([2, 0]), num_classes=4, label_smoothing=0.2)
+    np.testing.assert_allclose(y, [[0.05, 0.05, 0.85, 0.05], [0.85, 0.05, 0.05, 0.05]], atol=1e-7)
+    soft = jnp.array([[0.25, 0.75]], jnp.float16)
+    for out in (A.soft_labels(soft), A.soft_labels(soft, num_classes=2)):
+        assert out.dtype == jnp.float32
+        np.testing.assert_array_equal(out, [[0.25, 0.75]])
+    assert A.soft_labels(jnp.zeros((0,), jnp.int32), num_classes=3).shape == (0, 3)
+    for labels, kw, err, match in [
+        ([0, 1], {"num_classes": 2}, TypeError, "must be an array"),
+        (jnp.array([True, False]), {"num_classes": 2}, TypeError, "integer"),
+        (jnp.zeros((2, 1), jnp.int32), {"num_classes": 2}, ValueError, r"shape \(B,\)"),
+        (jnp.zeros((2,), jnp.int32), {}, ValueError, "num_classes is required"),
+        (jnp.zeros((2,), jnp.int32), {"num_classes": 0}, ValueError, "num_classes"),
+        (jnp.zeros((2,)), {}, ValueError, r"shape \(B, K\)"),
+        (jnp.zeros((2, 3)), {"num_classes": 4}, ValueError, "does not match"),
+        (jnp.zeros((2, 3)), {"label_smoothing": -0.1}, ValueError, "label_smoothing"),
+        (jnp.zeros((2, 3)), {"label_smoothing": 1.0}, ValueError, "label_smoothing"),
+    ]:
+        with pytest.raises(err, match=match):
+            A.soft_labels(labels, **kw)
+
+
 def test_partial_fits_the_training_loop_hook():
     mix = functools.partial(A.mixup, alpha=0.2)
     x, y = jax.jit(mix)(key(), images(3), jax.nn.one_hot(jnp.array([0, 1, 2]), 3))

@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from jaxreg.optim import (
+    LrCountState,
     add_l1,
     add_l2,
     decay_mask,
@@ -94,6 +95,9 @@ def test_default_mask_on_nnx_state_decays_kernels_only(tiny_net):
 
 def test_kernel_must_be_at_least_2d():
     assert decay_mask({"x": {"kernel": jnp.ones((3,))}}) == {"x": {"kernel": False}}
+    # A path of one part (a top-level leaf) is judged by that part.
+    top = decay_mask({"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))})
+    assert top == {"kernel": True, "bias": False}
 
 
 def test_path_mask_include_exclude():
@@ -106,6 +110,13 @@ def test_path_mask_include_exclude():
     assert (
         only_bn["BatchNorm_0"] == {"scale": True, "bias": True} and not only_bn["Conv_0"]["kernel"]
     )
+    # Several patterns: a leaf is in if any include matches, out if any exclude matches.
+    m = path_mask(params, include=[r"kernel$", r"^BatchNorm"], exclude=[r"^Conv", r"scale$"])
+    assert m == {
+        "Conv_0": {"kernel": False, "bias": False},
+        "BatchNorm_0": {"scale": False, "bias": True},
+        "Dense_0": {"kernel": True, "bias": False},
+    }
     with pytest.raises(ValueError, match="include"):
         path_mask(params, include="(")
     with pytest.raises(TypeError, match="exclude"):
@@ -353,10 +364,36 @@ def test_bad_learning_rate_and_missing_params():
     with pytest.raises(TypeError, match="learning_rate"):
         decoupled_weight_decay(0.1, learning_rate="fast")
     params = _params()
+    schedule = optax.constant_schedule(0.1)
     for tx in (
         add_l1(0.1, mask=True),
         add_l2(0.1, mask=True),
         prox_l1(0.1, learning_rate=0.1, mask=True),
+        prox_l1(0.1, learning_rate=schedule, mask=True),
+        decoupled_weight_decay(0.1, learning_rate=schedule, mask=True),
     ):
-        with pytest.raises(ValueError, match="params"):
+        with pytest.raises(ValueError, match="needs the current params"):
             tx.update(params, tx.init(params))
+
+
+def test_states_are_optax_states():
+    # Stateless transforms keep optax's empty state; scheduled ones count their updates.
+    params = _params()
+    for tx in (add_l1(0.1, mask=True), add_l2(0.1, mask=True), prox_l1(0.1, learning_rate=0.1)):
+        state = tx.init(params)
+        assert jax.tree.leaves(state) == []
+        assert optax.EmptyState() in (state, getattr(state, "inner_state", None))
+    tx = decoupled_weight_decay(0.1, learning_rate=optax.constant_schedule(0.1), mask=True)
+    state = tx.init(params)
+    assert isinstance(state, LrCountState) and int(state.count) == 0
+    _, state = tx.update(params, state, params)
+    assert int(state.count) == 1
+
+
+def test_mask_false_changes_nothing_and_keeps_no_state():
+    params = _params()
+    tx = add_l2(1.0, mask=False)
+    assert tx.init(params) == optax.EmptyState()
+    g = _grads(params)
+    u, _ = tx.update(g, tx.init(params), params)
+    _assert_trees_close(u, g)

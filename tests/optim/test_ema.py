@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxreg.optim import EmaState, ema, ema_decay, recompute_batch_stats
+from jaxreg.optim import (
+    EmaState,
+    ema,
+    ema_decay,
+    ema_params,
+    param_ema,
+    recompute_batch_stats,
+)
 from tests.optim.tiny_net import TinyNet
 
 
@@ -33,6 +40,7 @@ def test_warmup_formula():
     expected = np.minimum(0.99, (1.0 + np.arange(200)) / (10.0 + np.arange(200)))
     np.testing.assert_allclose(d, expected, rtol=1e-6)
     assert float(ema_decay(0.99, 5, warmup=False)) == pytest.approx(0.99)
+    assert float(ema_decay(0.99, 0)) == pytest.approx(0.99)  # no warm-up by default
     # First update with warm-up uses decay 0.1: ema = 0.1 * init + 0.9 * params.
     tx = ema(0.999, warmup=True)
     state = tx.update(tx.init({"w": jnp.zeros(2)}), {"w": jnp.full((2,), 10.0)})
@@ -78,7 +86,33 @@ def test_works_on_nnx_state():
     assert jax.tree.structure(state.ema_params) == jax.tree.structure(params)
 
 
+def test_decay_zero_tracks_and_decay_one_freezes():
+    a, c = {"w": jnp.zeros(2)}, {"w": jnp.full((2,), 3.0)}
+    for decay, want in ((0.0, 3.0), (1.0, 0.0)):  # both ends of [0, 1] are allowed
+        tx = ema(decay)
+        np.testing.assert_array_equal(tx.update(tx.init(a), c).ema_params["w"], want)
+        ptx = param_ema(decay)
+        _, state = ptx.update({"w": jnp.full((2,), 3.0)}, ptx.init(a), a)
+        np.testing.assert_array_equal(ema_params(state, a)["w"], want)
+
+
+def test_update_count_saturates_instead_of_wrapping():
+    top = jnp.iinfo(jnp.int32).max
+    tx = ema(0.5)
+    state = tx.init({"w": jnp.zeros(2)})._replace(count=jnp.asarray(top, jnp.int32))
+    assert int(tx.update(state, {"w": jnp.ones(2)}).count) == top
+    ptx = param_ema(0.5)
+    pstate = ptx.init({"w": jnp.zeros(2)})._replace(count=jnp.asarray(top, jnp.int32))
+    _, pstate = ptx.update({"w": jnp.ones(2)}, pstate, {"w": jnp.zeros(2)})
+    assert int(pstate.count) == top
+
+
 def test_bad_arguments():
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="decay"):
+            param_ema(bad)
+    with pytest.raises(TypeError, match="warmup"):
+        param_ema(0.9, warmup=1)
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(ValueError, match="decay"):
             ema(bad)
@@ -143,6 +177,19 @@ def test_recompute_batch_stats_bad_arguments():
         recompute_batch_stats(lambda p, s, x: s, {}, {}, [jnp.zeros(2)], momentum=1.0)
     with pytest.raises(TypeError, match="stats_fn"):
         recompute_batch_stats(None, {}, {}, [jnp.zeros(2)])
+    for bad in ("0.5", True):
+        with pytest.raises(TypeError, match="momentum"):
+            recompute_batch_stats(lambda p, s, x: s, {}, {}, [jnp.zeros(2)], momentum=bad)
+
+
+def test_recompute_batch_stats_passes_non_float_statistics_through():
+    # With momentum only floating statistics are un-blended; an integer counter is kept as
+    # the last batch returned it.
+    stats = {"mean": jnp.full((2,), 1.0), "steps": jnp.asarray(7, jnp.int32)}
+    fn = lambda p, s, x: {"mean": 0.9 * s["mean"] + 0.1 * x, "steps": s["steps"] + 1}
+    out = recompute_batch_stats(fn, {}, stats, [jnp.full((2,), 5.0)], momentum=0.9)
+    np.testing.assert_allclose(out["mean"], 5.0, rtol=1e-5)
+    assert out["steps"].dtype == jnp.int32 and int(out["steps"]) == 8
 
 
 # ----------------------------------------------------------------------------- param_ema (Optax)

@@ -54,6 +54,11 @@ def test_warmup_then_decay_over_the_remaining_steps():
     )
     s = learning_rate_schedule(learning_rate=lr, schedule="step", total_steps=100, warmup_steps=10)
     np.testing.assert_allclose(_values(s, [10, 50, 60, 80]), [lr, lr, lr / 10, lr / 100], rtol=1e-6)
+    # One warm-up step: the first step has learning rate 0.
+    s = learning_rate_schedule(
+        learning_rate=lr, schedule="constant", total_steps=10, warmup_steps=1
+    )
+    assert _values(s, [0, 1, 9]) == [0.0, lr, lr]
     # All steps warm-up: the decay still has one step (to 0 right after).
     s = learning_rate_schedule(learning_rate=lr, schedule="cosine", total_steps=10, warmup_steps=10)
     np.testing.assert_allclose(_values(s, [5, 10, 11]), [lr / 2, lr, 0.0], atol=1e-7)
@@ -195,12 +200,14 @@ def test_chain_matches_the_optax_reference(options, reference):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
 
 
-def test_proximal_l1_comes_last_and_zeroes_small_kernel_weights():
-    tx, _ = build_optimizer(_config(l1_prox=2.0), total_steps=100)
+@pytest.mark.parametrize("rate", [0.5, 2.0])
+def test_proximal_l1_comes_last_and_zeroes_small_kernel_weights(rate):
+    tx, _ = build_optimizer(_config(l1_prox=rate), total_steps=100)
     got = _run(tx)
-    want = _soft_threshold(optax.sgd(0.1), rate=2.0, lr=0.1)
+    want = _soft_threshold(optax.sgd(0.1), rate=rate, lr=0.1)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
-    assert np.any(np.asarray(got["Dense_0"]["kernel"]) == 0.0)
+    if rate == 2.0:
+        assert np.any(np.asarray(got["Dense_0"]["kernel"]) == 0.0)
     assert np.all(np.asarray(got["Dense_0"]["bias"]) != 0.0)  # kernels only
 
 
@@ -211,6 +218,9 @@ def test_warmup_epochs_become_steps_of_the_schedule():
     np.testing.assert_allclose(
         _values(schedule, [0, 10, 20, 60, 100]), [0, 0.05, 0.1, 0.05, 0], atol=1e-7
     )
+    # Warm-up epochs need not be whole: 0.26 of 10 epochs of 100 steps rounds to 3 steps.
+    _, schedule = build_optimizer(_config(epochs=10, warmup_epochs=0.26), total_steps=100)
+    np.testing.assert_allclose(_values(schedule, [1, 2, 3]), [0.1 / 3, 0.2 / 3, 0.1], rtol=1e-6)
     params = _params()
     updates, _ = tx.update(_grads(0), tx.init(params), params)
     jax.tree.map(lambda u: np.testing.assert_array_equal(u, 0.0), updates)  # lr 0 at step 0
