@@ -175,3 +175,62 @@ def test_wrong_classes_smoothing_spreads_the_mass_over_the_other_classes():
         smooth_labels(jnp.array([1]), 4, 0.1, kind="other")
     loss = soft_cross_entropy(LOGITS, SOFT, label_smoothing=0.2, smoothing_kind="wrong_classes")
     assert loss.shape == (LOGITS.shape[0],) and bool(jnp.all(jnp.isfinite(loss)))
+
+
+def test_wrong_classes_smoothing_needs_two_classes_and_works_with_two():
+    np.testing.assert_allclose(
+        smooth_labels(jnp.array([1]), 2, 0.1, kind="wrong_classes"), [[0.1, 0.9]], rtol=1e-6
+    )
+    with pytest.raises(ValueError, match="num_classes >= 2"):
+        smooth_labels(jnp.array([0]), 1, 0.1, kind="wrong_classes")
+
+
+def test_ece_bins_follow_the_documented_edges():
+    # Bins of width 0.2 are ((m - 1) / 5, m / 5]: 0.7 and 0.8 share (0.6, 0.8].
+    probs = jnp.asarray([[0.7, 0.3], [0.8, 0.2]])
+    labels = jnp.asarray([0, 1], jnp.int32)
+    assert float(expected_calibration_error(probs, labels, num_bins=5)) == pytest.approx(
+        abs(1.0 - 1.5) / 2, abs=1e-6
+    )
+    # The first bin is (0, 0.2] plus a confidence of exactly 0, which is not dropped.
+    probs = jnp.asarray([[0.1] * 10, [0.3] + [0.7 / 9] * 9, [0.0] * 10])
+    labels = jnp.asarray([0, 1, 0], jnp.int32)  # right, wrong, right (argmax 0)
+    want = (abs(1.0 + 1.0 - 0.1 - 0.0) + abs(0.0 - 0.3)) / 3  # 0.1 and 0.0 share the first bin
+    assert float(expected_calibration_error(probs, labels, num_bins=5)) == pytest.approx(
+        want, abs=1e-6
+    )
+    # One bin: |accuracy - mean confidence|.
+    probs = jnp.asarray([[0.9, 0.1], [0.6, 0.4]])
+    assert float(
+        expected_calibration_error(probs, jnp.asarray([0, 1], jnp.int32), num_bins=1)
+    ) == pytest.approx(abs(0.5 - 0.75), abs=1e-6)
+
+
+def test_ece_default_bins_and_checks():
+    probs = np.asarray(jax.nn.softmax(jnp.asarray(RNG.normal(size=(300, 7)) * 2, jnp.float32)))
+    # Right 60 % of the time at any confidence: low bins under-confident, high ones over.
+    right = RNG.uniform(size=300) < 0.6
+    labels = np.where(right, probs.argmax(1), (probs.argmax(1) + 1) % 7).astype(np.int32)
+    want = _ece_reference(probs, labels, 15)
+    assert abs(want - _ece_reference(probs, labels, 16)) > 1e-4  # the data tell 15 from 16
+    assert float(expected_calibration_error(probs, labels)) == pytest.approx(want, abs=1e-5)
+    with pytest.raises(ValueError, match="batch size"):
+        expected_calibration_error(probs, labels[:10])
+    for bad in (2.0, True):
+        with pytest.raises(TypeError, match="num_bins"):
+            expected_calibration_error(probs, labels, num_bins=bad)
+
+
+def test_reconstruction_loss_edges():
+    # A batch of scalars is fine; a scalar has no batch axis.
+    np.testing.assert_allclose(reconstruction_loss(jnp.ones(3), jnp.zeros(3)), [1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="batch axis"):
+        reconstruction_loss(jnp.ones(()), jnp.zeros(()))
+    # Probabilities of exactly 0 and 1 are clipped: finite, and near 0 where they are right.
+    p = jnp.asarray([[0.0, 1.0, 0.0, 1.0]])
+    y = jnp.asarray([[0.0, 1.0, 1.0, 0.0]])
+    loss = reconstruction_loss(p, y, kind="bce", from_logits=False)
+    lo, hi = np.float32(1e-7), np.float32(1.0 - 1e-7)  # the clip bounds in float32
+    np.testing.assert_allclose(loss, [-(np.log(lo) + np.log1p(-hi)) / 4], rtol=1e-4)
+    with pytest.raises(TypeError, match="from_logits"):
+        reconstruction_loss(p, y, kind="bce", from_logits=1)

@@ -119,7 +119,7 @@ def test_runner_classifies_killed_survived_timeout_error_and_no_coverage(tmp_pat
     assert by_mutant[(19, "`+=` -> `-=`")] == "timeout"
     assert by_mutant[(24, "`*` -> `/`")] == "no coverage"
     report = (tmp_path / "report.md").read_text()
-    assert "`pkg/calc.py:13` in `is_small`: `<` -> `<=` (survived)" in report
+    assert "`pkg/calc.py:13:14` in `is_small`: `<` -> `<=` (survived)" in report
     assert "-    return x < 10" in report and "+    return x <= 10" in report
     assert "`pkg/calc.py:23` `unused`: no mapped test runs it" in report
     # A second run takes every outcome from the cache and runs no test.

@@ -167,6 +167,7 @@ class Mutant:
     index: int  # 0-based, in source order within the module
     lineno: int
     end_lineno: int
+    col: int  # 1-based column (characters) where the edit starts
     function: str  # qualified name of the enclosing function, or "<module>"
     operator: str  # kind of edit, e.g. "binop", "compare", "constant"
     description: str  # e.g. "`<` -> `<=`"
@@ -202,6 +203,11 @@ class _Source:
 
     def offset(self, lineno: int, col: int) -> int:
         return self.starts[lineno - 1] + col
+
+    def column(self, offset: int) -> int:
+        """1-based character column of a byte offset."""
+        k = max(i for i, start in enumerate(self.starts) if start <= offset)
+        return len(self.data[self.starts[k] : offset].decode("utf-8")) + 1
 
     def span(self, node: ast.AST) -> tuple[int, int]:
         return (
@@ -514,6 +520,7 @@ def generate(path: str, text: str) -> list[Mutant]:
                     path=path,
                     index=0,
                     lineno=node.lineno,
+                    col=src.column(min(e[0] for e in edits)),
                     end_lineno=node.end_lineno,
                     function=qual,
                     operator=operator,
@@ -521,7 +528,7 @@ def generate(path: str, text: str) -> list[Mutant]:
                     text=mutated,
                 )
             )
-    found.sort(key=lambda m: (m.lineno, m.end_lineno))
+    found.sort(key=lambda m: (m.lineno, m.col, m.end_lineno))
     return [dataclasses.replace(m, index=k) for k, m in enumerate(found)]
 
 
@@ -775,7 +782,7 @@ def mutate_module(
             done[0] += 1
             if r.status in ("survived", "timeout", "error"):
                 log(
-                    f"  [{done[0]}/{len(todo)}] {r.status}: {path}:{r.mutant.lineno} "
+                    f"  [{done[0]}/{len(todo)}] {r.status}: {path}:{r.mutant.lineno}:{r.mutant.col} "
                     f"{r.mutant.function} {r.mutant.description} ({r.seconds:.0f} s)"
                 )
             elif done[0] % 10 == 0:
@@ -820,6 +827,7 @@ def _reason(r: Result, original: str, accepted: list[dict]) -> str | None:
             and a["function"] == r.mutant.function
             and a["mutation"] == r.mutant.description
             and a["line"].strip() in line
+            and a.get("column", r.mutant.col) == r.mutant.col
         ):
             return a["reason"]
     return None
@@ -900,7 +908,8 @@ def report(
             any_survivor = True
             reason = _reason(r, original, accepted)
             out.append(
-                f"- `{path}:{r.mutant.lineno}` in `{r.mutant.function}`: {r.mutant.description}"
+                f"- `{path}:{r.mutant.lineno}:{r.mutant.col}` in `{r.mutant.function}`:"
+                f" {r.mutant.description}"
                 f" ({r.status})" + (f". Accepted: {reason}" if reason else ". No reason recorded.")
             )
             out += ["", "  ```diff"]
@@ -975,7 +984,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.list:
         for path in modules:
             for m in generate(path, (root / path).read_text()):
-                print(f"{path}:{m.lineno} {m.function} {m.operator} {m.description}")
+                print(f"{path}:{m.lineno}:{m.col} {m.function} {m.operator} {m.description}")
         return 0
     cache_file = root / ".mutate" / "results.json"
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
