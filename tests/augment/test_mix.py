@@ -143,7 +143,7 @@ def test_soft_labels_one_hot_smoothing_and_checks():
         (jnp.array([True, False]), {"num_classes": 2}, TypeError, "integer"),
         (jnp.zeros((2, 1), jnp.int32), {"num_classes": 2}, ValueError, r"shape \(B,\)"),
         (jnp.zeros((2,), jnp.int32), {}, ValueError, "num_classes is required"),
-        (jnp.zeros((2,), jnp.int32), {"num_classes": 0}, ValueError, "num_classes"),
+        (jnp.zeros((2,), jnp.int32), {"num_classes": 0}, ValueError, "num_classes must be >= 1"),
         (jnp.zeros((2,)), {}, ValueError, r"shape \(B, K\)"),
         (jnp.zeros((2, 3)), {"num_classes": 4}, ValueError, "does not match"),
         (jnp.zeros((2, 3)), {"label_smoothing": -0.1}, ValueError, "label_smoothing"),
