@@ -71,45 +71,65 @@ def test_cutmix_label_weight_equals_pasted_area(b, mode, seed):
         assert np.all((y[i] == x[i, 0, 0, 0]) | (y[i] == x[j, 0, 0, 0]))
 
 
-_cutmix_raw_lam = jax.jit(
-    functools.partial(A.cutmix, alpha=1.0, num_classes=16, mode="elem", correct_lam=False)
-)
+_cutmix_elem = {
+    c: jax.jit(functools.partial(A.cutmix, alpha=1.0, num_classes=16, mode="elem", correct_lam=c))
+    for c in (False, True)
+}
 
 
 def test_cutmix_box_side_is_sqrt_of_one_minus_lambda():
     # With correct_lam=False the label keeps the Beta draw lambda, so the box can be checked
     # against it: side ratio sqrt(1 - lambda) (area 1 - lambda), clipped at the border. A box
     # that touches no edge was not clipped: its sides are 2 * (floor(n sqrt(1 - lambda)) // 2).
-    b, h, w = 16, 20, 24
+    # With correct_lam=True (same key, same boxes) the label weight is the pasted area. Three
+    # rows: a side of 0 pastes nothing, and the centre reaches the first row.
+    b = 16
     labels = jnp.arange(b, dtype=jnp.int32)
-    x = np.asarray(_distinct(b, h, w))
-    unclipped = 0
-    for seed in range(4):
-        y, soft = _cutmix_raw_lam(key(seed), jnp.asarray(x), labels)
-        y, soft = np.asarray(y), np.asarray(soft)
-        for i in range(b):
-            j = b - 1 - i
-            lam = soft[i, i]
-            np.testing.assert_allclose(soft[i, j], 1.0 - lam, atol=1e-6)
-            cut = np.sqrt(1.0 - lam)
-            side_h, side_w = 2 * (int(np.floor(h * cut)) // 2), 2 * (int(np.floor(w * cut)) // 2)
-            rows, cols = np.nonzero(y[i, ..., 0] == x[j, 0, 0, 0])
-            if rows.size == 0:
-                assert side_h == 0 or side_w == 0  # a box of side >= 2 keeps its centre
-                continue
-            bh, bw = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
-            assert rows.size == bh * bw  # one box
-            assert bh <= side_h and bw <= side_w
-            assert rows.size / (h * w) <= (1.0 - lam) + 1e-6
-            if rows.min() > 0 and rows.max() < h - 1:
-                assert bh == side_h
-            if cols.min() > 0 and cols.max() < w - 1:
-                assert bw == side_w
-            if 0 < rows.min() and rows.max() < h - 1 and 0 < cols.min() and cols.max() < w - 1:
-                unclipped += 1
-                # The whole box: its area is 1 - lambda up to the rounding of both sides.
-                assert abs(rows.size / (h * w) - (1.0 - lam)) <= 2 / h + 2 / w
-    assert unclipped >= 8  # enough boxes checked in full (64 draws)
+    unclipped = first_row_only = 0
+    for h, w in ((20, 24), (3, 40)):
+        x = np.asarray(_distinct(b, h, w))
+        for seed in range(4):
+            y, soft = map(np.asarray, _cutmix_elem[False](key(seed), jnp.asarray(x), labels))
+            y_area, soft_area = map(
+                np.asarray, _cutmix_elem[True](key(seed), jnp.asarray(x), labels)
+            )
+            np.testing.assert_array_equal(y_area, y)
+            for i in range(b):
+                j = b - 1 - i
+                lam = soft[i, i]
+                np.testing.assert_allclose(soft[i, j], 1.0 - lam, atol=1e-6)
+                cut = np.sqrt(1.0 - lam)
+                side_h = 2 * (int(np.floor(h * cut)) // 2)
+                side_w = 2 * (int(np.floor(w * cut)) // 2)
+                pasted = y[i, ..., 0] == x[j, 0, 0, 0]
+                np.testing.assert_allclose(soft_area[i, j], pasted.mean(), atol=1e-6)
+                rows, cols = np.nonzero(pasted)
+                if rows.size == 0:
+                    assert side_h == 0 or side_w == 0  # a box of side >= 2 keeps its centre
+                    continue
+                bh, bw = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+                assert rows.size == bh * bw  # one box
+                assert bh <= side_h and bw <= side_w
+                assert rows.size / (h * w) <= (1.0 - lam) + 1e-6
+                first_row_only += rows.max() == 0
+                if rows.min() > 0 and rows.max() < h - 1:
+                    assert bh == side_h
+                if cols.min() > 0 and cols.max() < w - 1:
+                    assert bw == side_w
+                if 0 < rows.min() and rows.max() < h - 1 and 0 < cols.min() and cols.max() < w - 1:
+                    unclipped += 1
+                    # The whole box: its area is 1 - lambda up to the rounding of both sides.
+                    assert abs(rows.size / (h * w) - (1.0 - lam)) <= 2 / h + 2 / w
+    assert unclipped >= 8  # enough boxes checked in full (128 draws)
+    assert first_row_only > 0  # a centre on row 0 with half-side 1 pastes row 0 alone
+
+
+@pytest.mark.parametrize("op", [A.mixup, A.cutmix, A.mixup_or_cutmix])
+def test_a_bad_key_is_rejected(op):
+    kw = {"num_classes": 4} | ({} if op is A.mixup_or_cutmix else {"alpha": 1.0})
+    for bad in (0, jnp.zeros((2,), jnp.float32)):
+        with pytest.raises(TypeError, match="PRNG key"):
+            op(bad, images(4), jnp.arange(4), **kw)
 
 
 def test_label_smoothing_like_timm_and_soft_labels_in():
