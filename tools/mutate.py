@@ -43,6 +43,7 @@ import difflib
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -700,7 +701,7 @@ def mutate_module(
     cache: dict,
     fresh: bool,
     log: Callable[[str], None],
-    max_mutants: int | None = None,
+    sample: int | None = None,
     min_timeout: float = 120.0,
     keep_killed: bool = False,
     save: Callable[[], None] = lambda: None,
@@ -712,8 +713,9 @@ def mutate_module(
     snapshot = trees[0]
     text = (snapshot / path).read_text()
     mutants = generate(path, text)
-    if max_mutants is not None:
-        mutants = mutants[:max_mutants]
+    if sample is not None and sample < len(mutants):  # a fixed random subset, for an estimate
+        chosen = sorted(random.Random(path).sample(range(len(mutants)), sample))
+        mutants = [mutants[k] for k in chosen]
     tests_hash = _hash_files(snapshot, [*tests, *_conftests(snapshot, tests)])
     todo, results = [], {}
     for m in mutants:
@@ -835,7 +837,7 @@ def _reason(r: Result, original: str, accepted: list[dict]) -> str | None:
 
 def report(
     root: Path,
-    per_module: dict[str, tuple[list[Result], float]],
+    per_module: dict[str, tuple[list[Result], float, int]],
     *,
     command: str,
     total_seconds: float,
@@ -871,7 +873,7 @@ def report(
     keys = ("killed", "timeout", "error", "survived", "no coverage", "accepted")
     totals = dict.fromkeys(keys, 0)
     n_all, ran_all, runs_all = 0, 0.0, 0
-    for path, (results, _seconds) in per_module.items():
+    for path, (results, _seconds, total) in per_module.items():
         counts = dict.fromkeys(keys, 0)
         for r in results:
             counts[r.status] += 1
@@ -885,8 +887,9 @@ def report(
         ran = sum(r.seconds for r in results)
         runs = n - counts["no coverage"]
         ran_all, runs_all = ran_all + ran, runs_all + runs
+        size = f"{n}" if n == total else f"{n} of {total} (a random sample)"
         out.append(
-            f"| `{path}` | {n} | {counts['killed']} | {counts['timeout']} | {counts['error']} | "
+            f"| `{path}` | {size} | {counts['killed']} | {counts['timeout']} | {counts['error']} | "
             f"{counts['survived']} | {counts['no coverage']} | {counts['accepted']} | "
             f"{det}/{n} ({100 * det / max(n, 1):.0f} %) | {ran / 60:.1f} min | "
             f"{ran / max(runs, 1):.1f} |"
@@ -900,7 +903,7 @@ def report(
     )
     out += ["", "## Surviving mutants", ""]
     any_survivor = False
-    for path, (results, _s) in per_module.items():
+    for path, (results, _s, _total) in per_module.items():
         original = sources[path]
         for r in results:
             if r.status not in ("survived", "no coverage"):
@@ -922,7 +925,7 @@ def report(
     if not any_survivor:
         out.append("None.")
     out += ["", "## Functions not mutated", ""]
-    for path, (results, _s) in per_module.items():
+    for path, (results, _s, _total) in per_module.items():
         text = sources[path]
         mutated = {r.mutant.function for r in results if r.status != "no coverage"}
         uncovered = {r.mutant.function for r in results if r.status == "no coverage"}
@@ -959,7 +962,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="after tests were added: keep killed outcomes, run only the other mutants again",
     )
     p.add_argument("--list", action="store_true", help="print the mutants and stop")
-    p.add_argument("--max-mutants", type=int, help="per module (a pilot)")
+    p.add_argument(
+        "--sample", type=int, help="run a fixed random N of each module's mutants (an estimate)"
+    )
     p.add_argument("--root", default=str(ROOT), help="project root (default: this checkout)")
     p.add_argument(
         "--map",
@@ -999,7 +1004,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     env = _xla_cache_env(root)
     t0 = time.perf_counter()
-    per_module: dict[str, tuple[list[Result], float]] = {}
+    per_module: dict[str, tuple[list[Result], float, int]] = {}
     sources: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="jaxreg-mutate-") as tmp:
         trees = [_copy_tree(root, Path(tmp) / f"tree{j}") for j in range(args.jobs)]
@@ -1014,21 +1019,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cache=cache,
                 fresh=args.fresh,
                 log=lambda s: print(s, flush=True),
-                max_mutants=args.max_mutants,
+                sample=args.sample,
                 min_timeout=args.min_timeout,
                 keep_killed=args.keep_killed,
                 save=save,
             )
-            per_module[path] = (results, seconds)
+            generated = len(generate(path, (trees[0] / path).read_text()))
+            per_module[path] = (results, seconds, generated)
             sources[path] = (trees[0] / path).read_text()
             save()
     total = time.perf_counter() - t0
     command = "make mutate" + (f" MODULES='{' '.join(args.modules)}'" if args.modules else "")
-    cached = any(r.cached for rs, _ in per_module.values() for r in rs)
+    cached = any(r.cached for rs, _, _ in per_module.values() for r in rs)
     note = (
         f"This run took {total / 60:.1f} min; some outcomes came from the cache." if cached else ""
     )
-    wall = sum(r.seconds for rs, _ in per_module.values() for r in rs) if cached else total
+    wall = sum(r.seconds for rs, _, _ in per_module.values() for r in rs) if cached else total
     text = report(root, per_module, command=command, total_seconds=wall, note=note, sources=sources)
     out = root / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
