@@ -1,9 +1,11 @@
 """Mutation testing: plants one small bug at a time in a module and runs the tests mapped to it.
 
-Run: `python tools/mutate.py [MODULE_OR_FOLDER ...] [--jobs N] [--out PATH]` (`make mutate`,
+Run: `python tools/mutate.py [MODULE_OR_FOLDER[:N] ...] [--jobs N] [--out PATH]` (`make mutate`,
 `make mutate MODULES=jaxreg/augment/mix.py`). With no modules, every module of `CORE` is
-mutated. The report (per-module scores, the surviving mutants with file:line and diff, the
-functions not mutated) goes to `benchmarks/results/mutation.md`.
+mutated; `MODULE:N` (or `--sample N` for all) runs a fixed random N of a module's mutants, an
+estimate for a module too slow to run in full. The report (per-module scores, the surviving
+mutants with file:line:column and diff, the functions not mutated) goes to
+`benchmarks/results/mutation.md`.
 
 How it works, and why it is written this way rather than with mutmut or cosmic-ray:
 
@@ -657,9 +659,14 @@ def _copy_tree(root: Path, dest: Path) -> Path:
     return dest
 
 
-def _expand(root: Path, modules: Iterable[str], mapping: dict[str, list[str]]) -> list[str]:
-    out = []
-    for m in modules:
+def _expand(
+    root: Path, modules: Iterable[str], mapping: dict[str, list[str]], sample: int | None
+) -> dict[str, int | None]:
+    """Module paths -> how many of their mutants to run (None: all); `path:N` samples N."""
+    out: dict[str, int | None] = {}
+    for arg in modules:
+        m, _, n = arg.partition(":")
+        n = int(n) if n else sample
         m = m.rstrip("/")
         if (root / m).is_dir():
             found = sorted(
@@ -667,15 +674,15 @@ def _expand(root: Path, modules: Iterable[str], mapping: dict[str, list[str]]) -
                 for p in (root / m).rglob("*.py")
                 if "__pycache__" not in str(p)
             )
-            out += [f for f in found if f in mapping]
+            out |= {f: n for f in found if f in mapping}
             missing = [f for f in found if f not in mapping]
             if missing:
                 print(f"no tests mapped for {missing}: left out")
         elif m in mapping:
-            out.append(m)
+            out[m] = n
         else:
             raise SystemExit(f"{m}: no tests mapped to it (see CORE in {Path(__file__).name})")
-    return list(dict.fromkeys(out))
+    return out
 
 
 def _hash_files(root: Path, files: Iterable[str]) -> str:
@@ -952,7 +959,11 @@ def _machine() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: mutate the given modules (default: all of `CORE`) and write the report."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("modules", nargs="*", help="modules or folders (default: every core module)")
+    p.add_argument(
+        "modules",
+        nargs="*",
+        help="modules or folders (default: every core module); PATH:N runs a random N of them",
+    )
     p.add_argument("--jobs", type=int, default=1, help="mutants run at once (default 1)")
     p.add_argument("--out", default="benchmarks/results/mutation.md", help="report file")
     p.add_argument("--fresh", action="store_true", help="ignore cached outcomes")
@@ -963,7 +974,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--list", action="store_true", help="print the mutants and stop")
     p.add_argument(
-        "--sample", type=int, help="run a fixed random N of each module's mutants (an estimate)"
+        "--sample", type=int, help="run a fixed random N of every module's mutants (an estimate)"
     )
     p.add_argument("--root", default=str(ROOT), help="project root (default: this checkout)")
     p.add_argument(
@@ -985,7 +996,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for item in args.map:
         module, _, tests = item.partition("=")
         mapping[module] = tests.split(",")
-    modules = _expand(root, args.modules or list(CORE), mapping)
+    modules = _expand(root, args.modules or list(CORE), mapping, args.sample)
     if args.list:
         for path in modules:
             for m in generate(path, (root / path).read_text()):
@@ -1019,7 +1030,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cache=cache,
                 fresh=args.fresh,
                 log=lambda s: print(s, flush=True),
-                sample=args.sample,
+                sample=modules[path],
                 min_timeout=args.min_timeout,
                 keep_killed=args.keep_killed,
                 save=save,
