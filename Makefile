@@ -32,9 +32,8 @@ bench: $(STAMP)
 
 # Plants one small bug at a time in the core modules and runs the tests mapped to each
 # (tools/mutate.py): report in benchmarks/results/mutation.md, outcomes cached in .mutate/.
-# A subset: `make mutate MODULES="jaxreg/augment/mix.py jaxreg/optim/"` (`path:N`: a random N of
-# its mutants, an estimate); MUTATE_JOBS=2 runs
-# two mutants at once.
+# A subset: `make mutate MODULES="jaxreg/augment/mix.py jaxreg/optim/"` (`path:N`: a random N
+# of its mutants, an estimate); MUTATE_JOBS=2 runs two mutants at once.
 MODULES ?=
 MUTATE_JOBS ?= 1
 mutate: $(STAMP)
