@@ -1,6 +1,7 @@
 """Mixup / CutMix: label mass 1, lambda in [0, 1], CutMix weight = pasted area, any batch size."""
 
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -193,6 +194,47 @@ def test_mixup_or_cutmix_extremes():
     vals = set(np.unique(np.asarray(y_cut)).round(6))
     assert vals <= set(np.asarray(x[:, 0, 0, 0]).round(6))  # only pasted, never blended
     np.testing.assert_allclose(s_cut.sum(1), 1.0, atol=1e-6)
+
+
+def test_mixup_or_cutmix_blends_or_pastes_each_example_as_its_label_says():
+    b = 16
+    x, labels = _distinct(b), jnp.arange(b, dtype=jnp.int32)
+    xs = np.asarray(x)
+    kinds = set()
+    for p in (0.0, 1.0, 0.5):
+        y, soft = map(
+            np.asarray,
+            A.mixup_or_cutmix(key(3), x, labels, switch_prob=p, num_classes=b, mode="elem"),
+        )
+        for i in range(b):
+            j = b - 1 - i
+            lam, w = soft[i, i], soft[i, j]
+            np.testing.assert_allclose(lam + w, 1.0, atol=1e-6)
+            blended = np.allclose(y[i], lam * xs[i] + (1 - lam) * xs[j], atol=1e-6)
+            from_partner = y[i] == xs[j]
+            pasted = np.all(from_partner | (y[i] == xs[i])) and np.isclose(
+                from_partner.mean(), w, atol=1e-6
+            )
+            assert blended if p == 0.0 else pasted if p == 1.0 else blended or pasted
+            if p == 0.5:
+                kinds.add("blend" if blended and not pasted else "paste" if pasted else "")
+    assert {"blend", "paste"} <= kinds  # per example, some of each
+
+
+def test_mixup_or_cutmix_defaults_are_timm_s():
+    params = inspect.signature(A.mixup_or_cutmix).parameters
+    defaults = {k: v.default for k, v in params.items() if v.default is not inspect.Parameter.empty}
+    assert defaults == {
+        "mixup_alpha": 0.8,
+        "cutmix_alpha": 1.0,
+        "switch_prob": 0.5,
+        "num_classes": None,
+        "label_smoothing": 0.0,
+        "mode": "batch",
+        "correct_lam": True,
+    }
+    with pytest.raises(ValueError, match="mixup_alpha"):
+        A.mixup_or_cutmix(key(), images(4), jnp.arange(4), mixup_alpha=0.0, num_classes=4)
 
 
 @pytest.mark.parametrize(
