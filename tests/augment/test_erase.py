@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxreg.augment as A
+from jaxreg.augment.erase import check_fill_option
 from tests.augment._util import image, images, key
 
 FAST = settings(max_examples=10, deadline=None)
@@ -248,6 +249,58 @@ def test_fill_batch_partner_edge_cases():
 def test_bad_fill_in_specs_fails_when_built_and_names_allowed_values(spec):
     with pytest.raises(ValueError, match="'noise', 'mean', 'batch'"):
         A.from_spec(spec)
+
+
+def test_check_fill_option_accepts_and_rejects():
+    # What a spec may say (checked before any image is seen), and an (H, W, C) image.
+    for ok in (0.5, 1, (0.1, 0.2, 0.3), [0, 1], "noise", "mean", "batch", jnp.zeros((4, 4, 3))):
+        check_fill_option(ok)
+    for bad in (
+        True,
+        (0.1, True),
+        (),
+        (0.1, "a"),
+        (0.1, float("inf")),
+        float("nan"),
+        jnp.zeros((4, 4)),  # not an image
+        None,
+    ):
+        with pytest.raises(ValueError, match="fill must"):
+            check_fill_option(bad)
+    A.from_spec("cutout(size=2, fill=(0.1, 0.2, 0.3))")
+
+
+def test_per_channel_fill_of_every_op():
+    x = image(6, 9, 3)  # width 9 and height 6 differ from the 3 channels
+    fill = (0.25, 0.5, 0.75)
+    outs = [
+        A.cutout(key(1), x, size=3, fill=fill),
+        A.random_erasing(key(1), x, p=1.0, fill=fill),
+        A.corner_patches(key(1), x, size=2, p=1.0, fill=fill),
+        A.erase(x, 1, 2, 2, 3, fill=fill),
+    ]
+    for y in outs:
+        m = _changed(x, y)
+        assert m.any()
+        np.testing.assert_array_equal(np.asarray(y)[m], np.broadcast_to(fill, (m.sum(), 3)))
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        A.cutout(key(1), x, size=3, fill=(0.25, 0.5))
+
+
+def test_noise_fill_is_independent_of_the_box():
+    # The noise uses a stream of its own: its first value does not give away where the box is.
+    x = jnp.zeros((8, 8, 1))
+    same = seen = 0
+    ys = jax.jit(jax.vmap(lambda k: A.cutout(k, x, size=8, fill="noise")))(
+        jax.random.split(key(4), 64)
+    )
+    for y in np.asarray(ys):
+        rows = np.nonzero(y[:, 0, 0] != 0)[0]
+        if rows.size and rows.min() == 0 and rows.max() < 7:  # box clipped at the top only
+            cy = rows.max() + 1 - 4  # bottom = cy + 4
+            seen += 1
+            same += int(np.floor(y[0, 0, 0] * 8)) == cy
+    assert seen >= 16 and same <= seen // 2  # about 1 in 8 by chance
 
 
 def test_spec_lists_fill_batch():
