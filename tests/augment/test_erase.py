@@ -251,6 +251,18 @@ def test_bad_fill_in_specs_fails_when_built_and_names_allowed_values(spec):
         A.from_spec(spec)
 
 
+def test_patch_size_up_to_the_image_size_on_each_side():
+    x = image(6, 9, 1)
+    for op in (
+        lambda size: A.cutout(key(), x, size=size),
+        lambda size: A.corner_patches(key(), x, size=size),
+    ):
+        op((6, 9))  # the whole image is allowed
+        for size in ((7, 9), (6, 10), (9, 6)):
+            with pytest.raises(ValueError, match="must not exceed the image size"):
+                op(size)
+
+
 def test_check_fill_option_accepts_and_rejects():
     # What a spec may say (checked before any image is seen), and an (H, W, C) image.
     for ok in (0.5, 1, (0.1, 0.2, 0.3), [0, 1], "noise", "mean", "batch", jnp.zeros((4, 4, 3))):
