@@ -469,7 +469,7 @@ def _dump(tree: ast.AST) -> str:
     return ast.dump(tree, include_attributes=False)
 
 
-def generate(path: str, text: str) -> list[Mutant]:
+def generate(path: str, text: str, *, quiet: bool = False) -> list[Mutant]:
     """All mutants of one module (path relative to the root, text its source)."""
     tree = ast.parse(text)
     src = _Source(text)
@@ -514,9 +514,10 @@ def generate(path: str, text: str) -> list[Mutant]:
                 if ok:
                     break
             if not ok:
-                print(
-                    f"  skipped (edit does not parse as intended): {path}:{node.lineno} {description}"
-                )
+                if not quiet:
+                    print(
+                        f"  skipped (edit does not parse as intended): {path}:{node.lineno} {description}"
+                    )
                 continue
             found.append(
                 Mutant(
@@ -535,8 +536,8 @@ def generate(path: str, text: str) -> list[Mutant]:
     return [dataclasses.replace(m, index=k) for k, m in enumerate(found)]
 
 
-def functions(text: str) -> list[tuple[str, int, int]]:
-    """(qualified name, first line, last line) of every function in a module."""
+def functions(text: str) -> list[tuple[str, int, range]]:
+    """(qualified name, def line, lines of its body after the docstring) of every function."""
     out = []
 
     def visit(node, qual):
@@ -544,7 +545,14 @@ def functions(text: str) -> list[tuple[str, int, int]]:
             if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 q = child.name if qual == "<module>" else f"{qual}.{child.name}"
                 if not isinstance(child, ast.ClassDef):
-                    out.append((q, child.lineno, child.end_lineno))
+                    body = child.body
+                    if (
+                        len(body) > 1
+                        and isinstance(body[0], ast.Expr)
+                        and isinstance(body[0].value, ast.Constant)
+                    ):
+                        body = body[1:]
+                    out.append((q, child.lineno, range(body[0].lineno, child.end_lineno + 1)))
                 visit(child, q)
             else:
                 visit(child, qual)
@@ -654,6 +662,16 @@ class Result:
     killer: str = ""  # the failing test, when killed
 
 
+@dataclasses.dataclass
+class ModuleRun:
+    """The outcome of one module's pass."""
+
+    results: list[Result]
+    seconds: float
+    generated: int  # mutants made (more than `results` when sampled)
+    executed: set[int] | None  # lines the mapped tests run (None: unknown)
+
+
 def _copy_tree(root: Path, dest: Path) -> Path:
     shutil.copytree(root, dest, ignore=shutil.ignore_patterns(*COPY_IGNORE), symlinks=True)
     return dest
@@ -712,8 +730,12 @@ def mutate_module(
     min_timeout: float = 120.0,
     keep_killed: bool = False,
     save: Callable[[], None] = lambda: None,
-) -> tuple[list[Result], Baseline | None, float]:
-    """Generates, runs and classifies every mutant of one module; returns results and seconds."""
+) -> tuple[list[Result], set[int] | None, float]:
+    """Runs and classifies the mutants of one module.
+
+    Returns:
+      (results, the lines of the module the mapped tests run (None if unknown), seconds).
+    """
     t0 = time.perf_counter()
     # Everything is read from the copy made when the pass started (edits made to the real tree
     # during a pass do not mix into it).
@@ -736,9 +758,16 @@ def mutate_module(
         else:
             todo.append(m)
     log(f"{path}: {len(mutants)} mutants, {len(todo)} to run ({len(mutants) - len(todo)} cached)")
+    lines_key = f"lines:{path}:{hashlib.sha256(text.encode()).hexdigest()[:20]}:{tests_hash}"
     if not todo:
-        return [results[m.index] for m in mutants], None, time.perf_counter() - t0
+        executed = cache.get(lines_key)
+        return (
+            [results[m.index] for m in mutants],
+            None if executed is None else set(executed),
+            time.perf_counter() - t0,
+        )
     base = baseline(trees[0], path, tests, python, env)
+    cache[lines_key] = sorted(set().union(*base.lines.values()))
     timeout = max(min_timeout, 3.0 * base.seconds)
     log(f"  baseline {base.seconds:.0f} s ({len(base.order)} tests); timeout {timeout:.0f} s")
     tree = ast.parse(text)
@@ -796,7 +825,7 @@ def mutate_module(
                 )
             elif done[0] % 10 == 0:
                 log(f"  [{done[0]}/{len(todo)}] {time.perf_counter() - t0:.0f} s")
-    return [results[m.index] for m in mutants], base, time.perf_counter() - t0
+    return [results[m.index] for m in mutants], set(cache[lines_key]), time.perf_counter() - t0
 
 
 def _conftests(root: Path, tests: Sequence[str]) -> list[str]:
@@ -844,7 +873,7 @@ def _reason(r: Result, original: str, accepted: list[dict]) -> str | None:
 
 def report(
     root: Path,
-    per_module: dict[str, tuple[list[Result], float, int]],
+    per_module: dict[str, ModuleRun],
     *,
     command: str,
     total_seconds: float,
@@ -880,7 +909,8 @@ def report(
     keys = ("killed", "timeout", "error", "survived", "no coverage", "accepted")
     totals = dict.fromkeys(keys, 0)
     n_all, ran_all, runs_all = 0, 0.0, 0
-    for path, (results, _seconds, total) in per_module.items():
+    for path, run in per_module.items():
+        results, total = run.results, run.generated
         counts = dict.fromkeys(keys, 0)
         for r in results:
             counts[r.status] += 1
@@ -910,7 +940,8 @@ def report(
     )
     out += ["", "## Surviving mutants", ""]
     any_survivor = False
-    for path, (results, _s, _total) in per_module.items():
+    for path, run in per_module.items():
+        results = run.results
         original = sources[path]
         for r in results:
             if r.status not in ("survived", "no coverage"):
@@ -931,20 +962,25 @@ def report(
             out += ["  ```", ""]
     if not any_survivor:
         out.append("None.")
-    out += ["", "## Functions not mutated", ""]
-    for path, (results, _s, _total) in per_module.items():
+    out += [
+        "",
+        "## Functions not mutated",
+        "",
+        "Every function is mutated, decorated or not, unless no operator applies to it or no",
+        "mapped test runs it (then its mutants are counted as no coverage).",
+        "",
+    ]
+    for path, run in per_module.items():
         text = sources[path]
-        mutated = {r.mutant.function for r in results if r.status != "no coverage"}
-        uncovered = {r.mutant.function for r in results if r.status == "no coverage"}
-        made = {r.mutant.function for r in results}
-        for name, a, _b in functions(text):
+        made = {m.function for m in generate(path, text, quiet=True)}
+        for name, a, body in functions(text):
             inner = [f for f in made if f == name or f.startswith(name + ".")]
-            if any(f in mutated for f in inner):
-                continue
-            if any(f in uncovered for f in inner):
-                why = "no mapped test runs it (mutants reported as no coverage)"
+            if not inner:
+                why = "no operator applies (nothing but names, strings and calls to keep)"
+            elif run.executed is not None and not run.executed & set(body):
+                why = "no mapped test runs it (its mutants count as no coverage)"
             else:
-                why = "no operator applies (no arithmetic, comparison, constant, call or return value to change outside messages)"
+                continue
             out.append(f"- `{path}:{a}` `{name}`: {why}")
     out.append("")
     return "\n".join(out)
@@ -1015,12 +1051,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     env = _xla_cache_env(root)
     t0 = time.perf_counter()
-    per_module: dict[str, tuple[list[Result], float, int]] = {}
+    per_module: dict[str, ModuleRun] = {}
     sources: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="jaxreg-mutate-") as tmp:
         trees = [_copy_tree(root, Path(tmp) / f"tree{j}") for j in range(args.jobs)]
         for path in modules:
-            results, _base, seconds = mutate_module(
+            results, executed, seconds = mutate_module(
                 root,
                 path,
                 mapping[path],
@@ -1035,17 +1071,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 keep_killed=args.keep_killed,
                 save=save,
             )
-            generated = len(generate(path, (trees[0] / path).read_text()))
-            per_module[path] = (results, seconds, generated)
+            generated = len(generate(path, (trees[0] / path).read_text(), quiet=True))
+            per_module[path] = ModuleRun(results, seconds, generated, executed)
             sources[path] = (trees[0] / path).read_text()
             save()
     total = time.perf_counter() - t0
     command = "make mutate" + (f" MODULES='{' '.join(args.modules)}'" if args.modules else "")
-    cached = any(r.cached for rs, _, _ in per_module.values() for r in rs)
+    cached = any(r.cached for run in per_module.values() for r in run.results)
     note = (
         f"This run took {total / 60:.1f} min; some outcomes came from the cache." if cached else ""
     )
-    wall = sum(r.seconds for rs, _, _ in per_module.values() for r in rs) if cached else total
+    wall = sum(r.seconds for run in per_module.values() for r in run.results) if cached else total
     text = report(root, per_module, command=command, total_seconds=wall, note=note, sources=sources)
     out = root / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
