@@ -975,9 +975,12 @@ def report(
         made = {m.function for m in generate(path, text, quiet=True)}
         for name, a, body in functions(text):
             inner = [f for f in made if f == name or f.startswith(name + ".")]
+            mine = [r for r in run.results if r.mutant.function in inner]
             if not inner:
                 why = "no operator applies (nothing but names, strings and calls to keep)"
-            elif run.executed is not None and not run.executed & set(body):
+            elif (run.executed is not None and not run.executed & set(body)) or (
+                run.executed is None and mine and all(r.status == "no coverage" for r in mine)
+            ):
                 why = "no mapped test runs it (its mutants count as no coverage)"
             else:
                 continue
