@@ -137,6 +137,14 @@ def test_erase_twin():
     y = A.erase(x, 1, 2, 2, 3, fill=0.5)
     np.testing.assert_array_equal(np.asarray(y)[1:3, 2:5], 0.5)
     assert _changed(x, y).sum() == 6
+    y = A.erase(x, 4, 4, 5, 5)  # fill 0 by default; the part outside the image is ignored
+    np.testing.assert_array_equal(np.asarray(y)[4:, 4:], 0.0)
+    assert _changed(x, y).sum() == 4
+    # Its fill is checked like the random ops' fills.
+    with pytest.raises(ValueError, match="fill must be"):
+        A.erase(x, 1, 2, 2, 3, fill="blue")
+    with pytest.raises(ValueError, match="another example of the batch"):
+        A.erase(x, 1, 2, 2, 3, fill="batch")
 
 
 @pytest.mark.parametrize(
