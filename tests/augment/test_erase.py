@@ -1,5 +1,7 @@
 """Erasing ops change only the erased region; fills: constant, noise, mean, another image."""
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,6 +63,50 @@ def test_random_erasing_changes_only_a_box_of_the_requested_area(seed):
     if mask.any():
         assert 0.05 <= h * w / 100 <= 0.4  # area fraction in scale, up to rounding
     assert np.all(np.asarray(y)[mask] == -1.0)
+
+
+_cutout5 = jax.jit(jax.vmap(lambda k, x: A.cutout(k, x, size=5, fill=-1.0), in_axes=(0, None)))
+
+
+def test_cutout_square_is_centred_on_a_uniform_pixel():
+    # A 5 x 5 square centred on any pixel (the first and last included), clipped at the
+    # border: at least its centre row and the two on each side that fit, so 3 to 5 rows.
+    h, w = 9, 11
+    x = jnp.zeros((h, w, 1))
+    seen = set()
+    for y in np.asarray(_cutout5(jax.random.split(key(8), 256), x)):
+        rows, cols = np.nonzero(y[..., 0] == -1.0)
+        bh, bw = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+        assert rows.size == bh * bw and 3 <= bh <= 5 and 3 <= bw <= 5
+        seen.add(("top", bh) if rows.min() == 0 else ("bottom", bh) if rows.max() == h - 1 else bh)
+        seen.add(("left", bw) if cols.min() == 0 else ("right", bw) if cols.max() == w - 1 else bw)
+    # Centres on the first and last rows and columns happen; so do whole squares.
+    assert {("top", 3), ("bottom", 3), ("left", 3), ("right", 3), 5} <= seen
+
+
+def test_defaults_of_the_random_erasing_ops():
+    x = image(8, 8, 3)
+    params = inspect.signature(A.random_erasing).parameters
+    assert params["p"].default == 0.5 and params["fill"].default == 0.0
+    assert params["scale"].default == (0.02, 1 / 3) and params["ratio"].default == (0.3, 3.3)
+    assert inspect.signature(A.corner_patches).parameters["p"].default == 0.5
+    assert inspect.signature(A.corner_patches).parameters["fill"].default == "noise"
+    y = A.cutout(key(2), x, size=3)  # fill 0 by default
+    assert np.all(np.asarray(y)[_changed(x, y)] == 0.0)
+
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        lambda k: A.cutout(k, image(), size=3),
+        lambda k: A.random_erasing(k, image()),
+        lambda k: A.corner_patches(k, image(), size=3),
+    ],
+)
+def test_a_bad_key_is_rejected(op):
+    for bad in (0, jnp.zeros((2,), jnp.float32)):
+        with pytest.raises(TypeError, match="PRNG key"):
+            op(bad)
 
 
 def test_random_erasing_p_zero_and_mean_fill():
