@@ -109,6 +109,73 @@ def test_a_bad_key_is_rejected(op):
             op(bad)
 
 
+_erasing_many = jax.jit(
+    jax.vmap(
+        lambda k, x, p: A.random_erasing(
+            k, x, p=p, scale=(0.05, 0.25), ratio=(0.5, 3.0), fill=-1.0
+        ),
+        in_axes=(0, None, None),
+    )
+)
+
+
+def test_random_erasing_samples_area_aspect_and_position_as_torchvision():
+    # Area fraction uniform in scale, aspect log-uniform in ratio, independent of each other,
+    # the box at a uniform position strictly inside; erased with probability p. Every box fits
+    # here (sides at most sqrt(0.25 * 1600 * 3) < 40), so the first try is the one drawn.
+    h = w = 40
+    x = jnp.zeros((h, w, 1))
+    boxes = []
+    for m in np.asarray(_erasing_many(jax.random.split(key(11), 512), x, 1.0))[..., 0] == -1:
+        assert _is_box(m)[0]
+        r, c = np.nonzero(m)
+        boxes.append((r.min(), c.min(), r.max() - r.min() + 1, c.max() - c.min() + 1))
+    top, left, eh, ew = np.asarray(boxes).T
+    assert np.all((eh < h) & (ew < w))
+    frac, log_aspect = eh * ew / (h * w), np.log(eh / ew)
+    rounding = (0.5 * (eh + ew) + 0.25) / (h * w)  # sides are rounded to whole pixels
+    assert np.all((frac > 0.05 - rounding) & (frac < 0.25 + rounding))
+    slack = 1.0 / np.minimum(eh, ew)
+    assert np.all((log_aspect > np.log(0.5) - slack) & (log_aspect < np.log(3.0) + slack))
+    assert abs(frac.mean() - 0.15) < 0.008
+    assert abs(log_aspect.mean() - (np.log(0.5) + np.log(3.0)) / 2) < 0.08
+    assert abs(np.corrcoef(frac, log_aspect)[0, 1]) < 0.3
+    assert abs(np.corrcoef(top / (h - eh), left / (w - ew))[0, 1]) < 0.3
+    # Every position of a box is possible: some touch each side of the image.
+    assert (
+        (top == 0).any() and (top + eh == h).any() and (left == 0).any() and (left + ew == w).any()
+    )
+    erased = np.asarray(_erasing_many(jax.random.split(key(12), 512), x, 0.5)).min(axis=(1, 2, 3))
+    assert 0.38 < (erased == -1.0).mean() < 0.62
+
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        lambda **kw: A.cutout(key(), image(), size=3, **kw),
+        lambda **kw: A.random_erasing(key(), image(), **kw),
+        lambda **kw: A.corner_patches(key(), image(), size=3, **kw),
+        lambda **kw: A.erase(image(), 1, 1, 2, 2, **kw),
+    ],
+)
+def test_every_op_checks_its_fill(op):
+    with pytest.raises(ValueError, match="fill must be"):
+        op(fill="blue")
+    with pytest.raises(ValueError, match="another example of the batch"):
+        op(fill="batch")
+
+
+def test_random_erasing_ranges_must_be_positive():
+    for kw, match in (
+        ({"scale": (0.0, 0.3)}, "scale must be > 0"),
+        ({"ratio": (0.0, 2.0)}, "ratio must be > 0"),
+        ({"scale": (0.1, 1.5)}, r"scale must lie in \[0.0, 1.0\]"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            A.random_erasing(key(), image(), **kw)
+    A.random_erasing(key(), image(), scale=(0.1, 1.0), ratio=(1.0, 1.0))  # bounds included
+
+
 def test_random_erasing_p_zero_and_mean_fill():
     x = image(8, 8, 3)
     np.testing.assert_array_equal(A.random_erasing(key(), x, p=0.0), x)
