@@ -142,7 +142,12 @@ def _check_epoch_arg(value: Any, name: str, epochs: np.ndarray) -> int | None:
 
 
 def overfitting_onset(
-    history: Sequence[Mapping], *, patience: int = 2, min_delta: float = 0.0, rel_delta: float = 0.0
+    history: Sequence[Mapping],
+    *,
+    patience: int = 2,
+    min_delta: float = 0.0,
+    rel_delta: float = 0.0,
+    train_key: str = "train_accuracy",
 ) -> int | None:
     """Finds the epoch where validation loss starts to rise while training accuracy still rises.
 
@@ -170,6 +175,9 @@ def overfitting_onset(
       patience: int >= 1, consecutive rising epochs needed.
       min_delta: float >= 0, how far above the minimum the val loss must be to count.
       rel_delta: float >= 0, the same as a fraction of the minimum (e.g. 0.05 = 5 %).
+      train_key: the training signal that must still improve: `"train_accuracy"` (higher
+        is better), or `"train_loss"` for tasks without accuracy (lower is better: the rule
+        reads `train_loss[j] <= train_loss[m]`).
 
     Returns:
       The epoch (as stored in `"epoch"`) where the rise starts, or `None`.
@@ -189,10 +197,14 @@ def overfitting_onset(
             raise TypeError(f"{name} must be a float >= 0; got {type(value).__name__}.")
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be a finite float >= 0; got {value}.")
-    _require_keys(history, ("epoch", "val_loss", "train_accuracy"))
+    if train_key not in ("train_accuracy", "train_loss"):
+        raise ValueError(f"train_key must be 'train_accuracy' or 'train_loss'; got {train_key!r}.")
+    _require_keys(history, ("epoch", "val_loss", train_key))
 
     val = _series(history, "val_loss")
-    acc = _series(history, "train_accuracy")
+    acc = _series(history, train_key)
+    if train_key == "train_loss":  # lower is better: negate so the rule reads the same
+        acc = [-a for a in acc]
     finite = [j for j in range(len(history)) if math.isfinite(val[j])]
     if not finite:
         return None
@@ -233,8 +245,10 @@ def plot_curves(
 ) -> Path:
     """Writes a PNG with two panels: loss and accuracy per epoch, train vs validation.
 
-    Series missing from a record (or NaN) leave a gap. Each panel needs at least one of
-    its two series (`train_loss`/`val_loss`, `train_accuracy`/`val_accuracy`).
+    Series missing from a record (or NaN) leave a gap. The loss panel needs `train_loss` or
+    `val_loss`. The second panel shows `train_accuracy`/`val_accuracy`; a history without
+    them (e.g. a reconstruction task) shows its first other validation metric there (e.g.
+    `val_psnr`), or no second panel when it has none.
     Vertical markers: a dashed red line at `onset` (overfitting onset) and a dotted
     green line at `best_epoch` (the restored / best epoch), both in the legend.
 
@@ -260,9 +274,21 @@ def plot_curves(
     _require_keys(history, ("epoch",))
     if title is not None and not isinstance(title, str):
         raise TypeError(f"title must be a str or None; got {type(title).__name__}.")
-    for keys in (_LOSS_KEYS, _ACC_KEYS):
-        if not any(k in rec for rec in history for k in keys):
-            raise ValueError(f"history has none of the keys {list(keys)}; at least one is needed.")
+    if not any(k in rec for rec in history for k in _LOSS_KEYS):
+        raise ValueError(
+            f"history has none of the keys {list(_LOSS_KEYS)}; at least one is needed."
+        )
+    panels = [(_LOSS_KEYS, "loss")]
+    if any(k in rec for rec in history for k in _ACC_KEYS):
+        panels.append((_ACC_KEYS, "accuracy"))
+    else:
+        other = [
+            k[len("val_") :]
+            for k in history[0]
+            if k.startswith("val_") and k != "val_loss" and isinstance(history[0][k], numbers.Real)
+        ]
+        if other:
+            panels.append(((f"train_{other[0]}", f"val_{other[0]}"), other[0]))
     epochs = _series(history, "epoch")
     if np.isnan(epochs).any():
         raise ValueError("history: every 'epoch' must be a number.")
@@ -273,11 +299,10 @@ def plot_curves(
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(10.0, 4.0), layout="constrained")
+    fig = Figure(figsize=(5.0 * len(panels), 4.0), layout="constrained")
     FigureCanvasAgg(fig)
-    panels = ((_LOSS_KEYS, "loss"), (_ACC_KEYS, "accuracy"))
     for col, (keys, ylabel) in enumerate(panels):
-        ax = fig.add_subplot(1, 2, col + 1)
+        ax = fig.add_subplot(1, len(panels), col + 1)
         for key, style in zip(keys, ("-o", "-s")):
             if any(key in rec for rec in history):
                 label = "train" if key.startswith("train") else "validation"
@@ -567,14 +592,20 @@ def write_run_report(
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
 
+    train_key = "train_accuracy" if all("train_accuracy" in r for r in history) else "train_loss"
     onset = overfitting_onset(
-        history, patience=onset_patience, min_delta=onset_min_delta, rel_delta=onset_rel_delta
+        history,
+        patience=onset_patience,
+        min_delta=onset_min_delta,
+        rel_delta=onset_rel_delta,
+        train_key=train_key,
     )
     n = len(history)
     if onset is not None:
+        signal = "accuracy kept rising" if train_key == "train_accuracy" else "loss kept falling"
         onset_md = (
-            f"Validation loss started rising at epoch {onset} while training accuracy "
-            f"kept rising (patience {onset_patience}, min_delta {onset_min_delta:g}, "
+            f"Validation loss started rising at epoch {onset} while training {signal} "
+            f"(patience {onset_patience}, min_delta {onset_min_delta:g}, "
             f"rel_delta {onset_rel_delta:g})."
         )
     else:

@@ -29,6 +29,20 @@ def list_models() -> dict[str, str]:
     return {name: desc for name, (_, desc) in MODELS.items()}
 
 
+def config_kwargs(config) -> dict:
+    """The model options a training config sets (`dropout`, `bn_momentum`, `batch_norm`)."""
+    kw = {
+        "dropout": float(config.dropout),
+        "bn_momentum": float(config.bn_momentum),
+        "conv_grad": config.conv_grad,
+    }
+    if config.model == "resnet20":
+        kw["batch_norm"] = True  # ResNet always normalises
+    else:
+        kw["batch_norm"] = bool(config.batch_norm)
+    return kw
+
+
 def create(
     name: str, *, num_classes: int, input_shape: Sequence[int], seed: int = 0, **kwargs
 ) -> nnx.Module:

@@ -26,6 +26,7 @@ def default_config() -> ConfigDict:
     """
     c = ConfigDict()
     c.seed = 0  # parameter init, shuffling, augmentation and dropout keys
+    c.task = "classification"  # or "reconstruction" (images in, images out; see train.tasks)
     # data
     c.data = "mnist5k"
     c.data_dir = placeholder(str)
@@ -55,6 +56,7 @@ def default_config() -> ConfigDict:
     c.weight_decay = 0.0
     c.decay_mask = "kernels"
     c.label_smoothing = 0.0
+    c.smoothing_kind = "uniform"  # or "wrong_classes": the mass goes to the K-1 other classes
     c.ema_decay = 0.0  # > 0: evaluate an exponential moving average of the weights
     c.ema_warmup = True
     c.ema_batch_stats = "recompute"  # "average" | "copy" | "recompute"
@@ -62,6 +64,9 @@ def default_config() -> ConfigDict:
     # augmentation (spec strings of jaxreg.augment)
     c.augment = ""
     c.mix = ""
+    # reconstruction: the loss, and a corruption of the inputs (denoising), a spec string
+    c.reconstruction_loss = "mse"  # or "bce" (outputs are logits)
+    c.corrupt = ""
     # model selection: the best epoch by this validation metric is restored at the end
     c.monitor = "val_loss"
     c.monitor_mode = "min"
@@ -135,7 +140,11 @@ def apply_overrides(config: ConfigDict, overrides: Iterable[str]) -> ConfigDict:
     return config
 
 
-MONITORS = ("val_loss", "val_accuracy", "val_ece")
+TASKS = ("classification", "reconstruction")
+MONITORS = {
+    "classification": ("val_loss", "val_accuracy", "val_ece"),
+    "reconstruction": ("val_loss", "val_mse", "val_psnr", "val_ssim", "val_input_psnr"),
+}
 EMA_BATCH_STATS = ("average", "copy", "recompute")
 LOOPS = ("auto", "scan", "python")
 
@@ -235,8 +244,12 @@ def validate_config(config: ConfigDict) -> None:
         raise ValueError(
             f"config key 'train_per_class' must be >= 1 or None, got {config.train_per_class}"
         )
+    if config.task not in TASKS:
+        raise ValueError(f"config key 'task' must be one of {list(TASKS)}, got {config.task!r}")
     choices = (
-        ("monitor", MONITORS),
+        ("monitor", MONITORS[config.task]),
+        ("smoothing_kind", ("uniform", "wrong_classes")),
+        ("reconstruction_loss", ("mse", "bce")),
         ("monitor_mode", ("min", "max")),
         ("ema_batch_stats", EMA_BATCH_STATS),
         ("loop", LOOPS),
@@ -254,6 +267,7 @@ def validate_config(config: ConfigDict) -> None:
     _check_data_name(config.data)
     _check_spec("augment", config.augment)
     _check_spec("mix", config.mix)
+    _check_spec("corrupt", config.corrupt)
 
 
 def _check_data_name(name: Any) -> None:
@@ -277,7 +291,7 @@ def _check_spec(key: str, spec: Any) -> None:
         raise TypeError(f"config key {key!r} must be a spec string, got {spec!r}")
     from jaxreg import augment
 
-    build = augment.from_spec if key == "augment" else augment.mix_from_spec
+    build = augment.mix_from_spec if key == "mix" else augment.from_spec
     try:
         build(spec)
     except (ValueError, TypeError) as e:
