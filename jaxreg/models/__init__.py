@@ -39,7 +39,7 @@ def create(
         num_classes: output classes.
         input_shape: (H, W, C) of one example.
         seed: parameter initialisation seed.
-        **kwargs: model options (e.g. `batch_norm`, `dropout`, `conv_grad`).
+        **kwargs: model options (e.g. `batch_norm`, `dropout`).
 
     Returns:
         An `nnx.Module` mapping (N, H, W, C) float32 to (N, num_classes) logits.

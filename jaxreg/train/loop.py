@@ -140,8 +140,23 @@ def _config_fingerprint(config: ConfigDict) -> str:
     return json.dumps(d, sort_keys=True, default=str)
 
 
+# Keys older configs had that no longer change training: ignored when resuming their checkpoints.
+_RETIRED_KEYS = ("conv_grad",)  # the conv backward rule, now chosen by jaxreg._cpu
+
+
+def _without_retired_keys(fingerprint: str) -> str:
+    try:
+        d = json.loads(fingerprint)
+    except ValueError:
+        return fingerprint
+    if not isinstance(d, dict) or not any(k in d for k in _RETIRED_KEYS):
+        return fingerprint
+    return json.dumps({k: v for k, v in d.items() if k not in _RETIRED_KEYS}, sort_keys=True)
+
+
 def _check_same_config(workdir: Path, saved: str | None, current: str) -> None:
     """Refuses to resume checkpoints written with another config, naming what changed."""
+    saved = None if saved is None else _without_retired_keys(saved)
     if saved == current:
         return
     try:
@@ -448,7 +463,6 @@ def _model_kwargs(config: ConfigDict) -> dict[str, Any]:
     kw = {
         "dropout": float(config.dropout),
         "bn_momentum": float(config.bn_momentum),
-        "conv_grad": config.conv_grad,
     }
     if config.model == "resnet20":
         if not config.batch_norm:

@@ -71,6 +71,19 @@ def test_resume_refuses_a_different_config_naming_what_changed(tmp_path, digits_
     train_and_evaluate(tiny_config(epochs=2, restore_best=False), tmp_path, data=digits_small)
 
 
+def test_resume_ignores_the_retired_conv_grad_key():
+    # Checkpoints of configs that still had `conv_grad` (now chosen by jaxreg._cpu) resume.
+    from jaxreg.train import loop
+
+    current = loop._config_fingerprint(tiny_config())
+    old = json.loads(current)
+    old["conv_grad"] = "patches"
+    loop._check_same_config("w", json.dumps(old, sort_keys=True), current)
+    old["seed"] = 7
+    with pytest.raises(ValueError, match=r"\(changed: seed: 7 -> 0\)"):
+        loop._check_same_config("w", json.dumps(old, sort_keys=True), current)
+
+
 # ----------------------------------------------------------------------------- resume and "best"
 
 # A high constant learning rate makes validation loss bounce, so the best epoch comes early.
