@@ -17,6 +17,7 @@ import numpy as np
 from ml_collections import ConfigDict
 from tqdm.auto import tqdm
 
+from jaxreg import _cpu
 from jaxreg import data as data_lib
 from jaxreg import models as models_lib
 from jaxreg.optim.ema import ema as make_ema
@@ -257,8 +258,9 @@ def train_and_evaluate(
     Returns:
       dict of results: `val_*`/`test_*` loss, accuracy and ECE of the restored model,
       `best_epoch`, `epochs_run`, `stopped_early`, `stop_reason`, `wall_time_s`,
-      `compile_time_s`, `train_images_per_s`, `history` (list of per-epoch dicts),
-      and `extra` results per `extra_eval` set.
+      `compile_time_s`, `train_images_per_s`, `cpu_paths` (which XLA:CPU paths ran,
+      `jaxreg._cpu.status()`), `history` (list of per-epoch dicts), and `extra` results per
+      `extra_eval` set.
 
     Raises:
       ValueError, TypeError: a bad config value (checked before anything is written), or a
@@ -428,6 +430,7 @@ def _train_and_evaluate(config, workdir, *, data, augment_fn, mix_fn, extra_eval
             "train_images_per_s": ips,
             "train_size": len(train),
             "zero_fraction": zero_fraction(final.params),
+            "cpu_paths": _cpu.status(),
         }
     )
     if extra:
@@ -613,13 +616,16 @@ def _write_report(
 ) -> None:
     from jaxreg import report
 
-    shown = {k: v for k, v in results.items() if k not in ("history", "state", "extra")}
+    hidden = ("history", "state", "extra", "cpu_paths")
+    shown = {k: v for k, v in results.items() if k not in hidden}
     for name, m in results.get("extra", {}).items():
         for k, v in m.items():
             shown[f"{name}_{k}"] = v
     notes = []
     if results.get("best_epoch"):
         notes.append(f"Restored the best epoch by {config.monitor}: {results['best_epoch']}.")
+    if "cpu_paths" in results:
+        notes.append(_cpu.summary(results["cpu_paths"]))
     if history:
         report.write_run_report(
             workdir,
