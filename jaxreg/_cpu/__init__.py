@@ -12,9 +12,9 @@ Each piece replaces a computation that XLA:CPU runs slowly by one with the same 
   convolution.
 - `pool`: XLA:CPU's `select_and_scatter` (the gradient of a max `reduce_window`) is slow; the
   CPU backward of 2x2 max pooling is one broadcast select from the first-max positions.
-- `fence`: XLA fuses a computation into each consumer and recomputes it per value read; on the
-  CPU each stage of `jaxreg.augment.batch` runs behind an always-true conditional, which makes
-  XLA materialise it once.
+- `fence`: XLA fuses a computation into each consumer and recomputes it per value read;
+  `fence.fence(fn, *args)` (each stage of `jaxreg.augment.batch`) runs `fn` behind an
+  always-true conditional on the CPU, which makes XLA materialise its result once.
 
 How results compare: the same arithmetic, so the same values to float rounding. The pooling
 and the fences give bit-identical values and gradients; the conv weight gradient sums in another
@@ -42,21 +42,25 @@ from __future__ import annotations
 
 import jax
 
-from jaxreg._cpu import native
+from jaxreg._cpu import conv, fence, native, pool, switch, warp
 from jaxreg._cpu.conv import conv2d
-from jaxreg._cpu.fence import fence
 from jaxreg._cpu.native import native_status
 from jaxreg._cpu.pool import max_pool_2x2
 from jaxreg._cpu.switch import ENV, enabled, workarounds
 
 __all__ = [
+    "conv",
     "conv2d",
     "enabled",
     "fence",
     "max_pool_2x2",
+    "native",
     "native_status",
+    "pool",
     "status",
     "summary",
+    "switch",
+    "warp",
     "workarounds",
 ]
 

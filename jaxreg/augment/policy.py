@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxreg import _cpu
+from jaxreg._cpu.fence import fence
 from jaxreg.augment import _core, _rng, _warp, color, geometric
 from jaxreg.augment._warp import GeometricOp
 
@@ -266,13 +266,13 @@ def batch(fn: Augmentation) -> Callable[[jax.Array, jax.Array], jax.Array]:
         b = _core.check_images(images)[0]
         keys = jax.random.split(key, b)
         if len(stages) == 1:
-            return _cpu.fence(_vmapped(fn), keys, images)
+            return fence(_vmapped(fn), keys, images)
         # A composition runs stage by stage, each behind its own fence, with exactly the keys the
         # per-example `fn` would use (so batch(fn) == vmap(fn) on split keys).
         stage_keys = jax.vmap(lambda k: jax.random.split(k, len(stages)))(keys)
         x = images
         for i, stage in enumerate(stages):
-            x = _cpu.fence(_vmapped(stage), stage_keys[:, i], x)
+            x = fence(_vmapped(stage), stage_keys[:, i], x)
         return x
 
     batched.__name__ = "batch"
