@@ -23,7 +23,7 @@ from jaxreg.models.layers import conv2d
         ((1, 1), "SAME", (6, 5), (4, 2)),
     ],
 )
-def test_conv_gradient_rules_agree(strides, padding, size, kernel):
+def test_conv_backward_rules_agree(strides, padding, size, kernel):
     # the CPU rule's weight gradient (patch matrix) and input gradient (a flipped-kernel
     # convolution with input dilation) against XLA's own transpose, incl. strides, odd sizes
     # and even kernels (asymmetric "SAME" padding); and the layer with the seam on and off
