@@ -31,7 +31,7 @@ CACHE_DIR = os.environ.setdefault(
 )
 _paths.check_private_dir(CACHE_DIR)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-# The native CPU warp (jaxreg/augment/_native.py) is built once into this folder.
+# The native CPU warp (jaxreg/_cpu/native.py) is built once into this folder.
 os.environ.setdefault("JAXREG_CACHE_DIR", str(_paths.private_dir(_ROOT / "native")))
 jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

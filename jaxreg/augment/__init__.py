@@ -1,6 +1,6 @@
 """Pure per-example image augmentations, their batch forms, batch mixing and policies."""
 
-from jaxreg.augment._native import native_status
+from jaxreg._cpu.native import native_status
 from jaxreg.augment.color import (
     adjust_brightness,
     adjust_contrast,

@@ -11,27 +11,21 @@ the chain maps integer pixels to integer pixels (crops, flips, rot90).
 gather as a scalar loop whose cost grows with the index arity, and vmapping `apply` gives a
 (batch, y, x) index; indexing the batch as one array of pixels (bilinear: two (2, C) tap
 pairs at one flat index) or as rows of one (B * H, W, C) array (exact copies) keeps the index
-at one or two components (same arithmetic). The bilinear batch form of float32 images is the
-primitive `warp_p`: lowered for the CPU, a native kernel (`_native`, `_warp_native.cc`: the
-same arithmetic in one pass) where that kernel is available, else the XLA form
-`apply_batch_xla`; lowered for any other platform, always the XLA form.
+at one or two components (same arithmetic). The bilinear batch form is `apply_batch_xla`,
+which on the CPU `jaxreg._cpu.warp` may replace by a native kernel (same arithmetic).
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
-from jax.core import ShapedArray
-from jax.extend.core import Primitive
-from jax.interpreters import batching, mlir
 
-from jaxreg.augment import _core, _native
+from jaxreg._cpu import warp as _cpu_warp
+from jaxreg.augment import _core
 
 __all__ = []  # private module
 
@@ -150,11 +144,9 @@ def apply_batch(
 ) -> jax.Array:
     """`jax.vmap(apply)(images, ms)` for the bilinear, general (rotated or sheared) case.
 
-    Float32 batches go through the `warp_p` primitive: lowered for the CPU it is the native
-    kernel of `_native` (one pass over the output, the same arithmetic) when that kernel is
-    available, else `apply_batch_xla`; lowered for any other platform it is always
-    `apply_batch_xla`. Gradients (and forward-mode derivatives) always come from
-    `apply_batch_xla`.
+    This is `apply_batch_xla`; float32 batches go through `jaxreg._cpu.warp.bilinear_warp`,
+    which on the CPU may compute it with a native kernel (same arithmetic; gradients and
+    forward-mode derivatives always come from `apply_batch_xla`).
 
     Args:
       images: (B, H, W, C) floating images.
@@ -165,7 +157,7 @@ def apply_batch(
       native: None uses the native kernel on the CPU when it is available; False always uses
         the XLA path; True requires the native kernel (RuntimeError when the program is
         lowered for the CPU and the kernel is not available, or at once for non-float32
-        images).
+        images or with `JAXREG_CPU_WORKAROUNDS=0`).
 
     Returns:
       (B, Ho, Wo, C) images of the input's dtype.
@@ -173,32 +165,10 @@ def apply_batch(
     Raises:
       RuntimeError: `native=True` and the native kernel cannot be used.
     """
-    c = images.shape[-1]
-    fillv = _core.fill_value(fill, c).astype(images.dtype)
-    out_hw = tuple(int(n) for n in out_hw)
-    if native is False or images.dtype != jnp.float32:
-        if native:
-            raise RuntimeError(
-                f"native=True but the native warp handles float32 images only, not {images.dtype}."
-            )
-        return apply_batch_xla(images, ms, fillv, out_hw=out_hw, mode=mode)
-    return _warp_with_xla_derivatives(images, ms, fillv, out_hw, mode, bool(native))
-
-
-def _warp_with_xla_derivatives(images, ms, fillv, out_hw, mode, require_native):
-    """`warp_p` whose derivatives (JVP, hence also VJP) are those of `apply_batch_xla`."""
-    xla = functools.partial(apply_batch_xla, out_hw=out_hw, mode=mode)
-
-    @jax.custom_jvp
-    def warp(x, m, f):
-        return warp_p.bind(x, m, f, out_hw=out_hw, mode=mode, require_native=require_native)
-
-    @warp.defjvp
-    def warp_jvp(primals, tangents):
-        _, tangent_out = jax.jvp(xla, primals, tangents)
-        return warp(*primals), tangent_out
-
-    return warp(images, ms, fillv)
+    fillv = _core.fill_value(fill, images.shape[-1]).astype(images.dtype)
+    return _cpu_warp.bilinear_warp(
+        apply_batch_xla, images, ms, fillv, out_hw=out_hw, mode=mode, native_kernel=native
+    )
 
 
 def apply_batch_xla(
@@ -234,93 +204,6 @@ def apply_batch_xla(
     if valid is not None:
         out = jnp.where(valid[..., None], out, fillv)
     return out
-
-
-# The batched bilinear warp as one primitive: operands (images (B, H, W, C) float32, maps
-# (B, 3, 3), fill (C,)), parameters out_hw, mode and require_native. Lowered for the CPU it
-# asks `_native.warp_target` (which builds the kernel the first time); lowered for any other
-# platform it is `apply_batch_xla`, so GPU/TPU lowering and export never build the kernel.
-warp_p = Primitive("jaxreg_bilinear_warp")
-
-
-def _warp_abstract_eval(images, ms, fillv, *, out_hw, mode, require_native):
-    del ms, fillv, mode, require_native
-    return ShapedArray((images.shape[0], *out_hw, images.shape[3]), images.dtype)
-
-
-def _warp_eager(images, ms, fillv, **params):
-    return jax.jit(functools.partial(warp_p.bind, **params))(images, ms, fillv)
-
-
-def _xla_lowering(ctx, images, ms, fillv, *, out_hw, mode, require_native):
-    del require_native
-    xla = functools.partial(apply_batch_xla, out_hw=out_hw, mode=mode)
-    return mlir.lower_fun(xla, multiple_results=False)(ctx, images, ms, fillv)
-
-
-def _native_call(images, ms, fillv, *, target, out_hw, mode, threads, huge_pages):
-    """The custom call of `_warp_native.cc` (operands and attributes as documented there)."""
-    b, h, w, c = images.shape
-    call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((b, *out_hw, c), jnp.float32))
-    return call(
-        _pad_for_bilinear(images, h, w),
-        ms[:, :2, :].reshape(b, 6).astype(jnp.float32),
-        fillv.reshape(c),
-        mode=np.int64(_native.MODES[mode]),
-        in_h=np.int64(h),
-        in_w=np.int64(w),
-        threads=np.int64(threads),
-        huge_pages=np.int64(huge_pages),
-    )
-
-
-def _cpu_lowering(ctx, images, ms, fillv, *, out_hw, mode, require_native):
-    target = _native.warp_target()  # builds, verifies and registers the kernel the first time
-    if target is None:
-        if require_native:
-            raise RuntimeError(
-                "native=True but the native warp is not available: "
-                f"{_native.native_status()['warp']} (see the RuntimeWarning, if any)."
-            )
-        return _xla_lowering(ctx, images, ms, fillv, out_hw=out_hw, mode=mode, require_native=False)
-    call = functools.partial(
-        _native_call,
-        target=target,
-        out_hw=out_hw,
-        mode=mode,
-        threads=_native.threads(),
-        huge_pages=_native.huge_pages(),
-    )
-    return mlir.lower_fun(call, multiple_results=False)(ctx, images, ms, fillv)
-
-
-def _leading(x, dim, size):
-    """`x` with its vmapped axis `dim` first (broadcast to `size` when it has none)."""
-    if dim is None:
-        return jnp.broadcast_to(x, (size, *x.shape))
-    return jnp.moveaxis(x, dim, 0)
-
-
-def _warp_batch(args, dims, **params):
-    """Batching (vmap) rule: the vmapped axis folds into the batch axis (one call for all of it)."""
-    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
-    images, ms = _leading(args[0], dims[0], size), _leading(args[1], dims[1], size)
-    fillv = args[2]
-    if dims[2] is not None:  # one fill per vmapped element: one call per element
-        fills = jnp.moveaxis(fillv, dims[2], 0)
-        return lax.map(lambda a: warp_p.bind(*a, **params), (images, ms, fills)), 0
-    n, b = images.shape[:2]
-    out = warp_p.bind(
-        images.reshape(n * b, *images.shape[2:]), ms.reshape(n * b, 3, 3), fillv, **params
-    )
-    return out.reshape(n, b, *out.shape[1:]), 0
-
-
-warp_p.def_abstract_eval(_warp_abstract_eval)
-warp_p.def_impl(_warp_eager)
-mlir.register_lowering(warp_p, _xla_lowering)
-mlir.register_lowering(warp_p, _cpu_lowering, platform="cpu")
-batching.primitive_batchers[warp_p] = _warp_batch
 
 
 def _exact_taps(m, in_hw, out_hw, axis_aligned, mode):

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxreg._cpu.fence import fence
 from jaxreg.augment import _core, _rng, _warp, color, geometric
 from jaxreg.augment._warp import GeometricOp
 
@@ -246,10 +247,9 @@ def batch(fn: Augmentation) -> Callable[[jax.Array, jax.Array], jax.Array]:
 
     The key is split into one key per example and `fn` is vmapped, so every example gets its own
     random parameters: `batch(fn)(key, xs) == jax.vmap(fn)(jax.random.split(key, B), xs)`.
-    Each stage of a `compose` chain (and the whole result) is computed behind a conditional
-    boundary: XLA would otherwise fuse a stage into every consumer that reads it (a blur's taps,
-    the next colour op, mixup's partner lookup) and recompute it for every value read; the
-    boundary makes it materialise once. A geometric stage resamples the whole batch in one gather
+    On the CPU each stage of a `compose` chain (and the whole result) is computed behind a
+    fusion fence (`jaxreg._cpu.fence`), so it is materialised once instead of being recomputed
+    in every consumer that reads it. A geometric stage resamples the whole batch in one gather
     (the batch indexed as rows of one array), with the values vmapping it would give.
 
     Args:
@@ -261,25 +261,18 @@ def batch(fn: Augmentation) -> Callable[[jax.Array, jax.Array], jax.Array]:
     _check_fn(fn)
     stages = fn.stages if isinstance(fn, _Composed) else [fn]
 
-    def fenced(pred, f, keys, x):
-        # Always-true predicate that XLA cannot see through: the conditional stays, and its result
-        # is materialised instead of being fused (and recomputed) into whatever reads it.
-        out = jax.eval_shape(f, keys, x)
-        return lax.cond(pred, f, lambda k, v: jnp.zeros(out.shape, out.dtype), keys, x)
-
     def batched(key: jax.Array, images: jax.Array) -> jax.Array:
         _core.check_key(key)
         b = _core.check_images(images)[0]
         keys = jax.random.split(key, b)
-        pred = (_core.key_words(key)[0] | np.uint32(1)) != np.uint32(0)
         if len(stages) == 1:
-            return fenced(pred, _vmapped(fn), keys, images)
+            return fence(_vmapped(fn), keys, images)
         # A composition runs stage by stage, each behind its own fence, with exactly the keys the
         # per-example `fn` would use (so batch(fn) == vmap(fn) on split keys).
         stage_keys = jax.vmap(lambda k: jax.random.split(k, len(stages)))(keys)
         x = images
         for i, stage in enumerate(stages):
-            x = fenced(pred, _vmapped(stage), stage_keys[:, i], x)
+            x = fence(_vmapped(stage), stage_keys[:, i], x)
         return x
 
     batched.__name__ = "batch"

@@ -34,7 +34,6 @@ def config_kwargs(config) -> dict:
     kw = {
         "dropout": float(config.dropout),
         "bn_momentum": float(config.bn_momentum),
-        "conv_grad": config.conv_grad,
     }
     if config.model == "resnet20":
         kw["batch_norm"] = True  # ResNet always normalises
@@ -53,7 +52,7 @@ def create(
         num_classes: output classes.
         input_shape: (H, W, C) of one example.
         seed: parameter initialisation seed.
-        **kwargs: model options (e.g. `batch_norm`, `dropout`, `conv_grad`).
+        **kwargs: model options (e.g. `batch_norm`, `dropout`).
 
     Returns:
         An `nnx.Module` mapping (N, H, W, C) float32 to (N, num_classes) logits.

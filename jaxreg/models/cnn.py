@@ -38,7 +38,6 @@ class CNN(nnx.Module):
         dropout: dropout rate before the last layer, in [0, 1) (Srivastava et al., 2014).
         bn_momentum: running-statistics momentum. 0.9 rather than flax's 0.99: runs on small data
             take only ~100 steps, after which 0.99 leaves the statistics far from the data.
-        conv_grad: weight-gradient rule of the convolutions (see `layers.conv2d`).
         rngs: `nnx.Rngs` with a `params` stream.
     """
 
@@ -52,7 +51,6 @@ class CNN(nnx.Module):
         batch_norm: bool = False,
         dropout: float = 0.0,
         bn_momentum: float = 0.9,
-        conv_grad: str = "auto",
         rngs: nnx.Rngs,
     ):
         h, w, c = _check_input_shape(input_shape)
@@ -66,9 +64,7 @@ class CNN(nnx.Module):
         self.batch_norm = bool(batch_norm)
         convs, norms = [], []
         for ch in channels:
-            convs.append(
-                Conv(c, int(ch), (3, 3), use_bias=not batch_norm, grad=conv_grad, rngs=rngs)
-            )
+            convs.append(Conv(c, int(ch), (3, 3), use_bias=not batch_norm, rngs=rngs))
             norms.append(
                 nnx.BatchNorm(int(ch), momentum=bn_momentum, rngs=rngs) if batch_norm else None
             )
@@ -121,12 +117,11 @@ class TinyCNN(nnx.Module):
         batch_norm: bool = False,
         dropout: float = 0.0,
         bn_momentum: float = 0.9,
-        conv_grad: str = "auto",
         rngs: nnx.Rngs,
     ):
         h, w, c = _check_input_shape(input_shape)
         self.dropout_rate = _check_rate("dropout", dropout)
-        self.conv = Conv(c, 8, (3, 3), use_bias=not batch_norm, grad=conv_grad, rngs=rngs)
+        self.conv = Conv(c, 8, (3, 3), use_bias=not batch_norm, rngs=rngs)
         self.norm = nnx.BatchNorm(8, momentum=bn_momentum, rngs=rngs) if batch_norm else None
         self.dropout = nnx.Dropout(self.dropout_rate)
         self.head = nnx.Linear(-(-h // 2) * -(-w // 2) * 8, int(num_classes), rngs=rngs)

@@ -22,20 +22,17 @@ class BasicBlock(nnx.Module):
         stride: int,
         *,
         bn_momentum: float,
-        conv_grad: str,
         rngs: nnx.Rngs,
     ):
         s = (stride, stride)
-        self.conv1 = Conv(cin, cout, (3, 3), strides=s, use_bias=False, grad=conv_grad, rngs=rngs)
+        self.conv1 = Conv(cin, cout, (3, 3), strides=s, use_bias=False, rngs=rngs)
         self.bn1 = nnx.BatchNorm(cout, momentum=bn_momentum, rngs=rngs)
-        self.conv2 = Conv(cout, cout, (3, 3), use_bias=False, grad=conv_grad, rngs=rngs)
+        self.conv2 = Conv(cout, cout, (3, 3), use_bias=False, rngs=rngs)
         self.bn2 = nnx.BatchNorm(
             cout, momentum=bn_momentum, scale_init=nnx.initializers.zeros, rngs=rngs
         )
         if stride != 1 or cin != cout:
-            self.proj = Conv(
-                cin, cout, (1, 1), strides=s, use_bias=False, grad=conv_grad, rngs=rngs
-            )
+            self.proj = Conv(cin, cout, (1, 1), strides=s, use_bias=False, rngs=rngs)
             self.proj_bn = nnx.BatchNorm(cout, momentum=bn_momentum, rngs=rngs)
         else:
             self.proj = None
@@ -68,7 +65,6 @@ class ResNet(nnx.Module):
         widths: channels of the three stages.
         dropout: dropout rate before the head, in [0, 1).
         bn_momentum: BatchNorm running-statistics momentum (0.9 suits short runs).
-        conv_grad: weight-gradient rule of the convolutions (see `layers.conv2d`).
         rngs: `nnx.Rngs` with a `params` stream.
     """
 
@@ -81,7 +77,6 @@ class ResNet(nnx.Module):
         widths: Sequence[int] = (16, 32, 64),
         dropout: float = 0.0,
         bn_momentum: float = 0.9,
-        conv_grad: str = "auto",
         batch_norm: bool = True,
         rngs: nnx.Rngs,
     ):
@@ -91,17 +86,13 @@ class ResNet(nnx.Module):
         if int(blocks_per_stage) < 1:
             raise ValueError(f"blocks_per_stage must be >= 1, got {blocks_per_stage}")
         self.dropout_rate = _check_rate("dropout", dropout)
-        self.stem = Conv(c, widths[0], (3, 3), use_bias=False, grad=conv_grad, rngs=rngs)
+        self.stem = Conv(c, widths[0], (3, 3), use_bias=False, rngs=rngs)
         self.stem_bn = nnx.BatchNorm(widths[0], momentum=bn_momentum, rngs=rngs)
         blocks, cin = [], widths[0]
         for i, width in enumerate(widths):
             for j in range(int(blocks_per_stage)):
                 stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(
-                    BasicBlock(
-                        cin, width, stride, bn_momentum=bn_momentum, conv_grad=conv_grad, rngs=rngs
-                    )
-                )
+                blocks.append(BasicBlock(cin, width, stride, bn_momentum=bn_momentum, rngs=rngs))
                 cin = width
         self.blocks = nnx.List(blocks)
         self.dropout = nnx.Dropout(self.dropout_rate)

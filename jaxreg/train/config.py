@@ -39,7 +39,6 @@ def default_config() -> ConfigDict:
     c.batch_norm = False
     c.dropout = 0.0
     c.bn_momentum = 0.9
-    c.conv_grad = "auto"
     # optimisation
     c.epochs = 20
     c.batch_size = 64
@@ -220,7 +219,6 @@ def validate_config(config: ConfigDict) -> None:
       TypeError: a value of the wrong type.
     """
     from jaxreg import models
-    from jaxreg.models.layers import CONV_GRADS
     from jaxreg.optim import factory
 
     if not isinstance(config, ConfigDict):
@@ -256,7 +254,6 @@ def validate_config(config: ConfigDict) -> None:
         ("optimizer", factory.OPTIMIZERS),
         ("schedule", factory.SCHEDULES),
         ("decay_mask", factory.DECAY_MASKS),
-        ("conv_grad", CONV_GRADS),
         ("model", tuple(models.MODELS)),
     )
     for key, allowed in choices:

@@ -25,6 +25,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 from tqdm.auto import tqdm
 
+from jaxreg import _cpu
 from jaxreg import data as data_lib
 from jaxreg.optim.ema import param_ema, recompute_batch_stats
 from jaxreg.optim.factory import build_optimizer
@@ -323,7 +324,8 @@ def train_and_evaluate(
     Returns:
       dict of results: `val_*`/`test_*` for each of the task's metrics on the restored model,
       `best_epoch`, `evaluated_epoch`, `epochs_run`, `stopped_early`, `stop_reason`,
-      `wall_time_s`, `compile_time_s`, `train_images_per_s`, `history` (per-epoch dicts),
+      `wall_time_s`, `compile_time_s`, `train_images_per_s`, `cpu_paths` (which XLA:CPU
+      paths ran, `jaxreg._cpu.status()`), `history` (per-epoch dicts),
       `extra` results per `extra_eval` set, `state` (the evaluated `TrainState`) and `model`
       (an `nnx.Module` holding the evaluated weights, in eval mode).
 
@@ -460,6 +462,7 @@ def _run(config, workdir, net, task, splits, extra_eval, title, steps_per_epoch)
             "train_images_per_s": ips,
             "train_size": len(train),
             "zero_fraction": zero_fraction(final.params),
+            "cpu_paths": _cpu.status(),
         }
     )
     if extra:
@@ -704,13 +707,16 @@ def _write_report(
 ) -> None:
     from jaxreg import report
 
-    shown = {k: v for k, v in results.items() if k not in ("history", "state", "extra", "model")}
+    hidden = ("history", "state", "extra", "model", "cpu_paths")
+    shown = {k: v for k, v in results.items() if k not in hidden}
     for name, m in results.get("extra", {}).items():
         for k, v in m.items():
             shown[f"{name}_{k}"] = v
     notes = []
     if results.get("best_epoch"):
         notes.append(f"Restored the best epoch by {config.monitor}: {results['best_epoch']}.")
+    if "cpu_paths" in results:
+        notes.append(_cpu.summary(results["cpu_paths"]))
     if history:
         report.write_run_report(
             workdir,
