@@ -262,8 +262,13 @@ def test_plot_curves_partial_series_and_bad_input(tmp_path):
     check_png(report.plot_curves(hist, tmp_path / "train_only.png"))
     with pytest.raises(ValueError, match="empty"):
         report.plot_curves([], tmp_path / "x.png")
-    with pytest.raises(ValueError, match="val_accuracy"):
-        report.plot_curves([{"epoch": 1, "val_loss": 1.0}], tmp_path / "x.png")
+    with pytest.raises(ValueError, match="val_loss"):
+        report.plot_curves([{"epoch": 1, "val_accuracy": 1.0}], tmp_path / "x.png")
+    # Without accuracy (e.g. reconstruction) the second panel shows another metric, or none.
+    check_png(report.plot_curves([{"epoch": 1, "val_loss": 1.0}], tmp_path / "loss_only.png"))
+    check_png(
+        report.plot_curves([{"epoch": 1, "val_loss": 1.0, "val_psnr": 20.0}], tmp_path / "psnr.png")
+    )
     with pytest.raises(ValueError, match="epoch"):
         report.plot_curves([{"val_loss": 1.0, "val_accuracy": 0.5}], tmp_path / "x.png")
     with pytest.raises(ValueError, match="onset"):

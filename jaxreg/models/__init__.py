@@ -55,13 +55,15 @@ def create(
         **kwargs: model options (e.g. `batch_norm`, `dropout`).
 
     Returns:
-        An `nnx.Module` mapping (N, H, W, C) float32 to (N, num_classes) logits.
+        An `nnx.Module` mapping (N, H, W, C) float32 to (N, num_classes) logits, in training
+        mode (call `.eval()` for inference).
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; allowed: {sorted(MODELS)}")
     ctor, _ = MODELS[name]
     try:
-        return ctor(num_classes, tuple(input_shape), rngs=nnx.Rngs(params=seed), **kwargs)
+        rngs = nnx.Rngs(params=seed, dropout=seed + 1)
+        return ctor(num_classes, tuple(input_shape), rngs=rngs, **kwargs)
     except TypeError as e:
         raise TypeError(f"bad options for model {name!r}: {e}") from None
 
@@ -73,6 +75,7 @@ __all__ = [
     "ResNet",
     "ResNet20",
     "TinyCNN",
+    "config_kwargs",
     "conv2d",
     "create",
     "list_models",

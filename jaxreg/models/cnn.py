@@ -38,7 +38,10 @@ class CNN(nnx.Module):
         dropout: dropout rate before the last layer, in [0, 1) (Srivastava et al., 2014).
         bn_momentum: running-statistics momentum. 0.9 rather than flax's 0.99: runs on small data
             take only ~100 steps, after which 0.99 leaves the statistics far from the data.
-        rngs: `nnx.Rngs` with a `params` stream.
+        rngs: `nnx.Rngs` (a `params` stream, and a `dropout` stream or a default one).
+
+    Training and evaluation behave as any Flax NNX model: `model.train()` (batch statistics,
+    dropout on) and `model.eval()` (running statistics, no dropout).
     """
 
     def __init__(
@@ -76,37 +79,31 @@ class CNN(nnx.Module):
         self.hidden_norm = (
             nnx.BatchNorm(hidden, momentum=bn_momentum, rngs=rngs) if batch_norm else None
         )
-        self.dropout = nnx.Dropout(self.dropout_rate)
+        self.dropout = nnx.Dropout(self.dropout_rate, rngs=rngs)
         self.head = nnx.Linear(hidden, int(num_classes), rngs=rngs)
 
-    def features(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    def features(self, x: jax.Array) -> jax.Array:
         """Flattened conv features (N, D) before the dense layers."""
         for conv, norm in zip(self.convs, self.norms):
             x = conv(x)
             if norm is not None:
-                x = norm(x, use_running_average=not train)
+                x = norm(x)
             x = jax.nn.relu(max_pool_2x2(x))  # = pool(relu(x)), on a quarter of the values
         return x.reshape(x.shape[0], -1)
 
-    def __call__(
-        self, x: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None
-    ) -> jax.Array:
-        """Logits (N, num_classes). `dropout_key` is required when training with dropout > 0."""
-        x = self.hidden(self.features(x, train=train))
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Logits (N, num_classes) of images (N, H, W, C)."""
+        x = self.hidden(self.features(x))
         if self.hidden_norm is not None:
-            x = self.hidden_norm(x, use_running_average=not train)
-        x = jax.nn.relu(x)
-        if self.dropout_rate > 0.0 and train:
-            if dropout_key is None:
-                raise ValueError("dropout_key is required when train=True and dropout > 0")
-            x = self.dropout(x, deterministic=False, rngs=dropout_key)
-        return self.head(x)
+            x = self.hidden_norm(x)
+        return self.head(self.dropout(jax.nn.relu(x)))
 
 
 class TinyCNN(nnx.Module):
     """The smallest useful classifier, for tests: one 8-channel conv, BatchNorm optional, a head.
 
-    Input (N, H, W, C) float32 in [0, 1]; output (N, num_classes) float32.
+    Input (N, H, W, C) float32 in [0, 1]; output (N, num_classes) float32. `train()` /
+    `eval()` switch BatchNorm and dropout, as in any Flax NNX model.
     """
 
     def __init__(
@@ -123,19 +120,13 @@ class TinyCNN(nnx.Module):
         self.dropout_rate = _check_rate("dropout", dropout)
         self.conv = Conv(c, 8, (3, 3), use_bias=not batch_norm, rngs=rngs)
         self.norm = nnx.BatchNorm(8, momentum=bn_momentum, rngs=rngs) if batch_norm else None
-        self.dropout = nnx.Dropout(self.dropout_rate)
+        self.dropout = nnx.Dropout(self.dropout_rate, rngs=rngs)
         self.head = nnx.Linear(-(-h // 2) * -(-w // 2) * 8, int(num_classes), rngs=rngs)
 
-    def __call__(
-        self, x: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None
-    ) -> jax.Array:
-        """Logits (N, num_classes)."""
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Logits (N, num_classes) of images (N, H, W, C)."""
         x = self.conv(x)
         if self.norm is not None:
-            x = self.norm(x, use_running_average=not train)
-        x = jax.nn.relu(max_pool_2x2(x)).reshape(x.shape[0], -1)
-        if self.dropout_rate > 0.0 and train:
-            if dropout_key is None:
-                raise ValueError("dropout_key is required when train=True and dropout > 0")
-            x = self.dropout(x, deterministic=False, rngs=dropout_key)
+            x = self.norm(x)
+        x = self.dropout(jax.nn.relu(max_pool_2x2(x)).reshape(x.shape[0], -1))
         return self.head(x)

@@ -38,17 +38,16 @@ class BasicBlock(nnx.Module):
             self.proj = None
             self.proj_bn = None
 
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array) -> jax.Array:
         """Returns relu(shortcut(x) + bn2(conv2(relu(bn1(conv1(x)))))), NHWC.
 
-        BatchNorm uses batch statistics (and updates its running averages) when `train` is
-        true, the running averages otherwise.
+        BatchNorm uses batch statistics (and updates its running averages) in training mode
+        (`train()`), the running averages in evaluation mode (`eval()`).
         """
-        ura = not train
-        y = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=ura))
-        y = self.bn2(self.conv2(y), use_running_average=ura)
+        y = jax.nn.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
         if self.proj is not None:
-            x = self.proj_bn(self.proj(x), use_running_average=ura)
+            x = self.proj_bn(self.proj(x))
         return jax.nn.relu(x + y)
 
 
@@ -95,19 +94,12 @@ class ResNet(nnx.Module):
                 blocks.append(BasicBlock(cin, width, stride, bn_momentum=bn_momentum, rngs=rngs))
                 cin = width
         self.blocks = nnx.List(blocks)
-        self.dropout = nnx.Dropout(self.dropout_rate)
+        self.dropout = nnx.Dropout(self.dropout_rate, rngs=rngs)
         self.head = nnx.Linear(cin, int(num_classes), rngs=rngs)
 
-    def __call__(
-        self, x: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None
-    ) -> jax.Array:
-        """Logits (N, num_classes)."""
-        x = jax.nn.relu(self.stem_bn(self.stem(x), use_running_average=not train))
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Logits (N, num_classes) of images (N, H, W, C)."""
+        x = jax.nn.relu(self.stem_bn(self.stem(x)))
         for block in self.blocks:
-            x = block(x, train=train)
-        x = jnp.mean(x, axis=(1, 2))
-        if self.dropout_rate > 0.0 and train:
-            if dropout_key is None:
-                raise ValueError("dropout_key is required when train=True and dropout > 0")
-            x = self.dropout(x, deterministic=False, rngs=dropout_key)
-        return self.head(x)
+            x = block(x)
+        return self.head(self.dropout(jnp.mean(x, axis=(1, 2))))

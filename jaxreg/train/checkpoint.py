@@ -439,6 +439,11 @@ class Checkpointer:
         """Step held in `best/` (a save still in flight counts), or None. Not validated."""
         return self._best.latest_step()
 
+    def best_steps(self) -> list[int]:
+        """Steps in `best/` (the best and the previous best), oldest first."""
+        self._best.reload()
+        return sorted(self._best.all_steps())
+
     def all_steps(self) -> list[int]:
         """Steps in `latest/`, oldest first."""
         return sorted(self._latest.all_steps())

@@ -518,7 +518,7 @@ def _restore_best_epoch(ckpt, es: EarlyStopping, state, latest_step: int, meta, 
     if best_epoch < 0:  # no epoch improved yet (e.g. NaN metrics): nothing to restore
         return state
     if best_epoch == int(latest_step):
-        if ckpt.best_step() != latest_step:  # the kill came between the two saves: repair
+        if latest_step not in ckpt.best_steps():  # a kill between the two saves: repair
             ckpt.save_best(latest_step, state_tree(state), meta)
         return state
     found = ckpt.restore_step(best_epoch, state_tree(state))

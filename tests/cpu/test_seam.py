@@ -18,6 +18,7 @@ from jaxreg import _cpu, models
 from jaxreg._cpu import conv, fence, native, pool, switch
 from jaxreg.augment import _warp
 from jaxreg.train import TrainState, make_train_step
+from jaxreg.train.tasks import Classification
 
 P = functools.partial
 NATIVE_CALL = f"custom_call @{native.WARP_TARGET}"
@@ -42,7 +43,7 @@ def _training_step():
     """A new jitted training step (tiny CNN: conv, BatchNorm, max pool) with `_rotation`."""
     m = models.create("tiny", num_classes=3, input_shape=(8, 8, 3), batch_norm=True)
     state = TrainState.create(m, optax.adam(1e-2), key=jax.random.key(0))
-    return make_train_step(num_classes=3, augment=_rotation()), state
+    return make_train_step(task=Classification(num_classes=3, augment=_rotation())), state
 
 
 _X = _images((4, 8, 8, 3))

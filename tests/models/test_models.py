@@ -70,30 +70,34 @@ def test_conv_rejects_bad_options():
 def test_models_map_images_to_logits(name, shape, kw):
     m = models.create(name, num_classes=10, input_shape=shape, **kw)
     x = jax.random.uniform(jax.random.key(0), (2,) + shape)
-    y = nnx.jit(lambda mod, a: mod(a, train=False))(m, x)
+    m.eval()
+    y = nnx.jit(lambda mod, a: mod(a))(m, x)
     assert y.shape == (2, 10) and y.dtype == jnp.float32
-    rest = nnx.split(m, nnx.Param, nnx.BatchStat, ...)[3]
-    assert not jax.tree.leaves(rest), "models hold no RNG state: keys are passed at call time"
+    # Stock NNX: only parameters, BatchNorm statistics and the dropout stream's RNG state.
+    rest = nnx.split(m, nnx.Param, nnx.BatchStat, nnx.RngState, ...)[4]
+    assert not jax.tree.leaves(rest)
 
 
-def test_dropout_needs_a_key_and_is_random_only_in_training():
+def test_dropout_is_random_only_in_training_mode():
     m = models.create("cnn", num_classes=3, input_shape=(8, 8, 1), dropout=0.5)
     x = jax.random.uniform(jax.random.key(0), (4, 8, 8, 1))
-    with pytest.raises(ValueError, match="dropout_key"):
-        m(x, train=True)
-    a = m(x, train=True, dropout_key=jax.random.key(1))
-    b = m(x, train=True, dropout_key=jax.random.key(2))
+    m.train()
+    a, b = m(x), m(x)  # the stream advances between calls, as in any NNX model
     assert not np.allclose(a, b)
+    m.eval()
     np.testing.assert_array_equal(m(x), m(x))
 
 
 def test_batchnorm_eval_uses_running_statistics():
     m = models.create("tiny", num_classes=3, input_shape=(6, 6, 1), batch_norm=True)
     x = jax.random.uniform(jax.random.key(0), (8, 6, 6, 1))
+    m.eval()
     with jax.default_matmul_precision("float32"):  # GPUs otherwise use TF32 convolutions
         before = m(x[:1])  # eval mode: the output of one example does not depend on the batch
         np.testing.assert_allclose(before, m(x)[:1], rtol=1e-5, atol=1e-6)
-    m(x, train=True)  # updates running statistics
+    m.train()
+    m(x)  # updates running statistics
+    m.eval()
     assert not np.allclose(before, m(x[:1]))
 
 

@@ -85,7 +85,7 @@ def test_resume_refuses_a_different_config_naming_what_changed(tmp_path, digits_
 def test_a_workdir_of_the_older_checkpoint_format_is_refused_clearly(tmp_path, digits_small):
     # jaxreg 0.1 saved the whole train state as leaves "0000", "0001", ... without a version.
     with Checkpointer(tmp_path / "checkpoints") as ck:
-        ck.save(1, {"0000": np.zeros(3, np.float32)}, {"epoch": 1, "metrics": {"val_loss": 1.0}})
+        ck.save(1, {"0000": np.zeros(3, np.float32)}, {"epoch": 1}, is_best=False)
     with pytest.raises(
         ValueError, match="format 1 \\(an older jaxreg\\); this jaxreg reads format 2"
     ):
