@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 from ml_collections import ConfigDict
 
-__all__ = ["Restored", "restore"]
+__all__ = ["Restored", "load_images", "restore"]
 
 WHICH = ("best", "latest")
 
@@ -168,3 +168,39 @@ def restore(workdir: str | os.PathLike, which: str = "best", model: Any = None) 
         class_names=info.get("class_names"),
         image_shape=tuple(info["image_shape"]) if "image_shape" in info else None,
     )
+
+
+def load_images(paths, image_shape) -> jax.Array:
+    """Image files as a batch the way a run's model expects it.
+
+    Each file is read with Pillow, converted to gray ("L") or RGB to match the channels,
+    resized to (H, W) with Pillow's bilinear filter (with antialiasing when shrinking) and
+    scaled to [0, 1].
+
+    Args:
+      paths: image file paths (anything Pillow reads: PNG, JPEG, ...).
+      image_shape: (H, W, C) of the run's training images, C in {1, 3}.
+
+    Returns:
+      float32 array (N, H, W, C) in [0, 1].
+
+    Raises:
+      ValueError: an unsupported channel count, or a file that is not an image.
+      FileNotFoundError: a missing file.
+    """
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    if image_shape is None or len(image_shape) != 3 or image_shape[2] not in (1, 3):
+        raise ValueError(f"image_shape must be (H, W, C) with C in (1, 3), got {image_shape}")
+    h, w, c = (int(v) for v in image_shape)
+    out = []
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+                arr = np.asarray(img, np.float32) / 255.0
+        except UnidentifiedImageError:
+            raise ValueError(f"{path} is not an image file Pillow can read") from None
+        out.append(arr.reshape(h, w, c))
+    return jnp.asarray(np.stack(out))

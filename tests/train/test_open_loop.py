@@ -241,3 +241,33 @@ def test_restore_returns_the_evaluated_model(tmp_path, digits_small):
     assert latest.epoch == r["epochs_run"]
     with pytest.raises(ValueError, match="which must be one of"):
         restore(tmp_path, which="worst", model=UserNet)
+
+
+def _read_events(folder):
+    """Scalars from TensorBoard event files (TFRecord framing, Event protos), no TensorFlow."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        pos = 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos : pos + 8])
+            record = data[pos + 12 : pos + 12 + length]
+            pos += 12 + length + 4
+            event = event_pb2.Event.FromString(record)
+            for v in event.summary.value:
+                out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return out
+
+
+def test_runs_write_tensorboard_event_files(tmp_path, digits_small):
+    r = train_and_evaluate(tiny_config(epochs=2), tmp_path, model=UserNet, data=digits_small)
+    scalars = _read_events(tmp_path / "tensorboard")
+    assert [s for s, _ in scalars["val/val_accuracy"]] == [1, 2]
+    got = [v for _, v in scalars["val/val_loss"]]
+    want = [h["val_loss"] for h in r["history"]]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert "train/train_loss" in scalars
