@@ -91,8 +91,11 @@ def test_bad_input_gives_a_clear_error(argv, needle, capsys, tmp_path):
 
 
 def test_experiments_come_only_from_jaxreg_or_an_explicit_path(tmp_path, monkeypatch, capsys):
-    """A file named like an experiment in the current folder (or a folder named by an
-    environment variable, or another package's `experiments/`) is never executed by name."""
+    """A file named like an experiment is never executed by name.
+
+    Not one in the current folder, a folder named by an environment variable, or another
+    package's `experiments/`.
+    """
     marker = tmp_path / "planted_ran"
     planted = tmp_path / "experiments"
     planted.mkdir()

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxreg.train.checkpoint import CheckpointError, Checkpointer
+from jaxreg.train.checkpoint import Checkpointer, CheckpointError
 from jaxreg.train.loop import NonFiniteLossError, train_and_evaluate
 from tests.train.conftest import tiny_config
 

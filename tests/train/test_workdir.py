@@ -58,9 +58,9 @@ def test_a_second_process_fails_at_once_naming_the_holder(tmp_path, digits_small
         with pytest.raises(wd.WorkdirBusyError, match=f"in use by process {proc.pid}"):
             with wd.lock(tmp_path):
                 pass
-        with pytest.raises(wd.WorkdirBusyError):  # the training loop takes the same lock
-            from jaxreg.train.loop import train_and_evaluate
+        from jaxreg.train.loop import train_and_evaluate
 
+        with pytest.raises(wd.WorkdirBusyError):  # the training loop takes the same lock
             train_and_evaluate(tiny_config(epochs=1), tmp_path, data=digits_small)
         assert time.perf_counter() - t0 < 10
         assert not (tmp_path / "metrics.jsonl").exists()
