@@ -148,6 +148,7 @@ def random_apply(fn: Augmentation, p: float) -> Augmentation:
             axis_aligned=g.axis_aligned,
             mode=g.mode,
             fill=g.fill,
+            channels=g.channels,
         )
 
     def applied(key: jax.Array, image: jax.Array) -> jax.Array:
@@ -221,6 +222,7 @@ def one_of(*fns: Augmentation, probs: Sequence[float] | None = None) -> Augmenta
             axis_aligned=all(g.axis_aligned for g in geos),
             mode=first.mode,
             fill=first.fill,
+            channels=sorted({c for g in geos for c in g.channels}),
         )
 
     def chosen(key: jax.Array, image: jax.Array) -> jax.Array:
