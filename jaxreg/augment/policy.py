@@ -304,9 +304,9 @@ _COLOR_OPS: dict[str, Callable[[jax.Array, jax.Array, jax.Array], jax.Array]] = 
     "equalize": lambda x, m, s: color.equalize(x),
     "posterize": lambda x, m, s: color.posterize(x, 8.0 - jnp.round(4.0 * m)),
     "solarize": lambda x, m, s: color.solarize(x, 1.0 - m),
-    "color": _enhance(color.adjust_saturation),
-    "contrast": _enhance(color.adjust_contrast),
-    "brightness": _enhance(color.adjust_brightness),
+    "color": _enhance(color.enhance_saturation),
+    "contrast": _enhance(color.enhance_contrast),
+    "brightness": _enhance(color.enhance_brightness),
     "sharpness": _enhance(color.adjust_sharpness),
 }
 
