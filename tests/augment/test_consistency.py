@@ -19,7 +19,8 @@ OPS = {
     "random_translate": P(A.random_translate, max_fraction=0.3),
     "random_shear": P(A.random_shear, max_degrees=20),
     "random_affine": P(A.random_affine, max_degrees=20, scale=(0.8, 1.2), max_translate=0.1),
-    "random_crop": P(A.random_crop, size=6, padding=2),
+    "random_crop": P(A.random_crop, crop_sizes=(6, 6, 3), padding=2),
+    "random_flip_left_right": A.random_flip_left_right,
     "random_brightness": P(A.random_brightness, max_delta=0.3),
     "random_contrast": P(A.random_contrast, lower=0.5, upper=1.5),
     "random_saturation": P(A.random_saturation, lower=0.5, upper=1.5),
@@ -45,6 +46,7 @@ OPS = {
 # Ops whose outcome may repeat between two examples (few discrete outcomes).
 DISCRETE = {
     "random_flip",
+    "random_flip_left_right",
     "random_rot90",
     "random_grayscale",
     "random_downscale",
