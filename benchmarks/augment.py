@@ -104,7 +104,7 @@ class _Counter:
 def jaxreg_a(x, y):
     """Returns a runner for one Workload A batch: jaxreg `compose` + `batch`, then `mixup`."""
     aug = A.compose(
-        P(A.random_crop, size=32, padding=4, pad_mode="reflect"),
+        A.from_spec("crop(size=32,padding=4,pad_mode='reflect')"),  # jaxreg's draws
         P(A.random_flip, horizontal=True, p=0.5),
         P(A.color_jitter, brightness=0.4, contrast=0.4, saturation=0.4),
         P(A.gaussian_noise, sigma=0.05, p=0.5),

@@ -106,6 +106,22 @@ def _coords(m: jax.Array, out_hw: tuple[int, int]):
     return y, x
 
 
+def _coords_dot(m: jax.Array, out_hw: tuple[int, int]):
+    """`_coords` as one matrix product (as dm-pix computes them), materialised once.
+
+    Elementwise, XLA recomputes the coordinates inside every fusion that reads them (tap index,
+    weight, validity), and may round them differently there (a multiply-add contracted in one
+    fusion and not in another): under `jit` a coordinate within an ulp of an integer then took
+    its tap from one pixel and its weight from the next. A dot is computed once.
+    """
+    ho, wo = out_hw
+    yy, xx = jnp.meshgrid(
+        jnp.arange(ho, dtype=jnp.float32), jnp.arange(wo, dtype=jnp.float32), indexing="ij"
+    )
+    c = jnp.matmul(jnp.stack([yy, xx], axis=-1), m[:2, :2].T) + m[:2, 2].reshape(1, 1, 2)
+    return c[..., 0], c[..., 1]
+
+
 def _bilinear_taps(m, in_hw, padded_hw, out_hw, mode):
     """Top-left taps (y0, x0), second-tap weights (fy, fx), validity (or None) per output pixel."""
     h, w = in_hw
@@ -260,6 +276,22 @@ def apply_batch_exact(
     return out
 
 
+def _gather_bilinear(image: jax.Array, y0, x0, fy, fx) -> jax.Array:
+    """Bilinear mix of the 2x2 windows at top-left taps (y0, x0), fetched as one gather slice."""
+    idx = jnp.stack([y0, x0], axis=-1)
+    dnums = lax.GatherDimensionNumbers(
+        offset_dims=(2, 3, 4), collapsed_slice_dims=(), start_index_map=(0, 1)
+    )
+    p = lax.gather(
+        image,
+        idx,
+        dnums,
+        slice_sizes=(2, 2, image.shape[-1]),
+        mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
+    )
+    return _blend(p[:, :, 0, 0], p[:, :, 0, 1], p[:, :, 1, 0], p[:, :, 1, 1], fy, fx, image.dtype)
+
+
 def apply(
     image: jax.Array,
     m: jax.Array,
@@ -313,22 +345,79 @@ def apply(
             valid = _and(vy, vx)
         else:
             y0, x0, fy, fx, valid = _bilinear_taps(m, (h, w), (hp, wp), out_hw, mode)
-            idx = jnp.stack([y0, x0], axis=-1)
-            dnums = lax.GatherDimensionNumbers(
-                offset_dims=(2, 3, 4), collapsed_slice_dims=(), start_index_map=(0, 1)
-            )
-            p = lax.gather(
-                image,
-                idx,
-                dnums,
-                slice_sizes=(2, 2, c),
-                mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
-            )
-            out = _blend(p[:, :, 0, 0], p[:, :, 0, 1], p[:, :, 1, 0], p[:, :, 1, 1], fy, fx, dtype)
+            out = _gather_bilinear(image, y0, x0, fy, fx)
         if valid is not None:
             valid = valid[:, :, None]
     if valid is not None:
         out = jnp.where(valid, out, fillv)
+    return out
+
+
+# scipy.ndimage / dm-pix border modes -> the border rules above (scipy's "reflect" is the
+# half-sample "symmetric" rule, its "mirror" the whole-sample "reflect").
+NDIMAGE_MODES = {
+    "nearest": "edge",
+    "constant": "constant",
+    "mirror": "reflect",
+    "reflect": "symmetric",
+    "wrap": "wrap",
+}
+
+
+def apply_ndimage(
+    image: jax.Array,
+    m: jax.Array,
+    out_hw: tuple[int, int],
+    *,
+    order: int,
+    mode: str,
+    fill: Any = 0.0,
+) -> jax.Array:
+    """`apply` with the rules of `dm_pix.affine_transform` (scipy.ndimage modes, orders 0 and 1).
+
+    The differences from `apply`: with `mode="constant"` an output pixel is inside when its
+    source coordinate lies in [0, n - 1] exactly (no tolerance; scipy's grid-constant rule, as
+    `dm_pix` uses it); `order=0` rounds source coordinates half away from zero (`lax.round`,
+    as `jax.scipy.ndimage.map_coordinates`); `mode="wrap"` is periodic for bilinear taps too,
+    interpolating across the seam between the last and the first row or column (`apply`'s
+    "wrap" holds the edge pixel within half a pixel of the seam).
+
+    Args:
+      image: (H, W, C) floating image.
+      m: (3, 3) float32 output-to-input map, pixel centres at integers, (y, x) order.
+      out_hw: static output size (Ho, Wo).
+      order: 0 (nearest) or 1 (bilinear).
+      mode: one of `NDIMAGE_MODES`.
+      fill: constant for `mode="constant"`: a scalar or one value per channel.
+
+    Returns:
+      (Ho, Wo, C) image of the input dtype.
+    """
+    h, w, c = image.shape
+    fillv = _core.fill_value(fill, c).astype(image.dtype)
+    rule = NDIMAGE_MODES[mode]
+    y, x = _coords_dot(m, out_hw)
+    if order == 0:
+        y, vy = _fold(lax.round(y).astype(jnp.int32), h, rule, True)
+        x, vx = _fold(lax.round(x).astype(jnp.int32), w, rule, True)
+        out, valid = image[y, x], _and(vy, vx)
+    else:
+        if mode == "wrap":  # one wrapped row and column let the taps straddle the seam
+            image = jnp.pad(image, ((0, 1), (0, 1), (0, 0)), mode="wrap")
+            y, x, valid = jnp.mod(y, float(h)), jnp.mod(x, float(w)), None
+        elif mode == "constant":
+            image = _pad_for_bilinear(image, h, w)
+            valid = (y >= 0.0) & (y <= h - 1.0) & (x >= 0.0) & (x <= w - 1.0)
+            y, x = jnp.clip(y, 0.0, h - 1.0), jnp.clip(x, 0.0, w - 1.0)
+        else:
+            image = _pad_for_bilinear(image, h, w)
+            (y, _), (x, _) = _fold(y, h, rule, False), _fold(x, w, rule, False)
+            valid = None
+        y0, fy = _taps(y, image.shape[0])
+        x0, fx = _taps(x, image.shape[1])
+        out = _gather_bilinear(image, y0, x0, fy, fx)
+    if valid is not None:
+        out = jnp.where(valid[:, :, None], out, fillv)
     return out
 
 
@@ -341,6 +430,8 @@ class GeometricOp:
       axis_aligned: the map has no rotation or shear (resampled separably).
       mode: border rule where the map leaves the source, or None when it never does.
       fill: constant for `mode="constant"`.
+      channels: channel counts the op requires of its input (all of them, e.g. (3,) for a crop
+        given as (height, width, 3)); () accepts any.
     """
 
     def __init__(
@@ -354,6 +445,7 @@ class GeometricOp:
         mode: str | None = "constant",
         fill: Any = 0.0,
         keyless: bool = False,
+        channels: Sequence[int] = (),
     ):
         self.name = name
         self._sample = sample
@@ -363,6 +455,7 @@ class GeometricOp:
         self.mode = mode
         self.fill = fill
         self.keyless = keyless
+        self.channels = tuple(channels)
 
     __name__ = "geometric_op"  # short: jit uses it in cache file names
 
@@ -372,12 +465,22 @@ class GeometricOp:
     def output_hw(self, in_hw: tuple[int, int]) -> tuple[int, int]:
         return tuple(in_hw) if self._out_hw is None else tuple(self._out_hw(tuple(in_hw)))
 
+    def check_channels(self, c: int) -> None:
+        """Raises ValueError when the op needs another channel count than the input's `c`."""
+        for need in self.channels:
+            if need != c:
+                raise ValueError(
+                    f"{self.name} needs images with {need} channels (geometric ops keep the "
+                    f"channels); got {c}."
+                )
+
     def matrix(self, key: jax.Array, in_hw: tuple[int, int]) -> jax.Array:
         """Samples the (3, 3) output-to-input map for one example."""
         return self._sample(key, tuple(in_hw))
 
     def __call__(self, key: jax.Array, image: jax.Array) -> jax.Array:
-        h, w, _ = _core.check_image(image)
+        h, w, c = _core.check_image(image)
+        self.check_channels(c)
         if not self.keyless:
             _core.check_key(key)
         out_hw = self.output_hw((h, w))
@@ -398,7 +501,8 @@ class GeometricOp:
             return jax.vmap(self)(keys, images)
 
         def checked_matrix(key, image):
-            h, w, _ = _core.check_image(image)
+            h, w, c = _core.check_image(image)
+            self.check_channels(c)
             if not self.keyless:
                 _core.check_key(key)
             return self.matrix(key, (h, w))
@@ -447,4 +551,5 @@ def chain(ops: Sequence[GeometricOp]) -> GeometricOp:
         mode=None if first is None else first.mode,
         fill=0.0 if first is None else first.fill,
         keyless=all(op.keyless for op in ops),
+        channels=sorted({c for op in ops for c in op.channels}),
     )

@@ -136,7 +136,9 @@ def corrupt_test_set(
     keys = jax.random.split(jax.random.key(int(key)), x.shape[0])
     fns = {
         "noise": jax.jit(jax.vmap(lambda k, im: augment.gaussian_noise(k, im, sigma=noise_sigma))),
-        "blur": jax.jit(jax.vmap(lambda k, im: augment.gaussian_blur(im, blur_sigma))),
+        "blur": jax.jit(
+            jax.vmap(lambda k, im: augment.gaussian_blur(im, blur_sigma, pad_mode="reflect"))
+        ),
         "lowres": jax.jit(jax.vmap(lambda k, im: augment.downscale(im, int(lowres_factor)))),
         "jpeg": jax.jit(jax.vmap(lambda k, im: augment.jpeg_compress(im, jpeg_quality))),
     }
