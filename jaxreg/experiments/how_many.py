@@ -16,7 +16,7 @@ by several points (20 real images per class), the curve flattens by k = 4-8 and 
 copies add nothing; we do not expect a clear drop, but with a fixed step budget the largest
 sets see each real image only a few times.
 
-Protocol: seed k draws real subset k; its copies come from `jaxreg.batch(policy)` on device
+Protocol: seed k draws real subset k; its copies come from `jaxreg.augment.batch(policy)` on device
 with the fixed key `fold_in(key(generate_key), seed)`, copy j using `fold_in(that, j)`, so
 the copies of a smaller k are a subset of those of a larger k (the set grows, nothing is
 re-drawn). Every amount trains for the same number of optimizer steps (`steps`; epochs =
@@ -91,7 +91,7 @@ _COPY_FNS: dict[str, Any] = {}  # policy spec -> jitted batch augmentation (comp
 def make_copies(train: data_lib.Dataset, policy: str, k: int, key: int) -> data_lib.Dataset:
     """`train` followed by `k` augmented copies of every image (labels repeated).
 
-    Copy j of the whole set is `jaxreg.batch(from_spec(policy))(fold_in(key(key), j), images)`,
+    Copy j of the whole set is `jaxreg.augment.batch(from_spec(policy))(fold_in(key(key), j), images)`,
     computed on device; copy j does not depend on k, so growing k only appends.
     """
     if k < 0:
