@@ -1,23 +1,28 @@
-"""Helpers for experiment modules: variant runs, statistics, metrics, plots and the report.
+"""The study runner: experiments declared as a `Study`, run with seeds, caches, verdicts, reports.
 
-They run variants over seeds, aggregate mean ± std, compute paired confidence intervals and
-prediction-based metrics, draw plots and write the report.
-
-The experiments in `experiments/` share these; each keeps only what is its own question.
+A study states its question, expectation, variants and stages; the runner adds seeds,
+caching, paired comparisons, figures, a verdict computed from the numbers and the report.
+An experiment module declares one `Study` and exposes its `get_config`, `validate` and `run`;
+the runner does the rest (see `Study`). Also here: the config checks studies share, paired
+statistics over seeds, prediction metrics (confusion matrices) and the figure helpers.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import numbers
+import os
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from ml_collections import ConfigDict
+from tqdm.auto import tqdm
 
 from jaxreg import report
 from jaxreg.train.config import validate_config
@@ -994,3 +999,751 @@ def write_report(
     log(verdict)
     log(f"Report: {workdir / 'report.md'} ({wall_time_s:.0f} s)")
     return workdir / "report.md"
+
+
+# ============================================================================= the study runner
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One step of a study: it trains or computes something for each unit and may be cached.
+
+    Attributes:
+      name: the stage's name (its folder in each unit's directory, its key in the rows).
+      fn: `fn(unit) -> dict` of JSON-able results; `None` trains the unit's config with
+        `train_and_evaluate` on the unit's data (the common case). A function may call
+        `unit.train(...)` (cached sub-runs), read earlier stages' results or artifacts
+        (`unit.result(stage)`, `unit.artifact(stage)`) and write files into `unit.dir`.
+      per: "variant" (every sweep value x variant x seed), "seed" (once per sweep value and
+        seed, shared by the variants: e.g. a pretraining) or "once".
+      variants: for a stage whose variants depend on earlier results (e.g. combinations of
+        the best single augmentations): `variants(rows, sweep) -> {name: config delta}`,
+        called with the rows of the earlier stages; `None` uses the study's variants.
+      extra_eval: `extra_eval(config, data) -> {name: Dataset}` evaluated at the end of each
+        training run (e.g. corrupted test sets), for the default training stage.
+      keep_predictions: store the evaluated model's predicted classes for val, test and the
+        `extra_eval` sets (`predictions.npz`), read back as `row["pred"]`.
+    """
+
+    name: str = "train"
+    fn: Callable[[Unit], dict] | None = None
+    per: str = "variant"
+    variants: Callable[[list[dict], Any], Mapping[str, Mapping[str, Any]]] | None = None
+    extra_eval: Callable[[ConfigDict, Mapping[str, Any]], Mapping[str, Any]] | None = None
+    keep_predictions: bool = False
+
+    def __post_init__(self):
+        if self.per not in ("variant", "seed", "once"):
+            raise ValueError(f"per must be 'variant', 'seed' or 'once', got {self.per!r}")
+
+
+@dataclasses.dataclass
+class Unit:
+    """What a stage computes for: one (sweep value, variant, seed) of a study.
+
+    Attributes:
+      stage: the stage's name.
+      sweep: the sweep value (None without a sweep).
+      variant: the variant's name (None for a per-seed or once stage).
+      seed: the seed (seed k trains on training subset k for every variant).
+      config: the unit's training config (study keys removed, variant delta and seed set).
+      params: the study's own settings (the config keys that are not training keys).
+      dir: the unit's folder (created), where its results and artifacts live.
+      smoke: whether this is a smoke run.
+    """
+
+    stage: str
+    sweep: Any
+    variant: str | None
+    seed: int
+    config: ConfigDict
+    params: ConfigDict
+    dir: Path
+    smoke: bool
+    _runner: _Runner = dataclasses.field(repr=False)
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The unit's `{"train", "val", "test"}` data: training subset k for seed k."""
+        return self._runner.data(self.config, self.seed)
+
+    def artifact(self, stage: str) -> Path:
+        """The folder of an earlier stage's unit for this sweep value and seed (and variant)."""
+        return self._runner.unit_dir(stage, self.sweep, self.variant, self.seed)
+
+    def result(self, stage: str) -> dict:
+        """The results an earlier stage produced for the same sweep value and seed (and variant)."""
+        return self._runner.cached_result(stage, self.sweep, self.variant, self.seed)
+
+    def train(
+        self,
+        config: ConfigDict | None = None,
+        *,
+        name: str = "run",
+        data: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> dict:
+        """`train_and_evaluate` in `self.dir / name`, read back from its `results.json` on rerun.
+
+        Args:
+          config: the training config (default: the unit's).
+          name: the sub-folder.
+          data: the data (default: the unit's).
+          **kwargs: passed to `train_and_evaluate` (`model=`, `task=`, `extra_eval=`, ...).
+
+        Returns:
+          the results (JSON part: no `state` or `model` when read back).
+        """
+        return self._runner.train(
+            config if config is not None else self.config,
+            self.dir / name,
+            data if data is not None else self.data,
+            title=f"{self._runner.study.name}: {self.variant or self.stage}, seed {self.seed}",
+            **kwargs,
+        )
+
+
+@dataclasses.dataclass
+class Analysis:
+    """Everything a study's `analyze` hook gets: the rows, aggregates and paired comparisons.
+
+    Attributes:
+      study: the study.
+      params: the study's own settings, after the smoke shrink.
+      config: the study's base training config, after the smoke shrink.
+      rows: one dict per unit of every stage: `stage`, `sweep`, `variant`, `seed`, the stage's
+        results (`diverged: True` and `None` metrics for a run whose loss became non-finite).
+      table: the default table rows (one per sweep value and variant of the compared stage).
+      comparisons: `(sweep, variant) -> (mean, half_width, n_above, n)` paired differences of
+        the primary metric to the baseline (`paired_ci`).
+      workdir: the study's folder (figures go there).
+      smoke: whether this is a smoke run.
+    """
+
+    study: Study
+    params: ConfigDict
+    config: ConfigDict
+    rows: list[dict]
+    table: list[dict]
+    comparisons: dict[tuple[Any, str], tuple[float, float, int, int]]
+    workdir: Path
+    smoke: bool
+    verdict_text: str = ""
+    findings: Findings | None = None
+
+    def stage_rows(self, stage: str, sweep: Any = ..., variant: Any = ...) -> list[dict]:
+        """The rows of one stage, optionally of one sweep value and one variant."""
+        return [
+            r
+            for r in self.rows
+            if r["stage"] == stage
+            and (sweep is ... or r["sweep"] == sweep)
+            and (variant is ... or r["variant"] == variant)
+        ]
+
+    def history(self, row: Mapping[str, Any]) -> list[dict]:
+        """The per-epoch records (`metrics.jsonl`) of a training row."""
+        return report.read_metrics(Path(row["dir"]) / "metrics.jsonl")
+
+
+@dataclasses.dataclass
+class Findings:
+    """What a study's `analyze` hook adds to the report.
+
+    Attributes:
+      table: replaces the default table when not None.
+      verdict: sentences appended to the default verdict (computed from the numbers).
+      figures: file names inside the workdir, shown after the default figures.
+      sections: Markdown appended to the report (e.g. extra tables with their headings).
+      replace_verdict: the hook's sentences replace the default verdict.
+    """
+
+    table: list[dict] | None = None
+    verdict: list[str] = dataclasses.field(default_factory=list)
+    figures: list[str] = dataclasses.field(default_factory=list)
+    sections: list[str] = dataclasses.field(default_factory=list)
+    replace_verdict: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """An experiment declared as data: question, expectation, variants, stages, metrics.
+
+    The runner (`Study.run`) does the rest: smoke shrinking then validation of every run's
+    config before anything trains, seeds (seed k uses training subset k for every variant, so
+    comparisons pair by seed), stages with cached results (a rerun resumes: finished units
+    are read back, a killed run resumes from its checkpoint), one progress bar over all units,
+    aggregation, paired differences to the baseline with 95 % intervals, figures, a verdict
+    computed from the numbers (saying where the expectation did not appear and how the regime
+    differs from its source), and the report (`report.md`, `summary.json`, `rows.json`).
+
+    A study module then needs only:
+    `get_config = STUDY.get_config; validate = STUDY.validate; run = STUDY.run`.
+
+    Attributes:
+      name: the study's name (`jaxreg run NAME`).
+      title: report title.
+      question: the question answered.
+      expectation: what we expect, in words.
+      source: where the expectation comes from: a paper and its table or figure, or the
+        reasoning when there is none.
+      config: `() -> ConfigDict`: the study's training config (a `default_config()`).
+      variants: `{name: config delta}` (dotted keys), or `(config, params) -> {...}` when the
+        deltas depend on the study's settings.
+      baseline: the variant the others are compared with.
+      expected: variant -> +1 (a gain beyond noise on the primary metric), 0 (within noise)
+        or -1 (a loss); the verdict checks each.
+      regime: how this study's setting differs from the source's (said in the verdict when an
+        expectation did not appear).
+      params: the study's own settings (seeds excluded), exposed as config keys.
+      seeds: default seeds.
+      sweep: `(name, values)`: the study is repeated for each value (e.g. training set
+        sizes); `name` is a training config key (e.g. "train_per_class") or a param.
+      smoke: config key -> smoke value, applied with `shrink` (numbers only lowered).
+      smoke_variants: the variants a smoke run keeps by default (default: all).
+      smoke_sweep: the sweep values of a smoke run.
+      smoke_seeds: how many seeds a smoke run keeps.
+      stages: the stages, in order; the default is one training stage.
+      compare: the stage whose rows are aggregated and compared (default: the last).
+      primary: the metric compared to the baseline (a result key, e.g. "test_accuracy").
+      higher_is_better: the primary metric's direction.
+      metrics: result keys aggregated into the table.
+      min_steps: each training run takes at least this many optimizer steps (epochs are
+        raised for small training sets, `epochs_for`).
+      data: `(config, seed) -> {"train", "val", "test"}` replacing the default (`config.data`,
+        `train_per_class` examples per class drawn with the seed).
+      check: `(params, config) -> None` raising for a bad study setting.
+      analyze: `(Analysis) -> Findings` for study-specific tables, figures and verdicts.
+    """
+
+    name: str
+    title: str
+    question: str
+    expectation: str
+    source: str
+    config: Callable[[], ConfigDict]
+    variants: Mapping[str, Mapping[str, Any]] | Callable[..., Mapping[str, Mapping[str, Any]]]
+    baseline: str
+    expected: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    regime: str = ""
+    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    sweep: tuple[str, tuple] | None = None
+    smoke: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    smoke_variants: tuple[str, ...] | None = None
+    smoke_sweep: tuple | None = None
+    smoke_seeds: int = 2
+    stages: tuple[Stage, ...] = (Stage(),)
+    compare: str | None = None
+    primary: str = "test_accuracy"
+    higher_is_better: bool = True
+    metrics: tuple[str, ...] = METRICS
+    min_steps: int = 0
+    data: Callable[[ConfigDict, int], Mapping[str, Any]] | None = None
+    check: Callable[[ConfigDict, ConfigDict], None] | None = None
+    analyze: Callable[[Analysis], Findings] | None = None
+
+    # ------------------------------------------------------------------ the study's config
+
+    def get_config(self) -> ConfigDict:
+        """The study's whole config: its training config plus the study keys.
+
+        Study keys: `seeds`, `variants` (comma-separated names; empty: the default set),
+        `sweep` (the sweep's values, when there is a sweep), `min_steps`, `compile_cache`, and
+        the study's `params`. Every other key is a training config key.
+        """
+        c = self.config()
+        c.seeds = tuple(self.seeds)
+        c.variants = ""
+        if self.sweep is not None:
+            c.sweep = tuple(self.sweep[1])
+        c.min_steps = int(self.min_steps)
+        c.compile_cache = True
+        for key, value in self.params.items():
+            c[key] = value
+        return c
+
+    def _study_keys(self) -> tuple[str, ...]:
+        keys = ("seeds", "variants", "min_steps", "compile_cache") + tuple(self.params)
+        return keys + (("sweep",) if self.sweep is not None else ())
+
+    def _plan(self, config: ConfigDict) -> _Plan:
+        """Splits the config, applies the smoke shrink, selects variants, seeds and sweep."""
+        config = ConfigDict(config.to_dict())
+        smoke = bool(config.get("smoke", False))
+        if smoke and self.smoke:
+            config = shrink(config, **self.smoke)
+        seeds = parse_seeds(config.seeds)
+        if smoke:
+            seeds = seeds[: self.smoke_seeds]
+        sweep_values = (None,)
+        if self.sweep is not None:
+            sweep_values = (
+                tuple(config.sweep) if isinstance(config.sweep, (list, tuple)) else (config.sweep,)
+            )
+            if smoke and self.smoke_sweep is not None:
+                sweep_values = tuple(self.smoke_sweep)
+            if not sweep_values:
+                raise ValueError("config key 'sweep' must name at least one value")
+        params = ConfigDict({k: config[k] for k in self._study_keys() if k in config})
+        training = ConfigDict(config.to_dict())
+        for key in self._study_keys():
+            if key in training:
+                del training[key]
+        all_variants = dict(
+            self.variants(training, params) if callable(self.variants) else self.variants
+        )
+        names = select_variants(
+            config.variants,
+            allowed=all_variants,
+            default=self.smoke_variants if smoke and self.smoke_variants else tuple(all_variants),
+            baseline=self.baseline,
+        )
+        check_int(params.min_steps, name="min_steps", minimum=0)
+        return _Plan(
+            training=training,
+            params=params,
+            seeds=seeds,
+            sweep=sweep_values,
+            variants={n: dict(all_variants[n]) for n in names},
+            smoke=smoke,
+        )
+
+    def validate(self, config: ConfigDict) -> None:
+        """Checks the whole config before anything trains, deletes or writes.
+
+        The smoke shrink is applied first (it only lowers numbers, so an invalid value stays
+        invalid), then every training config the study will run (each sweep value x variant)
+        is validated, and the study's own `check`.
+
+        Raises:
+          ValueError, TypeError: a bad value; the message names the key and the variant.
+        """
+        plan = self._plan(config)
+        if self.check is not None:
+            self.check(plan.params, plan.training)
+        for value in plan.sweep:
+            base = self._with_sweep(plan.training, plan.params, value)
+            validate_config(base)
+            validate_variants(base, plan.variants)
+
+    def _with_sweep(self, training: ConfigDict, params: ConfigDict, value: Any) -> ConfigDict:
+        c = ConfigDict(training.to_dict())
+        if self.sweep is not None and self.sweep[0] in c:
+            c[self.sweep[0]] = value
+        return c
+
+    # ------------------------------------------------------------------ running
+
+    def run(self, config: ConfigDict, workdir: str | os.PathLike) -> dict:
+        """Runs the study in `workdir` (resuming what is there); returns rows, table, verdict.
+
+        Returns:
+          dict with `rows` (one per unit), `table` (the report's rows), `verdict` (str),
+          `report` (the path of report.md) and `wall_time_s`.
+        """
+        self.validate(config)
+        plan = self._plan(config)
+        workdir = Path(workdir)
+        t0 = time.perf_counter()
+        runner = _Runner(self, plan, workdir)
+        with workdir_lock(workdir), compile_cache(bool(plan.params.compile_cache)):
+            rows = runner.run_all()
+            analysis = self._analyze(plan, rows, workdir)
+            path = self._report(analysis, time.perf_counter() - t0)
+        return {
+            "rows": rows,
+            "table": analysis.table,
+            "verdict": analysis.verdict_text,
+            "report": str(path),
+            "wall_time_s": time.perf_counter() - t0,
+        }
+
+    # ------------------------------------------------------------------ analysis
+
+    def _analyze(self, plan: _Plan, rows: list[dict], workdir: Path) -> Analysis:
+        compare = self.compare or self.stages[-1].name
+        comp_rows = [r for r in rows if r["stage"] == compare and r["variant"] is not None]
+        table, comparisons = [], {}
+        scale = 100.0 if self.primary.endswith("accuracy") else 1.0
+        for value in plan.sweep:
+            sub = [r for r in comp_rows if r["sweep"] == value]
+            for agg in aggregate(sub, metrics=self.metrics):
+                name = agg["variant"]
+                row: dict[str, Any] = {}
+                if self.sweep is not None:
+                    row[self.sweep[0]] = value
+                row["variant"] = name
+                row["n"] = agg["n"]
+                diverged = sum(1 for r in sub if r["variant"] == name and r.get("diverged"))
+                if diverged:
+                    row["diverged"] = diverged
+                for m in self.metrics:
+                    row[m] = agg[m]
+                    row[f"{m}_mean"] = agg[f"{m}_mean"]
+                    row[f"{m}_std"] = agg[f"{m}_std"]
+                if name != self.baseline:
+                    ci = paired_ci(sub, name, self.primary, baseline=self.baseline)
+                    comparisons[(value, name)] = ci
+                    mean, half = ci[0], ci[1]
+                    sign = 1.0 if self.higher_is_better else -1.0
+                    row[f"delta_{self.primary}"] = format_pm(mean, half, scale)
+                    row["effect"] = effect(sign * mean, half)
+                    if name in self.expected:
+                        row["expected"] = _EXPECT_WORDS[self.expected[name]]
+                table.append(row)
+        analysis = Analysis(
+            study=self,
+            params=plan.params,
+            config=plan.training,
+            rows=rows,
+            table=table,
+            comparisons=comparisons,
+            workdir=workdir,
+            smoke=plan.smoke,
+        )
+        findings = self.analyze(analysis) if self.analyze is not None else Findings()
+        lines = [] if findings.replace_verdict else self._default_verdict(plan, table)
+        analysis.verdict_text = " ".join(lines + list(findings.verdict)).strip() or "No runs."
+        analysis.findings = findings
+        if findings.table is not None:
+            analysis.table = findings.table
+        return analysis
+
+    def _default_verdict(self, plan: _Plan, table: list[dict]) -> list[str]:
+        out = []
+        scale = 100.0 if self.primary.endswith("accuracy") else 1.0
+        unit = " points" if scale == 100.0 else ""
+        missed = []
+        for value in plan.sweep:
+            rows = [r for r in table if self.sweep is None or r[self.sweep[0]] == value]
+            where = f"At {self.sweep[0]}={value}: " if self.sweep is not None else ""
+            words = {"helps": [], "hurts": [], "within noise": [], "one seed": []}
+            for r in rows:
+                if r["variant"] == self.baseline:
+                    continue
+                words[r["effect"]].append(f"{r['variant']} ({r[f'delta_{self.primary}']}{unit})")
+                exp = self.expected.get(r["variant"])
+                got = {"helps": 1, "hurts": -1}.get(r["effect"], 0)
+                if exp is not None and r["effect"] != "one seed" and exp != got:
+                    missed.append(
+                        f"{r['variant']}{f' at {value}' if self.sweep else ''} "
+                        f"(expected {_EXPECT_WORDS[exp]}, measured {r['effect']})"
+                    )
+            better = "raised" if self.higher_is_better else "lowered"
+            parts = []
+            if words["helps"]:
+                parts.append(
+                    f"{join_names(words['helps'])} {better} {self.primary} beyond the 95 % interval"
+                )
+            if words["hurts"]:
+                parts.append(f"{join_names(words['hurts'])} made it worse beyond the interval")
+            if words["within noise"]:
+                parts.append(f"{join_names(words['within noise'])} stayed within noise")
+            if words["one seed"]:
+                parts.append(
+                    f"{join_names(words['one seed'])} ran with one seed only (no interval)"
+                )
+            out.append(
+                where
+                + ("; ".join(parts) or "no variant besides the baseline")
+                + f" (vs {self.baseline})."
+            )
+        judged = [
+            r
+            for r in table
+            if r["variant"] in self.expected and r.get("effect") not in (None, "one seed")
+        ]
+        if judged:
+            if missed:
+                out.append(
+                    f"The expectation did not appear for {join_names(missed)}."
+                    + (f" Regime: {self.regime}" if self.regime else "")
+                )
+            else:
+                out.append("Every stated expectation appeared.")
+        return out
+
+    def _report(self, analysis: Analysis, wall: float) -> Path:
+        workdir, findings = analysis.workdir, analysis.findings
+        figures = list(self._default_figures(analysis)) + list(findings.figures)
+        shown = [
+            {k: v for k, v in r.items() if not k.endswith(("_mean", "_std"))}
+            for r in analysis.table
+        ]
+        expectation = f"{self.expectation}\n\nSource: {self.source}"
+        if self.regime:
+            expectation += f"\n\nThis regime: {self.regime}"
+        extra = "\n\n".join(findings.sections)
+        path = report.write_experiment_report(
+            workdir,
+            title=self.title,
+            question=self.question,
+            expectation=expectation,
+            table_rows=shown,
+            verdict=analysis.verdict_text,
+            figures=figures,
+            extra_md=extra,
+            smoke=analysis.smoke,
+        )
+        (workdir / "rows.json").write_text(
+            json.dumps(
+                [{k: v for k, v in r.items() if k != "pred"} for r in analysis.rows],
+                indent=1,
+                default=_json_default,
+            )
+            + "\n"
+        )
+        print(report.markdown_table(shown))
+        print(("[smoke] " if analysis.smoke else "") + analysis.verdict_text)
+        print(f"Report: {path} ({wall:.0f} s)")
+        return path
+
+    def _default_figures(self, analysis: Analysis) -> list[str]:
+        table = [r for r in analysis.table if f"{self.primary}_mean" in r]
+        if not table:
+            return []
+        if self.sweep is None or len({r.get(self.sweep[0]) for r in table}) < 2:
+            agg = [
+                {
+                    "variant": r["variant"],
+                    f"{self.primary}_mean": r[f"{self.primary}_mean"],
+                    f"{self.primary}_std": r[f"{self.primary}_std"],
+                }
+                for r in table
+            ]
+            bar_plot(
+                agg,
+                self.primary,
+                analysis.workdir / "primary.png",
+                title=self.title,
+                baseline=self.baseline if any(a["variant"] == self.baseline for a in agg) else None,
+            )
+            return ["primary.png"]
+        series: dict[str, tuple[list, list, list]] = {}
+        for r in table:
+            x, m, s = series.setdefault(r["variant"], ([], [], []))
+            x.append(r[self.sweep[0]])
+            m.append(r[f"{self.primary}_mean"])
+            s.append(r[f"{self.primary}_std"])
+        line_plot(
+            series,
+            analysis.workdir / "primary.png",
+            xlabel=self.sweep[0],
+            ylabel=f"{self.primary} (mean ± std)",
+            title=self.title,
+        )
+        return ["primary.png"]
+
+
+_EXPECT_WORDS = {1: "a gain", 0: "no change beyond noise", -1: "a loss"}
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+@dataclasses.dataclass
+class _Plan:
+    training: ConfigDict
+    params: ConfigDict
+    seeds: tuple[int, ...]
+    sweep: tuple
+    variants: dict[str, dict[str, Any]]
+    smoke: bool
+
+
+class _Runner:
+    """Runs a study's units in order, caching each unit's results in its folder."""
+
+    def __init__(self, study: Study, plan: _Plan, workdir: Path):
+        self.study, self.plan, self.workdir = study, plan, workdir
+        self._splits: dict[tuple, dict] = {}
+        self._data: dict[tuple, dict] = {}
+        self._rows: list[dict] = []
+        self.bar = None
+
+    # ---- data: seed k -> training subset k for every variant
+    def data(self, config: ConfigDict, seed: int) -> dict:
+        if self.study.data is not None:
+            key = ("custom", json.dumps(config.to_dict(), sort_keys=True, default=str), seed)
+            if key not in self._data:
+                self._data[key] = dict(self.study.data(config, seed))
+            return self._data[key]
+        from jaxreg import data as data_lib
+
+        name = (config.data, config.data_dir)
+        if name not in self._splits:
+            self._splits[name] = data_lib.load_splits(config.data, data_dir=config.data_dir)
+        splits = self._splits[name]
+        per_class = config.train_per_class
+        key = (name, per_class, float(config.imbalance_factor), seed)
+        if key not in self._data:
+            train = splits["train"]
+            if per_class is not None:
+                train = data_lib.stratified_subset(train, int(per_class), seed=seed)
+            if float(config.imbalance_factor) != 1.0:
+                ratios = data_lib.long_tail_ratios(
+                    train.num_classes, float(config.imbalance_factor)
+                )
+                train = data_lib.imbalance(train, ratios, seed=seed)
+            self._data[key] = {"train": train, "val": splits["val"], "test": splits["test"]}
+        return self._data[key]
+
+    # ---- folders and cache
+    def unit_dir(self, stage: str, sweep: Any, variant: str | None, seed: int | None) -> Path:
+        st = next((s for s in self.study.stages if s.name == stage), None)
+        if st is None:
+            raise ValueError(
+                f"unknown stage {stage!r}; stages: {[s.name for s in self.study.stages]}"
+            )
+        d = self.workdir
+        if self.study.sweep is not None:
+            d = d / f"{self.study.sweep[0]}={sweep}"
+        if st.per == "variant" and variant is not None:
+            d = d / variant
+        if st.per != "once" and seed is not None:
+            d = d / f"seed{seed}"
+        return d / stage if len(self.study.stages) > 1 else d
+
+    def cached_result(self, stage: str, sweep: Any, variant: str | None, seed: int) -> dict:
+        path = self.unit_dir(stage, sweep, variant, seed) / "result.json"
+        if not path.exists():
+            raise FileNotFoundError(f"stage {stage!r} has no result for {variant}, seed {seed} yet")
+        return json.loads(path.read_text())
+
+    def train(self, config, folder: Path, data, *, title: str, **kwargs) -> dict:
+        done = folder / "results.json"
+        if done.exists():
+            return json.loads(done.read_text())
+        from jaxreg.train.loop import train_and_evaluate
+
+        return train_and_evaluate(config, folder, data=data, title=title, **kwargs)
+
+    # ---- the units
+    def _units(self, stage: Stage, sweep: Any) -> list[tuple[str | None, dict]]:
+        if stage.per != "variant":
+            return [(None, {})]
+        if stage.variants is not None:
+            prior = [r for r in self._rows if r["sweep"] == sweep]
+            return list(stage.variants(prior, sweep).items())
+        return list(self.plan.variants.items())
+
+    def run_all(self) -> list[dict]:
+        plan = self.plan
+        total = 0
+        for st in self.study.stages:
+            seeds = len(plan.seeds) if st.per != "once" else 1
+            variants = len(plan.variants) if st.per == "variant" and st.variants is None else 1
+            total += len(plan.sweep) * seeds * variants
+        self.bar = tqdm(total=total, desc=self.study.name, unit="run", dynamic_ncols=True)
+        try:
+            for st in self.study.stages:
+                for value in plan.sweep:
+                    units = self._units(st, value)
+                    if st.variants is not None:
+                        self.bar.total += len(units) * len(plan.seeds) - len(plan.seeds)
+                        self.bar.refresh()
+                    seeds = plan.seeds if st.per != "once" else (plan.seeds[0],)
+                    for variant, delta in units:
+                        for seed in seeds:
+                            self._rows.append(self._run_unit(st, value, variant, delta, seed))
+                            self.bar.update(1)
+        finally:
+            self.bar.close()
+        return self._rows
+
+    def _run_unit(self, st: Stage, sweep: Any, variant, delta, seed: int) -> dict:
+        base = self.study._with_sweep(self.plan.training, self.plan.params, sweep)
+        config = variant_config(base, delta, seed)
+        if st.variants is not None:
+            validate_config(config)
+        folder = self.unit_dir(st.name, sweep, variant, seed)
+        folder.mkdir(parents=True, exist_ok=True)
+        unit = Unit(
+            st.name, sweep, variant, seed, config, self.plan.params, folder, self.plan.smoke, self
+        )
+        cached = folder / "result.json"
+        row = {
+            "stage": st.name,
+            "sweep": sweep,
+            "variant": variant,
+            "seed": seed,
+            "dir": str(folder),
+        }
+        if cached.exists():
+            row.update(json.loads(cached.read_text()))
+            row["pred"] = self._predictions(folder)
+            return row
+        if self.study.min_steps and st.fn is None:
+            n = len(unit.data["train"])
+            config.epochs = epochs_for(
+                n, int(config.batch_size), int(config.epochs), self.study_min_steps()
+            )
+            unit.config = config
+        result = self._compute(st, unit)
+        cached.write_text(json.dumps(result, indent=1, default=_json_default) + "\n")
+        row.update(result)
+        row["pred"] = self._predictions(folder)
+        self.bar.write(_describe(row, self.study.primary))
+        return row
+
+    def study_min_steps(self) -> int:
+        return int(self.plan.params.min_steps)
+
+    def _compute(self, st: Stage, unit: Unit) -> dict:
+        from jaxreg.train.loop import NonFiniteLossError
+
+        try:
+            if st.fn is not None:
+                return dict(st.fn(unit))
+            extra = st.extra_eval(unit.config, unit.data) if st.extra_eval is not None else None
+            r = unit.train(name=".", extra_eval=extra)
+        except NonFiniteLossError as err:
+            return {"diverged": True, "error": str(err), **dict.fromkeys(self.study.metrics)}
+        out = {k: v for k, v in r.items() if k not in ("history", "state", "model")}
+        if st.keep_predictions:
+            self._save_predictions(unit, r, extra or {})
+        return out
+
+    def _save_predictions(self, unit: Unit, r: dict, extra: Mapping[str, Any]) -> None:
+        from jaxreg.train.step import predict
+
+        sets = {"val": unit.data["val"], "test": unit.data["test"], **extra}
+        preds = {
+            k: np.asarray(np.argmax(np.asarray(predict(r["state"], ds.images)), -1), np.int16)
+            for k, ds in sets.items()
+        }
+        np.savez(unit.dir / "predictions.npz", **preds)
+
+    def _predictions(self, folder: Path) -> dict | None:
+        path = folder / "predictions.npz"
+        if not path.exists():
+            return None
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+
+
+def _describe(row: Mapping[str, Any], primary: str) -> str:
+    who = " ".join(
+        str(x)
+        for x in (row["sweep"], row["variant"], f"seed {row['seed']}", row["stage"])
+        if x is not None
+    )
+    if row.get("diverged"):
+        return f"  {who}: diverged"
+    value = row.get(primary)
+    return f"  {who}: {primary} {value:.4f}" if isinstance(value, float) else f"  {who}: done"
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: Path):
+    """The workdir's lock for the study (re-entrant: the CLI may hold it already)."""
+    from jaxreg.train import workdir as workdir_lib
+
+    with workdir_lib.lock(workdir):
+        yield

@@ -27,8 +27,8 @@ from jaxreg.train.workdir import WorkdirBusyError
 _LAZY = {
     "train_and_evaluate": "jaxreg.train.loop",
     "NonFiniteLossError": "jaxreg.train.loop",
-    "restore": "jaxreg.train.restore",
-    "Restored": "jaxreg.train.restore",
+    "restore": "jaxreg.train.restoring",
+    "Restored": "jaxreg.train.restoring",
     "Checkpointer": "jaxreg.train.checkpoint",
     "CheckpointError": "jaxreg.train.checkpoint",
 }
