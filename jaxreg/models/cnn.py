@@ -68,6 +68,17 @@ class CNN(nnx.Module):
         self.dropout = nnx.Dropout(self.dropout_rate, rngs=rngs)
         self.head = nnx.Linear(hidden, int(num_classes), rngs=rngs)
 
+    def param_groups(self) -> list[tuple[str, tuple[str, ...]]]:
+        """Parameter path groups from input to output (conv blocks, hidden layer, head)."""
+        norm = self.batch_norm
+        groups = [
+            (f"conv{i}", (f"convs/{i}",) + ((f"norms/{i}",) if norm else ()))
+            for i in range(len(self.convs))
+        ]
+        groups.append(("hidden", ("hidden",) + (("hidden_norm",) if norm else ())))
+        groups.append(("head", ("head",)))
+        return groups
+
     def features(self, x: jax.Array) -> jax.Array:
         """Flattened conv features (N, D) before the dense layers."""
         for conv, norm in zip(self.convs, self.norms):
@@ -108,6 +119,13 @@ class TinyCNN(nnx.Module):
         self.norm = nnx.BatchNorm(8, momentum=bn_momentum, rngs=rngs) if batch_norm else None
         self.dropout = nnx.Dropout(self.dropout_rate, rngs=rngs)
         self.head = nnx.Linear(-(-h // 2) * -(-w // 2) * 8, int(num_classes), rngs=rngs)
+
+    def param_groups(self) -> list[tuple[str, tuple[str, ...]]]:
+        """Parameter path groups from input to output: the conv block, then the head."""
+        return [
+            ("conv", ("conv",) + (("norm",) if self.norm is not None else ())),
+            ("head", ("head",)),
+        ]
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Logits (N, num_classes) of images (N, H, W, C)."""

@@ -96,6 +96,12 @@ class ResNet(nnx.Module):
         self.dropout = nnx.Dropout(self.dropout_rate, rngs=rngs)
         self.head = nnx.Linear(cin, int(num_classes), rngs=rngs)
 
+    def param_groups(self) -> list[tuple[str, tuple[str, ...]]]:
+        """Parameter path groups from input to output: the stem, each block, the head."""
+        groups = [("stem", ("stem", "stem_bn"))]
+        groups += [(f"block{i}", (f"blocks/{i}",)) for i in range(len(self.blocks))]
+        return groups + [("head", ("head",))]
+
     def __call__(self, x: jax.Array) -> jax.Array:
         """Logits (N, num_classes) of images (N, H, W, C)."""
         x = jax.nn.relu(self.stem_bn(self.stem(x)))
