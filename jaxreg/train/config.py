@@ -37,6 +37,9 @@ def default_config() -> ConfigDict:
     # model
     c.model = "cnn"
     c.pretrained = True  # models with pretrained weights (vgg16: ImageNet) start from them
+    c.code_size = 32  # autoencoder / encoder_classifier: length of the code
+    c.ae_channels = (32, 64)  # autoencoder / encoder_classifier: encoder channels per stage
+    c.upsample = "deconv"  # autoencoder decoder: "deconv" | "unpool" | "resize"
     c.batch_norm = False
     c.dropout = 0.0
     c.bn_momentum = 0.9
@@ -174,6 +177,7 @@ _RANGES = (
     ("early_stopping.min_delta", 0.0, False),
     ("early_stopping.warmup_epochs", 0, False),
     ("finetune_last", 1, False),
+    ("code_size", 1, False),
     ("head_warmup_epochs", 0, False),
 )
 # Fields in [0, 1).
@@ -258,6 +262,7 @@ def validate_config(config: ConfigDict) -> None:
         ("smoothing_kind", ("uniform", "wrong_classes")),
         ("reconstruction_loss", ("mse", "bce")),
         ("finetune", ("full", "linear_probe", "last", "layerwise")),
+        ("upsample", ("deconv", "unpool", "resize")),
         ("monitor_mode", ("min", "max")),
         ("ema_batch_stats", EMA_BATCH_STATS),
         ("loop", LOOPS),
