@@ -237,6 +237,14 @@ def state_tree(state: TrainState) -> dict[str, Any]:
     return to_named(tree)
 
 
+def _has_ema_tx(tx: optax.GradientTransformation, net) -> bool:
+    from jaxreg.optim.ema import ParamEmaState
+
+    st = jax.eval_shape(tx.init, nnx.state(net, nnx.Param))
+    leaves = jax.tree.leaves(st, is_leaf=lambda x: isinstance(x, ParamEmaState))
+    return any(isinstance(x, ParamEmaState) for x in leaves)
+
+
 def _has_ema(state: TrainState) -> bool:
     from jaxreg.optim.ema import ParamEmaState
 
@@ -298,6 +306,7 @@ def train_and_evaluate(
     extra_eval: Mapping[str, data_lib.Dataset] | None = None,
     title: str | None = None,
     groups: Any = None,
+    optimizer: Callable[[Any], optax.GradientTransformation] | None = None,
 ) -> dict[str, Any]:
     """Trains a model on a task as `config` says and evaluates it; resumable after a crash.
 
@@ -338,6 +347,9 @@ def train_and_evaluate(
       groups: the model's parameter path groups, input to output, the head last
         (`jaxreg.transfer.param_groups`), for fine-tuning strategies (`config.finetune`) of a
         model of your own; built-in models declare theirs.
+      optimizer: `optimizer(params) -> optax.GradientTransformation` replacing the chain the
+        config describes (e.g. `jaxreg.gan.gan_optimizer`: two Adams and an EMA of part of the
+        model); a `param_ema` inside it is evaluated as `config.ema_decay` would be.
 
     Returns:
       dict of results: `val_*`/`test_*` for each of the task's metrics on the restored model,
@@ -388,11 +400,11 @@ def train_and_evaluate(
     with workdir_lib.lock(workdir) as workdir:
         return _run(
             config, workdir, net, task, splits, extra_eval or {}, title, steps_per_epoch,
-            transfer_groups,
+            transfer_groups, optimizer,
         )  # fmt: skip
 
 
-def _run(config, workdir, net, task, splits, extra_eval, title, steps_per_epoch, groups):
+def _run(config, workdir, net, task, splits, extra_eval, title, steps_per_epoch, groups, optimizer):
     train, val, test = splits["train"], splits["val"], splits["test"]
     use_ema = config.ema_decay > 0
     train_mode = None
@@ -407,9 +419,14 @@ def _run(config, workdir, net, task, splits, extra_eval, title, steps_per_epoch,
 
         frozen = transfer.frozen_prefixes(groups, config.finetune, last=int(config.finetune_last))
         train_mode = lambda m: transfer.freeze_batch_norm(m, frozen)
-    tx, schedule = _optimizer(
-        config, steps_per_epoch * int(config.epochs), use_ema, net, groups, steps_per_epoch
-    )
+    if optimizer is not None:
+        tx = optimizer(nnx.state(net, nnx.Param))
+        schedule = optax.constant_schedule(float(config.learning_rate))
+        use_ema = use_ema or _has_ema_tx(tx, net)
+    else:
+        tx, schedule = _optimizer(
+            config, steps_per_epoch * int(config.epochs), use_ema, net, groups, steps_per_epoch
+        )
     state = TrainState.create(
         net,
         tx,
