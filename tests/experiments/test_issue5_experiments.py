@@ -8,7 +8,8 @@ import pytest
 
 from jaxreg import cli
 
-EXPERIMENTS = ("augmentation_ablation", "when_to_augment", "domain_fit", "how_many", "overfitting")
+# overfitting runs on the study runner: tests/experiments/test_overfitting.py
+EXPERIMENTS = ("augmentation_ablation", "when_to_augment", "domain_fit", "how_many")
 NUMBER = re.compile(r"[-+]?\d+\.\d+")
 
 
@@ -174,17 +175,8 @@ def test_how_many_copies_are_nested_and_fixed():
     assert not np.array_equal(two.images[len(train) : 2 * len(train)], train.images)
 
 
-def test_overfitting_reports_onsets_and_curves(smoke_root):
-    root, _results = smoke_root
-    summary = _summary(root, "overfitting")
-    assert _variants(summary) == {"plain", "early_stopping", "all"}
-    for row in summary["table_rows"]:
-        assert "onset epoch (seeds with onset)" in row
-    assert any(f.startswith("curves_") for f in summary["figures"])
-
-
 def test_unknown_variants_are_rejected(tmp_path):
-    for name in ("augmentation_ablation", "domain_fit", "overfitting"):
+    for name in ("augmentation_ablation", "domain_fit"):
         with pytest.raises(ValueError, match="unknown variants"):
             cli.run(name, ["smoke=true", "variants=none,bogus"], workdir=str(tmp_path / name))
 
