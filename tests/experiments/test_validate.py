@@ -94,6 +94,9 @@ def test_experiment_spec_strings_are_built_and_named(name, key, smoke):
         ("when_to_augment", "imbalance", 0.5, "'imbalance' must be >= 1"),
         ("domain_fit", "corruption.jpeg_quality", 0, "'corruption.jpeg_quality'"),
         ("how_many", "steps", -1, "'steps' must be >= 0"),
+        ("how_many", "copies", (1, 2), "'copies' must be increasing ints from 0"),
+        ("how_many", "copies", (0, -3), "checked as given"),  # smoke replaces the amounts
+        ("how_many", "source", "gan", "'source' must be one of"),
         ("overfitting", "onset_patience", 0, "'onset_patience' must be >= 1"),
         ("overfitting", "reg.dropout", 1.5, "variant 'all': config key 'dropout'"),
     ],
