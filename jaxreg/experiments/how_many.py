@@ -86,17 +86,21 @@ def _variants(c: ConfigDict, p: ConfigDict) -> dict[str, dict]:
     return out | ({"online": {"augment": p.policy}} if p.online_reference else {})
 
 
+def _copies(variant: str) -> int | str:
+    """The amount of a variant: k for `k<k>`, "online" for the on-the-fly reference."""
+    return variant if variant == "online" else int(variant[1:])
+
+
 def _train(unit: Unit) -> dict:
     """Trains amount k (or the on-the-fly reference) for `steps` optimizer steps."""
     real, c = unit.data["train"], ConfigDict(unit.config.to_dict())
-    k = 0 if unit.variant == "online" else int(unit.variant[1:])
+    k = 0 if unit.variant == "online" else _copies(unit.variant)
     train = SOURCES[unit.params.source](unit, real, k) if k else real
     c.epochs = ex.epochs_for(len(train), int(c.batch_size), 1, int(unit.params.steps))
     r = unit.train(c, name=".", data={**unit.data, "train": train})
     h = report.read_metrics(unit.dir / "metrics.jsonl")
     last = h[-1]
     return {key: v for key, v in r.items() if key not in ("history", "state", "model")} | {
-        "copies": "online" if unit.variant == "online" else k,
         "train_size": len(train),
         "epochs": len(h),
         "train_accuracy": float(last["train_accuracy"]),
@@ -110,7 +114,8 @@ def _search(rows: list[dict], p: ConfigDict) -> tuple[list, int | None, int | No
     vals: dict[int, list[float]] = {}
     for r in rows:
         if r["variant"] != "online":
-            vals.setdefault(r["copies"], []).append(r["val_accuracy"])
+            val = r["val_accuracy"]  # None: diverged, never an improvement
+            vals.setdefault(_copies(r["variant"]), []).append(np.nan if val is None else val)
     curve = [(k, float(np.mean(v))) for k, v in vals.items()]
     best, best_val, bad = None, -math.inf, 0
     for k, val in curve:
@@ -140,13 +145,13 @@ def _analyze(a) -> Findings:
     table = []
     for t in a.table:
         mine = [r for r in rows if r["variant"] == t["variant"]]
-        onsets = [r["onset"] for r in mine if r["onset"] is not None]
-        t["copies"] = mine[0]["copies"]
+        onsets = [r["onset"] for r in mine if r.get("onset") is not None]
+        t["copies"] = _copies(t["variant"])
         table.append(
             {
                 "copies per real": t["copies"],
-                "train images": mine[0]["train_size"],
-                "epochs": mine[0]["epochs"],
+                "train images": mine[0].get("train_size"),  # None: diverged
+                "epochs": mine[0].get("epochs"),
                 **{k: v for k, v in t.items() if k != "copies"},
                 "overfitting onset (seeds)": f"{len(onsets)}/{len(mine)}"
                 + (f", epoch {np.mean(onsets):.0f}" if onsets else ""),

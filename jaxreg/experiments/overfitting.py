@@ -64,7 +64,10 @@ def _analyze(a) -> Findings:
     agg = {s["variant"]: s for s in aggregate(rows, metrics=_STATS)}
     table, verdict, onset_mean = [], [], {}
     for t in a.table:
-        name, s, n = t["variant"], agg[t["variant"]], t["n"]
+        name, s, n = t["variant"], agg.get(t["variant"]), t["n"]
+        if s is None:  # every seed diverged: the default row
+            table.append(t)
+            continue
         onsets = [r["onset"] for r in rows if r["variant"] == name and r["onset"] is not None]
         onset_mean[name], seen = (float(np.mean(onsets)) if onsets else None), len(onsets)
         when = f"{onset_mean[name]:.1f}" if seen else "none"
