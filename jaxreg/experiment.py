@@ -1023,6 +1023,10 @@ class Stage:
         training run (e.g. corrupted test sets), for the default training stage.
       keep_predictions: store the evaluated model's predicted classes for val, test and the
         `extra_eval` sets (`predictions.npz`), read back as `row["pred"]`.
+      skip: an adaptive stage (e.g. grow an amount while validation improves):
+        `skip(rows, variant, params) -> bool` is asked before each variant (whose seeds run
+        together, variants in order) with this stage's rows of the sweep value so far; True
+        skips the variant (no rows).
     """
 
     name: str = "train"
@@ -1031,6 +1035,7 @@ class Stage:
     variants: Callable[[list[dict], Any], Mapping[str, Mapping[str, Any]]] | None = None
     extra_eval: Callable[[ConfigDict, Mapping[str, Any]], Mapping[str, Any]] | None = None
     keep_predictions: bool = False
+    skip: Callable[[list[dict], str, ConfigDict], bool] | None = None
 
     def __post_init__(self):
         if self.per not in ("variant", "seed", "once"):
@@ -1145,6 +1150,66 @@ class Analysis:
         """The per-epoch records (`metrics.jsonl`) of a training row."""
         return report.read_metrics(Path(row["dir"]) / "metrics.jsonl")
 
+    def curves_figure(
+        self,
+        filename: str,
+        keys: Mapping[str, str],
+        *,
+        stage: str = "train",
+        marks: Mapping[str, float | None] | None = None,
+        title: str | None = None,
+    ) -> str:
+        """Per-epoch curves of every variant, averaged over seeds: one panel per history key.
+
+        An epoch is averaged over the seeds that reached it (`mean_curve`); the baseline is
+        drawn in black. Past 8 epochs the y range leaves out the first quarter of training
+        (its steep start would flatten the rest).
+
+        Args:
+          filename: the PNG's name inside the workdir.
+          keys: history key -> axis label, e.g. `{"val_loss": "validation loss"}`.
+          stage: the training stage whose rows are drawn.
+          marks: variant -> epoch marked by a dashed line of the variant's colour on the first
+            panel (e.g. a detected onset); None marks nothing.
+          title: the figure's title.
+
+        Returns:
+          `filename`, for `Findings.figures`.
+        """
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib.figure import Figure
+
+        names = list(dict.fromkeys(r["variant"] for r in self.stage_rows(stage)))
+        n_seeds = len({r["seed"] for r in self.stage_rows(stage)})
+        fig, cmap = Figure(figsize=(6 * len(keys), 4.6)), matplotlib.colormaps["tab10"]
+        for i, (key, label) in enumerate(keys.items()):
+            ax, shown = fig.add_subplot(1, len(keys), i + 1), []
+            for j, name in enumerate(names):
+                rows = self.stage_rows(stage, variant=name)
+                ep, mean = mean_curve([self.history(r) for r in rows if not r.get("diverged")], key)
+                base = name == self.study.baseline
+                color = "k" if base else cmap(j % 10)
+                ax.plot(ep, mean, label=name, color=color, lw=2.2 if base else 1.4)
+                if len(ep):
+                    shown.extend(mean[ep > ep.max() // 4] if ep.max() >= 8 else mean)
+                if i == 0 and (marks or {}).get(name) is not None:
+                    ax.axvline(marks[name], color=color, ls="--", lw=1)
+            if shown:
+                lo, hi = float(np.nanmin(shown)), float(np.nanmax(shown))
+                pad = max((hi - lo) * 0.08, 1e-3)
+                ax.set_ylim(lo - pad, hi + pad)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(f"{label} (mean over {n_seeds} seeds)")
+            ax.grid(alpha=0.3)
+        fig.axes[-1].legend(fontsize=8, ncol=2)
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+        fig.savefig(self.workdir / filename, dpi=110)
+        return filename
+
 
 @dataclasses.dataclass
 class Findings:
@@ -1203,6 +1268,9 @@ class Study:
       smoke_variants: the variants a smoke run keeps by default (default: all).
       smoke_sweep: the sweep values of a smoke run.
       smoke_seeds: how many seeds a smoke run keeps.
+      smoke_set: config key -> value set outright in a smoke run, after `smoke` (e.g. a
+        learning rate above the default that suits the smoke model). A smoke config is also
+        validated as given, so a value smoke mode replaces must be valid too.
       stages: the stages, in order; the default is one training stage.
       compare: the stage whose rows are aggregated and compared (default: the last).
       primary: the metric compared to the baseline (a result key, e.g. "test_accuracy").
@@ -1233,6 +1301,7 @@ class Study:
     smoke_variants: tuple[str, ...] | None = None
     smoke_sweep: tuple | None = None
     smoke_seeds: int = 2
+    smoke_set: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     stages: tuple[Stage, ...] = (Stage(),)
     compare: str | None = None
     primary: str = "test_accuracy"
@@ -1273,6 +1342,14 @@ class Study:
         smoke = bool(config.get("smoke", False))
         if smoke and self.smoke:
             config = shrink(config, **self.smoke)
+        for key, value in self.smoke_set.items() if smoke else ():
+            *path, field = key.split(".")
+            node = config
+            for part in path:
+                node = node[part] if isinstance(node, ConfigDict) and part in node else None
+            if not isinstance(node, ConfigDict) or field not in node:
+                raise ValueError(f"unknown config key {key!r} in smoke_set")
+            node[field] = value
         seeds = parse_seeds(config.seeds)
         if smoke:
             seeds = seeds[: self.smoke_seeds]
@@ -1314,12 +1391,26 @@ class Study:
 
         The smoke shrink is applied first (it only lowers numbers, so an invalid value stays
         invalid), then every training config the study will run (each sweep value x variant)
-        is validated, and the study's own `check`.
+        is validated, and the study's own `check`. A smoke config is then checked once more as
+        given (smoke off): a value that smoke mode replaces (a data set, `smoke_set`) must be
+        valid too.
 
         Raises:
           ValueError, TypeError: a bad value; the message names the key and the variant.
         """
-        plan = self._plan(config)
+        self._validate(self._plan(config))
+        if bool(config.get("smoke", False)):
+            given = ConfigDict(config.to_dict())
+            given.smoke = False
+            try:
+                self._validate(self._plan(given))
+            except (ValueError, TypeError) as e:
+                raise _same_kind(
+                    e,
+                    f"{e} (checked as given: smoke mode replaces the value, but it must be valid)",
+                ) from None
+
+    def _validate(self, plan: _Plan) -> None:
         if self.check is not None:
             self.check(plan.params, plan.training)
         for value in plan.sweep:
@@ -1650,6 +1741,13 @@ class _Runner:
                         self.bar.refresh()
                     seeds = plan.seeds if st.per != "once" else (plan.seeds[0],)
                     for variant, delta in units:
+                        done = [
+                            r for r in self._rows if r["stage"] == st.name and r["sweep"] == value
+                        ]
+                        if st.skip is not None and st.skip(done, variant, plan.params):
+                            self.bar.total -= len(seeds)
+                            self.bar.refresh()
+                            continue
                         for seed in seeds:
                             self._rows.append(self._run_unit(st, value, variant, delta, seed))
                             self.bar.update(1)

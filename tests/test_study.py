@@ -1,5 +1,6 @@
 """The study runner: stages with cached artifacts, paired seeds, smoke, verdicts, reports."""
 
+import itertools
 import json
 
 import numpy as np
@@ -21,7 +22,7 @@ def _tiny_config():
 
 # A synthetic study: each "run" returns a score set by its variant and seed, so the verdict's
 # words can be checked against numbers chosen here.
-_SCORES = {"base": 0.50, "good": 0.60, "bad": 0.40, "same": 0.50}
+_SCORES = {"base": 0.50, "good": 0.60, "bad": 0.40, "same": 0.50, "best": 0.70}
 
 
 def _score(unit):
@@ -138,18 +139,59 @@ def test_a_two_stage_study_reuses_the_cached_stage_on_rerun(tmp_path, monkeypatc
 
 
 def test_a_diverged_variant_is_reported_and_the_study_goes_on(tmp_path):
+    def curves(a):  # mean curves over seeds; a diverged run draws no line
+        return Findings(figures=[a.curves_figure("c.png", {"val_loss": "loss"}, marks={"base": 1})])
+
     study = _synthetic(
         variants={"base": {}, "wild": {"learning_rate": 1e30}},
         expected={},
         stages=(Stage(),),
         seeds=(0,),
         metrics=("test_accuracy",),
+        analyze=curves,
     )
     out = study.run(study.get_config(), tmp_path)
     rows = {r["variant"]: r for r in out["rows"]}
     assert rows["wild"]["diverged"] is True and rows["wild"]["test_accuracy"] is None
     assert isinstance(rows["base"]["test_accuracy"], float)
     assert {r["variant"]: r for r in out["table"]}["wild"]["diverged"] == 1
+    assert (tmp_path / "c.png").stat().st_size > 1000
+    assert "![c.png](c.png)" in (tmp_path / "report.md").read_text()
+
+
+def test_an_adaptive_stage_skips_variants_once_its_rule_says_stop(tmp_path):
+    def skip(rows, variant, params):  # stop at the first variant not above the one before
+        tried = dict.fromkeys(r["variant"] for r in rows)
+        means = [np.mean([r["test_accuracy"] for r in rows if r["variant"] == v]) for v in tried]
+        return variant != "same" and any(b <= a for a, b in itertools.pairwise(means))
+
+    study = _synthetic(
+        variants={v: {} for v in ("base", "good", "bad", "best", "same")},
+        expected={},
+        stages=(Stage("score", fn=_score, skip=skip),),
+    )
+    out = study.run(study.get_config(), tmp_path)
+    ran = list(dict.fromkeys(r["variant"] for r in out["rows"]))
+    assert ran == ["base", "good", "bad", "same"]  # best skipped, "same" is never skipped
+    assert not (tmp_path / "best").exists()
+    again = study.run(study.get_config(), tmp_path)  # the rule sees the cached rows alike
+    assert again["table"] == out["table"]
+
+
+def test_smoke_set_replaces_values_that_must_still_be_valid_as_given(tmp_path):
+    study = _synthetic(smoke={"data": "digits"}, smoke_set={"learning_rate": 0.5})
+    c = study.get_config()
+    c.smoke = True
+    plan = study._plan(c)
+    assert plan.training.learning_rate == 0.5  # above the default: set, not shrunk
+    c.learning_rate = -1.0
+    with pytest.raises(ValueError, match=r"'learning_rate'.*checked as given"):
+        study.validate(c)
+    c.learning_rate, c.data = 1e-3, "nosuchdata"  # smoke replaces the data set: still checked
+    with pytest.raises(ValueError, match=r"nosuchdata.*checked as given"):
+        study.validate(c)
+    with pytest.raises(ValueError, match="unknown config key 'nosuch' in smoke_set"):
+        _synthetic(smoke_set={"nosuch": 1})._plan(c)
 
 
 def test_a_sweep_repeats_the_comparison_per_value_and_draws_lines(tmp_path):

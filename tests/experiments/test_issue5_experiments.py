@@ -8,7 +8,8 @@ import pytest
 
 from jaxreg import cli
 
-EXPERIMENTS = ("augmentation_ablation", "when_to_augment", "domain_fit", "how_many", "overfitting")
+# how_many and overfitting run on the study runner: tests/experiments/test_<name>.py
+EXPERIMENTS = ("augmentation_ablation", "when_to_augment", "domain_fit")
 NUMBER = re.compile(r"[-+]?\d+\.\d+")
 
 
@@ -143,48 +144,8 @@ def test_domain_fit_corrupted_set_is_deterministic_and_evaluated(smoke_root):
     assert sum(map(sum, conf)) == 2 * len(test)  # both seeds, every test image
 
 
-def test_how_many_grows_copies_and_chooses_on_validation(smoke_root):
-    root, results = smoke_root
-    res = results["how_many"]
-    summary = _summary(root, "how_many")
-    tried = [r["copies per real"] for r in summary["table_rows"]]
-    assert tried[0] == 0 and tried == sorted(tried)
-    assert res["chosen_copies"] in tried
-    sizes = [r["train images"] for r in summary["table_rows"]]
-    assert all(s == sizes[0] * (k + 1) for s, k in zip(sizes, tried))
-    agg = {a["copies"]: a for a in res["aggregate"]}
-    best, best_val = None, -1.0  # the documented rule: improve by more than min_delta
-    for k in tried:
-        if agg[k]["val_accuracy_mean"] > best_val + 0.002:
-            best, best_val = k, agg[k]["val_accuracy_mean"]
-    assert res["chosen_copies"] == best
-    assert f"k={res['chosen_copies']}" in res["verdict"]
-
-
-def test_how_many_copies_are_nested_and_fixed():
-    mod = cli.load_module("how_many")
-    from jaxreg import data
-
-    train = data.stratified_subset(data.load_splits("digits")["train"], 3, seed=0)
-    two = mod.make_copies(train, "digits", 2, key=5)
-    three = mod.make_copies(train, "digits", 3, key=5)
-    assert len(two) == 3 * len(train) and len(three) == 4 * len(train)
-    np.testing.assert_array_equal(three.images[: len(two)], two.images)
-    np.testing.assert_array_equal(two.labels, np.tile(train.labels, 3))
-    assert not np.array_equal(two.images[len(train) : 2 * len(train)], train.images)
-
-
-def test_overfitting_reports_onsets_and_curves(smoke_root):
-    root, _results = smoke_root
-    summary = _summary(root, "overfitting")
-    assert _variants(summary) == {"plain", "early_stopping", "all"}
-    for row in summary["table_rows"]:
-        assert "onset epoch (seeds with onset)" in row
-    assert any(f.startswith("curves_") for f in summary["figures"])
-
-
 def test_unknown_variants_are_rejected(tmp_path):
-    for name in ("augmentation_ablation", "domain_fit", "overfitting"):
+    for name in ("augmentation_ablation", "domain_fit"):
         with pytest.raises(ValueError, match="unknown variants"):
             cli.run(name, ["smoke=true", "variants=none,bogus"], workdir=str(tmp_path / name))
 

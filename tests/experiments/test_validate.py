@@ -39,10 +39,10 @@ def no_training(monkeypatch):
         raise AssertionError("a run started training")
 
     import jaxreg.experiment
-    import jaxreg.experiments.main
+    import jaxreg.train.loop
 
     monkeypatch.setattr(jaxreg.experiment, "train_and_evaluate", train)
-    monkeypatch.setattr(jaxreg.experiments.main, "train_and_evaluate", train)
+    monkeypatch.setattr(jaxreg.train.loop, "train_and_evaluate", train)  # the study runner's
 
 
 def test_every_experiment_is_covered():
@@ -94,6 +94,10 @@ def test_experiment_spec_strings_are_built_and_named(name, key, smoke):
         ("when_to_augment", "imbalance", 0.5, "'imbalance' must be >= 1"),
         ("domain_fit", "corruption.jpeg_quality", 0, "'corruption.jpeg_quality'"),
         ("how_many", "steps", -1, "'steps' must be >= 0"),
+        ("how_many", "copies", (1, 2), "'copies' must be increasing ints from 0"),
+        ("how_many", "copies", (0, -3), "checked as given"),  # smoke replaces the amounts
+        ("how_many", "source", "gan", "'source' must be one of"),
+        ("overfitting", "onset_patience", 0, "'onset_patience' must be >= 1"),
         ("overfitting", "reg.dropout", 1.5, "variant 'all': config key 'dropout'"),
     ],
 )
@@ -104,13 +108,12 @@ def test_smoke_mode_does_not_hide_bad_values(name, key, value, needle):
 
 
 def test_smoke_keeps_a_smaller_user_value():
-    module = cli.load_module("overfitting")
-    _, config = _config("overfitting", True, epochs=3, batch_size=8)
-    plan = module._plan(config)
-    assert (plan.config.epochs, plan.config.batch_size) == (3, 8)  # smoke would give 6, 20
+    module, config = _config("overfitting", True, epochs=3, batch_size=8)
+    c = module.STUDY._plan(config).training
+    assert (c.epochs, c.batch_size) == (3, 8)  # smoke would give 6, 20
     _, config = _config("overfitting", True)
-    plan = module._plan(config)
-    assert (plan.config.epochs, plan.config.batch_size, plan.config.train_per_class) == (6, 20, 10)
+    c = module.STUDY._plan(config).training
+    assert (c.epochs, c.batch_size, c.train_per_class, c.learning_rate) == (6, 20, 10, 1e-2)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
