@@ -113,7 +113,7 @@ def test_when_to_augment_covers_three_parts(smoke_root):
     verdict = results["when_to_augment"]["verdict"]
     assert "(a)" in verdict and "(b)" in verdict and "(c)" in verdict
     # balanced accuracy = mean per-class recall, computed from predictions
-    for r in results["when_to_augment"]["parts"]["b"]:
+    for r in results["when_to_augment"]["parts"]["b"]["rows"]:
         assert r["test_balanced_accuracy"] == pytest.approx(float(np.nanmean(r["recall"])))
 
 

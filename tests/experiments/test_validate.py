@@ -39,10 +39,10 @@ def no_training(monkeypatch):
         raise AssertionError("a run started training")
 
     import jaxreg.experiment
-    import jaxreg.experiments.main
+    import jaxreg.train.loop
 
     monkeypatch.setattr(jaxreg.experiment, "train_and_evaluate", train)
-    monkeypatch.setattr(jaxreg.experiments.main, "train_and_evaluate", train)
+    monkeypatch.setattr(jaxreg.train.loop, "train_and_evaluate", train)  # the study runner's
 
 
 def test_every_experiment_is_covered():
@@ -89,9 +89,15 @@ def test_experiment_spec_strings_are_built_and_named(name, key, smoke):
         ("regularization", "learning_rate", -1.0, "'learning_rate'.*checked as given"),
         ("overfitting", "data", "nope", "'data'.*nope"),
         ("regularization", "rates.l1_prox", -1.0, "variant 'l1_prox': config key 'l1_prox'"),
-        ("augmentation_ablation", "sizes", (20, 0), "'sizes' must be >= 1"),
+        ("augmentation_ablation", "sizes", (20, 0), "sizes=0: config key 'train_per_class'"),
         ("augmentation_ablation", "min_steps", -1, "'min_steps' must be >= 0"),
+        ("augmentation_ablation", "combos", "top2,top9", "unknown combos"),
+        ("augmentation_ablation", "learning_rate", -1.0, "'learning_rate'.*checked as given"),
+        ("augmentation_ablation", "data", "nope", "'data'.*nope"),
         ("when_to_augment", "imbalance", 0.5, "'imbalance' must be >= 1"),
+        ("when_to_augment", "narrow_fraction", 0.0, "'narrow_fraction' must be > 0"),
+        ("when_to_augment", "sizes", (0,), "sizes=0: config key 'train_per_class'"),
+        ("when_to_augment", "parts", "abd", "'parts' must be letters from 'abc'"),
         ("domain_fit", "corruption.jpeg_quality", 0, "'corruption.jpeg_quality'"),
         ("how_many", "steps", -1, "'steps' must be >= 0"),
         ("overfitting", "reg.dropout", 1.5, "variant 'all': config key 'dropout'"),
