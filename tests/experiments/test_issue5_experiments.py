@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from jaxreg import cli
+from jaxreg import cli, report
 
 EXPERIMENTS = ("augmentation_ablation", "when_to_augment", "domain_fit", "how_many", "overfitting")
 NUMBER = re.compile(r"[-+]?\d+\.\d+")
@@ -60,7 +60,8 @@ def test_report_summary_and_figures_exist(smoke_root, name):
 def test_verdict_is_generated_from_the_measured_numbers(smoke_root, name):
     root, results = smoke_root
     verdict = results[name]["verdict"]
-    assert verdict and verdict == _summary(root, name)["verdict"]
+    summary = _summary(root, name)  # a smoke run's summary marks its verdict
+    assert verdict and summary["verdict"] in (verdict, f"{report.SMOKE_MARK} {verdict}")
     assert len(NUMBER.findall(verdict)) >= 3, verdict
 
 
