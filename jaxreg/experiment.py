@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import json
 import math
 import numbers
@@ -703,6 +704,61 @@ def line_plot(
     return _save_figure(fig, ax, title, path)
 
 
+def delta_plot(
+    comparisons: Mapping[tuple[Any, str], Sequence[float]],
+    path: str | Path,
+    *,
+    baseline: str,
+    metric: str = "test_accuracy",
+    scale: float = 100.0,
+    sweep_label: str = "{}",
+    title: str | None = None,
+) -> Path:
+    """Horizontal bars of paired differences to the baseline with their 95 % intervals.
+
+    Args:
+      comparisons: `(sweep value, variant) -> (mean, half_width, ...)`, as
+        `Analysis.comparisons`; one bar colour per sweep value, one row per variant.
+      path: the PNG written.
+      baseline: the variant the differences are taken to (named on the axis).
+      metric: the compared metric (named on the axis).
+      scale: factor applied to the differences (100: accuracy points).
+      sweep_label: legend entry of a sweep value, a format string (e.g. "{} per class").
+      title: optional title.
+
+    Returns:
+      `path` as a `Path`.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    sweeps = list(dict.fromkeys(s for s, _ in comparisons))
+    names = list(dict.fromkeys(n for _, n in comparisons))
+    fig = Figure(figsize=(8, 0.4 * len(names) + 1.8))
+    ax = fig.add_subplot(1, 1, 1)
+    height = 0.8 / max(1, len(sweeps))
+    for i, sweep in enumerate(sweeps):
+        got = [
+            (j, comparisons[(sweep, n)]) for j, n in enumerate(names) if (sweep, n) in comparisons
+        ]
+        y = [j + i * height for j, _ in got]
+        means = [c[0] * scale for _, c in got]
+        halves = [c[1] * scale if math.isfinite(c[1]) else 0.0 for _, c in got]
+        label = sweep_label.format(sweep) if sweep is not None else None
+        ax.barh(y, means, height=height, xerr=halves, capsize=2, label=label)
+    ax.set_yticks([j + 0.4 - height / 2 for j in range(len(names))], names)
+    ax.invert_yaxis()
+    ax.axvline(0, color="k", lw=1)
+    unit = "points; " if scale == 100.0 else ""
+    ax.set_xlabel(f"{metric} minus {baseline!r} ({unit}paired mean, 95% t-interval)")
+    if sweeps != [None]:
+        ax.legend()
+    ax.grid(axis="x", alpha=0.3)
+    return _save_figure(fig, ax, title, path)
+
+
 def mean_curve(
     histories: Iterable[Sequence[Mapping[str, Any]]], key: str
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -1018,7 +1074,8 @@ class Stage:
         seed, shared by the variants: e.g. a pretraining) or "once".
       variants: for a stage whose variants depend on earlier results (e.g. combinations of
         the best single augmentations): `variants(rows, sweep) -> {name: config delta}`,
-        called with the rows of the earlier stages; `None` uses the study's variants.
+        called with the rows of the earlier stages (and the study's params as a third
+        argument when it takes three); `None` uses the study's variants.
       extra_eval: `extra_eval(config, data) -> {name: Dataset}` evaluated at the end of each
         training run (e.g. corrupted test sets), for the default training stage.
       keep_predictions: store the evaluated model's predicted classes for val, test and the
@@ -1027,6 +1084,9 @@ class Stage:
         `skip(rows, variant, params) -> bool` is asked before each variant (whose seeds run
         together, variants in order) with this stage's rows of the sweep value so far; True
         skips the variant (no rows).
+      derive: `derive(row, unit) -> dict` of metrics computed from a finished unit's row (e.g.
+        balanced accuracy from `row["pred"]` and `unit.data`), added to the row before the
+        table is aggregated, also when the row is read back; skipped for a diverged run.
     """
 
     name: str = "train"
@@ -1036,6 +1096,7 @@ class Stage:
     extra_eval: Callable[[ConfigDict, Mapping[str, Any]], Mapping[str, Any]] | None = None
     keep_predictions: bool = False
     skip: Callable[[list[dict], str, ConfigDict], bool] | None = None
+    derive: Callable[[dict, Unit], Mapping[str, Any]] | None = None
 
     def __post_init__(self):
         if self.per not in ("variant", "seed", "once"):
@@ -1263,16 +1324,22 @@ class Study:
       params: the study's own settings (seeds excluded), exposed as config keys.
       seeds: default seeds.
       sweep: `(name, values)`: the study is repeated for each value (e.g. training set
-        sizes); `name` is a training config key (e.g. "train_per_class") or a param.
+        sizes); `name` is a training config key (e.g. "train_per_class") or a param. The
+        default figure draws the primary metric over the values (on a log axis when they
+        span a decade or more).
+      sweep_key: the config key holding the sweep's values (e.g. "sizes").
+      default_variants: the variants a run keeps when `variants` is empty (default: all).
       smoke: config key -> smoke value, applied with `shrink` (numbers only lowered).
+      smoke_set: config key -> value set outright in a smoke run (e.g. a learning rate raised
+        for a tiny model). A smoke run's config is also validated as given, so a value the
+        smoke run replaces must still be valid.
       smoke_variants: the variants a smoke run keeps by default (default: all).
       smoke_sweep: the sweep values of a smoke run.
       smoke_seeds: how many seeds a smoke run keeps.
-      smoke_set: config key -> value set outright in a smoke run, after `smoke` (e.g. a
-        learning rate above the default that suits the smoke model). A smoke config is also
-        validated as given, so a value smoke mode replaces must be valid too.
       stages: the stages, in order; the default is one training stage.
-      compare: the stage whose rows are aggregated and compared (default: the last).
+      compare: the stage whose rows are aggregated and compared (default: the last), or a
+        tuple of stages whose rows are pooled (e.g. single augmentations, then combinations
+        compared with the same baseline).
       primary: the metric compared to the baseline (a result key, e.g. "test_accuracy").
       higher_is_better: the primary metric's direction.
       metrics: result keys aggregated into the table.
@@ -1297,13 +1364,15 @@ class Study:
     params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     seeds: tuple[int, ...] = (0, 1, 2)
     sweep: tuple[str, tuple] | None = None
+    sweep_key: str = "sweep"
+    default_variants: tuple[str, ...] | None = None
     smoke: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    smoke_set: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     smoke_variants: tuple[str, ...] | None = None
     smoke_sweep: tuple | None = None
     smoke_seeds: int = 2
-    smoke_set: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     stages: tuple[Stage, ...] = (Stage(),)
-    compare: str | None = None
+    compare: str | tuple[str, ...] | None = None
     primary: str = "test_accuracy"
     higher_is_better: bool = True
     metrics: tuple[str, ...] = METRICS
@@ -1318,14 +1387,14 @@ class Study:
         """The study's whole config: its training config plus the study keys.
 
         Study keys: `seeds`, `variants` (comma-separated names; empty: the default set),
-        `sweep` (the sweep's values, when there is a sweep), `min_steps`, `compile_cache`, and
-        the study's `params`. Every other key is a training config key.
+        `sweep_key` (the sweep's values, when there is a sweep), `min_steps`, `compile_cache`,
+        and the study's `params`. Every other key is a training config key.
         """
         c = self.config()
         c.seeds = tuple(self.seeds)
         c.variants = ""
         if self.sweep is not None:
-            c.sweep = tuple(self.sweep[1])
+            c[self.sweep_key] = tuple(self.sweep[1])
         c.min_steps = int(self.min_steps)
         c.compile_cache = True
         for key, value in self.params.items():
@@ -1334,7 +1403,7 @@ class Study:
 
     def _study_keys(self) -> tuple[str, ...]:
         keys = ("seeds", "variants", "min_steps", "compile_cache") + tuple(self.params)
-        return keys + (("sweep",) if self.sweep is not None else ())
+        return keys + ((self.sweep_key,) if self.sweep is not None else ())
 
     def _plan(self, config: ConfigDict) -> _Plan:
         """Splits the config, applies the smoke shrink, selects variants, seeds and sweep."""
@@ -1355,13 +1424,12 @@ class Study:
             seeds = seeds[: self.smoke_seeds]
         sweep_values = (None,)
         if self.sweep is not None:
-            sweep_values = (
-                tuple(config.sweep) if isinstance(config.sweep, (list, tuple)) else (config.sweep,)
-            )
+            given = config[self.sweep_key]
+            sweep_values = tuple(given) if isinstance(given, (list, tuple)) else (given,)
             if smoke and self.smoke_sweep is not None:
                 sweep_values = tuple(self.smoke_sweep)
             if not sweep_values:
-                raise ValueError("config key 'sweep' must name at least one value")
+                raise ValueError(f"config key {self.sweep_key!r} must name at least one value")
         params = ConfigDict({k: config[k] for k in self._study_keys() if k in config})
         training = ConfigDict(config.to_dict())
         for key in self._study_keys():
@@ -1373,7 +1441,9 @@ class Study:
         names = select_variants(
             config.variants,
             allowed=all_variants,
-            default=self.smoke_variants if smoke and self.smoke_variants else tuple(all_variants),
+            default=self.smoke_variants
+            if smoke and self.smoke_variants
+            else self.default_variants or tuple(all_variants),
             baseline=self.baseline,
         )
         check_int(params.min_steps, name="min_steps", minimum=0)
@@ -1415,8 +1485,13 @@ class Study:
             self.check(plan.params, plan.training)
         for value in plan.sweep:
             base = self._with_sweep(plan.training, plan.params, value)
-            validate_config(base)
-            validate_variants(base, plan.variants)
+            try:
+                validate_config(base)
+                validate_variants(base, plan.variants)
+            except (ValueError, TypeError) as e:
+                if self.sweep is None:
+                    raise
+                raise _same_kind(e, f"{self.sweep_key}={value!r}: {e}") from None
 
     def _with_sweep(self, training: ConfigDict, params: ConfigDict, value: Any) -> ConfigDict:
         c = ConfigDict(training.to_dict())
@@ -1431,7 +1506,8 @@ class Study:
 
         Returns:
           dict with `rows` (one per unit), `table` (the report's rows), `verdict` (str),
-          `report` (the path of report.md) and `wall_time_s`.
+          `report` (the path of report.md), `wall_time_s` and `analysis` (the `Analysis`:
+          params and config after the smoke shrink, comparisons, findings).
         """
         self.validate(config)
         plan = self._plan(config)
@@ -1448,13 +1524,15 @@ class Study:
             "verdict": analysis.verdict_text,
             "report": str(path),
             "wall_time_s": time.perf_counter() - t0,
+            "analysis": analysis,
         }
 
     # ------------------------------------------------------------------ analysis
 
     def _analyze(self, plan: _Plan, rows: list[dict], workdir: Path) -> Analysis:
         compare = self.compare or self.stages[-1].name
-        comp_rows = [r for r in rows if r["stage"] == compare and r["variant"] is not None]
+        stages = (compare,) if isinstance(compare, str) else tuple(compare)
+        comp_rows = [r for r in rows if r["stage"] in stages and r["variant"] is not None]
         table, comparisons = [], {}
         scale = 100.0 if self.primary.endswith("accuracy") else 1.0
         for value in plan.sweep:
@@ -1617,12 +1695,16 @@ class Study:
             x.append(r[self.sweep[0]])
             m.append(r[f"{self.primary}_mean"])
             s.append(r[f"{self.primary}_std"])
+        xs = [v for x, _, _ in series.values() for v in x]
+        # sweep values spanning a decade or more (e.g. training set sizes) on a log axis
+        logx = all(_is_number(x) and x > 0 for x in xs) and max(xs) >= 10 * min(xs)
         line_plot(
             series,
             analysis.workdir / "primary.png",
-            xlabel=self.sweep[0],
+            xlabel=self.sweep[0] + (" (log scale)" if logx else ""),
             ylabel=f"{self.primary} (mean ± std)",
             title=self.title,
+            logx=logx,
         )
         return ["primary.png"]
 
@@ -1721,7 +1803,9 @@ class _Runner:
             return [(None, {})]
         if stage.variants is not None:
             prior = [r for r in self._rows if r["sweep"] == sweep]
-            return list(stage.variants(prior, sweep).items())
+            args = (prior, sweep, self.plan.params)
+            n = len(inspect.signature(stage.variants).parameters)
+            return list(stage.variants(*args[: max(2, min(n, 3))]).items())
         return list(self.plan.variants.items())
 
     def run_all(self) -> list[dict]:
@@ -1775,8 +1859,7 @@ class _Runner:
         }
         if cached.exists():
             row.update(json.loads(cached.read_text()))
-            row["pred"] = self._predictions(folder)
-            return row
+            return self._finish(st, unit, row)
         if self.study.min_steps and st.fn is None:
             n = len(unit.data["train"])
             config.epochs = epochs_for(
@@ -1786,8 +1869,14 @@ class _Runner:
         result = self._compute(st, unit)
         cached.write_text(json.dumps(result, indent=1, default=_json_default) + "\n")
         row.update(result)
-        row["pred"] = self._predictions(folder)
+        row = self._finish(st, unit, row)
         self.bar.write(_describe(row, self.study.primary))
+        return row
+
+    def _finish(self, st: Stage, unit: Unit, row: dict) -> dict:
+        row["pred"] = self._predictions(unit.dir)
+        if st.derive is not None and not row.get("diverged"):
+            row.update(st.derive(row, unit))
         return row
 
     def study_min_steps(self) -> int:

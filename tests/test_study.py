@@ -217,3 +217,81 @@ def test_bad_stage_options_are_rejected():
         Stage("x", per="batch")
     assert experiment.Study is Study
     assert nnx  # imported for the finetune helper's models
+
+
+def _combine(rows, sweep, params):
+    """Stage variants from earlier rows and the params: the best variant on test, doubled."""
+    best = max((r for r in rows if r["variant"] != "base"), key=lambda r: r["test_accuracy"])
+    return {f"{best['variant']}_x{params.factor}": {}}
+
+
+def _combined(unit):
+    return {"test_accuracy": 0.55 + 0.004 * (unit.seed - 1)}
+
+
+def test_stage_variants_from_earlier_rows_are_compared_with_the_first_stage_baseline(tmp_path):
+    study = _synthetic(
+        stages=(Stage("score", fn=_score), Stage("combo", fn=_combined, variants=_combine)),
+        compare=("score", "combo"),
+        params={"factor": 2},
+        expected={},
+        default_variants=("base", "good", "bad"),
+        sweep=("train_per_class", (5, 10)),
+        sweep_key="sizes",
+    )
+    c = study.get_config()
+    assert c.sizes == (5, 10) and "sweep" not in c
+    c.sizes = (5,)
+    out = study.run(c, tmp_path)
+    names = [r["variant"] for r in out["table"]]
+    assert names == ["base", "good", "bad", "good_x2"]  # "same" is not a default variant
+    combo = next(r for r in out["table"] if r["variant"] == "good_x2")
+    assert combo["delta_test_accuracy"].startswith("+5.0 ± 0.0")
+    assert out["analysis"].comparisons[(5, "good_x2")][0] == pytest.approx(0.05)
+    c.sizes = (0,)  # a sweep value's error names the sweep key and the value
+    with pytest.raises(ValueError, match="sizes=0: config key 'train_per_class' must be >= 1"):
+        study.validate(c)
+
+
+def test_smoke_set_values_are_set_outright_and_the_given_config_is_checked_too(tmp_path):
+    seen = []
+    study = _synthetic(
+        stages=(Stage("score", fn=lambda u: seen.append(u.config.learning_rate) or _score(u)),),
+        smoke_set={"learning_rate": 0.5, "data": "digits"},
+        expected={},
+    )
+    c = study.get_config()
+    c.smoke = True
+    study.run(c, tmp_path)
+    assert set(seen) == {0.5}  # raised above the config's value: not a shrink
+    c.data = "nope"  # replaced by the smoke run, but still checked as given
+    with pytest.raises(ValueError, match=r"'data'.*nope.*checked as given"):
+        study.validate(c)
+
+
+def _recall(row, unit):
+    return {"pred_test_size": len(row["pred"]["test"]), "labels": len(unit.data["test"])}
+
+
+def test_derive_adds_metrics_from_predictions_also_when_read_back(tmp_path, monkeypatch):
+    study = _synthetic(
+        variants={"base": {}, "smooth": {"label_smoothing": 0.1}},
+        stages=(Stage(keep_predictions=True, derive=_recall),),
+        seeds=(0,),
+        expected={},
+        metrics=("test_accuracy", "pred_test_size"),
+    )
+    out = study.run(study.get_config(), tmp_path)
+    assert all(r["pred_test_size"] == r["labels"] > 0 for r in out["rows"])
+    import jaxreg.train.loop as loop
+
+    monkeypatch.setattr(loop, "train_and_evaluate", lambda *a, **k: 1 / 0)
+    again = study.run(study.get_config(), tmp_path)
+    sizes = [r["pred_test_size"] for r in out["rows"]]
+    assert [r["pred_test_size"] for r in again["rows"]] == sizes
+
+
+def test_delta_plot_draws_the_comparisons(tmp_path):
+    comparisons = {(5, "a"): (0.1, 0.05, 2, 3), (10, "a"): (0.02, float("nan"), 1, 1)}
+    path = experiment.delta_plot(comparisons, tmp_path / "d.png", baseline="base")
+    assert path.stat().st_size > 1000

@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from jaxreg import cli
+from jaxreg import cli, report
 
 # how_many and overfitting run on the study runner: tests/experiments/test_<name>.py
 EXPERIMENTS = ("augmentation_ablation", "when_to_augment", "domain_fit")
@@ -61,7 +61,8 @@ def test_report_summary_and_figures_exist(smoke_root, name):
 def test_verdict_is_generated_from_the_measured_numbers(smoke_root, name):
     root, results = smoke_root
     verdict = results[name]["verdict"]
-    assert verdict and verdict == _summary(root, name)["verdict"]
+    summary = _summary(root, name)  # a smoke run's summary marks its verdict
+    assert verdict and summary["verdict"] in (verdict, f"{report.SMOKE_MARK} {verdict}")
     assert len(NUMBER.findall(verdict)) >= 3, verdict
 
 
@@ -114,7 +115,7 @@ def test_when_to_augment_covers_three_parts(smoke_root):
     verdict = results["when_to_augment"]["verdict"]
     assert "(a)" in verdict and "(b)" in verdict and "(c)" in verdict
     # balanced accuracy = mean per-class recall, computed from predictions
-    for r in results["when_to_augment"]["parts"]["b"]:
+    for r in results["when_to_augment"]["parts"]["b"]["rows"]:
         assert r["test_balanced_accuracy"] == pytest.approx(float(np.nanmean(r["recall"])))
 
 
