@@ -39,10 +39,10 @@ def no_training(monkeypatch):
         raise AssertionError("a run started training")
 
     import jaxreg.experiment
-    import jaxreg.experiments.main
+    import jaxreg.train.loop
 
     monkeypatch.setattr(jaxreg.experiment, "train_and_evaluate", train)
-    monkeypatch.setattr(jaxreg.experiments.main, "train_and_evaluate", train)
+    monkeypatch.setattr(jaxreg.train.loop, "train_and_evaluate", train)  # the study runner's
 
 
 def test_every_experiment_is_covered():
