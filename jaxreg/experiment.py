@@ -1077,7 +1077,9 @@ class Stage:
         called with the rows of the earlier stages (and the study's params as a third
         argument when it takes three); `None` uses the study's variants.
       extra_eval: `extra_eval(config, data) -> {name: Dataset}` evaluated at the end of each
-        training run (e.g. corrupted test sets), for the default training stage.
+        training run (e.g. corrupted test sets), for the default training stage; a function
+        of three parameters is called `extra_eval(config, data, params)` with the study's
+        settings (e.g. the corruption strengths).
       keep_predictions: store the evaluated model's predicted classes for val, test and the
         `extra_eval` sets (`predictions.npz`), read back as `row["pred"]`.
       skip: an adaptive stage (e.g. grow an amount while validation improves):
@@ -1888,7 +1890,7 @@ class _Runner:
         try:
             if st.fn is not None:
                 return dict(st.fn(unit))
-            extra = st.extra_eval(unit.config, unit.data) if st.extra_eval is not None else None
+            extra = _extra_sets(st.extra_eval, unit) if st.extra_eval is not None else None
             r = unit.train(name=".", extra_eval=extra)
         except NonFiniteLossError as err:
             return {"diverged": True, "error": str(err), **dict.fromkeys(self.study.metrics)}
@@ -1913,6 +1915,17 @@ class _Runner:
             return None
         with np.load(path) as z:
             return {k: z[k] for k in z.files}
+
+
+def _extra_sets(fn: Callable[..., Mapping[str, Any]], unit: Unit) -> Mapping[str, Any]:
+    """`fn(config, data)`, or `fn(config, data, params)` for a function of three parameters."""
+    try:
+        takes_params = len(inspect.signature(fn).parameters) >= 3
+    except (TypeError, ValueError):  # a callable without a signature: the two-argument form
+        takes_params = False
+    if takes_params:
+        return fn(unit.config, unit.data, unit.params)
+    return fn(unit.config, unit.data)
 
 
 def _describe(row: Mapping[str, Any], primary: str) -> str:

@@ -295,3 +295,34 @@ def test_delta_plot_draws_the_comparisons(tmp_path):
     comparisons = {(5, "a"): (0.1, 0.05, 2, 3), (10, "a"): (0.02, float("nan"), 1, 1)}
     path = experiment.delta_plot(comparisons, tmp_path / "d.png", baseline="base")
     assert path.stat().st_size > 1000
+
+
+def _first_test_images(config, data, params):
+    """An extra evaluation set sized by a study setting: the first `params.take` test images."""
+    return {"test_head": data["test"].subset(np.arange(params.take))}
+
+
+def test_extra_eval_may_take_the_study_params_and_its_predictions_are_kept(tmp_path):
+    study = _synthetic(
+        variants={"base": {}},
+        expected={},
+        params={"take": 40},
+        stages=(Stage(extra_eval=_first_test_images, keep_predictions=True),),
+        seeds=(0,),
+        metrics=("test_accuracy",),
+    )
+    c = study.get_config()
+    c.take = 25
+    (row,) = study.run(c, tmp_path)["rows"]
+    assert set(row["extra"]) == {"test_head"}
+    assert row["pred"]["test_head"].shape == (25,)
+    # The two-argument form is still called as before.
+    two = _synthetic(
+        variants={"base": {}},
+        expected={},
+        stages=(Stage(extra_eval=lambda config, data: {"again": data["test"]}),),
+        seeds=(0,),
+        metrics=("test_accuracy",),
+    )
+    (row,) = two.run(two.get_config(), tmp_path / "two")["rows"]
+    assert row["extra"]["again"]["accuracy"] == pytest.approx(row["test_accuracy"])

@@ -8,8 +8,8 @@ import pytest
 
 from jaxreg import cli, report
 
-# how_many and overfitting run on the study runner: tests/experiments/test_<name>.py
-EXPERIMENTS = ("augmentation_ablation", "when_to_augment", "domain_fit")
+# how_many, overfitting and domain_fit have their own test modules (tests/experiments/test_<name>.py)
+EXPERIMENTS = ("augmentation_ablation", "when_to_augment")
 NUMBER = re.compile(r"[-+]?\d+\.\d+")
 
 
@@ -117,32 +117,6 @@ def test_when_to_augment_covers_three_parts(smoke_root):
     # balanced accuracy = mean per-class recall, computed from predictions
     for r in results["when_to_augment"]["parts"]["b"]["rows"]:
         assert r["test_balanced_accuracy"] == pytest.approx(float(np.nanmean(r["recall"])))
-
-
-def test_domain_fit_corrupted_set_is_deterministic_and_evaluated(smoke_root):
-    root, results = smoke_root
-    mod = cli.load_module("domain_fit")
-    from jaxreg import data
-
-    test = data.load_splits("digits")["test"]
-    a = mod.corrupt_test_set(
-        test, noise_sigma=0.25, blur_sigma=1.5, lowres_factor=3, jpeg_quality=15, key=7
-    )
-    b = mod.corrupt_test_set(
-        test, noise_sigma=0.25, blur_sigma=1.5, lowres_factor=3, jpeg_quality=15, key=7
-    )
-    for k in a:
-        np.testing.assert_array_equal(a[k].images, b[k].images)
-        assert not np.array_equal(a[k].images, test.images), k
-    summary = _summary(root, "domain_fit")
-    assert _variants(summary) == {"none", "digits", "degrade"}
-    for row in summary["table_rows"]:
-        assert (
-            "±" in row["corrupted test acc"]
-            and "6→9" in row["watched confusions (true→pred: count over seeds)"]
-        )
-    conf = results["domain_fit"]["confusion"]["none"]
-    assert sum(map(sum, conf)) == 2 * len(test)  # both seeds, every test image
 
 
 def test_unknown_variants_are_rejected(tmp_path):
