@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from jaxreg import report
 from jaxreg.train.config import validate_config
-from jaxreg.train.loop import prepare_data, train_and_evaluate
+from jaxreg.train.loop import train_and_evaluate
 
 METRICS = ("val_accuracy", "test_accuracy", "test_loss", "test_ece", "best_epoch", "zero_fraction")
 
@@ -383,226 +383,6 @@ def validate_variants(
             raise _same_kind(e, f"variant {name!r}: {e}") from None
 
 
-def validate_with_smoke(config: ConfigDict, check: Callable[[ConfigDict], None]) -> None:
-    """Runs an experiment's `check(config)`; for a smoke run, also on the config as given.
-
-    Smoke settings lower numbers with `shrink` (an invalid value stays invalid) but replace a
-    few values outright (a data set, a model, a learning rate, a spec string, a list of sizes).
-    Checking the config once more with `smoke` off makes sure that a value the user gave is
-    valid even where the smoke run does not use it.
-
-    Args:
-      config: the experiment's whole config (experiment keys included).
-      check: raises `ValueError` or `TypeError` for a bad config; changes nothing.
-
-    Raises:
-      ValueError, TypeError: from `check`; an error of the second check says the value was
-        checked as given.
-    """
-    check(config)
-    if "smoke" in config and bool(config.smoke):
-        given = ConfigDict(config.to_dict())
-        given.smoke = False
-        try:
-            check(given)
-        except (ValueError, TypeError) as e:
-            raise _same_kind(
-                e, f"{e} (checked as given: smoke mode replaces the value, but it must be valid)"
-            ) from None
-
-
-def run_variants(
-    base: ConfigDict,
-    workdir: str | Path,
-    variants: Mapping[str, Mapping[str, Any]],
-    *,
-    seeds: Sequence[int],
-    data: Mapping[str, Any] | None = None,
-    data_fn: Callable[[ConfigDict, int], Mapping[str, Any]] | None = None,
-    augment_fns: Mapping[str, Callable] | None = None,
-    extra_eval: Mapping[str, Any] | None = None,
-    log: Callable[[str], None] = print,
-) -> list[dict]:
-    """Trains every variant with every seed; returns one row per (variant, seed).
-
-    Each run lives in `workdir/<variant>/seed<k>` (so a killed experiment resumes where it
-    stopped: finished runs are read back from their `results.json`). Every variant's config is
-    validated (`validate_variants`) before the first run trains.
-
-    Args:
-      base: the experiment's base config.
-      workdir: output folder.
-      variants: name -> config overrides.
-      seeds: seeds; each changes initialisation, shuffling, augmentation and dropout keys.
-      data: fixed `{"train", "val", "test"}` sets for every run (default: from the config).
-      data_fn: `(config, seed) -> data` when the data depend on the variant or seed.
-      augment_fns: optional name -> per-example augmentation overriding `config.augment`.
-      extra_eval: extra labelled sets evaluated at the end of every run.
-      log: progress printer.
-
-    Returns:
-      list of dicts: `variant`, `seed` and the `METRICS` plus `extra` results.
-
-    Raises:
-      ValueError, TypeError: a variant's config is invalid (before anything trains).
-    """
-    validate_variants(base, variants, seed=next(iter(seeds), 0))
-    workdir = Path(workdir)
-    rows = []
-    for name, seed, c, folder in _runs(base, workdir, variants, seeds):
-        done = folder / "results.json"
-        if done.exists():
-            r = json.loads(done.read_text())
-        else:
-            d = data_fn(c, seed) if data_fn is not None else (data or prepare_data(c))
-            fn = (augment_fns or {}).get(name)
-            r = train_and_evaluate(
-                c,
-                folder,
-                data=d,
-                augment_fn=fn,
-                extra_eval=extra_eval,
-                title=f"{workdir.name}: {name}, seed {seed}",
-            )
-        row = {"variant": name, "seed": seed, **{k: r.get(k) for k in METRICS}}
-        if r.get("extra"):
-            row["extra"] = r["extra"]
-        rows.append(row)
-        _log_row(log, row)
-    return rows
-
-
-def run_variants_with_predictions(
-    base: ConfigDict,
-    workdir: str | Path,
-    variants: Mapping[str, Mapping[str, Any]],
-    *,
-    seeds: Sequence[int],
-    data_fn: Callable[[ConfigDict, int], Mapping[str, Any]],
-    extra_eval: Mapping[str, Any] | None = None,
-    log: Callable[[str], None] = print,
-) -> list[dict]:
-    """Like `run_variants`, but also keeps the restored model's predicted labels.
-
-    Each run stores `predictions.npz` (the predicted class per example of `val`, `test`
-    and every `extra_eval` set, int16) next to its `results.json`; a re-run reads both back
-    instead of training again. Every variant's config is validated first.
-
-    Args:
-      base: the experiment's base config.
-      workdir: output folder; run `(variant, seed)` lives in `run_dir`.
-      variants: name -> config overrides.
-      seeds: seeds.
-      data_fn: `(config, seed) -> {"train", "val", "test"}` data sets.
-      extra_eval: extra labelled sets evaluated (and predicted) at the end of every run.
-      log: progress printer.
-
-    Returns:
-      list of dicts, one per (variant, seed): `variant`, `seed`, the `METRICS`,
-      `extra` (a dict, possibly empty), `train_size`, `pred` and `labels` (set name ->
-      int array of shape `(N,)` for val, test and every `extra_eval` set).
-
-    Raises:
-      ValueError, TypeError: a variant's config is invalid (before anything trains).
-    """
-    from jaxreg.train.step import predict
-
-    validate_variants(base, variants, seed=next(iter(seeds), 0))
-    workdir = Path(workdir)
-    rows = []
-    for name, seed, c, folder in _runs(base, workdir, variants, seeds):
-        res_path, pred_path = folder / "results.json", folder / "predictions.npz"
-        d = data_fn(c, seed)
-        sets = {"val": d["val"], "test": d["test"], **(extra_eval or {})}
-        if res_path.exists() and pred_path.exists():
-            r = json.loads(res_path.read_text())
-            with np.load(pred_path) as z:
-                preds = {k: z[k] for k in z.files}
-        else:
-            r = train_and_evaluate(
-                c,
-                folder,
-                data=d,
-                extra_eval=extra_eval,
-                title=f"{workdir.name}: {name}, seed {seed}",
-            )
-            preds = {
-                k: np.asarray(np.argmax(np.asarray(predict(r["state"], ds.images)), -1), np.int16)
-                for k, ds in sets.items()
-            }
-            np.savez(pred_path, **preds)
-        row = {
-            "variant": name,
-            "seed": seed,
-            **{k: r.get(k) for k in METRICS},
-            "extra": r.get("extra") or {},
-            "pred": preds,
-            "labels": {k: np.asarray(ds.labels) for k, ds in sets.items()},
-            "train_size": r.get("train_size"),
-        }
-        rows.append(row)
-        _log_row(log, row)
-    return rows
-
-
-def _runs(
-    base: ConfigDict, workdir: Path, variants: Mapping[str, Mapping[str, Any]], seeds: Sequence[int]
-) -> Iterator[tuple[str, int, ConfigDict, Path]]:
-    """`(variant, seed, config, run folder)` for every variant, then every seed."""
-    for name, overrides in variants.items():
-        for seed in seeds:
-            yield name, seed, variant_config(base, overrides, seed), run_dir(workdir, name, seed)
-
-
-def _log_row(log: Callable[[str], None], row: Mapping[str, Any]) -> None:
-    log(
-        f"  {row['variant']:28s} seed {row['seed']}: val {row['val_accuracy']:.4f} "
-        f"test {row['test_accuracy']:.4f}"
-    )
-
-
-def run_dir(workdir: str | Path, variant: str, seed: int) -> Path:
-    """The folder of one run: `workdir/<variant>/seed<seed>` (results.json, metrics.jsonl)."""
-    return Path(workdir) / variant / f"seed{int(seed)}"
-
-
-def subset_data_fn(splits: Mapping[str, Any], per_class: int | None) -> Callable[[Any, int], dict]:
-    """A `data_fn` for `run_variants`: seed k trains on stratified subset k.
-
-    The subset depends on the seed only, so every variant of a seed sees the same training
-    images (comparisons are paired by seed); each subset is drawn once and reused.
-
-    Args:
-      splits: `{"train", "val", "test"}` data sets (`jaxreg.data.load_splits`).
-      per_class: training images per class; `None` keeps the whole training split.
-
-    Returns:
-      `data_fn(config, seed) -> {"train": subset, "val": splits["val"], "test": splits["test"]}`
-      (the config is ignored).
-
-    Raises:
-      ValueError: `splits` lacks a split, or `per_class` < 1.
-    """
-    missing = [k for k in ("train", "val", "test") if k not in splits]
-    if missing:
-        raise ValueError(f"splits must have train, val and test; missing {missing}")
-    if per_class is not None and int(per_class) < 1:
-        raise ValueError(f"per_class must be >= 1 or None, got {per_class}")
-    from jaxreg import data as data_lib
-
-    cache: dict[int, dict] = {}
-
-    def data_fn(config: Any, seed: int) -> dict:
-        if seed not in cache:
-            train = splits["train"]
-            if per_class is not None:
-                train = data_lib.stratified_subset(train, int(per_class), seed=seed)
-            cache[seed] = {"train": train, "val": splits["val"], "test": splits["test"]}
-        return cache[seed]
-
-    return data_fn
-
-
 def aggregate(
     rows: Sequence[Mapping[str, Any]], *, metrics: Sequence[str] = METRICS, key: str = "variant"
 ) -> list[dict]:
@@ -801,7 +581,7 @@ def paired_differences(
     """Per-seed differences `metric(name) - metric(baseline)`, paired by `seed`.
 
     Args:
-      rows: one dict per run with `seed`, `key` and `metric` (`run_variants` rows).
+      rows: one dict per run with `seed`, `key` and `metric` (the study runner's rows).
       name: the variant compared.
       metric: the row field compared.
       baseline: the reference variant.
@@ -846,7 +626,7 @@ def paired_ci(
     per-seed differences `d` of `paired_differences`.
 
     Args:
-      rows: one dict per run with `seed`, `key` and `metric` (`run_variants` rows).
+      rows: one dict per run with `seed`, `key` and `metric` (the study runner's rows).
       name: the variant compared.
       metric: the row field compared.
       baseline: the reference variant.
@@ -1001,60 +781,6 @@ def per_class_recall(pred: Any, labels: Any, num_classes: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- report
-
-
-def write_report(
-    workdir: str | Path,
-    *,
-    title: str,
-    question: str,
-    expectation: str,
-    table_rows: Sequence[Mapping[str, Any]],
-    verdict: str,
-    figures: Sequence[str],
-    extra_md: str,
-    wall_time_s: float,
-    log: Callable[[str], None] = print,
-) -> Path:
-    """Writes `report.md` and `summary.json`, then logs the table, verdict and report path.
-
-    The files come from `report.write_experiment_report`.
-
-    Args:
-      workdir: the experiment's output folder.
-      title: experiment title.
-      question: the question the experiment answers.
-      expectation: what was expected before running it.
-      table_rows: result rows (one dict per row), also logged as a Markdown table.
-      verdict: the answer, as found; must be non-empty.
-      figures: image files saved inside `workdir`, relative to it (or absolute inside it).
-      extra_md: extra Markdown appended to the report (not stored in the summary).
-      wall_time_s: seconds this invocation took (logged).
-      log: printer.
-
-    Returns:
-      the path of `report.md`.
-
-    Raises:
-      ValueError: `verdict` is empty (an experiment always states one).
-    """
-    if not isinstance(verdict, str) or not verdict.strip():
-        raise ValueError("verdict must be a non-empty string")
-    workdir = Path(workdir)
-    report.write_experiment_report(
-        workdir,
-        title=title,
-        question=question,
-        expectation=expectation,
-        table_rows=table_rows,
-        verdict=verdict,
-        figures=figures,
-        extra_md=extra_md,
-    )
-    log(report.markdown_table(table_rows))
-    log(verdict)
-    log(f"Report: {workdir / 'report.md'} ({wall_time_s:.0f} s)")
-    return workdir / "report.md"
 
 
 # ============================================================================= the study runner
@@ -1795,7 +1521,6 @@ class _Runner:
         done = folder / "results.json"
         if done.exists():
             return json.loads(done.read_text())
-        from jaxreg.train.loop import train_and_evaluate
 
         return train_and_evaluate(config, folder, data=data, title=title, **kwargs)
 
