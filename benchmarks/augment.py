@@ -26,16 +26,16 @@ venv; give it a venv of its own and run the script there:
 
 Without TensorFlow its rows say "skipped" with this hint.
 
-On the CPU, jaxreg's Workload B warp is its native XLA:CPU kernel (jaxreg/augment/_native.py,
+On the CPU, jaxreg's Workload B warp is its native XLA:CPU kernel (jaxreg/_cpu/native.py,
 built once per machine with the system C++ compiler; the header says which path ran and how
 long the build took). The row "jaxreg, XLA path (ref.)" runs the same pipeline traced with
 JAXREG_NATIVE=0 (XLA's gathers), for reference; it is not counted as a peer.
 
 Absolute CPU numbers for Workload B depend on glibc's allocator: every call's 38.5 MB output
-is a fresh mmap, and its page faults took ~40 % of the batch time here for the XLA path and
-augmax alike (the native kernel maps its output with MADV_POPULATE_WRITE; JAXREG_HUGE_PAGES=1 also
-advises transparent huge pages, see jaxreg/augment/_native.py). GLIBC_TUNABLES=glibc.malloc.mmap_threshold=2000000000:glibc.malloc.trim_threshold=4000000000
-removes them for every library (see README, "Notes on performance").
+is a fresh mmap whose page faults are a large part of the batch time for the XLA path and augmax
+alike (the native kernel maps its output with MADV_POPULATE_WRITE; JAXREG_HUGE_PAGES=1 also
+advises transparent huge pages, see jaxreg/_cpu/native.py). GLIBC_TUNABLES=glibc.malloc.mmap_threshold=2000000000:glibc.malloc.trim_threshold=4000000000
+removes them for every library (benchmarks/results/cpu_seam.md).
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ class _Counter:
 def jaxreg_a(x, y):
     """Returns a runner for one Workload A batch: jaxreg `compose` + `batch`, then `mixup`."""
     aug = A.compose(
-        P(A.random_crop, size=32, padding=4, pad_mode="reflect"),
+        A.from_spec("crop(size=32,padding=4,pad_mode='reflect')"),  # jaxreg's draws
         P(A.random_flip, horizontal=True, p=0.5),
         P(A.color_jitter, brightness=0.4, contrast=0.4, saturation=0.4),
         P(A.gaussian_noise, sigma=0.05, p=0.5),
@@ -473,7 +473,7 @@ def _rng_note():
 
 def _warp_note():
     """Which path jaxreg's bilinear warp takes here, and the native kernel's build time."""
-    from jaxreg.augment import _native
+    from jaxreg._cpu import native as _native
 
     if jax.default_backend() != "cpu":
         return f"jaxreg bilinear warp: XLA path (on {jax.default_backend()})."

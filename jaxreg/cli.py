@@ -224,10 +224,37 @@ def _cmd_augment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from jaxreg.train.restoring import load_images, restore
+
+    workdir = Path(args.workdir)
+    if not (workdir / "config.json").is_file():
+        raise ValueError(f"{workdir} is not a jaxreg run folder (no config.json)")
+    if args.top < 1:
+        raise ValueError(f"--top must be >= 1, got {args.top}")
+    restored = restore(workdir, which=args.which)
+    if restored.config.get("task", "classification") != "classification":
+        raise ValueError(f"{workdir} is not a classification run")
+    x = load_images(args.images, restored.image_shape)
+    import jax
+
+    probs = np.asarray(jax.nn.softmax(restored.model(x), axis=-1))
+    names = restored.class_names or [str(i) for i in range(probs.shape[1])]
+    print(f"{restored.weights} weights of epoch {restored.epoch} ({args.which}) from {workdir}")
+    for path, p in zip(args.images, probs):
+        order = np.argsort(-p)[: args.top]
+        shown = ", ".join(f"{names[i]} {p[i]:.3f}" for i in order)
+        print(f"{path}: {shown}")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from jaxreg import report
 
-    out = report.html_index(Path(args.root), Path(args.out or Path(args.root) / "index.html"))
+    root = Path(args.root or args.root_opt or "runs")
+    out = report.html_index(root, Path(args.out or root / "index.html"))
     print(f"Wrote {out}")
     return 0
 
@@ -272,10 +299,19 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--out", help="PNG path")
     a.set_defaults(func=_cmd_augment)
-    rep = sub.add_parser("report", help="collect all experiment results into one HTML page")
-    rep.add_argument("--root", default="runs")
-    rep.add_argument("--out")
+    rep = sub.add_parser("report", help="one HTML page of every experiment and run under a folder")
+    rep.add_argument(
+        "root", nargs="?", default=None, help="runs folder, experiment or run (default runs)"
+    )
+    rep.add_argument("--root", dest="root_opt", help=argparse.SUPPRESS)
+    rep.add_argument("--out", help="HTML path (default ROOT/index.html)")
     rep.set_defaults(func=_cmd_report)
+    pr = sub.add_parser("predict", help="classify image files with a trained run's best model")
+    pr.add_argument("workdir", help="a `jaxreg run` workdir of a built-in classifier")
+    pr.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    pr.add_argument("--which", default="best", choices=("best", "latest"))
+    pr.add_argument("--top", type=int, default=3, help="classes shown per image")
+    pr.set_defaults(func=_cmd_predict)
     return p
 
 

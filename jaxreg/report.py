@@ -142,7 +142,12 @@ def _check_epoch_arg(value: Any, name: str, epochs: np.ndarray) -> int | None:
 
 
 def overfitting_onset(
-    history: Sequence[Mapping], *, patience: int = 2, min_delta: float = 0.0, rel_delta: float = 0.0
+    history: Sequence[Mapping],
+    *,
+    patience: int = 2,
+    min_delta: float = 0.0,
+    rel_delta: float = 0.0,
+    train_key: str = "train_accuracy",
 ) -> int | None:
     """Finds the epoch where validation loss starts to rise while training accuracy still rises.
 
@@ -170,6 +175,9 @@ def overfitting_onset(
       patience: int >= 1, consecutive rising epochs needed.
       min_delta: float >= 0, how far above the minimum the val loss must be to count.
       rel_delta: float >= 0, the same as a fraction of the minimum (e.g. 0.05 = 5 %).
+      train_key: the training signal that must still improve: `"train_accuracy"` (higher
+        is better), or `"train_loss"` for tasks without accuracy (lower is better: the rule
+        reads `train_loss[j] <= train_loss[m]`).
 
     Returns:
       The epoch (as stored in `"epoch"`) where the rise starts, or `None`.
@@ -189,10 +197,14 @@ def overfitting_onset(
             raise TypeError(f"{name} must be a float >= 0; got {type(value).__name__}.")
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be a finite float >= 0; got {value}.")
-    _require_keys(history, ("epoch", "val_loss", "train_accuracy"))
+    if train_key not in ("train_accuracy", "train_loss"):
+        raise ValueError(f"train_key must be 'train_accuracy' or 'train_loss'; got {train_key!r}.")
+    _require_keys(history, ("epoch", "val_loss", train_key))
 
     val = _series(history, "val_loss")
-    acc = _series(history, "train_accuracy")
+    acc = _series(history, train_key)
+    if train_key == "train_loss":  # lower is better: negate so the rule reads the same
+        acc = [-a for a in acc]
     finite = [j for j in range(len(history)) if math.isfinite(val[j])]
     if not finite:
         return None
@@ -233,8 +245,10 @@ def plot_curves(
 ) -> Path:
     """Writes a PNG with two panels: loss and accuracy per epoch, train vs validation.
 
-    Series missing from a record (or NaN) leave a gap. Each panel needs at least one of
-    its two series (`train_loss`/`val_loss`, `train_accuracy`/`val_accuracy`).
+    Series missing from a record (or NaN) leave a gap. The loss panel needs `train_loss` or
+    `val_loss`. The second panel shows `train_accuracy`/`val_accuracy`; a history without
+    them (e.g. a reconstruction task) shows its first other validation metric there (e.g.
+    `val_psnr`), or no second panel when it has none.
     Vertical markers: a dashed red line at `onset` (overfitting onset) and a dotted
     green line at `best_epoch` (the restored / best epoch), both in the legend.
 
@@ -260,9 +274,21 @@ def plot_curves(
     _require_keys(history, ("epoch",))
     if title is not None and not isinstance(title, str):
         raise TypeError(f"title must be a str or None; got {type(title).__name__}.")
-    for keys in (_LOSS_KEYS, _ACC_KEYS):
-        if not any(k in rec for rec in history for k in keys):
-            raise ValueError(f"history has none of the keys {list(keys)}; at least one is needed.")
+    if not any(k in rec for rec in history for k in _LOSS_KEYS):
+        raise ValueError(
+            f"history has none of the keys {list(_LOSS_KEYS)}; at least one is needed."
+        )
+    panels = [(_LOSS_KEYS, "loss")]
+    if any(k in rec for rec in history for k in _ACC_KEYS):
+        panels.append((_ACC_KEYS, "accuracy"))
+    else:
+        other = [
+            k[len("val_") :]
+            for k in history[0]
+            if k.startswith("val_") and k != "val_loss" and isinstance(history[0][k], numbers.Real)
+        ]
+        if other:
+            panels.append(((f"train_{other[0]}", f"val_{other[0]}"), other[0]))
     epochs = _series(history, "epoch")
     if np.isnan(epochs).any():
         raise ValueError("history: every 'epoch' must be a number.")
@@ -273,11 +299,10 @@ def plot_curves(
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(10.0, 4.0), layout="constrained")
+    fig = Figure(figsize=(5.0 * len(panels), 4.0), layout="constrained")
     FigureCanvasAgg(fig)
-    panels = ((_LOSS_KEYS, "loss"), (_ACC_KEYS, "accuracy"))
     for col, (keys, ylabel) in enumerate(panels):
-        ax = fig.add_subplot(1, 2, col + 1)
+        ax = fig.add_subplot(1, len(panels), col + 1)
         for key, style in zip(keys, ("-o", "-s")):
             if any(key in rec for rec in history):
                 label = "train" if key.startswith("train") else "validation"
@@ -567,21 +592,32 @@ def write_run_report(
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
 
+    train_key = "train_accuracy" if all("train_accuracy" in r for r in history) else "train_loss"
     onset = overfitting_onset(
-        history, patience=onset_patience, min_delta=onset_min_delta, rel_delta=onset_rel_delta
+        history,
+        patience=onset_patience,
+        min_delta=onset_min_delta,
+        rel_delta=onset_rel_delta,
+        train_key=train_key,
     )
     n = len(history)
     if onset is not None:
+        signal = "accuracy kept rising" if train_key == "train_accuracy" else "loss kept falling"
         onset_md = (
-            f"Validation loss started rising at epoch {onset} while training accuracy "
-            f"kept rising (patience {onset_patience}, min_delta {onset_min_delta:g}, "
+            f"Validation loss started rising at epoch {onset} while training {signal} "
+            f"(patience {onset_patience}, min_delta {onset_min_delta:g}, "
             f"rel_delta {onset_rel_delta:g})."
         )
     else:
         onset_md = f"No overfitting onset detected in {n} epoch{'s' if n != 1 else ''}."
 
-    parts = [f"# {_one_line(title)}", ""]
+    smoke = bool(cfg.get("smoke"))
+    parts = [f"# {SMOKE_MARK + ' ' if smoke else ''}{_one_line(title)}", ""]
+    if smoke:
+        parts += [f"> {SMOKE_NOTE}", ""]
     parts += ["## Results", ""]
+    if smoke:
+        parts += [f"{SMOKE_MARK} (smoke run: sizes shrunk to seconds)", ""]
     if results:
         rows = [{"metric": str(k), "value": v} for k, v in results.items()]
         parts += [markdown_table(rows, ["metric", "value"]).rstrip("\n"), ""]
@@ -663,6 +699,7 @@ def write_experiment_report(
     verdict: str,
     figures: Sequence[str],
     extra_md: str = "",
+    smoke: bool = False,
 ) -> Path:
     """Writes `workdir/report.md` and `workdir/summary.json` for one experiment.
 
@@ -681,6 +718,8 @@ def write_experiment_report(
       figures: image files (PNG, JPEG, SVG, GIF) already saved inside `workdir`, given
         relative to it or as absolute paths inside it.
       extra_md: extra Markdown appended to the report (not stored in the summary).
+      smoke: the numbers come from a smoke run (shrunk to seconds): the report, its table and
+        its verdict say so, and `summary.json` records it.
 
     Returns:
       The path of `report.md`.
@@ -700,10 +739,13 @@ def write_experiment_report(
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     names = [_figure_name(workdir, f, i) for i, f in enumerate(figures)]
+    if smoke:
+        verdict = f"{SMOKE_MARK} {verdict}"
 
-    parts = [
-        f"# {_one_line(title)}",
-        "",
+    parts = [f"# {_one_line(title)}", ""]
+    if smoke:
+        parts += [f"> {SMOKE_NOTE}", ""]
+    parts += [
         "## Question",
         "",
         question,
@@ -715,6 +757,8 @@ def write_experiment_report(
         "## Results",
         "",
     ]
+    if smoke:
+        parts += [f"{SMOKE_MARK} (smoke run: sizes shrunk to seconds)", ""]
     parts += [markdown_table(rows).rstrip("\n") if rows else "(no rows)", ""]
     parts += ["## Verdict", "", verdict, ""]
     if names:
@@ -731,6 +775,7 @@ def write_experiment_report(
         "verdict": verdict,
         "table_rows": [dict(r) for r in rows],
         "figures": names,
+        "smoke": bool(smoke),
     }
     (workdir / "summary.json").write_text(
         json.dumps(summary, indent=2, default=_json_default) + "\n", encoding="utf-8"
@@ -739,6 +784,12 @@ def write_experiment_report(
 
 
 # --------------------------------------------------------------------------- HTML index
+
+SMOKE_MARK = "[smoke]"
+SMOKE_NOTE = (
+    "Smoke run: every size was shrunk so that it finishes in seconds. The numbers test that "
+    "the code runs; they say nothing about the question."
+)
 
 _CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
@@ -753,6 +804,7 @@ th { background: #f3f3f3; }
 .error { color: #a00; }
 img { max-width: 100%; display: block; margin: 0.5em 0; }
 .run { color: #777; font-size: 0.85em; }
+.smoke { background: #fff4e0; border-left: 4px solid #e90; padding: 0.4em 0.8em; }
 """
 
 
@@ -795,11 +847,15 @@ def _html_section(run_dir: Path, anchor: str) -> tuple[str, str]:
         body = f'<p class="error">Could not read summary.json: {esc(str(e))}</p>'
         return title, f'<section id="{esc(anchor)}">\n<h2>{esc(title)}</h2>\n{body}\n</section>'
     title = str(summary.get("title") or run_dir.name)
+    if summary.get("smoke"):
+        title = f"{SMOKE_MARK} {title}"
     out = [
         f'<section id="{esc(anchor)}">',
         f"<h2>{esc(title)}</h2>",
-        f'<p class="run">run folder: {esc(run_dir.name)}</p>',
+        f'<p class="run">folder: {esc(str(run_dir))}</p>',
     ]
+    if summary.get("smoke"):
+        out.append(f'<p class="smoke">{esc(SMOKE_NOTE)}</p>')
     for key, heading in (("question", "Question"), ("expectation", "Expectation")):
         if summary.get(key):
             out += [f"<h3>{heading}</h3>", f'<p class="text">{esc(str(summary[key]))}</p>']
@@ -826,18 +882,81 @@ def _html_section(run_dir: Path, anchor: str) -> tuple[str, str]:
     return title, "\n".join(out)
 
 
-def html_index(root: str | os.PathLike, out_path: str | os.PathLike) -> Path:
-    """Writes one self-contained HTML page collecting every `root/*/summary.json`.
+def _single_run_section(run_dir: Path, anchor: str) -> tuple[str, str]:
+    """Returns (title, section HTML) for one `train_and_evaluate` folder."""
+    esc = html.escape
+    try:
+        results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+        config = {}
+        if (run_dir / "config.json").is_file():
+            config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        body = f'<p class="error">Could not read results.json: {esc(str(e))}</p>'
+        return (
+            run_dir.name,
+            f'<section id="{esc(anchor)}">\n<h2>{esc(run_dir.name)}</h2>\n{body}\n</section>',
+        )
+    smoke = bool(config.get("smoke"))
+    title = f"run {run_dir.name}" + (
+        f" ({config['data']}, {config.get('model')})" if "data" in config else ""
+    )
+    if smoke:
+        title = f"{SMOKE_MARK} {title}"
+    rows = [
+        {"metric": k, "value": v}
+        for k, v in results.items()
+        if (isinstance(v, (int, float, str)) and not isinstance(v, bool)) or v is None
+    ]
+    out = [
+        f'<section id="{esc(anchor)}">',
+        f"<h2>{esc(title)}</h2>",
+        f'<p class="run">folder: {esc(str(run_dir))}</p>',
+    ]
+    if smoke:
+        out.append(f'<p class="smoke">{esc(SMOKE_NOTE)}</p>')
+    out += ["<h3>Results</h3>", _html_table(rows)]
+    curves = run_dir / "curves.png"
+    if curves.is_file():
+        out.append(f'<figure><img src="{_data_uri(curves)}" alt="curves"></figure>')
+    out.append("</section>")
+    return title, "\n".join(out)
 
-    One section per experiment run folder (sorted by folder name), with a table of
-    contents: title, question, expectation, the results table, the verdict and the
-    figures embedded as base64 `data:` URIs, so the page works when moved or opened
-    from disk. All text is HTML-escaped. A folder whose `summary.json` cannot be read
-    gets a section with the error instead of aborting the index; a missing figure file is
-    noted in place.
+
+def find_runs(root: str | os.PathLike) -> tuple[list[Path], list[Path]]:
+    """Experiment folders and single-run folders under `root` (which may itself be either).
+
+    An experiment folder holds `summary.json`; a single run holds `results.json` (from
+    `train_and_evaluate`) and is not inside an experiment folder (an experiment's own runs are
+    summarised by the experiment).
+
+    Returns:
+      `(experiments, runs)`, each sorted by path.
+    """
+    root = Path(root)
+    experiments = sorted({p.parent for p in root.rglob("summary.json")})
+    runs = sorted(
+        p.parent
+        for p in root.rglob("results.json")
+        if not (p.parent / "summary.json").exists()
+        and not any(e == p.parent or e in p.parent.parents for e in experiments)
+    )
+    return experiments, runs
+
+
+def html_index(root: str | os.PathLike, out_path: str | os.PathLike) -> Path:
+    """Writes one self-contained HTML page of every experiment and single run under `root`.
+
+    `root` may be a folder of many runs (e.g. `runs/`), one experiment's folder or one run's
+    folder. One section per experiment (`summary.json`) and per single `train_and_evaluate`
+    run (`results.json` outside any experiment), with a table of contents: title, question,
+    expectation, the results table, the verdict and the figures (a run's `curves.png`)
+    embedded as base64 `data:` URIs, so the page works when moved or opened from disk. Smoke
+    runs are marked in the table of contents, the section title and above every table. All
+    text is HTML-escaped. A folder whose files cannot be read gets a section with the error
+    instead of aborting the index; a missing figure file is noted in place.
 
     Args:
-      root: folder holding one subfolder per experiment run.
+      root: a folder holding runs or experiments, or one of them.
       out_path: the HTML file to write (parent folders are created).
 
     Returns:
@@ -849,15 +968,17 @@ def html_index(root: str | os.PathLike, out_path: str | os.PathLike) -> Path:
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"root must be an existing folder; got {str(root)!r}.")
-    run_dirs = sorted(p.parent for p in root.glob("*/summary.json"))
+    experiments, runs = find_runs(root)
+    run_dirs = experiments + runs
     sections, toc = [], []
     for k, run_dir in enumerate(run_dirs):
         anchor = f"exp-{k}"
-        title, section = _html_section(run_dir, anchor)
+        make = _html_section if run_dir in experiments else _single_run_section
+        title, section = make(run_dir, anchor)
         sections.append(section)
         toc.append(
             f'<li><a href="#{anchor}">{html.escape(title)}</a> '
-            f'<span class="run">({html.escape(run_dir.name)})</span></li>'
+            f'<span class="run">({html.escape(str(run_dir.relative_to(root)) if run_dir != root else run_dir.name)})</span></li>'
         )
     page = [
         "<!DOCTYPE html>",
@@ -871,10 +992,14 @@ def html_index(root: str | os.PathLike, out_path: str | os.PathLike) -> Path:
         "<h1>jaxreg experiments</h1>",
     ]
     if run_dirs:
-        page += [f"<p>{len(run_dirs)} experiment run(s).</p>", "<ul>"] + toc + ["</ul>"]
+        page += [
+            f"<p>{len(experiments)} experiment(s), {len(runs)} single run(s).</p>",
+            "<ul>",
+        ]
+        page += toc + ["</ul>"]
         page += sections
     else:
-        page.append(f"<p>No experiments found under {html.escape(str(root))}.</p>")
+        page.append(f"<p>No experiments or runs found under {html.escape(str(root))}.</p>")
     page += ["</body>", "</html>", ""]
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -219,3 +219,29 @@ def test_report_collects_experiments_into_one_html_page(tmp_path):
     assert cli.main(["report", "--root", str(tmp_path)]) == 0
     page = (tmp_path / "index.html").read_text()
     assert "Title exp_a" in page and "verdict exp_b" in page
+
+
+def test_predict_classifies_image_files_with_the_best_model(tmp_path, capsys):
+    from PIL import Image
+
+    from jaxreg import data as data_lib
+
+    cfg = _write_config(tmp_path, epochs=2)
+    w = tmp_path / "w"
+    assert cli.main(["run", str(cfg), "--workdir", str(w)]) == 0
+    test = data_lib.load("digits", split="test")
+    files = []
+    for i in range(3):  # real digits saved as 8-bit PNGs (a user's files), at another size
+        img = Image.fromarray((np.asarray(test.images[i, :, :, 0]) * 255).astype(np.uint8))
+        files.append(tmp_path / f"digit{i}.png")
+        img.resize((32, 32)).save(files[-1])
+    capsys.readouterr()
+    assert cli.main(["predict", str(w), *map(str, files), "--top", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "ema weights of epoch" in out[0]
+    for line, f in zip(out[1:], files):
+        assert line.startswith(f"{f}: ") and line.count(",") == 1
+    assert cli.main(["predict", str(tmp_path / "nope"), str(files[0])]) == 2
+    (tmp_path / "not_an_image.png").write_text("hello")
+    assert cli.main(["predict", str(w), str(tmp_path / "not_an_image.png")]) == 2
+    assert "not an image file" in capsys.readouterr().err

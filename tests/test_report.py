@@ -262,8 +262,13 @@ def test_plot_curves_partial_series_and_bad_input(tmp_path):
     check_png(report.plot_curves(hist, tmp_path / "train_only.png"))
     with pytest.raises(ValueError, match="empty"):
         report.plot_curves([], tmp_path / "x.png")
-    with pytest.raises(ValueError, match="val_accuracy"):
-        report.plot_curves([{"epoch": 1, "val_loss": 1.0}], tmp_path / "x.png")
+    with pytest.raises(ValueError, match="val_loss"):
+        report.plot_curves([{"epoch": 1, "val_accuracy": 1.0}], tmp_path / "x.png")
+    # Without accuracy (e.g. reconstruction) the second panel shows another metric, or none.
+    check_png(report.plot_curves([{"epoch": 1, "val_loss": 1.0}], tmp_path / "loss_only.png"))
+    check_png(
+        report.plot_curves([{"epoch": 1, "val_loss": 1.0, "val_psnr": 20.0}], tmp_path / "psnr.png")
+    )
     with pytest.raises(ValueError, match="epoch"):
         report.plot_curves([{"val_loss": 1.0, "val_accuracy": 0.5}], tmp_path / "x.png")
     with pytest.raises(ValueError, match="onset"):
@@ -486,7 +491,9 @@ def test_html_index_missing_figure_and_empty_root(tmp_path):
     assert "Missing figure: acc.png" in page
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert "No experiments found" in report.html_index(empty, tmp_path / "e.html").read_text()
+    assert (
+        "No experiments or runs found" in report.html_index(empty, tmp_path / "e.html").read_text()
+    )
     with pytest.raises(ValueError, match="root"):
         report.html_index(tmp_path / "nope", tmp_path / "x.html")
 
@@ -499,3 +506,34 @@ def test_write_run_report_accepts_configdict(tmp_path):
     ).read_text()
     block = re.search(r"```json\n(.*?)\n```", md, re.S).group(1)
     assert json.loads(block) == {"model": "cnn", "optimizer": {"lr": 0.1}, "shape": [8, 8]}
+
+
+def test_html_index_takes_any_folder_includes_single_runs_and_marks_smoke(tmp_path):
+    # An experiment (smoke), its own sub-run (summarised by it, not listed), and a single run.
+    exp = tmp_path / "runs" / "exp"
+    report.write_experiment_report(
+        exp,
+        title="Exp",
+        question="q?",
+        expectation="e",
+        table_rows=[{"variant": "a", "test_accuracy": 0.5}],
+        verdict="a wins",
+        figures=[],
+        smoke=True,
+    )
+    (exp / "a" / "seed0").mkdir(parents=True)
+    (exp / "a" / "seed0" / "results.json").write_text('{"test_accuracy": 0.5}')
+    run = tmp_path / "runs" / "single"
+    run.mkdir()
+    (run / "results.json").write_text('{"test_accuracy": 0.75, "best_epoch": 3}')
+    (run / "config.json").write_text('{"data": "digits", "model": "tiny", "smoke": false}')
+    md = (exp / "report.md").read_text()
+    assert "[smoke] a wins" in md and "Smoke run" in md
+    assert json.loads((exp / "summary.json").read_text())["smoke"] is True
+    page = report.html_index(tmp_path / "runs", tmp_path / "i.html").read_text()
+    assert "1 experiment(s), 1 single run(s)" in page
+    assert "[smoke] Exp" in page and "run single (digits, tiny)" in page and "0.75" in page
+    assert "seed0" not in page
+    # One run's folder, or one experiment's folder, is a root too.
+    assert "run single" in report.html_index(run, tmp_path / "r.html").read_text()
+    assert "[smoke] Exp" in report.html_index(exp, tmp_path / "e.html").read_text()

@@ -1,6 +1,6 @@
 """Pure per-example image augmentations, their batch forms, batch mixing and policies."""
 
-from jaxreg.augment._native import native_status
+from jaxreg._cpu.native import native_status
 from jaxreg.augment.color import (
     adjust_brightness,
     adjust_contrast,
@@ -10,6 +10,9 @@ from jaxreg.augment.color import (
     adjust_sharpness,
     autocontrast,
     color_jitter,
+    enhance_brightness,
+    enhance_contrast,
+    enhance_saturation,
     equalize,
     grayscale,
     invert,
@@ -42,6 +45,8 @@ from jaxreg.augment.geometric import (
     random_affine,
     random_crop,
     random_flip,
+    random_flip_left_right,
+    random_flip_up_down,
     random_resized_crop,
     random_rot90,
     random_rotate,
@@ -93,6 +98,9 @@ __all__ = [
     "cutmix",
     "cutout",
     "downscale",
+    "enhance_brightness",
+    "enhance_contrast",
+    "enhance_saturation",
     "equalize",
     # erasing
     "erase",
@@ -128,6 +136,8 @@ __all__ = [
     "random_downscale",
     "random_erasing",
     "random_flip",
+    "random_flip_left_right",
+    "random_flip_up_down",
     "random_gamma",
     "random_grayscale",
     "random_hue",

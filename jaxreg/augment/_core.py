@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
@@ -78,6 +79,26 @@ def check_positive(x: Any, name: str, *, allow_zero: bool = False) -> None:
     if not np.isfinite(v) or (v < 0 if allow_zero else v <= 0):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be {bound}; got {x!r}.")
+
+
+def check_scalar(x: Any, name: str, *, positive: bool = False) -> None:
+    """Checks a real scalar parameter: a Python number or a 0-d real array (may be traced)."""
+    if isinstance(x, (bool, np.bool_)) or not (
+        isinstance(x, numbers.Real)
+        or (
+            hasattr(x, "shape")
+            and hasattr(x, "dtype")
+            and (jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer))
+        )
+    ):
+        raise TypeError(f"{name} must be a real number or a scalar array; got {x!r}.")
+    if hasattr(x, "shape") and tuple(x.shape) != ():
+        raise ValueError(f"{name} must be a scalar (shape ()); got shape {tuple(x.shape)}.")
+    v = concrete(x)
+    if v is not None and not np.isfinite(v):
+        raise ValueError(f"{name} must be a finite number; got {x!r}.")
+    if positive:
+        check_positive(x, name)
 
 
 def check_in(value: Any, name: str, allowed: Sequence[Any]) -> None:
@@ -194,3 +215,14 @@ def luma(image: jax.Array) -> jax.Array:
         return image
     r, g, b = image[..., 0:1], image[..., 1:2], image[..., 2:3]
     return 0.299 * r + 0.587 * g + 0.114 * b
+
+
+@contextlib.contextmanager
+def default_promotion() -> Iterator[None]:
+    """JAX's default promotion rules (dtype "standard", rank "allow") inside the block.
+
+    dm-pix (and user code) mixes bool, int and Python float operands, which
+    `jax_numpy_dtype_promotion="strict"` rejects; jaxreg's own code runs under strict rules.
+    """
+    with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
+        yield

@@ -11,27 +11,21 @@ the chain maps integer pixels to integer pixels (crops, flips, rot90).
 gather as a scalar loop whose cost grows with the index arity, and vmapping `apply` gives a
 (batch, y, x) index; indexing the batch as one array of pixels (bilinear: two (2, C) tap
 pairs at one flat index) or as rows of one (B * H, W, C) array (exact copies) keeps the index
-at one or two components (same arithmetic). The bilinear batch form of float32 images is the
-primitive `warp_p`: lowered for the CPU, a native kernel (`_native`, `_warp_native.cc`: the
-same arithmetic in one pass) where that kernel is available, else the XLA form
-`apply_batch_xla`; lowered for any other platform, always the XLA form.
+at one or two components (same arithmetic). The bilinear batch form is `apply_batch_xla`,
+which on the CPU `jaxreg._cpu.warp` may replace by a native kernel (same arithmetic).
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
-from jax.core import ShapedArray
-from jax.extend.core import Primitive
-from jax.interpreters import batching, mlir
 
-from jaxreg.augment import _core, _native
+from jaxreg._cpu import warp as _cpu_warp
+from jaxreg.augment import _core
 
 __all__ = []  # private module
 
@@ -112,6 +106,22 @@ def _coords(m: jax.Array, out_hw: tuple[int, int]):
     return y, x
 
 
+def _coords_dot(m: jax.Array, out_hw: tuple[int, int]):
+    """`_coords` as one matrix product (as dm-pix computes them), materialised once.
+
+    Elementwise, XLA recomputes the coordinates inside every fusion that reads them (tap index,
+    weight, validity), and may round them differently there (a multiply-add contracted in one
+    fusion and not in another): under `jit` a coordinate within an ulp of an integer then took
+    its tap from one pixel and its weight from the next. A dot is computed once.
+    """
+    ho, wo = out_hw
+    yy, xx = jnp.meshgrid(
+        jnp.arange(ho, dtype=jnp.float32), jnp.arange(wo, dtype=jnp.float32), indexing="ij"
+    )
+    c = jnp.matmul(jnp.stack([yy, xx], axis=-1), m[:2, :2].T) + m[:2, 2].reshape(1, 1, 2)
+    return c[..., 0], c[..., 1]
+
+
 def _bilinear_taps(m, in_hw, padded_hw, out_hw, mode):
     """Top-left taps (y0, x0), second-tap weights (fy, fx), validity (or None) per output pixel."""
     h, w = in_hw
@@ -150,11 +160,9 @@ def apply_batch(
 ) -> jax.Array:
     """`jax.vmap(apply)(images, ms)` for the bilinear, general (rotated or sheared) case.
 
-    Float32 batches go through the `warp_p` primitive: lowered for the CPU it is the native
-    kernel of `_native` (one pass over the output, the same arithmetic) when that kernel is
-    available, else `apply_batch_xla`; lowered for any other platform it is always
-    `apply_batch_xla`. Gradients (and forward-mode derivatives) always come from
-    `apply_batch_xla`.
+    This is `apply_batch_xla`; float32 batches go through `jaxreg._cpu.warp.bilinear_warp`,
+    which on the CPU may compute it with a native kernel (same arithmetic; gradients and
+    forward-mode derivatives always come from `apply_batch_xla`).
 
     Args:
       images: (B, H, W, C) floating images.
@@ -165,7 +173,7 @@ def apply_batch(
       native: None uses the native kernel on the CPU when it is available; False always uses
         the XLA path; True requires the native kernel (RuntimeError when the program is
         lowered for the CPU and the kernel is not available, or at once for non-float32
-        images).
+        images or with `JAXREG_CPU_WORKAROUNDS=0`).
 
     Returns:
       (B, Ho, Wo, C) images of the input's dtype.
@@ -173,32 +181,10 @@ def apply_batch(
     Raises:
       RuntimeError: `native=True` and the native kernel cannot be used.
     """
-    c = images.shape[-1]
-    fillv = _core.fill_value(fill, c).astype(images.dtype)
-    out_hw = tuple(int(n) for n in out_hw)
-    if native is False or images.dtype != jnp.float32:
-        if native:
-            raise RuntimeError(
-                f"native=True but the native warp handles float32 images only, not {images.dtype}."
-            )
-        return apply_batch_xla(images, ms, fillv, out_hw=out_hw, mode=mode)
-    return _warp_with_xla_derivatives(images, ms, fillv, out_hw, mode, bool(native))
-
-
-def _warp_with_xla_derivatives(images, ms, fillv, out_hw, mode, require_native):
-    """`warp_p` whose derivatives (JVP, hence also VJP) are those of `apply_batch_xla`."""
-    xla = functools.partial(apply_batch_xla, out_hw=out_hw, mode=mode)
-
-    @jax.custom_jvp
-    def warp(x, m, f):
-        return warp_p.bind(x, m, f, out_hw=out_hw, mode=mode, require_native=require_native)
-
-    @warp.defjvp
-    def warp_jvp(primals, tangents):
-        _, tangent_out = jax.jvp(xla, primals, tangents)
-        return warp(*primals), tangent_out
-
-    return warp(images, ms, fillv)
+    fillv = _core.fill_value(fill, images.shape[-1]).astype(images.dtype)
+    return _cpu_warp.bilinear_warp(
+        apply_batch_xla, images, ms, fillv, out_hw=out_hw, mode=mode, native_kernel=native
+    )
 
 
 def apply_batch_xla(
@@ -234,93 +220,6 @@ def apply_batch_xla(
     if valid is not None:
         out = jnp.where(valid[..., None], out, fillv)
     return out
-
-
-# The batched bilinear warp as one primitive: operands (images (B, H, W, C) float32, maps
-# (B, 3, 3), fill (C,)), parameters out_hw, mode and require_native. Lowered for the CPU it
-# asks `_native.warp_target` (which builds the kernel the first time); lowered for any other
-# platform it is `apply_batch_xla`, so GPU/TPU lowering and export never build the kernel.
-warp_p = Primitive("jaxreg_bilinear_warp")
-
-
-def _warp_abstract_eval(images, ms, fillv, *, out_hw, mode, require_native):
-    del ms, fillv, mode, require_native
-    return ShapedArray((images.shape[0], *out_hw, images.shape[3]), images.dtype)
-
-
-def _warp_eager(images, ms, fillv, **params):
-    return jax.jit(functools.partial(warp_p.bind, **params))(images, ms, fillv)
-
-
-def _xla_lowering(ctx, images, ms, fillv, *, out_hw, mode, require_native):
-    del require_native
-    xla = functools.partial(apply_batch_xla, out_hw=out_hw, mode=mode)
-    return mlir.lower_fun(xla, multiple_results=False)(ctx, images, ms, fillv)
-
-
-def _native_call(images, ms, fillv, *, target, out_hw, mode, threads, huge_pages):
-    """The custom call of `_warp_native.cc` (operands and attributes as documented there)."""
-    b, h, w, c = images.shape
-    call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((b, *out_hw, c), jnp.float32))
-    return call(
-        _pad_for_bilinear(images, h, w),
-        ms[:, :2, :].reshape(b, 6).astype(jnp.float32),
-        fillv.reshape(c),
-        mode=np.int64(_native.MODES[mode]),
-        in_h=np.int64(h),
-        in_w=np.int64(w),
-        threads=np.int64(threads),
-        huge_pages=np.int64(huge_pages),
-    )
-
-
-def _cpu_lowering(ctx, images, ms, fillv, *, out_hw, mode, require_native):
-    target = _native.warp_target()  # builds, verifies and registers the kernel the first time
-    if target is None:
-        if require_native:
-            raise RuntimeError(
-                "native=True but the native warp is not available: "
-                f"{_native.native_status()['warp']} (see the RuntimeWarning, if any)."
-            )
-        return _xla_lowering(ctx, images, ms, fillv, out_hw=out_hw, mode=mode, require_native=False)
-    call = functools.partial(
-        _native_call,
-        target=target,
-        out_hw=out_hw,
-        mode=mode,
-        threads=_native.threads(),
-        huge_pages=_native.huge_pages(),
-    )
-    return mlir.lower_fun(call, multiple_results=False)(ctx, images, ms, fillv)
-
-
-def _leading(x, dim, size):
-    """`x` with its vmapped axis `dim` first (broadcast to `size` when it has none)."""
-    if dim is None:
-        return jnp.broadcast_to(x, (size, *x.shape))
-    return jnp.moveaxis(x, dim, 0)
-
-
-def _warp_batch(args, dims, **params):
-    """Batching (vmap) rule: the vmapped axis folds into the batch axis (one call for all of it)."""
-    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
-    images, ms = _leading(args[0], dims[0], size), _leading(args[1], dims[1], size)
-    fillv = args[2]
-    if dims[2] is not None:  # one fill per vmapped element: one call per element
-        fills = jnp.moveaxis(fillv, dims[2], 0)
-        return lax.map(lambda a: warp_p.bind(*a, **params), (images, ms, fills)), 0
-    n, b = images.shape[:2]
-    out = warp_p.bind(
-        images.reshape(n * b, *images.shape[2:]), ms.reshape(n * b, 3, 3), fillv, **params
-    )
-    return out.reshape(n, b, *out.shape[1:]), 0
-
-
-warp_p.def_abstract_eval(_warp_abstract_eval)
-warp_p.def_impl(_warp_eager)
-mlir.register_lowering(warp_p, _xla_lowering)
-mlir.register_lowering(warp_p, _cpu_lowering, platform="cpu")
-batching.primitive_batchers[warp_p] = _warp_batch
 
 
 def _exact_taps(m, in_hw, out_hw, axis_aligned, mode):
@@ -377,6 +276,22 @@ def apply_batch_exact(
     return out
 
 
+def _gather_bilinear(image: jax.Array, y0, x0, fy, fx) -> jax.Array:
+    """Bilinear mix of the 2x2 windows at top-left taps (y0, x0), fetched as one gather slice."""
+    idx = jnp.stack([y0, x0], axis=-1)
+    dnums = lax.GatherDimensionNumbers(
+        offset_dims=(2, 3, 4), collapsed_slice_dims=(), start_index_map=(0, 1)
+    )
+    p = lax.gather(
+        image,
+        idx,
+        dnums,
+        slice_sizes=(2, 2, image.shape[-1]),
+        mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
+    )
+    return _blend(p[:, :, 0, 0], p[:, :, 0, 1], p[:, :, 1, 0], p[:, :, 1, 1], fy, fx, image.dtype)
+
+
 def apply(
     image: jax.Array,
     m: jax.Array,
@@ -430,22 +345,79 @@ def apply(
             valid = _and(vy, vx)
         else:
             y0, x0, fy, fx, valid = _bilinear_taps(m, (h, w), (hp, wp), out_hw, mode)
-            idx = jnp.stack([y0, x0], axis=-1)
-            dnums = lax.GatherDimensionNumbers(
-                offset_dims=(2, 3, 4), collapsed_slice_dims=(), start_index_map=(0, 1)
-            )
-            p = lax.gather(
-                image,
-                idx,
-                dnums,
-                slice_sizes=(2, 2, c),
-                mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
-            )
-            out = _blend(p[:, :, 0, 0], p[:, :, 0, 1], p[:, :, 1, 0], p[:, :, 1, 1], fy, fx, dtype)
+            out = _gather_bilinear(image, y0, x0, fy, fx)
         if valid is not None:
             valid = valid[:, :, None]
     if valid is not None:
         out = jnp.where(valid, out, fillv)
+    return out
+
+
+# scipy.ndimage / dm-pix border modes -> the border rules above (scipy's "reflect" is the
+# half-sample "symmetric" rule, its "mirror" the whole-sample "reflect").
+NDIMAGE_MODES = {
+    "nearest": "edge",
+    "constant": "constant",
+    "mirror": "reflect",
+    "reflect": "symmetric",
+    "wrap": "wrap",
+}
+
+
+def apply_ndimage(
+    image: jax.Array,
+    m: jax.Array,
+    out_hw: tuple[int, int],
+    *,
+    order: int,
+    mode: str,
+    fill: Any = 0.0,
+) -> jax.Array:
+    """`apply` with the rules of `dm_pix.affine_transform` (scipy.ndimage modes, orders 0 and 1).
+
+    The differences from `apply`: with `mode="constant"` an output pixel is inside when its
+    source coordinate lies in [0, n - 1] exactly (no tolerance; scipy's grid-constant rule, as
+    `dm_pix` uses it); `order=0` rounds source coordinates half away from zero (`lax.round`,
+    as `jax.scipy.ndimage.map_coordinates`); `mode="wrap"` is periodic for bilinear taps too,
+    interpolating across the seam between the last and the first row or column (`apply`'s
+    "wrap" holds the edge pixel within half a pixel of the seam).
+
+    Args:
+      image: (H, W, C) floating image.
+      m: (3, 3) float32 output-to-input map, pixel centres at integers, (y, x) order.
+      out_hw: static output size (Ho, Wo).
+      order: 0 (nearest) or 1 (bilinear).
+      mode: one of `NDIMAGE_MODES`.
+      fill: constant for `mode="constant"`: a scalar or one value per channel.
+
+    Returns:
+      (Ho, Wo, C) image of the input dtype.
+    """
+    h, w, c = image.shape
+    fillv = _core.fill_value(fill, c).astype(image.dtype)
+    rule = NDIMAGE_MODES[mode]
+    y, x = _coords_dot(m, out_hw)
+    if order == 0:
+        y, vy = _fold(lax.round(y).astype(jnp.int32), h, rule, True)
+        x, vx = _fold(lax.round(x).astype(jnp.int32), w, rule, True)
+        out, valid = image[y, x], _and(vy, vx)
+    else:
+        if mode == "wrap":  # one wrapped row and column let the taps straddle the seam
+            image = jnp.pad(image, ((0, 1), (0, 1), (0, 0)), mode="wrap")
+            y, x, valid = jnp.mod(y, float(h)), jnp.mod(x, float(w)), None
+        elif mode == "constant":
+            image = _pad_for_bilinear(image, h, w)
+            valid = (y >= 0.0) & (y <= h - 1.0) & (x >= 0.0) & (x <= w - 1.0)
+            y, x = jnp.clip(y, 0.0, h - 1.0), jnp.clip(x, 0.0, w - 1.0)
+        else:
+            image = _pad_for_bilinear(image, h, w)
+            (y, _), (x, _) = _fold(y, h, rule, False), _fold(x, w, rule, False)
+            valid = None
+        y0, fy = _taps(y, image.shape[0])
+        x0, fx = _taps(x, image.shape[1])
+        out = _gather_bilinear(image, y0, x0, fy, fx)
+    if valid is not None:
+        out = jnp.where(valid[:, :, None], out, fillv)
     return out
 
 
@@ -458,6 +430,8 @@ class GeometricOp:
       axis_aligned: the map has no rotation or shear (resampled separably).
       mode: border rule where the map leaves the source, or None when it never does.
       fill: constant for `mode="constant"`.
+      channels: channel counts the op requires of its input (all of them, e.g. (3,) for a crop
+        given as (height, width, 3)); () accepts any.
     """
 
     def __init__(
@@ -471,6 +445,7 @@ class GeometricOp:
         mode: str | None = "constant",
         fill: Any = 0.0,
         keyless: bool = False,
+        channels: Sequence[int] = (),
     ):
         self.name = name
         self._sample = sample
@@ -480,6 +455,7 @@ class GeometricOp:
         self.mode = mode
         self.fill = fill
         self.keyless = keyless
+        self.channels = tuple(channels)
 
     __name__ = "geometric_op"  # short: jit uses it in cache file names
 
@@ -489,12 +465,22 @@ class GeometricOp:
     def output_hw(self, in_hw: tuple[int, int]) -> tuple[int, int]:
         return tuple(in_hw) if self._out_hw is None else tuple(self._out_hw(tuple(in_hw)))
 
+    def check_channels(self, c: int) -> None:
+        """Raises ValueError when the op needs another channel count than the input's `c`."""
+        for need in self.channels:
+            if need != c:
+                raise ValueError(
+                    f"{self.name} needs images with {need} channels (geometric ops keep the "
+                    f"channels); got {c}."
+                )
+
     def matrix(self, key: jax.Array, in_hw: tuple[int, int]) -> jax.Array:
         """Samples the (3, 3) output-to-input map for one example."""
         return self._sample(key, tuple(in_hw))
 
     def __call__(self, key: jax.Array, image: jax.Array) -> jax.Array:
-        h, w, _ = _core.check_image(image)
+        h, w, c = _core.check_image(image)
+        self.check_channels(c)
         if not self.keyless:
             _core.check_key(key)
         out_hw = self.output_hw((h, w))
@@ -515,7 +501,8 @@ class GeometricOp:
             return jax.vmap(self)(keys, images)
 
         def checked_matrix(key, image):
-            h, w, _ = _core.check_image(image)
+            h, w, c = _core.check_image(image)
+            self.check_channels(c)
             if not self.keyless:
                 _core.check_key(key)
             return self.matrix(key, (h, w))
@@ -564,4 +551,5 @@ def chain(ops: Sequence[GeometricOp]) -> GeometricOp:
         mode=None if first is None else first.mode,
         fill=0.0 if first is None else first.fill,
         keyless=all(op.keyless for op in ops),
+        channels=sorted({c for op in ops for c in op.channels}),
     )

@@ -1,11 +1,16 @@
-"""Colour augmentations: brightness, contrast, saturation, hue, gamma, grayscale and PIL-style ops.
+"""Colour augmentations: dm-pix's colour ops, PIL-style enhance factors, colour jitter and more.
 
-Images are (H, W, C) floating in [0, 1] with C = 1 or 3. On 1-channel images saturation and hue
-are no-ops (a gray image has no colour to change) and grayscale is the identity. Brightness,
-contrast and saturation follow torchvision's ColorJitter (factors, blending towards black, the
-mean gray level and the per-pixel gray level); dm-pix's `adjust_brightness` adds a delta instead,
-its `adjust_contrast` uses per-channel means and its `adjust_saturation` scales HSV saturation
-(tests/augment/test_color.py checks where they agree and documents where they differ).
+Images are (H, W, C) floating in [0, 1]. The names jaxreg shares with dm-pix (`adjust_brightness`,
+`adjust_contrast`, `adjust_gamma`, `adjust_hue`, `adjust_saturation`, `random_brightness`,
+`random_contrast`, `random_gamma`, `random_hue`, `random_saturation`, `solarize`) take dm-pix's
+positional arguments and give dm-pix's results, random ones with dm-pix's draws
+(`jax.random.uniform(key, (), minval, maxval)`) for the same key; like dm-pix they do not clip.
+The `enhance_*` ops are PIL's ImageEnhance / torchvision's factors (factor 1 is the original,
+results clipped to [0, 1]): `enhance_brightness` multiplies, `enhance_contrast` blends with the
+mean gray level, `enhance_saturation` with the per-pixel gray level; `color_jitter`, the policies
+and the spec ops "brightness", "contrast", "saturation", "hue" use those. On 1-channel images
+saturation and hue are no-ops (a gray image has no colour to change) and grayscale is the
+identity.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import dm_pix
 import jax
 import jax.numpy as jnp
 
@@ -27,6 +33,9 @@ __all__ = [
     "adjust_sharpness",
     "autocontrast",
     "color_jitter",
+    "enhance_brightness",
+    "enhance_contrast",
+    "enhance_saturation",
     "equalize",
     "grayscale",
     "invert",
@@ -52,12 +61,275 @@ def _blend(a, b, factor):
     return _clip(b + factor * (a - b))
 
 
-def adjust_brightness(image: jax.Array, factor: Any) -> jax.Array:
-    """Multiplies by `factor` (>= 0) and clips to [0, 1] (torchvision `adjust_brightness`).
+def _ordered(lo: Any, hi: Any, lo_name: str, hi_name: str) -> None:
+    a, b = _core.concrete(lo), _core.concrete(hi)
+    if a is not None and b is not None and a > b:
+        raise ValueError(f"{lo_name} must be <= {hi_name}; got {lo_name}={lo!r}, {hi_name}={hi!r}.")
+
+
+# ---------------------------------------------------------------------------------------------
+# dm-pix's colour ops (same names, arguments and results as `dm_pix`).
+
+
+def adjust_brightness(image: jax.Array, delta: Any) -> jax.Array:
+    """Adds `delta` to every channel (`dm_pix.adjust_brightness`, tf.image.adjust_brightness).
+
+    Not clipped (as dm-pix). The multiplicative torchvision/PIL brightness is
+    `enhance_brightness`.
+
+    Args:
+      image: (H, W, C) floating image in [0, 1].
+      delta: additive shift, a real scalar (may be traced).
+
+    Returns:
+      (H, W, C) image of the input dtype, `image + delta` (may leave [0, 1]).
+    """
+    _core.check_image(image)
+    _core.check_scalar(delta, "delta")
+    return image + jnp.asarray(delta, image.dtype)
+
+
+def adjust_contrast(image: jax.Array, factor: Any) -> jax.Array:
+    """Scales each channel's deviation from its mean (`dm_pix.adjust_contrast`).
+
+    `factor * (image - mean) + mean` with the per-channel mean over the pixels
+    (tf.image.adjust_contrast); not clipped. The torchvision/PIL contrast that blends with the mean
+    gray level is `enhance_contrast`. Calls dm-pix.
+
+    Args:
+      image: (H, W, C) floating image in [0, 1].
+      factor: contrast factor, a real scalar (may be traced; 1 is the original, 0 flat, < 0
+        inverts about the mean).
+
+    Returns:
+      (H, W, C) image of the input dtype (may leave [0, 1]).
+    """
+    _core.check_image(image)
+    _core.check_scalar(factor, "factor")
+    with _core.default_promotion():
+        return dm_pix.adjust_contrast(image, factor)
+
+
+def adjust_saturation(image: jax.Array, factor: Any) -> jax.Array:
+    """Scales the HSV saturation, clipped to [0, 1] (`dm_pix.adjust_saturation`).
+
+    tf.image.adjust_saturation: RGB -> HSV, S <- clip(S * factor, 0, 1), HSV -> RGB. Calls
+    dm-pix. A no-op on 1-channel images. The torchvision/PIL saturation that blends with the
+    per-pixel gray level is `enhance_saturation`.
 
     Args:
       image: (H, W, C) floating image in [0, 1], C in {1, 3}.
-      factor: 0 gives black, 1 the original (may be traced).
+      factor: saturation factor, a real scalar (may be traced; 0 gives gray, 1 the original).
+
+    Returns:
+      (H, W, C) image of the input dtype.
+    """
+    _core.check_image(image, channels=_CH)
+    _core.check_scalar(factor, "factor")
+    if image.shape[-1] == 1:
+        return image
+    with _core.default_promotion():
+        return dm_pix.adjust_saturation(image, factor).astype(image.dtype)
+
+
+def adjust_hue(image: jax.Array, delta: Any) -> jax.Array:
+    """Rotates the hue by `delta` turns in HSV space (`dm_pix.adjust_hue`).
+
+    Hue is periodic: any real delta works, 0.5 is the opposite colour, 1 the original. Calls
+    dm-pix. A no-op on 1-channel images.
+
+    Args:
+      image: (H, W, C) floating image in [0, 1], C in {1, 3}.
+      delta: hue shift in turns, a real scalar (may be traced).
+
+    Returns:
+      (H, W, C) image of the input dtype.
+    """
+    _core.check_image(image, channels=_CH)
+    _core.check_scalar(delta, "delta")
+    if image.shape[-1] == 1:
+        return image
+    with _core.default_promotion():
+        return dm_pix.adjust_hue(image, delta).astype(image.dtype)
+
+
+def adjust_gamma(
+    image: jax.Array, gamma: Any, *, gain: Any = 1.0, assume_in_bounds: bool = False
+) -> jax.Array:
+    """Returns `gain * image ** gamma` (`dm_pix.adjust_gamma`, tf.image.adjust_gamma).
+
+    Args:
+      image: (H, W, C) floating image in [0, 1].
+      gamma: exponent > 0, a real scalar (may be traced).
+      gain: multiplier, a real scalar (may be traced); the result leaves [0, 1] when gain > 1.
+      assume_in_bounds: skip clipping the input to [0, 1] first (dm-pix clips unless True;
+        values below 0 then give NaN for non-integer gamma).
+
+    Returns:
+      (H, W, C) image of the input dtype.
+    """
+    _core.check_image(image)
+    _core.check_scalar(gamma, "gamma", positive=True)
+    _core.check_scalar(gain, "gain")
+    if not isinstance(assume_in_bounds, bool):
+        raise TypeError(f"assume_in_bounds must be True or False; got {assume_in_bounds!r}.")
+    x = image if assume_in_bounds else _clip(image)
+    return jnp.asarray(gain, image.dtype) * x ** jnp.asarray(gamma, image.dtype)
+
+
+def solarize(image: jax.Array, threshold: Any = 0.5) -> jax.Array:
+    """Inverts pixels at or above `threshold` (`dm_pix.solarize`; jaxreg adds the default 0.5).
+
+    Args:
+      image: (H, W, C) floating image in [0, 1].
+      threshold: real scalar (may be traced).
+
+    Returns:
+      (H, W, C) image, `where(image < threshold, image, 1 - image)`.
+    """
+    _core.check_image(image)
+    _core.check_scalar(threshold, "threshold")
+    return jnp.where(image < threshold, image, 1.0 - image)
+
+
+def _draw(key, lo, hi):
+    """dm-pix's draw of a random parameter: `jax.random.uniform(key, (), minval, maxval)`."""
+    with _core.default_promotion():
+        return jax.random.uniform(key, (), minval=lo, maxval=hi)
+
+
+def random_brightness(key: jax.Array, image: jax.Array, max_delta: Any) -> jax.Array:
+    """`adjust_brightness` with delta uniform in [-max_delta, max_delta) (`dm_pix.random_brightness`).
+
+    Draws as dm-pix does (same key, same delta). The multiplicative brightness jitter is
+    `color_jitter(key, image, brightness=strength)`.
+
+    Args:
+      key: PRNG key.
+      image: (H, W, C) floating image in [0, 1].
+      max_delta: largest shift >= 0 (may be traced).
+
+    Returns:
+      (H, W, C) image, not clipped.
+    """
+    _core.check_key(key)
+    _core.check_image(image)
+    _core.check_scalar(max_delta, "max_delta")
+    _core.check_positive(max_delta, "max_delta", allow_zero=True)
+    return adjust_brightness(image, _draw(key, -max_delta, max_delta))
+
+
+def random_contrast(key: jax.Array, image: jax.Array, lower: Any, upper: Any) -> jax.Array:
+    """`adjust_contrast` with factor uniform in [lower, upper) (`dm_pix.random_contrast`).
+
+    Draws as dm-pix does. The torchvision contrast jitter is
+    `color_jitter(key, image, contrast=strength)`.
+
+    Args:
+      key: PRNG key.
+      image: (H, W, C) floating image in [0, 1].
+      lower: smallest factor (may be traced).
+      upper: largest factor, >= lower (may be traced).
+
+    Returns:
+      (H, W, C) image, not clipped.
+    """
+    _core.check_key(key)
+    _core.check_image(image)
+    _core.check_scalar(lower, "lower")
+    _core.check_scalar(upper, "upper")
+    _ordered(lower, upper, "lower", "upper")
+    return adjust_contrast(image, _draw(key, lower, upper))
+
+
+def random_saturation(key: jax.Array, image: jax.Array, lower: Any, upper: Any) -> jax.Array:
+    """`adjust_saturation` with factor uniform in [lower, upper) (`dm_pix.random_saturation`).
+
+    Draws as dm-pix does; a no-op on 1-channel images. The torchvision saturation jitter is
+    `color_jitter(key, image, saturation=strength)`.
+
+    Args:
+      key: PRNG key.
+      image: (H, W, C) floating image in [0, 1], C in {1, 3}.
+      lower: smallest factor (may be traced).
+      upper: largest factor, >= lower (may be traced).
+
+    Returns:
+      (H, W, C) image.
+    """
+    _core.check_key(key)
+    _core.check_image(image, channels=_CH)
+    _core.check_scalar(lower, "lower")
+    _core.check_scalar(upper, "upper")
+    _ordered(lower, upper, "lower", "upper")
+    return adjust_saturation(image, _draw(key, lower, upper))
+
+
+def random_hue(key: jax.Array, image: jax.Array, max_delta: Any) -> jax.Array:
+    """`adjust_hue` with delta uniform in [-max_delta, max_delta) turns (`dm_pix.random_hue`).
+
+    Draws as dm-pix does; a no-op on 1-channel images. The jitter of `color_jitter(hue=...)`
+    is the same rotation with jaxreg's draw.
+
+    Args:
+      key: PRNG key.
+      image: (H, W, C) floating image in [0, 1], C in {1, 3}.
+      max_delta: largest shift in turns, >= 0 (may be traced).
+
+    Returns:
+      (H, W, C) image.
+    """
+    _core.check_key(key)
+    _core.check_image(image, channels=_CH)
+    _core.check_scalar(max_delta, "max_delta")
+    _core.check_positive(max_delta, "max_delta", allow_zero=True)
+    return adjust_hue(image, _draw(key, -max_delta, max_delta))
+
+
+def random_gamma(
+    key: jax.Array,
+    image: jax.Array,
+    min_gamma: Any,
+    max_gamma: Any,
+    *,
+    gain: Any = 1.0,
+    assume_in_bounds: bool = False,
+) -> jax.Array:
+    """`adjust_gamma` with gamma uniform in [min_gamma, max_gamma) (`dm_pix.random_gamma`).
+
+    Draws as dm-pix does.
+
+    Args:
+      key: PRNG key.
+      image: (H, W, C) floating image in [0, 1].
+      min_gamma: smallest gamma > 0 (may be traced).
+      max_gamma: largest gamma, >= min_gamma (may be traced).
+      gain: multiplier, as `adjust_gamma`.
+      assume_in_bounds: as `adjust_gamma`.
+
+    Returns:
+      (H, W, C) image.
+    """
+    _core.check_key(key)
+    _core.check_image(image)
+    _core.check_scalar(min_gamma, "min_gamma", positive=True)
+    _core.check_scalar(max_gamma, "max_gamma", positive=True)
+    _ordered(min_gamma, max_gamma, "min_gamma", "max_gamma")
+    return adjust_gamma(
+        image, _draw(key, min_gamma, max_gamma), gain=gain, assume_in_bounds=assume_in_bounds
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# PIL ImageEnhance / torchvision factors (factor 1 is the original; clipped to [0, 1]).
+
+
+def enhance_brightness(image: jax.Array, factor: Any) -> jax.Array:
+    """Multiplies by `factor` and clips (PIL ImageEnhance.Brightness, torchvision).
+
+    Args:
+      image: (H, W, C) floating image in [0, 1], C in {1, 3}.
+      factor: >= 0 (may be traced); 0 gives black, 1 the original.
 
     Returns:
       (H, W, C) image in [0, 1].
@@ -67,10 +339,18 @@ def adjust_brightness(image: jax.Array, factor: Any) -> jax.Array:
     return _clip(image * jnp.asarray(factor, image.dtype))
 
 
-def adjust_contrast(image: jax.Array, factor: Any) -> jax.Array:
-    """Blends with the image's mean gray level (torchvision); factor 0 gives a flat gray image.
+def enhance_contrast(image: jax.Array, factor: Any) -> jax.Array:
+    """Blends with the image's mean gray level and clips (PIL ImageEnhance.Contrast, torchvision).
 
-    On 1-channel images this equals `dm_pix.adjust_contrast` followed by clipping.
+    `clip(mean + factor * (image - mean))` with one mean, of the luma (0.299 R + 0.587 G +
+    0.114 B), for all channels; `adjust_contrast` (dm-pix) uses per-channel means and no clip.
+
+    Args:
+      image: (H, W, C) floating image in [0, 1], C in {1, 3}.
+      factor: >= 0 (may be traced); 0 gives a flat gray image, 1 the original.
+
+    Returns:
+      (H, W, C) image in [0, 1].
     """
     _core.check_image(image, channels=_CH)
     _core.check_positive(factor, "factor", allow_zero=True)
@@ -78,10 +358,18 @@ def adjust_contrast(image: jax.Array, factor: Any) -> jax.Array:
     return _blend(image, mean, jnp.asarray(factor, image.dtype))
 
 
-def adjust_saturation(image: jax.Array, factor: Any) -> jax.Array:
-    """Blends with the per-pixel gray level (torchvision); 0 gives grayscale, >1 oversaturates.
+def enhance_saturation(image: jax.Array, factor: Any) -> jax.Array:
+    """Blends with the per-pixel gray level and clips (PIL ImageEnhance.Color, torchvision).
 
-    A no-op on 1-channel images.
+    `clip(luma + factor * (image - luma))`: 0 gives grayscale, > 1 oversaturates; a no-op on
+    1-channel images. `adjust_saturation` (dm-pix) scales HSV saturation instead.
+
+    Args:
+      image: (H, W, C) floating image in [0, 1], C in {1, 3}.
+      factor: >= 0 (may be traced).
+
+    Returns:
+      (H, W, C) image in [0, 1].
     """
     _core.check_image(image, channels=_CH)
     _core.check_positive(factor, "factor", allow_zero=True)
@@ -107,28 +395,6 @@ def _hsv_to_rgb(h, s, v):
         return v - v * s * jnp.clip(jnp.minimum(k, 4.0 - k), 0.0, 1.0)
 
     return jnp.stack([channel(5.0), channel(3.0), channel(1.0)], axis=-1)
-
-
-def adjust_hue(image: jax.Array, delta: Any) -> jax.Array:
-    """Rotates hue by `delta` turns (in [-0.5, 0.5]) in HSV space, as `dm_pix.adjust_hue`.
-
-    A no-op on 1-channel images.
-    """
-    _core.check_image(image, channels=_CH)
-    d = _core.concrete(delta)
-    if d is not None and not -0.5 <= d <= 0.5:
-        raise ValueError(f"delta must lie in [-0.5, 0.5]; got {delta!r}.")
-    if image.shape[-1] == 1:
-        return image
-    h, s, v = _rgb_to_hsv(image)
-    return _hsv_to_rgb(jnp.mod(h + delta, 1.0), s, v).astype(image.dtype)
-
-
-def adjust_gamma(image: jax.Array, gamma: Any, *, gain: float = 1.0) -> jax.Array:
-    """Returns clip(gain * image ** gamma) (as `dm_pix.adjust_gamma`, clipped)."""
-    _core.check_image(image)
-    _core.check_positive(gamma, "gamma")
-    return _clip(gain * _clip(image) ** jnp.asarray(gamma, image.dtype))
 
 
 def _smooth3(image):
@@ -161,12 +427,6 @@ def invert(image: jax.Array) -> jax.Array:
     """1 - image."""
     _core.check_image(image)
     return 1.0 - image
-
-
-def solarize(image: jax.Array, threshold: Any = 0.5) -> jax.Array:
-    """Inverts pixels at or above `threshold` (as `dm_pix.solarize`)."""
-    _core.check_image(image)
-    return jnp.where(image < threshold, image, 1.0 - image)
 
 
 def posterize(image: jax.Array, bits: Any) -> jax.Array:
@@ -230,36 +490,6 @@ def _hue_range(hue: Any) -> tuple[float, float]:
     return -float(hue), float(hue)
 
 
-def random_brightness(key: jax.Array, image: jax.Array, *, strength: Any) -> jax.Array:
-    """Brightness factor uniform in [max(0, 1 - strength), 1 + strength] (or a (lo, hi) pair)."""
-    return color_jitter(key, image, brightness=strength)
-
-
-def random_contrast(key: jax.Array, image: jax.Array, *, strength: Any) -> jax.Array:
-    """Contrast factor uniform in [max(0, 1 - strength), 1 + strength] (or a (lo, hi) pair)."""
-    return color_jitter(key, image, contrast=strength)
-
-
-def random_saturation(key: jax.Array, image: jax.Array, *, strength: Any) -> jax.Array:
-    """Saturation factor uniform in [max(0, 1 - strength), 1 + strength]; no-op on 1 channel."""
-    return color_jitter(key, image, saturation=strength)
-
-
-def random_hue(key: jax.Array, image: jax.Array, *, max_delta: Any) -> jax.Array:
-    """Hue rotation uniform in [-max_delta, max_delta] turns (max_delta <= 0.5); no-op on 1 channel."""
-    return color_jitter(key, image, hue=max_delta)
-
-
-def random_gamma(
-    key: jax.Array, image: jax.Array, *, min_gamma: float = 0.7, max_gamma: float = 1.5
-) -> jax.Array:
-    """Gamma drawn uniformly from [min_gamma, max_gamma]."""
-    _core.check_image(image)
-    _core.check_key(key)
-    lo, hi = _core.check_range((min_gamma, max_gamma), "(min_gamma, max_gamma)", positive=True)
-    return adjust_gamma(image, _rng.uniform(key, (), lo, hi))
-
-
 def random_grayscale(key: jax.Array, image: jax.Array, *, p: float = 0.1) -> jax.Array:
     """Converts to grayscale (channels kept) with probability `p`."""
     _core.check_image(image, channels=_CH)
@@ -280,9 +510,13 @@ def color_jitter(
     """Random brightness, contrast, saturation and hue in one fused pass (torchvision ColorJitter).
 
     Each strength s draws a factor uniformly from [max(0, 1 - s), 1 + s] (a (low, high) pair gives
-    the range directly); hue draws a shift from [-hue, hue] turns, hue <= 0.5. The adjustments run
-    in the fixed order brightness, contrast, saturation, hue, clipping after each as torchvision
-    does (torchvision shuffles the order per call; a fixed order lets XLA fuse the pass).
+    the range directly) for `enhance_brightness`, `enhance_contrast` and `enhance_saturation`;
+    hue draws a shift from [-hue, hue] turns, hue <= 0.5, as `adjust_hue`. One option alone is
+    the random twin of its op, e.g. `color_jitter(key, image, brightness=0.4)` (the spec op
+    "brightness(strength=0.4)"). Parameters come from jaxreg's counter-based draws. The
+    adjustments run in the fixed order brightness, contrast, saturation, hue, clipping after each
+    as torchvision does (torchvision shuffles the order per call; a fixed order lets XLA fuse
+    the pass).
     Saturation and hue are no-ops on 1-channel images.
 
     Args:

@@ -110,29 +110,58 @@ def _blur(image, sigma, k, pad_mode):
 
 
 def gaussian_blur(
-    image: jax.Array, sigma: Any, *, kernel_size: int | None = None, pad_mode: str = "reflect"
+    image: jax.Array,
+    sigma: Any,
+    kernel_size: float | None = None,
+    *,
+    padding: str = "SAME",
+    pad_mode: str | None = None,
 ) -> jax.Array:
-    """Separable Gaussian blur.
+    """Separable Gaussian blur (`dm_pix.gaussian_blur`).
 
-    With `pad_mode="constant"` this equals `dm_pix.gaussian_blur(image, sigma, kernel_size)`
-    (dm-pix pads with zeros, which darkens the border; the default here reflects).
+    As dm-pix: the kernel has 2 * int(kernel_size / 2) + 1 taps (an even size rounds up to the
+    next odd one) with weights exp(-x^2 / (2 sigma^2)) normalised to sum 1, and the image is
+    padded with zeros ("SAME", which darkens the border) or not padded ("VALID", the output
+    shrinks by the kernel radius on each side). jaxreg's extras: `kernel_size` may be omitted
+    (2 * ceil(3 sigma) + 1 taps), and `pad_mode` pads by another rule instead of zeros.
 
     Args:
       image: (H, W, C) floating image.
       sigma: standard deviation in pixels > 0 (may be traced when kernel_size is given).
-      kernel_size: odd tap count; default 2 * ceil(3 sigma) + 1.
-      pad_mode: "reflect", "symmetric", "edge", "wrap" or "constant" (zeros).
+      kernel_size: kernel size > 0 (static), as dm-pix; default 2 * ceil(3 sigma) + 1.
+      padding: "SAME" (output H x W) or "VALID" (output (H - 2r) x (W - 2r), r the radius).
+      pad_mode: None (zeros, as dm-pix) or "reflect", "symmetric", "edge", "wrap", "constant"
+        (numpy's names; "constant" is zeros) with `padding="SAME"`.
 
     Returns:
-      (H, W, C) image.
+      (H, W, C) image ("SAME") or (H - 2r, W - 2r, C) ("VALID"), the input dtype.
     """
-    _core.check_image(image)
-    _core.check_positive(sigma, "sigma")
-    _core.check_in(pad_mode, "pad_mode", _core.PAD_MODES)
-    if kernel_size is None and _core.concrete(sigma) is None:
-        raise TypeError("kernel_size is required when sigma is traced.")
-    k = _kernel_size(_core.concrete(sigma) or 0.0, kernel_size)
-    return _blur(image, sigma, k, pad_mode)
+    h, w, _ = _core.check_image(image)
+    _core.check_scalar(sigma, "sigma", positive=True)
+    _core.check_in(padding, "padding", ("SAME", "VALID"))
+    if pad_mode is not None:
+        _core.check_in(pad_mode, "pad_mode", (None, *_core.PAD_MODES))
+        if padding == "VALID":
+            raise ValueError(f'pad_mode must be None with padding="VALID"; got {pad_mode!r}.')
+    if kernel_size is None:
+        if _core.concrete(sigma) is None:
+            raise TypeError("kernel_size is required when sigma is traced.")
+        k = _kernel_size(_core.concrete(sigma), None)
+    else:
+        if isinstance(kernel_size, bool) or not isinstance(kernel_size, (int, float)):
+            raise TypeError(f"kernel_size must be a Python number (static); got {kernel_size!r}.")
+        if not math.isfinite(kernel_size) or kernel_size <= 0:
+            raise ValueError(f"kernel_size must be a finite number > 0; got {kernel_size!r}.")
+        k = 2 * int(kernel_size / 2) + 1
+    r = k // 2
+    if padding == "VALID":
+        if h < k or w < k:
+            raise ValueError(
+                f'padding="VALID" needs an image of at least the kernel size {k} x {k}; '
+                f"got {(h, w)}."
+            )
+        return _blur(image, sigma, k, "constant")[r : h - r, r : w - r]
+    return _blur(image, sigma, k, pad_mode or "constant")
 
 
 def random_blur(

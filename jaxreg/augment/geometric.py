@@ -1,13 +1,20 @@
 """Geometric augmentations: flips, rotations, scaling, translation, shear, crops, resized crops.
 
-Every op works on one HWC floating image; random ops take the PRNG key first and have a
-deterministic twin. Random geometric ops are backed by sampled affine maps, so
-`jaxreg.augment.compose` chains them into a single resampling (see `_warp.py`).
+Every op works on one HWC floating image; random ops take the PRNG key first. Random geometric
+ops are backed by sampled affine maps, so `jaxreg.augment.compose` chains them into a single
+resampling (see `_warp.py`). The names jaxreg shares with dm-pix (`flip_left_right`,
+`flip_up_down`, `rot90`, `rotate`, `center_crop`, `random_crop`, `random_flip_left_right`,
+`random_flip_up_down`) take dm-pix's positional arguments and give dm-pix's results, random ones
+with dm-pix's draws for the same key.
 
-Coordinates: pixel centres sit at integers, (0, 0) is the top-left pixel. Angles are in degrees,
-positive is counter-clockwise on screen (as dm-pix, torchvision and PIL). Bilinear resampling uses
+Coordinates: pixel centres sit at integers, (0, 0) is the top-left pixel. Positive angles turn
+counter-clockwise on screen (as dm-pix, torchvision and PIL); `rotate` takes radians (dm-pix),
+the random ops and `affine` / `shear` take degrees. Bilinear resampling of the jaxreg ops uses
 the dm-pix rule at the border with `mode="constant"`: an output pixel whose source coordinate
-falls outside [0, H-1] x [0, W-1] takes `fill`, one inside is interpolated.
+falls outside [0, H-1] x [0, W-1] (give or take 1e-3 of round-off) takes `fill`, one inside is
+interpolated. Their `mode` names are numpy's padding names ("constant", "edge", "reflect",
+"symmetric", "wrap"); `rotate` takes scipy.ndimage's names as dm-pix does ("nearest",
+"constant", "mirror", "reflect", "wrap").
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ __all__ = [
     "random_affine",
     "random_crop",
     "random_flip",
+    "random_flip_left_right",
+    "random_flip_up_down",
     "random_resized_crop",
     "random_rot90",
     "random_rotate",
@@ -245,27 +254,48 @@ def warp_affine(
     return _warp.apply(image, m, out_hw, exact=order == 0, mode=mode, fill=fill)
 
 
-def rotate(
-    image: jax.Array, degrees: Any, *, fill: Fill = 0.0, mode: str = "constant"
-) -> jax.Array:
-    """Rotates an image about its centre by `degrees` counter-clockwise (bilinear, same size).
+def _pix_rotation_matrix(angle, hw):
+    """dm-pix's rotation map, with its float operations (so the same source coordinates)."""
+    h, w = hw
+    cy, cx = _centre(h), _centre(w)
+    a = jnp.asarray(angle, jnp.float32)
+    c, s = jnp.cos(a), jnp.sin(a)
+    return _warp.matrix(c, s, cy - (c * cy + s * cx), -s, c, cx - (-s * cy + c * cx))
 
-    Matches `dm_pix.rotate(image, radians, mode="constant", cval=fill)`.
+
+def rotate(
+    image: jax.Array, angle: Any, *, order: int = 1, mode: str = "nearest", cval: Fill = 0.0
+) -> jax.Array:
+    """Rotates an image about its centre by `angle` radians counter-clockwise (`dm_pix.rotate`).
+
+    Same arguments and results as `dm_pix.rotate`, in one resampling pass: the border modes are
+    scipy.ndimage's as dm-pix uses them, "nearest" (repeat the edge pixel; jaxreg's "edge"),
+    "constant" (`cval` where the source coordinate leaves [0, H-1] x [0, W-1]), "mirror"
+    (d c b | a b c d | c b a; jaxreg's "reflect"), "reflect" (d c b a | a b c d | d c b a;
+    jaxreg's "symmetric") and "wrap" (periodic: bilinear taps straddle the seam, where the
+    random ops' "wrap" holds the edge pixel within half a pixel of it). For degrees use
+    `rotate(image, jnp.deg2rad(degrees))`; `random_rotate` draws degrees.
 
     Args:
-      image: (H, W, C) floating image in [0, 1].
-      degrees: angle in degrees (scalar, may be traced).
-      fill: value for pixels that come from outside the image (mode "constant").
-      mode: border rule, see `warp_affine`.
+      image: (H, W, C) floating image.
+      angle: counter-clockwise angle in radians, a real scalar (may be traced).
+      order: 1 bilinear, 0 nearest (source coordinates rounded half away from zero).
+      mode: "nearest" (default, as dm-pix), "constant", "mirror", "reflect" or "wrap".
+      cval: value for mode "constant": a number, or one per channel (a jaxreg extension).
 
     Returns:
-      (H, W, C) rotated image.
+      (H, W, C) rotated image of the input dtype.
     """
-    h, w, _ = _core.check_image(image)
-    _check_mode(mode)
-    _check_fill(fill)
-    m = _rotation_matrix(jnp.deg2rad(jnp.asarray(degrees, jnp.float32)), (h, w))
-    return _warp.apply(image, m, (h, w), mode=mode, fill=fill)
+    h, w, c = _core.check_image(image)
+    _core.check_scalar(angle, "angle")
+    if isinstance(order, bool) or order not in (0, 1):
+        raise ValueError(f"order must be 0 or 1; got {order!r}.")
+    _core.check_in(mode, "mode", tuple(_warp.NDIMAGE_MODES))
+    if isinstance(cval, str):
+        raise ValueError(f"cval must be a number or one number per channel; got {cval!r}.")
+    _core.fill_value(cval, c, "cval")
+    m = _pix_rotation_matrix(angle, (h, w))
+    return _warp.apply_ndimage(image, m, (h, w), order=order, mode=mode, fill=cval)
 
 
 def scale(image: jax.Array, factor: Any, *, fill: Fill = 0.0, mode: str = "constant") -> jax.Array:
@@ -385,18 +415,25 @@ def crop(image: jax.Array, top: Any, left: Any, *, size: int | Sequence[int]) ->
     )
 
 
-def center_crop(image: jax.Array, *, size: int | Sequence[int]) -> jax.Array:
-    """Crops the central (height, width) window; offset H // 2 - height // 2 as `dm_pix.center_crop`.
+def center_crop(image: jax.Array, height: int, width: int) -> jax.Array:
+    """Crops the central (height, width) window (`dm_pix.center_crop`).
 
-    Raises:
-      ValueError: when `size` exceeds the image.
+    The window starts at H // 2 - height // 2 (odd leftovers go to the bottom / right); a size
+    larger than the image keeps the whole image along that axis (no padding), as dm-pix does.
+
+    Args:
+      image: (H, W, C) image.
+      height: static int >= 1.
+      width: static int >= 1.
+
+    Returns:
+      (min(height, H), min(width, W), C) image.
     """
     h, w, _ = _core.check_image(image)
-    ch, cw = _core.check_size(size)
-    if ch > h or cw > w:
-        raise ValueError(f"size {(ch, cw)} must not exceed the image size {(h, w)}.")
-    top, left = h // 2 - ch // 2, w // 2 - cw // 2
-    return image[top : top + ch, left : left + cw, :]
+    ch = _core.check_int(height, "height", minimum=1)
+    cw = _core.check_int(width, "width", minimum=1)
+    top, left = max(h // 2 - ch // 2, 0), max(w // 2 - cw // 2, 0)
+    return image[top : min(top + ch, h), left : min(left + cw, w), :]
 
 
 def resized_crop(
@@ -464,6 +501,57 @@ def random_flip(
       (H, W, C) image (exact copy of pixels).
     """
     return _flip_op(horizontal=horizontal, vertical=vertical, p=p)(key, image)
+
+
+def _pix_flip_op(*, axis: int, probability: Any = 0.5) -> GeometricOp:
+    """dm-pix's random flip of one axis (1: left-right, 0: up-down) as a geometric op."""
+    _core.check_scalar(probability, "probability")
+    _core.check_prob(probability, "probability")
+
+    def sample(key, hw):
+        flip = jax.random.bernoulli(key, p=probability)  # dm-pix's draw
+        return _flip_matrix(flip if axis == 0 else False, flip if axis == 1 else False, hw)
+
+    name = "flip_left_right" if axis == 1 else "flip_up_down"
+    return GeometricOp(
+        f"random_{name}(p={probability})", sample, exact=True, axis_aligned=True, mode=None
+    )
+
+
+@_register(functools.partial(_pix_flip_op, axis=1))
+def random_flip_left_right(
+    key: jax.Array, image: jax.Array, *, probability: Any = 0.5
+) -> jax.Array:
+    """Mirrors horizontally with probability `probability` (`dm_pix.random_flip_left_right`).
+
+    Draws `jax.random.bernoulli(key, probability)` as dm-pix does (same key, same outcome).
+
+    Args:
+      key: PRNG key.
+      image: (H, W, C) floating image.
+      probability: in [0, 1] (may be traced).
+
+    Returns:
+      (H, W, C) image (exact copy of pixels).
+    """
+    return _pix_flip_op(axis=1, probability=probability)(key, image)
+
+
+@_register(functools.partial(_pix_flip_op, axis=0))
+def random_flip_up_down(key: jax.Array, image: jax.Array, *, probability: Any = 0.5) -> jax.Array:
+    """Mirrors vertically with probability `probability` (`dm_pix.random_flip_up_down`).
+
+    Draws `jax.random.bernoulli(key, probability)` as dm-pix does (same key, same outcome).
+
+    Args:
+      key: PRNG key.
+      image: (H, W, C) floating image.
+      probability: in [0, 1] (may be traced).
+
+    Returns:
+      (H, W, C) image (exact copy of pixels).
+    """
+    return _pix_flip_op(axis=0, probability=probability)(key, image)
 
 
 def _rot90_op() -> GeometricOp:
@@ -738,32 +826,99 @@ def _crop_op(
     )
 
 
-@_register(_crop_op)
+def _padding(padding: Any) -> tuple[int, int]:
+    if isinstance(padding, Sequence) and not isinstance(padding, str) and len(padding) == 2:
+        return tuple(_core.check_int(v, "padding") for v in padding)
+    p = _core.check_int(padding, "padding")
+    return p, p
+
+
+def _pix_crop_op(
+    *,
+    crop_sizes: Sequence[int],
+    padding: int | Sequence[int] = 0,
+    pad_mode: str = "reflect",
+    fill: Fill = 0.0,
+) -> GeometricOp:
+    """dm-pix's random crop (its draws) of the optionally padded image, as a geometric op."""
+    if isinstance(crop_sizes, (str, bytes)) or not isinstance(crop_sizes, Sequence):
+        raise TypeError(
+            f"crop_sizes must be a sequence (height, width, channels) or (height, width) of "
+            f"ints; got {crop_sizes!r}."
+        )
+    if len(crop_sizes) not in (2, 3):
+        raise ValueError(
+            f"crop_sizes must have 3 entries (height, width, channels), one per image axis as in "
+            f"dm-pix, or 2 (height, width); got {crop_sizes!r}."
+        )
+    sizes = tuple(_core.check_int(v, "crop_sizes", minimum=1) for v in crop_sizes)
+    py, px = _padding(padding)
+    _core.check_in(pad_mode, "pad_mode", _core.PAD_MODES)
+    _check_fill(fill)
+    ch, cw = sizes[:2]
+
+    def out_hw(hw):
+        if ch > hw[0] + 2 * py or cw > hw[1] + 2 * px:
+            raise ValueError(
+                f"crop_sizes {tuple(crop_sizes)} must not exceed the (padded) image size "
+                f"{(hw[0] + 2 * py, hw[1] + 2 * px)}."
+            )
+        if pad_mode == "reflect" and (py >= hw[0] or px >= hw[1]):
+            raise ValueError(f"padding {(py, px)} must be smaller than the image {hw} for reflect.")
+        return ch, cw
+
+    def sample(key, hw):
+        out_hw(hw)
+        # dm-pix: one key per image axis, an offset drawn by randint per axis.
+        ky, kx, _ = jax.random.split(key, 3)
+        oy = jax.random.randint(ky, (), 0, hw[0] + 2 * py - ch + 1)
+        ox = jax.random.randint(kx, (), 0, hw[1] + 2 * px - cw + 1)
+        return _translate_matrix((py - oy).astype(jnp.float32), (px - ox).astype(jnp.float32))
+
+    return GeometricOp(
+        f"random_crop({tuple(crop_sizes)}, padding={padding}, {pad_mode})",
+        sample,
+        out_hw=out_hw,
+        exact=True,
+        axis_aligned=True,
+        mode=pad_mode if (py or px) else None,
+        fill=fill,
+        channels=sizes[2:],
+    )
+
+
+@_register(_pix_crop_op)
 def random_crop(
     key: jax.Array,
     image: jax.Array,
+    crop_sizes: Sequence[int],
     *,
-    size: int | Sequence[int],
     padding: int | Sequence[int] = 0,
     pad_mode: str = "reflect",
     fill: Fill = 0.0,
 ) -> jax.Array:
-    """Pads each side by `padding`, then crops a (height, width) window at a uniform offset.
+    """Crops a (height, width) window at a random offset (`dm_pix.random_crop`).
 
-    The padded image is never built: crop and padding are one integer map (exact copies).
+    Draws the offsets as dm-pix does (`jax.random.split(key, 3)`, then
+    `jax.random.randint(k, (), 0, size - crop + 1)` per axis), so the same key gives dm-pix's
+    window. jaxreg's extras (keyword-only): `padding` pads each side first (the padded image is
+    never built: crop and padding are one integer map of exact copies), as the CIFAR recipe
+    does; the spec op "crop" is this crop with jaxreg's own draws.
 
     Args:
       key: PRNG key.
       image: (H, W, C) floating image.
-      size: output int or (height, width), at most the padded size.
-      padding: pixels added on each side: an int or (vertical, horizontal).
-      pad_mode: "reflect" (default, as the CIFAR recipe), "constant", "edge", "symmetric", "wrap".
-      fill: value of "constant" padding.
+      crop_sizes: (height, width, channels) as in dm-pix, channels equal to C (jaxreg crops
+        height and width only), or (height, width); at most the (padded) image size.
+      padding: pixels added on each side: an int or (vertical, horizontal); default 0.
+      pad_mode: "reflect" (default), "constant", "edge", "symmetric" or "wrap" (numpy's names).
+      fill: value of "constant" padding: a number or one per channel.
 
     Returns:
       (height, width, C) image.
     """
-    return _crop_op(size=size, padding=padding, pad_mode=pad_mode, fill=fill)(key, image)
+    op = _pix_crop_op(crop_sizes=crop_sizes, padding=padding, pad_mode=pad_mode, fill=fill)
+    return op(key, image)
 
 
 def _center_crop_op(*, size: int | Sequence[int]) -> GeometricOp:

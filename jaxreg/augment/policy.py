@@ -4,6 +4,13 @@ All combinators return per-example functions `fn(key, image) -> image`; `batch(f
 `batched(key, images)` with one key per example. Geometric ops that meet in `compose` (and
 geometric ops wrapped by `random_apply` / `one_of`) are merged into a single affine map, so the
 chain resamples the image once.
+
+Any `fn(key, image) -> image` can be a stage: jaxreg's ops, dm-pix's (e.g.
+`functools.partial(dm_pix.random_brightness, max_delta=0.1)`) and your own. Stages that are not
+jaxreg's own ops run under JAX's default promotion rules (`jax.numpy_dtype_promotion("standard")`,
+`jax.numpy_rank_promotion("allow")`) even when the caller set stricter ones: dm-pix mixes bool,
+int and Python float operands, which `jax_numpy_dtype_promotion="strict"` rejects. jaxreg's ops
+run under the caller's rules.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxreg._cpu.fence import fence
 from jaxreg.augment import _core, _rng, _warp, color, geometric
 from jaxreg.augment._warp import GeometricOp
 
@@ -66,6 +74,31 @@ class _Composed:
         return image
 
 
+def _own(fn: Any) -> bool:
+    """Whether `fn` is one of jaxreg's ops (written for strict promotion rules)."""
+    if isinstance(fn, (GeometricOp, _Composed)):
+        return True
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    module = getattr(fn, "__module__", None) or ""
+    return module == "jaxreg" or module.startswith("jaxreg.")
+
+
+def _guarded(fn: Augmentation) -> Augmentation:
+    """`fn`, run under JAX's default promotion rules unless it is one of jaxreg's ops."""
+    if _own(fn):
+        return fn
+
+    def foreign(key: jax.Array, image: jax.Array) -> jax.Array:
+        with _core.default_promotion():
+            return fn(key, image)
+
+    foreign.__name__ = "foreign"  # short: jit uses it in cache file names
+    foreign.description = _name(fn)
+    foreign.wrapped = fn
+    return foreign
+
+
 def _name(fn):
     if isinstance(fn, (GeometricOp, _Composed)):
         return repr(fn)
@@ -83,7 +116,9 @@ def compose(*fns: Augmentation) -> Augmentation:
     Consecutive geometric ops (the random geometric functions of `jaxreg.augment`, directly or as
     `functools.partial` with keyword options, or ops built by `from_spec`) are merged into one
     affine map and resampled once; the border rule is that of the first of them that can leave
-    the image.
+    the image. dm-pix's ops and your own functions work as stages; they run under JAX's default
+    promotion rules (see the module docstring), as they do in `random_apply`, `one_of` and
+    `batch`.
 
     Args:
       *fns: callables `fn(key, image) -> image`.
@@ -100,7 +135,7 @@ def compose(*fns: Augmentation) -> Augmentation:
     for fn in items:
         g = geometric.as_geometric(fn)
         if g is None:
-            stages.append(fn)
+            stages.append(_guarded(fn))
         elif stages and isinstance(stages[-1], list):
             stages[-1].append(g)
         else:
@@ -148,14 +183,17 @@ def random_apply(fn: Augmentation, p: float) -> Augmentation:
             axis_aligned=g.axis_aligned,
             mode=g.mode,
             fill=g.fill,
+            channels=g.channels,
         )
+
+    run = _guarded(fn)
 
     def applied(key: jax.Array, image: jax.Array) -> jax.Array:
         _core.check_key(key)
         _core.check_image(image)
         k_use, k_op = jax.random.split(key)
         use = _rng.uniform(k_use, ()) < p
-        return lax.cond(use, lambda x: fn(k_op, x).astype(x.dtype), lambda x: x, image)
+        return lax.cond(use, lambda x: run(k_op, x).astype(x.dtype), lambda x: x, image)
 
     applied.__name__ = "random_apply"  # short: jit uses it in cache file names
     applied.description = f"random_apply({_name(fn)}, p={p})"
@@ -221,13 +259,16 @@ def one_of(*fns: Augmentation, probs: Sequence[float] | None = None) -> Augmenta
             axis_aligned=all(g.axis_aligned for g in geos),
             mode=first.mode,
             fill=first.fill,
+            channels=sorted({c for g in geos for c in g.channels}),
         )
+
+    runs = [_guarded(f) for f in fns]
 
     def chosen(key: jax.Array, image: jax.Array) -> jax.Array:
         _core.check_key(key)
         _core.check_image(image)
         k_pick, k_op = jax.random.split(key)
-        branches = [lambda x, f=f: f(k_op, x).astype(x.dtype) for f in fns]
+        branches = [lambda x, f=f: f(k_op, x).astype(x.dtype) for f in runs]
         return lax.switch(_choice(k_pick, probs, n), branches, image)
 
     chosen.__name__ = "one_of"
@@ -238,7 +279,7 @@ def one_of(*fns: Augmentation, probs: Sequence[float] | None = None) -> Augmenta
 def _vmapped(fn: Augmentation) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """`jax.vmap(fn)`; a geometric op resamples the batch in one gather (same values)."""
     g = geometric.as_geometric(fn)
-    return jax.vmap(fn) if g is None else g.batched
+    return jax.vmap(_guarded(fn)) if g is None else g.batched
 
 
 def batch(fn: Augmentation) -> Callable[[jax.Array, jax.Array], jax.Array]:
@@ -246,10 +287,9 @@ def batch(fn: Augmentation) -> Callable[[jax.Array, jax.Array], jax.Array]:
 
     The key is split into one key per example and `fn` is vmapped, so every example gets its own
     random parameters: `batch(fn)(key, xs) == jax.vmap(fn)(jax.random.split(key, B), xs)`.
-    Each stage of a `compose` chain (and the whole result) is computed behind a conditional
-    boundary: XLA would otherwise fuse a stage into every consumer that reads it (a blur's taps,
-    the next colour op, mixup's partner lookup) and recompute it for every value read; the
-    boundary makes it materialise once. A geometric stage resamples the whole batch in one gather
+    On the CPU each stage of a `compose` chain (and the whole result) is computed behind a
+    fusion fence (`jaxreg._cpu.fence`), so it is materialised once instead of being recomputed
+    in every consumer that reads it. A geometric stage resamples the whole batch in one gather
     (the batch indexed as rows of one array), with the values vmapping it would give.
 
     Args:
@@ -261,25 +301,18 @@ def batch(fn: Augmentation) -> Callable[[jax.Array, jax.Array], jax.Array]:
     _check_fn(fn)
     stages = fn.stages if isinstance(fn, _Composed) else [fn]
 
-    def fenced(pred, f, keys, x):
-        # Always-true predicate that XLA cannot see through: the conditional stays, and its result
-        # is materialised instead of being fused (and recomputed) into whatever reads it.
-        out = jax.eval_shape(f, keys, x)
-        return lax.cond(pred, f, lambda k, v: jnp.zeros(out.shape, out.dtype), keys, x)
-
     def batched(key: jax.Array, images: jax.Array) -> jax.Array:
         _core.check_key(key)
         b = _core.check_images(images)[0]
         keys = jax.random.split(key, b)
-        pred = (_core.key_words(key)[0] | np.uint32(1)) != np.uint32(0)
         if len(stages) == 1:
-            return fenced(pred, _vmapped(fn), keys, images)
+            return fence(_vmapped(fn), keys, images)
         # A composition runs stage by stage, each behind its own fence, with exactly the keys the
         # per-example `fn` would use (so batch(fn) == vmap(fn) on split keys).
         stage_keys = jax.vmap(lambda k: jax.random.split(k, len(stages)))(keys)
         x = images
         for i, stage in enumerate(stages):
-            x = fenced(pred, _vmapped(stage), stage_keys[:, i], x)
+            x = fence(_vmapped(stage), stage_keys[:, i], x)
         return x
 
     batched.__name__ = "batch"
@@ -302,9 +335,9 @@ _COLOR_OPS: dict[str, Callable[[jax.Array, jax.Array, jax.Array], jax.Array]] = 
     "equalize": lambda x, m, s: color.equalize(x),
     "posterize": lambda x, m, s: color.posterize(x, 8.0 - jnp.round(4.0 * m)),
     "solarize": lambda x, m, s: color.solarize(x, 1.0 - m),
-    "color": _enhance(color.adjust_saturation),
-    "contrast": _enhance(color.adjust_contrast),
-    "brightness": _enhance(color.adjust_brightness),
+    "color": _enhance(color.enhance_saturation),
+    "contrast": _enhance(color.enhance_contrast),
+    "brightness": _enhance(color.enhance_brightness),
     "sharpness": _enhance(color.adjust_sharpness),
 }
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import jax
 
-from jaxreg.augment import color, corrupt, geometric, mix, policy
+from jaxreg.augment import _core, _rng, color, corrupt, geometric, mix, policy
 from jaxreg.augment.erase import check_fill_option, corner_patches, cutout, random_erasing
 
 __all__ = ["from_spec", "list_augmentations", "mix_from_spec", "parse_spec"]
@@ -97,6 +97,41 @@ def _corner(size: int | None = None, p: float = 0.5, fill: Any = "noise"):
 
     fn.__name__ = "corner_patches"
     return fn
+
+
+# The colour spec ops draw as `color_jitter` (jaxreg's draws, torchvision / PIL factors); their
+# option names are part of the spec language: "brightness(strength=0.4)", "hue(max_delta=0.1)".
+
+
+def _brightness(key: jax.Array, image: jax.Array, *, strength: Any) -> jax.Array:
+    return color.color_jitter(key, image, brightness=strength)
+
+
+def _contrast(key: jax.Array, image: jax.Array, *, strength: Any) -> jax.Array:
+    return color.color_jitter(key, image, contrast=strength)
+
+
+def _saturation(key: jax.Array, image: jax.Array, *, strength: Any) -> jax.Array:
+    return color.color_jitter(key, image, saturation=strength)
+
+
+def _hue(key: jax.Array, image: jax.Array, *, max_delta: Any) -> jax.Array:
+    return color.color_jitter(key, image, hue=max_delta)
+
+
+def _gamma(
+    key: jax.Array, image: jax.Array, *, min_gamma: float = 0.7, max_gamma: float = 1.5
+) -> jax.Array:
+    """Gamma uniform in [min_gamma, max_gamma) by jaxreg's draw (`random_gamma` draws as dm-pix)."""
+    _core.check_image(image)
+    _core.check_key(key)
+    lo, hi = _core.check_range((min_gamma, max_gamma), "(min_gamma, max_gamma)", positive=True)
+    return color.adjust_gamma(image, _rng.uniform(key, (), lo, hi))
+
+
+for _fn in (_brightness, _contrast, _saturation, _hue, _gamma):
+    _fn.__name__ = _fn.__name__.lstrip("_")  # "brightness(strength=0.4)" in descriptions
+del _fn
 
 
 def _digits():
@@ -189,11 +224,23 @@ _OPS: dict[str, tuple[Callable[..., Any], str]] = {
         _op(color.color_jitter, brightness=0.4, contrast=0.4, saturation=0.4),
         "colour jitter: brightness, contrast, saturation (0.4 each), hue (0)",
     ),
-    "brightness": (_op(color.random_brightness, strength=0.4), "brightness factor 1 ± strength"),
-    "contrast": (_op(color.random_contrast, strength=0.4), "contrast factor 1 ± strength"),
-    "saturation": (_op(color.random_saturation, strength=0.4), "saturation factor 1 ± strength"),
-    "hue": (_op(color.random_hue, max_delta=0.1), "hue shift in ±max_delta turns (0.1)"),
-    "gamma": (_op(color.random_gamma), "gamma uniform in [min_gamma, max_gamma] (0.7, 1.5)"),
+    "brightness": (
+        _op(_brightness, strength=0.4),
+        "enhance_brightness by a factor 1 ± strength (0.4), as color_jitter(brightness=...)",
+    ),
+    "contrast": (
+        _op(_contrast, strength=0.4),
+        "enhance_contrast by a factor 1 ± strength (0.4), as color_jitter(contrast=...)",
+    ),
+    "saturation": (
+        _op(_saturation, strength=0.4),
+        "enhance_saturation by a factor 1 ± strength (0.4), as color_jitter(saturation=...)",
+    ),
+    "hue": (
+        _op(_hue, max_delta=0.1),
+        "adjust_hue by a shift in ±max_delta turns (0.1), as color_jitter(hue=...)",
+    ),
+    "gamma": (_op(_gamma), "adjust_gamma, gamma uniform in [min_gamma, max_gamma] (0.7, 1.5)"),
     "grayscale": (_op(color.random_grayscale), "grayscale with probability p (0.1)"),
     "invert": (_keyless(color.invert), "invert (1 - x); use p= to randomise"),
     "solarize": (_keyless(color.solarize), "invert pixels above threshold (0.5)"),

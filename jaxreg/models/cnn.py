@@ -7,21 +7,7 @@ from collections.abc import Sequence
 import jax
 from flax import nnx
 
-from jaxreg.models.layers import Conv, max_pool_2x2
-
-
-def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
-    if len(input_shape) != 3 or any(int(s) <= 0 for s in input_shape):
-        raise ValueError(
-            f"input_shape must be (H, W, C) of positive ints, got {tuple(input_shape)}"
-        )
-    return tuple(int(s) for s in input_shape)  # type: ignore[return-value]
-
-
-def _check_rate(name: str, value: float) -> float:
-    if not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value}")
-    return float(value)
+from jaxreg.models.layers import Conv, check_input_shape, check_rate, max_pool_2x2
 
 
 class CNN(nnx.Module):
@@ -38,8 +24,10 @@ class CNN(nnx.Module):
         dropout: dropout rate before the last layer, in [0, 1) (Srivastava et al., 2014).
         bn_momentum: running-statistics momentum. 0.9 rather than flax's 0.99: runs on small data
             take only ~100 steps, after which 0.99 leaves the statistics far from the data.
-        conv_grad: weight-gradient rule of the convolutions (see `layers.conv2d`).
-        rngs: `nnx.Rngs` with a `params` stream.
+        rngs: `nnx.Rngs` (a `params` stream, and a `dropout` stream or a default one).
+
+    Training and evaluation behave as any Flax NNX model: `model.train()` (batch statistics,
+    dropout on) and `model.eval()` (running statistics, no dropout).
     """
 
     def __init__(
@@ -52,23 +40,20 @@ class CNN(nnx.Module):
         batch_norm: bool = False,
         dropout: float = 0.0,
         bn_momentum: float = 0.9,
-        conv_grad: str = "auto",
         rngs: nnx.Rngs,
     ):
-        h, w, c = _check_input_shape(input_shape)
+        h, w, c = check_input_shape(input_shape)
         if int(num_classes) < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         if not channels or any(int(ch) <= 0 for ch in channels):
             raise ValueError(
                 f"channels must be a non-empty sequence of positive ints, got {channels}"
             )
-        self.dropout_rate = _check_rate("dropout", dropout)
+        self.dropout_rate = check_rate("dropout", dropout)
         self.batch_norm = bool(batch_norm)
         convs, norms = [], []
         for ch in channels:
-            convs.append(
-                Conv(c, int(ch), (3, 3), use_bias=not batch_norm, grad=conv_grad, rngs=rngs)
-            )
+            convs.append(Conv(c, int(ch), (3, 3), use_bias=not batch_norm, rngs=rngs))
             norms.append(
                 nnx.BatchNorm(int(ch), momentum=bn_momentum, rngs=rngs) if batch_norm else None
             )
@@ -80,37 +65,42 @@ class CNN(nnx.Module):
         self.hidden_norm = (
             nnx.BatchNorm(hidden, momentum=bn_momentum, rngs=rngs) if batch_norm else None
         )
-        self.dropout = nnx.Dropout(self.dropout_rate)
+        self.dropout = nnx.Dropout(self.dropout_rate, rngs=rngs)
         self.head = nnx.Linear(hidden, int(num_classes), rngs=rngs)
 
-    def features(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    def param_groups(self) -> list[tuple[str, tuple[str, ...]]]:
+        """Parameter path groups from input to output (conv blocks, hidden layer, head)."""
+        norm = self.batch_norm
+        groups = [
+            (f"conv{i}", (f"convs/{i}",) + ((f"norms/{i}",) if norm else ()))
+            for i in range(len(self.convs))
+        ]
+        groups.append(("hidden", ("hidden",) + (("hidden_norm",) if norm else ())))
+        groups.append(("head", ("head",)))
+        return groups
+
+    def features(self, x: jax.Array) -> jax.Array:
         """Flattened conv features (N, D) before the dense layers."""
         for conv, norm in zip(self.convs, self.norms):
             x = conv(x)
             if norm is not None:
-                x = norm(x, use_running_average=not train)
+                x = norm(x)
             x = jax.nn.relu(max_pool_2x2(x))  # = pool(relu(x)), on a quarter of the values
         return x.reshape(x.shape[0], -1)
 
-    def __call__(
-        self, x: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None
-    ) -> jax.Array:
-        """Logits (N, num_classes). `dropout_key` is required when training with dropout > 0."""
-        x = self.hidden(self.features(x, train=train))
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Logits (N, num_classes) of images (N, H, W, C)."""
+        x = self.hidden(self.features(x))
         if self.hidden_norm is not None:
-            x = self.hidden_norm(x, use_running_average=not train)
-        x = jax.nn.relu(x)
-        if self.dropout_rate > 0.0 and train:
-            if dropout_key is None:
-                raise ValueError("dropout_key is required when train=True and dropout > 0")
-            x = self.dropout(x, deterministic=False, rngs=dropout_key)
-        return self.head(x)
+            x = self.hidden_norm(x)
+        return self.head(self.dropout(jax.nn.relu(x)))
 
 
 class TinyCNN(nnx.Module):
     """The smallest useful classifier, for tests: one 8-channel conv, BatchNorm optional, a head.
 
-    Input (N, H, W, C) float32 in [0, 1]; output (N, num_classes) float32.
+    Input (N, H, W, C) float32 in [0, 1]; output (N, num_classes) float32. `train()` /
+    `eval()` switch BatchNorm and dropout, as in any Flax NNX model.
     """
 
     def __init__(
@@ -121,26 +111,26 @@ class TinyCNN(nnx.Module):
         batch_norm: bool = False,
         dropout: float = 0.0,
         bn_momentum: float = 0.9,
-        conv_grad: str = "auto",
         rngs: nnx.Rngs,
     ):
-        h, w, c = _check_input_shape(input_shape)
-        self.dropout_rate = _check_rate("dropout", dropout)
-        self.conv = Conv(c, 8, (3, 3), use_bias=not batch_norm, grad=conv_grad, rngs=rngs)
+        h, w, c = check_input_shape(input_shape)
+        self.dropout_rate = check_rate("dropout", dropout)
+        self.conv = Conv(c, 8, (3, 3), use_bias=not batch_norm, rngs=rngs)
         self.norm = nnx.BatchNorm(8, momentum=bn_momentum, rngs=rngs) if batch_norm else None
-        self.dropout = nnx.Dropout(self.dropout_rate)
+        self.dropout = nnx.Dropout(self.dropout_rate, rngs=rngs)
         self.head = nnx.Linear(-(-h // 2) * -(-w // 2) * 8, int(num_classes), rngs=rngs)
 
-    def __call__(
-        self, x: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None
-    ) -> jax.Array:
-        """Logits (N, num_classes)."""
+    def param_groups(self) -> list[tuple[str, tuple[str, ...]]]:
+        """Parameter path groups from input to output: the conv block, then the head."""
+        return [
+            ("conv", ("conv",) + (("norm",) if self.norm is not None else ())),
+            ("head", ("head",)),
+        ]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Logits (N, num_classes) of images (N, H, W, C)."""
         x = self.conv(x)
         if self.norm is not None:
-            x = self.norm(x, use_running_average=not train)
-        x = jax.nn.relu(max_pool_2x2(x)).reshape(x.shape[0], -1)
-        if self.dropout_rate > 0.0 and train:
-            if dropout_key is None:
-                raise ValueError("dropout_key is required when train=True and dropout > 0")
-            x = self.dropout(x, deterministic=False, rngs=dropout_key)
+            x = self.norm(x)
+        x = self.dropout(jax.nn.relu(max_pool_2x2(x)).reshape(x.shape[0], -1))
         return self.head(x)

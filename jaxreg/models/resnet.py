@@ -8,8 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxreg.models.cnn import _check_input_shape, _check_rate
-from jaxreg.models.layers import Conv
+from jaxreg.models.layers import Conv, check_input_shape, check_rate
 
 
 class BasicBlock(nnx.Module):
@@ -22,36 +21,32 @@ class BasicBlock(nnx.Module):
         stride: int,
         *,
         bn_momentum: float,
-        conv_grad: str,
         rngs: nnx.Rngs,
     ):
         s = (stride, stride)
-        self.conv1 = Conv(cin, cout, (3, 3), strides=s, use_bias=False, grad=conv_grad, rngs=rngs)
+        self.conv1 = Conv(cin, cout, (3, 3), strides=s, use_bias=False, rngs=rngs)
         self.bn1 = nnx.BatchNorm(cout, momentum=bn_momentum, rngs=rngs)
-        self.conv2 = Conv(cout, cout, (3, 3), use_bias=False, grad=conv_grad, rngs=rngs)
+        self.conv2 = Conv(cout, cout, (3, 3), use_bias=False, rngs=rngs)
         self.bn2 = nnx.BatchNorm(
             cout, momentum=bn_momentum, scale_init=nnx.initializers.zeros, rngs=rngs
         )
         if stride != 1 or cin != cout:
-            self.proj = Conv(
-                cin, cout, (1, 1), strides=s, use_bias=False, grad=conv_grad, rngs=rngs
-            )
+            self.proj = Conv(cin, cout, (1, 1), strides=s, use_bias=False, rngs=rngs)
             self.proj_bn = nnx.BatchNorm(cout, momentum=bn_momentum, rngs=rngs)
         else:
             self.proj = None
             self.proj_bn = None
 
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array) -> jax.Array:
         """Returns relu(shortcut(x) + bn2(conv2(relu(bn1(conv1(x)))))), NHWC.
 
-        BatchNorm uses batch statistics (and updates its running averages) when `train` is
-        true, the running averages otherwise.
+        BatchNorm uses batch statistics (and updates its running averages) in training mode
+        (`train()`), the running averages in evaluation mode (`eval()`).
         """
-        ura = not train
-        y = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=ura))
-        y = self.bn2(self.conv2(y), use_running_average=ura)
+        y = jax.nn.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
         if self.proj is not None:
-            x = self.proj_bn(self.proj(x), use_running_average=ura)
+            x = self.proj_bn(self.proj(x))
         return jax.nn.relu(x + y)
 
 
@@ -68,7 +63,6 @@ class ResNet(nnx.Module):
         widths: channels of the three stages.
         dropout: dropout rate before the head, in [0, 1).
         bn_momentum: BatchNorm running-statistics momentum (0.9 suits short runs).
-        conv_grad: weight-gradient rule of the convolutions (see `layers.conv2d`).
         rngs: `nnx.Rngs` with a `params` stream.
     """
 
@@ -81,42 +75,36 @@ class ResNet(nnx.Module):
         widths: Sequence[int] = (16, 32, 64),
         dropout: float = 0.0,
         bn_momentum: float = 0.9,
-        conv_grad: str = "auto",
         batch_norm: bool = True,
         rngs: nnx.Rngs,
     ):
-        _, _, c = _check_input_shape(input_shape)
+        _, _, c = check_input_shape(input_shape)
         if not batch_norm:
             raise ValueError("ResNet always uses BatchNorm; batch_norm=False is not supported")
         if int(blocks_per_stage) < 1:
             raise ValueError(f"blocks_per_stage must be >= 1, got {blocks_per_stage}")
-        self.dropout_rate = _check_rate("dropout", dropout)
-        self.stem = Conv(c, widths[0], (3, 3), use_bias=False, grad=conv_grad, rngs=rngs)
+        self.dropout_rate = check_rate("dropout", dropout)
+        self.stem = Conv(c, widths[0], (3, 3), use_bias=False, rngs=rngs)
         self.stem_bn = nnx.BatchNorm(widths[0], momentum=bn_momentum, rngs=rngs)
         blocks, cin = [], widths[0]
         for i, width in enumerate(widths):
             for j in range(int(blocks_per_stage)):
                 stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(
-                    BasicBlock(
-                        cin, width, stride, bn_momentum=bn_momentum, conv_grad=conv_grad, rngs=rngs
-                    )
-                )
+                blocks.append(BasicBlock(cin, width, stride, bn_momentum=bn_momentum, rngs=rngs))
                 cin = width
         self.blocks = nnx.List(blocks)
-        self.dropout = nnx.Dropout(self.dropout_rate)
+        self.dropout = nnx.Dropout(self.dropout_rate, rngs=rngs)
         self.head = nnx.Linear(cin, int(num_classes), rngs=rngs)
 
-    def __call__(
-        self, x: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None
-    ) -> jax.Array:
-        """Logits (N, num_classes)."""
-        x = jax.nn.relu(self.stem_bn(self.stem(x), use_running_average=not train))
+    def param_groups(self) -> list[tuple[str, tuple[str, ...]]]:
+        """Parameter path groups from input to output: the stem, each block, the head."""
+        groups = [("stem", ("stem", "stem_bn"))]
+        groups += [(f"block{i}", (f"blocks/{i}",)) for i in range(len(self.blocks))]
+        return groups + [("head", ("head",))]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Logits (N, num_classes) of images (N, H, W, C)."""
+        x = jax.nn.relu(self.stem_bn(self.stem(x)))
         for block in self.blocks:
-            x = block(x, train=train)
-        x = jnp.mean(x, axis=(1, 2))
-        if self.dropout_rate > 0.0 and train:
-            if dropout_key is None:
-                raise ValueError("dropout_key is required when train=True and dropout > 0")
-            x = self.dropout(x, deterministic=False, rngs=dropout_key)
-        return self.head(x)
+            x = block(x)
+        return self.head(self.dropout(jnp.mean(x, axis=(1, 2))))

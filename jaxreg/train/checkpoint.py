@@ -85,7 +85,15 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["CheckpointWarning", "Checkpointer", "data_to_keys", "keys_to_data"]
+__all__ = [
+    "FORMAT_VERSION",
+    "CheckpointWarning",
+    "Checkpointer",
+    "data_to_keys",
+    "from_named",
+    "keys_to_data",
+    "to_named",
+]
 
 _MODES = ("min", "max")
 # Written by Orbax into a step directory just before the step is committed (renamed from its
@@ -93,6 +101,84 @@ _MODES = ("min", "max")
 _COMMIT_FILE = "commit_success.txt"
 _STATE = "state"
 _META = "meta"
+
+
+# Version 2: trees keyed by parameter path (`params/conv1/kernel`), see `to_named`. Version 1
+# (jaxreg 0.1) stored the leaves of the whole train state as "0000", "0001", ...
+FORMAT_VERSION = 2
+
+
+def _is_variable(x: Any) -> bool:
+    from flax import nnx
+
+    return isinstance(x, nnx.Variable)
+
+
+def _name(entry: Any) -> str:
+    for attr in ("key", "idx", "name"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+def to_named(tree: Any) -> dict[str, Any]:
+    """A pytree as nested plain dicts keyed by its path, so that a checkpoint reads by name.
+
+    `nnx.State`s, optax states (tuples and NamedTuples), dicts and lists all become nested
+    `dict`s whose keys are the attribute names, dict keys or list indices (as strings); NNX
+    variables become their arrays. `{"params": state.params}` thus holds
+    `["params"]["conv1"]["kernel"]`, readable with plain Orbax and no jaxreg import.
+
+    Args:
+      tree: a pytree of arrays (typed PRNG keys included).
+
+    Returns:
+      Nested `dict[str, ...]` with array leaves; empty sub-trees are left out.
+
+    Raises:
+      ValueError: two leaves map to the same name.
+    """
+    out: dict[str, Any] = {}
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_variable)[0]
+    for path, leaf in leaves:
+        if _is_variable(leaf):
+            leaf = leaf.get_value()
+        names = [_name(e) for e in path] or ["value"]
+        node = out
+        for n in names[:-1]:
+            node = node.setdefault(n, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"checkpoint name {'/'.join(names)} collides with a leaf")
+        if names[-1] in node:
+            raise ValueError(f"two leaves have the checkpoint name {'/'.join(names)}")
+        node[names[-1]] = leaf
+    return out
+
+
+def from_named(named: Any, like: Any) -> Any:
+    """Inverse of `to_named`: the values of `named` in the structure of `like`.
+
+    Args:
+      named: nested dicts as `to_named` makes them (e.g. restored by Orbax).
+      like: a pytree of the wanted structure (arrays, NNX variables or abstract leaves).
+
+    Returns:
+      A tree like `like` whose leaves come from `named` by path; NNX variables keep their type.
+
+    Raises:
+      KeyError: `named` lacks a path of `like` (the message names it).
+    """
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(like, is_leaf=_is_variable)
+    new = []
+    for path, leaf in leaves:
+        names = [_name(e) for e in path] or ["value"]
+        node = named
+        for n in names:
+            if not isinstance(node, Mapping) or n not in node:
+                raise KeyError(f"no checkpoint entry {'/'.join(names)}")
+            node = node[n]
+        new.append(leaf.replace(node) if _is_variable(leaf) else node)
+    return jax.tree_util.tree_unflatten(treedef, new)
 
 
 class CheckpointWarning(UserWarning):
@@ -353,6 +439,11 @@ class Checkpointer:
         """Step held in `best/` (a save still in flight counts), or None. Not validated."""
         return self._best.latest_step()
 
+    def best_steps(self) -> list[int]:
+        """Steps in `best/` (the best and the previous best), oldest first."""
+        self._best.reload()
+        return sorted(self._best.all_steps())
+
     def all_steps(self) -> list[int]:
         """Steps in `latest/`, oldest first."""
         return sorted(self._latest.all_steps())
@@ -467,6 +558,28 @@ class Checkpointer:
             return None
 
     # -- restore ----------------------------------------------------------------------------------
+
+    def peek_latest(self) -> tuple[int, dict] | None:
+        """`(step, metadata)` of the newest committed step of `latest/` whose metadata reads.
+
+        Reads no arrays, so it works whatever the saved tree's structure (e.g. to check a
+        format version before restoring). `None` when there is no such step.
+        """
+        self._check_open()
+        self._latest.wait_until_finished()
+        self._latest.reload()
+        where = os.path.join(self.directory, "latest")
+        for step in sorted(self._latest.all_steps(), reverse=True):
+            if not os.path.exists(os.path.join(where, str(step), _COMMIT_FILE)):
+                continue
+            try:
+                only_meta = ocp.args.Composite(**{_META: ocp.args.JsonRestore()})
+                meta = self._latest.restore(step, args=only_meta)[_META]
+            except Exception:  # an unreadable step: restore_latest reports it
+                continue
+            if isinstance(meta, Mapping):
+                return step, dict(meta)
+        return None
 
     def restore_latest(self, target: Any) -> tuple[Any, dict, int] | None:
         """Restores the newest readable step of `latest/`.

@@ -26,6 +26,7 @@ def default_config() -> ConfigDict:
     """
     c = ConfigDict()
     c.seed = 0  # parameter init, shuffling, augmentation and dropout keys
+    c.task = "classification"  # or "reconstruction" (images in, images out; see train.tasks)
     # data
     c.data = "mnist5k"
     c.data_dir = placeholder(str)
@@ -35,10 +36,13 @@ def default_config() -> ConfigDict:
     c.balanced_sampling = False  # draw batches with class-balanced weights
     # model
     c.model = "cnn"
+    c.pretrained = True  # models with pretrained weights (vgg16: ImageNet) start from them
+    c.code_size = 32  # autoencoder / encoder_classifier: length of the code
+    c.ae_channels = (32, 64)  # autoencoder / encoder_classifier: encoder channels per stage
+    c.upsample = "deconv"  # autoencoder decoder: "deconv" | "unpool" | "resize"
     c.batch_norm = False
     c.dropout = 0.0
     c.bn_momentum = 0.9
-    c.conv_grad = "auto"
     # optimisation
     c.epochs = 20
     c.batch_size = 64
@@ -55,6 +59,7 @@ def default_config() -> ConfigDict:
     c.weight_decay = 0.0
     c.decay_mask = "kernels"
     c.label_smoothing = 0.0
+    c.smoothing_kind = "uniform"  # or "wrong_classes": the mass goes to the K-1 other classes
     c.ema_decay = 0.0  # > 0: evaluate an exponential moving average of the weights
     c.ema_warmup = True
     c.ema_batch_stats = "recompute"  # "average" | "copy" | "recompute"
@@ -62,10 +67,19 @@ def default_config() -> ConfigDict:
     # augmentation (spec strings of jaxreg.augment)
     c.augment = ""
     c.mix = ""
+    # reconstruction: the loss, and a corruption of the inputs (denoising), a spec string
+    c.reconstruction_loss = "mse"  # or "bce" (outputs are logits)
+    c.corrupt = ""
     # model selection: the best epoch by this validation metric is restored at the end
     c.monitor = "val_loss"
     c.monitor_mode = "min"
     c.restore_best = True
+    # transfer learning (jaxreg.transfer): start from another run's best weights, and what trains
+    c.init_from = ""  # a train_and_evaluate workdir; a head of another size stays fresh
+    c.finetune = "full"  # "full" | "linear_probe" | "last" | "layerwise"
+    c.finetune_last = 1  # "last": the top N parameter groups train (the head is one)
+    c.layerwise_decay = 0.5  # "layerwise": group d below the head trains at decay**d x the rate
+    c.head_warmup_epochs = 0  # only the head trains for this many epochs first
     # run control
     c.loop = "auto"  # "scan": one lax.scan per epoch on device; "python": host-fed batches
     c.device_data_limit_mb = 1024.0  # "auto" scans when the training images fit in this
@@ -135,7 +149,11 @@ def apply_overrides(config: ConfigDict, overrides: Iterable[str]) -> ConfigDict:
     return config
 
 
-MONITORS = ("val_loss", "val_accuracy", "val_ece")
+TASKS = ("classification", "reconstruction")
+MONITORS = {
+    "classification": ("val_loss", "val_accuracy", "val_ece"),
+    "reconstruction": ("val_loss", "val_mse", "val_psnr", "val_ssim", "val_input_psnr"),
+}
 EMA_BATCH_STATS = ("average", "copy", "recompute")
 LOOPS = ("auto", "scan", "python")
 
@@ -158,6 +176,9 @@ _RANGES = (
     ("early_stopping.patience", 0, False),
     ("early_stopping.min_delta", 0.0, False),
     ("early_stopping.warmup_epochs", 0, False),
+    ("finetune_last", 1, False),
+    ("code_size", 1, False),
+    ("head_warmup_epochs", 0, False),
 )
 # Fields in [0, 1).
 _UNIT = ("dropout", "bn_momentum", "label_smoothing", "ema_decay")
@@ -211,7 +232,6 @@ def validate_config(config: ConfigDict) -> None:
       TypeError: a value of the wrong type.
     """
     from jaxreg import models
-    from jaxreg.models.layers import CONV_GRADS
     from jaxreg.optim import factory
 
     if not isinstance(config, ConfigDict):
@@ -235,15 +255,20 @@ def validate_config(config: ConfigDict) -> None:
         raise ValueError(
             f"config key 'train_per_class' must be >= 1 or None, got {config.train_per_class}"
         )
+    if config.task not in TASKS:
+        raise ValueError(f"config key 'task' must be one of {list(TASKS)}, got {config.task!r}")
     choices = (
-        ("monitor", MONITORS),
+        ("monitor", MONITORS[config.task]),
+        ("smoothing_kind", ("uniform", "wrong_classes")),
+        ("reconstruction_loss", ("mse", "bce")),
+        ("finetune", ("full", "linear_probe", "last", "layerwise")),
+        ("upsample", ("deconv", "unpool", "resize")),
         ("monitor_mode", ("min", "max")),
         ("ema_batch_stats", EMA_BATCH_STATS),
         ("loop", LOOPS),
         ("optimizer", factory.OPTIMIZERS),
         ("schedule", factory.SCHEDULES),
         ("decay_mask", factory.DECAY_MASKS),
-        ("conv_grad", CONV_GRADS),
         ("model", tuple(models.MODELS)),
     )
     for key, allowed in choices:
@@ -251,9 +276,27 @@ def validate_config(config: ConfigDict) -> None:
             raise ValueError(
                 f"config key {key!r} must be one of {list(allowed)}, got {_get(config, key)!r}"
             )
+    if not 0.0 < float(config.layerwise_decay) <= 1.0:
+        raise ValueError(
+            f"config key 'layerwise_decay' must be in (0, 1], got {config.layerwise_decay}"
+        )
+    _check_init_from(config.init_from)
     _check_data_name(config.data)
     _check_spec("augment", config.augment)
     _check_spec("mix", config.mix)
+    _check_spec("corrupt", config.corrupt)
+
+
+def _check_init_from(path: Any) -> None:
+    from pathlib import Path
+
+    if not isinstance(path, str):
+        raise TypeError(f"config key 'init_from' must be a workdir path or '', got {path!r}")
+    if path and not (Path(path) / "checkpoints" / "best").is_dir():
+        raise ValueError(
+            f"config key 'init_from': {path!r} is not a train_and_evaluate workdir with "
+            "checkpoints/best (train the source run first)"
+        )
 
 
 def _check_data_name(name: Any) -> None:
@@ -277,7 +320,7 @@ def _check_spec(key: str, spec: Any) -> None:
         raise TypeError(f"config key {key!r} must be a spec string, got {spec!r}")
     from jaxreg import augment
 
-    build = augment.from_spec if key == "augment" else augment.mix_from_spec
+    build = augment.mix_from_spec if key == "mix" else augment.from_spec
     try:
         build(spec)
     except (ValueError, TypeError) as e:

@@ -1,4 +1,10 @@
-"""train_and_evaluate(config, workdir): epochs, evaluation, early stopping, checkpoints, report."""
+"""train_and_evaluate(config, workdir, model=..., task=...): the training loop, top to bottom.
+
+Per epoch: one compiled `lax.scan` over the device-resident training set (or host-fed batches
+through the same jitted step when the set is too large), then evaluation on the validation
+split, one line in `metrics.jsonl`, early stopping and checkpoints. At the end the best epoch
+is restored and evaluated on validation and test, and the report is written.
+"""
 
 from __future__ import annotations
 
@@ -14,32 +20,29 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+from flax import nnx
 from ml_collections import ConfigDict
 from tqdm.auto import tqdm
 
+from jaxreg import _cpu
 from jaxreg import data as data_lib
-from jaxreg import models as models_lib
-from jaxreg.optim.ema import ema as make_ema
-from jaxreg.optim.ema import recompute_batch_stats
+from jaxreg.optim.ema import param_ema, recompute_batch_stats
 from jaxreg.optim.factory import build_optimizer
 from jaxreg.train import step as step_lib
+from jaxreg.train import tasks as tasks_lib
 from jaxreg.train import workdir as workdir_lib
-from jaxreg.train.config import (
-    LOOPS,
-    config_changes,
-    validate_config,
-)
+from jaxreg.train.config import LOOPS, config_changes, validate_config
 from jaxreg.train.early_stopping import EarlyStopping
 from jaxreg.train.state import TrainState
 
-__all__ = ["NonFiniteLossError", "prepare_data", "train_and_evaluate"]
+__all__ = ["NonFiniteLossError", "make_task", "prepare_data", "train_and_evaluate"]
 
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite loss; the run stopped without evaluating anything.
 
-    The workdir keeps the checkpoints of the last good epoch (if any), so the run can be
-    resumed with another config only by choosing another workdir or `--fresh`.
+    The workdir keeps the checkpoints of the last good epoch (if any).
 
     Attributes:
       workdir: the run's folder.
@@ -62,6 +65,9 @@ class NonFiniteLossError(FloatingPointError):
             f"(epoch {self.epoch}); nothing was evaluated and {kept}. Lower the learning rate "
             "or add gradient clipping (--config.grad_clip)."
         )
+
+
+# ----------------------------------------------------------------------------- building blocks
 
 
 def prepare_data(config: ConfigDict) -> dict[str, data_lib.Dataset]:
@@ -88,7 +94,7 @@ def resolve_augment(spec: str | Callable | None) -> Callable | None:
     from jaxreg import augment as aug  # deferred: the augment package is large
 
     fn = aug.from_spec(spec) if isinstance(spec, str) else spec
-    return None if fn is None else aug.batch(fn)
+    return aug.batch(fn)
 
 
 def resolve_mix(spec: str | Callable | None) -> Callable | None:
@@ -102,34 +108,85 @@ def resolve_mix(spec: str | Callable | None) -> Callable | None:
     return aug.mix_from_spec(spec)
 
 
-# ----------------------------------------------------------------------------- checkpoint trees
+def make_task(
+    config: ConfigDict,
+    num_classes: int,
+    *,
+    augment_fn: Callable | None = None,
+    mix_fn: Callable | None = None,
+) -> Any:
+    """The built-in task `config.task` names, with its augmentation from the config.
+
+    Args:
+      config: a training config.
+      num_classes: K of the training data.
+      augment_fn: per-example `fn(key, image) -> image` replacing `config.augment`.
+      mix_fn: batch mixing replacing `config.mix` (classification only).
+
+    Returns:
+      A `jaxreg.train.tasks.Classification` or `Reconstruction`.
+    """
+    augment = resolve_augment(augment_fn if augment_fn is not None else config.augment)
+    if config.task == "reconstruction":
+        return tasks_lib.Reconstruction(
+            loss_kind=config.reconstruction_loss,
+            augment=augment,
+            corrupt=resolve_augment(config.corrupt),
+        )
+    return tasks_lib.Classification(
+        num_classes=num_classes,
+        augment=augment,
+        mix=resolve_mix(mix_fn if mix_fn is not None else config.mix),
+        label_smoothing=float(config.label_smoothing),
+        smoothing_kind=config.smoothing_kind,
+    )
 
 
-def _state_tree(state: TrainState) -> dict[str, Any]:
-    """The array part of a state as a flat {path: array} dict (typed keys as raw key data)."""
-    leaves = jax.tree_util.tree_flatten_with_path(state)[0]
-    out = {}
-    for i, (_path, leaf) in enumerate(leaves):
-        if jnp.issubdtype(getattr(leaf, "dtype", np.float32), jax.dtypes.prng_key):
-            leaf = jax.random.key_data(leaf)
-        out[f"{i:04d}"] = leaf
-    return out
+def build_model(config: ConfigDict, model: Any, num_classes: int, input_shape) -> nnx.Module:
+    """The model to train: `model` (a module or a factory `rngs -> module`) or `config.model`."""
+    from jaxreg import models as models_lib
+
+    if model is None:
+        return models_lib.create(
+            config.model,
+            num_classes=num_classes,
+            input_shape=input_shape,
+            seed=int(config.seed),
+            **models_lib.config_kwargs(config),
+        )
+    if isinstance(model, nnx.Module):
+        return model
+    if callable(model):
+        built = model(nnx.Rngs(int(config.seed)))
+        if not isinstance(built, nnx.Module):
+            raise TypeError(
+                f"model factory must return a flax.nnx.Module, got {type(built).__name__}"
+            )
+        return built
+    raise TypeError(
+        f"model must be a flax.nnx.Module or a factory rngs -> Module, got {type(model).__name__}"
+    )
 
 
-def _tree_to_state(tree: Mapping[str, Any], like: TrainState) -> TrainState:
-    leaves, treedef = jax.tree_util.tree_flatten(like)
-    new = []
-    for i, ref in enumerate(leaves):
-        value = tree[f"{i:04d}"]
-        if jnp.issubdtype(ref.dtype, jax.dtypes.prng_key):
-            value = jax.random.wrap_key_data(jnp.asarray(value), impl=jax.random.key_impl(ref))
-        else:
-            value = jnp.asarray(value, dtype=ref.dtype)
-        new.append(value)
-    return jax.tree_util.tree_unflatten(treedef, new)
+def _optimizer(config: ConfigDict, total_steps: int, use_ema: bool, net, groups, steps_per_epoch):
+    """The Optax chain of the config, per fine-tuning strategy when there is one, then the EMA."""
+    tx, schedule = build_optimizer(config, total_steps=total_steps)
+    warm = int(config.head_warmup_epochs) * steps_per_epoch
+    if config.finetune != "full" or warm > 0:
+        from jaxreg import transfer
 
-
-# ----------------------------------------------------------------------------- main entry
+        tx = transfer.strategy_tx(
+            lambda: build_optimizer(config, total_steps=total_steps)[0],
+            nnx.state(net, nnx.Param),
+            groups,
+            config.finetune,
+            last=int(config.finetune_last),
+            decay=float(config.layerwise_decay),
+            head_warmup_steps=warm,
+        )
+    if use_ema:
+        tx = optax.chain(tx, param_ema(float(config.ema_decay), warmup=bool(config.ema_warmup)))
+    return tx, schedule
 
 
 def _config_fingerprint(config: ConfigDict) -> str:
@@ -156,13 +213,365 @@ def _check_same_config(workdir: Path, saved: str | None, current: str) -> None:
     )
 
 
+def state_tree(state: TrainState) -> dict[str, Any]:
+    """What a checkpoint holds, keyed by name.
+
+    `params/...`, `batch_stats/...`, `opt_state/...`, `ema/params/...` and
+    `ema/batch_stats/...` (when an EMA is kept), `rngs/...`, `other/...`, `step`, `key`.
+    """
+    from jaxreg.train.checkpoint import to_named
+
+    tree = {
+        "params": state.params,
+        "batch_stats": state.batch_stats,
+        "rngs": state.rngs,
+        "other": state.other,
+        "opt_state": state.opt_state,
+        "step": state.step,
+        "key": state.key,
+    }
+    if _has_ema(state):
+        tree["ema"] = {"params": state.variables(use_ema=True)[0]}
+        if state.ema_batch_stats is not None:
+            tree["ema"]["batch_stats"] = state.ema_batch_stats
+    return to_named(tree)
+
+
+def _has_ema_tx(tx: optax.GradientTransformation, net) -> bool:
+    from jaxreg.optim.ema import ParamEmaState
+
+    st = jax.eval_shape(tx.init, nnx.state(net, nnx.Param))
+    leaves = jax.tree.leaves(st, is_leaf=lambda x: isinstance(x, ParamEmaState))
+    return any(isinstance(x, ParamEmaState) for x in leaves)
+
+
+def _has_ema(state: TrainState) -> bool:
+    from jaxreg.optim.ema import ParamEmaState
+
+    leaves = jax.tree.leaves(state.opt_state, is_leaf=lambda x: isinstance(x, ParamEmaState))
+    return any(isinstance(x, ParamEmaState) for x in leaves)
+
+
+def _tree_to_state(named: Mapping[str, Any], like: TrainState) -> TrainState:
+    from jaxreg.train.checkpoint import from_named
+
+    return like.replace(
+        params=from_named(named["params"], like.params) if "params" in named else like.params,
+        batch_stats=from_named(named.get("batch_stats", {}), like.batch_stats),
+        rngs=from_named(named.get("rngs", {}), like.rngs),
+        other=from_named(named.get("other", {}), like.other),
+        opt_state=from_named(named.get("opt_state", {}), like.opt_state),
+        ema_batch_stats=None
+        if like.ema_batch_stats is None
+        else from_named(named["ema"]["batch_stats"], like.ema_batch_stats),
+        step=jnp.asarray(named["step"], jnp.int32),
+        key=named["key"],
+    )
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclasses.dataclass
+class _Loop:
+    """What the epochs change: the state, the best state, early stopping, the history."""
+
+    state: TrainState
+    best_state: TrainState
+    es: EarlyStopping
+    history: list[dict]
+    start_epoch: int = 1
+    wall: float = 0.0
+
+
+def train_and_evaluate(
+    config: ConfigDict,
+    workdir: str | os.PathLike,
+    *,
+    model: Any = None,
+    task: Any = None,
+    data: Mapping[str, data_lib.Dataset] | None = None,
+    augment_fn: Callable | None = None,
+    mix_fn: Callable | None = None,
+    extra_eval: Mapping[str, data_lib.Dataset] | None = None,
+    title: str | None = None,
+    groups: Any = None,
+    optimizer: Callable[[Any], optax.GradientTransformation] | None = None,
+) -> dict[str, Any]:
+    """Trains a model on a task as `config` says and evaluates it; resumable after a crash.
+
+    Any Flax NNX model trains here: pass `model` (an `nnx.Module`, or a factory
+    `rngs -> nnx.Module` called with `nnx.Rngs(config.seed)`), written the stock NNX way
+    (`nnx.Dropout`/`nnx.BatchNorm` with their own `Rngs` and statistics, switched by
+    `model.train()`/`model.eval()`); the instance passed in is not modified. Without it,
+    `config.model` names a built-in model. `task` says what a batch is and what is minimised
+    (`jaxreg.train.tasks`); without it `config.task` picks classification or reconstruction.
+    Randomness belongs to the run key (`config.seed`): see `jaxreg.train.state`.
+
+    Per epoch: one compiled `lax.scan` over the device-resident training set — or, when the
+    training images exceed `config.device_data_limit_mb` (or `config.loop="python"`),
+    host-fed batches through the same jitted step with the same keys — then validation (on
+    EMA weights when `ema_decay > 0`), a line in `workdir/metrics.jsonl` and TensorBoard
+    event files in `workdir/tensorboard`, early stopping and checkpoints (latest and best,
+    keyed by parameter path). At the end the best epoch by `config.monitor` is restored and
+    evaluated on val and test (the test split never chooses anything), and `report.md`,
+    `curves.png` and `results.json` are written.
+
+    The same config and seed give bit-identical numbers on CPU, also across a resume. On GPU,
+    XLA picks non-deterministic kernels unless `XLA_FLAGS=--xla_gpu_deterministic_ops=true`
+    is set before JAX starts (the test suite sets it); without it reruns agree only to float
+    rounding.
+
+    Args:
+      config: a `default_config()`-shaped `ConfigDict`.
+      workdir: output folder; a folder holding checkpoints of the same config is resumed.
+      model: an `nnx.Module` or a factory `rngs -> nnx.Module`; default `config.model`.
+      task: a task object (`jaxreg.train.tasks.Task`); default `config.task`.
+      data: optional `{"train", "val", "test"}` data sets replacing `config.data`.
+      augment_fn: optional per-example `fn(key, image) -> image` replacing `config.augment`
+        (built-in tasks only).
+      mix_fn: optional `fn(key, images, soft_labels) -> (images, soft_labels)` replacing
+        `config.mix` (classification only).
+      extra_eval: more labelled sets evaluated at the end (e.g. corrupted test images).
+      title: report title.
+      groups: the model's parameter path groups, input to output, the head last
+        (`jaxreg.transfer.param_groups`), for fine-tuning strategies (`config.finetune`) of a
+        model of your own; built-in models declare theirs.
+      optimizer: `optimizer(params) -> optax.GradientTransformation` replacing the chain the
+        config describes (e.g. `jaxreg.gan.gan_optimizer`: two Adams and an EMA of part of the
+        model); a `param_ema` inside it is evaluated as `config.ema_decay` would be.
+
+    Returns:
+      dict of results: `val_*`/`test_*` for each of the task's metrics on the restored model,
+      `best_epoch`, `evaluated_epoch`, `epochs_run`, `stopped_early`, `stop_reason`,
+      `wall_time_s`, `compile_time_s`, `train_images_per_s`, `cpu_paths` (which XLA:CPU
+      paths ran, `jaxreg._cpu.status()`), `history` (per-epoch dicts),
+      `extra` results per `extra_eval` set, `state` (the evaluated `TrainState`) and `model`
+      (an `nnx.Module` holding the evaluated weights, in eval mode).
+
+    Raises:
+      ValueError, TypeError: a bad config value or argument (checked before anything is
+        written), or a workdir whose checkpoints were written with another config (the
+        changed keys named) or by an older jaxreg.
+      WorkdirBusyError: another process is running in `workdir`.
+      NonFiniteLossError: the loss became NaN or infinite; nothing is evaluated.
+      CheckpointError: the recorded best epoch cannot be restored on resume.
+    """
+    validate_config(config)
+    splits = dict(data) if data is not None else prepare_data(config)
+    for name in ("train", "val", "test"):
+        if name not in splits:
+            raise ValueError(f"data must have 'train', 'val' and 'test', missing {name!r}")
+    train = splits["train"]
+    if task is None:
+        task = make_task(config, train.num_classes, augment_fn=augment_fn, mix_fn=mix_fn)
+    elif augment_fn is not None or mix_fn is not None:
+        raise ValueError(
+            "augment_fn and mix_fn configure the built-in tasks; a task of your own "
+            "applies its own augmentation"
+        )
+    monitors = tuple(f"val_{m}" for m in task.metrics)
+    if config.monitor not in monitors:
+        raise ValueError(
+            f"config key 'monitor' must be one of {list(monitors)} for this task, "
+            f"got {config.monitor!r}"
+        )
+    steps_per_epoch = len(train) // int(config.batch_size)
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"batch_size {config.batch_size} is larger than the training set ({len(train)} examples)"
+        )
+    net = build_model(config, model, train.num_classes, train.images.shape[1:])
+    transfer_groups = None
+    if config.finetune != "full" or int(config.head_warmup_epochs) > 0:
+        from jaxreg import transfer
+
+        transfer_groups = transfer.param_groups(net, groups)
+    with workdir_lib.lock(workdir) as workdir:
+        return _run(
+            config, workdir, net, task, splits, extra_eval or {}, title, steps_per_epoch,
+            transfer_groups, optimizer,
+        )  # fmt: skip
+
+
+def _run(config, workdir, net, task, splits, extra_eval, title, steps_per_epoch, groups, optimizer):
+    train, val, test = splits["train"], splits["val"], splits["test"]
+    use_ema = config.ema_decay > 0
+    train_mode = None
+    if config.init_from:
+        from jaxreg import transfer
+
+        if not (workdir / "checkpoints").exists():  # a resumed run has its own weights
+            report = transfer.load(net, config.init_from, fresh_head=True, groups=groups)
+            print(f"Initialised from {config.init_from}: {transfer.describe(report)}")
+    if groups is not None:
+        from jaxreg import transfer
+
+        frozen = transfer.frozen_prefixes(groups, config.finetune, last=int(config.finetune_last))
+        train_mode = lambda m: transfer.freeze_batch_norm(m, frozen)
+    if optimizer is not None:
+        tx = optimizer(nnx.state(net, nnx.Param))
+        schedule = optax.constant_schedule(float(config.learning_rate))
+        use_ema = use_ema or _has_ema_tx(tx, net)
+    else:
+        tx, schedule = _optimizer(
+            config, steps_per_epoch * int(config.epochs), use_ema, net, groups, steps_per_epoch
+        )
+    state = TrainState.create(
+        net,
+        tx,
+        key=jax.random.key(int(config.seed)),
+        ema_batch_stats=use_ema,
+        train_mode=train_mode,
+    )
+    recompute = state.ema_batch_stats is not None and config.ema_batch_stats == "recompute"
+    ema = None
+    if state.ema_batch_stats is not None and not recompute:
+        ema = step_lib.EmaStats(
+            float(config.ema_decay), bool(config.ema_warmup), config.ema_batch_stats
+        )
+    scan = _loop_kind(config, train.images.nbytes) == "scan"
+    make = step_lib.make_train_epoch if scan else step_lib.make_host_epoch
+    epoch_fn = make(batch_size=int(config.batch_size), task=task, ema=ema)
+    if scan:
+        x_train, y_train = jnp.asarray(train.images), jnp.asarray(train.labels, jnp.int32)
+    else:  # data too large for the device: host batches through the same jitted step
+        x_train, y_train = train.images, train.labels.astype(np.int32)
+    weights = None
+    if config.balanced_sampling:
+        weights = jnp.asarray(
+            data_lib.class_balanced_weights(train.labels, train.num_classes), jnp.float32
+        )
+
+    def refresh(st: TrainState) -> TrainState:
+        """After an epoch: BatchNorm statistics re-estimated for the EMA weights, if asked."""
+        if not recompute:
+            return st
+        return _recompute_ema_stats(st, x_train, int(config.batch_size), config.bn_momentum)
+
+    def evaluate(st: TrainState, ds: data_lib.Dataset) -> dict[str, float]:
+        """The task's metrics on `ds`, with the weights this run evaluates (EMA or live)."""
+        return step_lib.evaluate(
+            st, task, ds.images, ds.labels, batch_size=int(config.eval_batch_size), use_ema=use_ema
+        )
+
+    from jaxreg.train.checkpoint import Checkpointer  # deferred: the orbax import is slow
+
+    ckpt = None
+    if config.checkpoint.enabled:
+        ckpt = Checkpointer(
+            workdir / "checkpoints",
+            keep_latest=int(config.checkpoint.keep),
+            best_metric=config.monitor,
+            best_mode=config.monitor_mode,
+        )
+    loop = _Loop(
+        state=state,
+        best_state=state,
+        es=EarlyStopping(
+            patience=int(config.early_stopping.patience) or 10**9,
+            min_delta=float(config.early_stopping.min_delta),
+            mode=config.monitor_mode,
+            warmup_epochs=int(config.early_stopping.warmup_epochs),
+        ),
+        history=[],
+    )
+    fingerprint = _config_fingerprint(config)
+    writer = _TensorBoard(workdir / "tensorboard")
+    try:
+        if ckpt is not None and config.resume:
+            _resume(ckpt, loop, config, workdir, fingerprint)
+        _write_jsonl(workdir / "metrics.jsonl", loop.history)
+        (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
+        _write_data_info(workdir, train)
+        stop_reason, compile_s, ips = _epochs(
+            config, loop, epoch_fn, (x_train, y_train, weights), val, (refresh, evaluate), ckpt,
+            fingerprint, schedule, steps_per_epoch, workdir, writer,
+        )  # fmt: skip
+    finally:
+        writer.close()
+        if ckpt is not None:
+            ckpt.close()
+
+    # ---- final evaluation of the restored (best) model
+    final = loop.best_state if config.restore_best else loop.state
+    results: dict[str, Any] = {}
+    for split_name, ds in (("val", val), ("test", test)):
+        results.update({f"{split_name}_{k}": v for k, v in evaluate(final, ds).items()})
+    extra = {name: evaluate(final, ds) for name, ds in extra_eval.items()}
+    best = int(loop.es.best_epoch) if loop.es.best_epoch >= 0 else None
+    results.update(
+        {
+            "best_epoch": best,
+            "evaluated_epoch": best if config.restore_best else len(loop.history),
+            "evaluated_weights": "ema" if use_ema else "live",
+            "epochs_run": len(loop.history),
+            "stopped_early": stop_reason == "early_stopping",
+            "stop_reason": stop_reason,
+            "wall_time_s": loop.wall,
+            "compile_time_s": compile_s,
+            "train_images_per_s": ips,
+            "train_size": len(train),
+            "zero_fraction": zero_fraction(final.params),
+            "cpu_paths": _cpu.status(),
+        }
+    )
+    if extra:
+        results["extra"] = extra
+    (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    _write_report(workdir, config, loop.history, results, title or f"jaxreg run: {config.data}")
+    results["history"] = loop.history
+    results["state"] = final
+    results["model"] = final.model(use_ema=use_ema)
+    return results
+
+
+def _resume(ckpt, loop: _Loop, config, workdir: Path, fingerprint: str) -> None:
+    """Continues from the newest readable checkpoint, if any (see `_restore_best_epoch`)."""
+    from jaxreg.train.checkpoint import FORMAT_VERSION
+
+    peek = ckpt.peek_latest()
+    if peek is None:
+        return
+    version = peek[1].get("format_version", 1)
+    if version != FORMAT_VERSION:
+        raise ValueError(
+            f"workdir {workdir} holds checkpoints in format {version} (an older jaxreg); this "
+            f"jaxreg reads format {FORMAT_VERSION}. Use another workdir, or --fresh to start over"
+        )
+    _check_same_config(workdir, peek[1].get("fingerprint"), fingerprint)
+    restored = ckpt.restore_latest(state_tree(loop.state))
+    if restored is None:
+        return
+    tree, meta, latest_step = restored
+    _check_same_config(workdir, meta.get("fingerprint"), fingerprint)
+    loop.state = _tree_to_state(tree, loop.state)
+    loop.history = list(meta["history"])
+    loop.es = EarlyStopping(**meta["early_stopping"])
+    loop.start_epoch = int(meta["epoch"]) + 1
+    loop.wall = float(meta.get("wall_time_s", 0.0))
+    loop.best_state = loop.state
+    if config.restore_best:
+        loop.best_state = _restore_best_epoch(ckpt, loop.es, loop.state, latest_step, meta, workdir)
+    print(f"Resumed from {workdir} at epoch {loop.start_epoch - 1}.")
+
+
 def _restore_best_epoch(ckpt, es: EarlyStopping, state, latest_step: int, meta, workdir):
     """The state of the best epoch early stopping recorded, checked; see `Checkpointer`.
 
     The recorded best epoch is found in `best/` or `latest/` (a kill between the two saves of
-    one step leaves it in one of them). Its metadata must name that epoch and the metric the
-    record holds. When no readable copy is left, this fails instead of evaluating other
-    weights under that epoch's name.
+    one step leaves it in one of them). Its metadata must name that epoch. When no readable
+    copy is left, this fails instead of evaluating other weights under that epoch's name.
     """
     from jaxreg.train.checkpoint import CheckpointError
 
@@ -170,10 +579,10 @@ def _restore_best_epoch(ckpt, es: EarlyStopping, state, latest_step: int, meta, 
     if best_epoch < 0:  # no epoch improved yet (e.g. NaN metrics): nothing to restore
         return state
     if best_epoch == int(latest_step):
-        if ckpt.best_step() != latest_step:  # the kill came between the two saves: repair
-            ckpt.save_best(latest_step, _state_tree(state), meta)
+        if latest_step not in ckpt.best_steps():  # a kill between the two saves: repair
+            ckpt.save_best(latest_step, state_tree(state), meta)
         return state
-    found = ckpt.restore_step(best_epoch, _state_tree(state))
+    found = ckpt.restore_step(best_epoch, state_tree(state))
     if found is not None:
         tree, best_meta, where = found
         if int(best_meta.get("epoch", -1)) == best_epoch:
@@ -193,235 +602,85 @@ def _restore_best_epoch(ckpt, es: EarlyStopping, state, latest_step: int, meta, 
     )
 
 
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _epochs(
+    config, loop, epoch_fn, train_arrays, val, hooks, ckpt, fingerprint, schedule,
+    steps_per_epoch, workdir, writer,
+):  # fmt: skip
+    """Runs the remaining epochs; returns (stop_reason, compile seconds, images per second)."""
+    from jaxreg.train.checkpoint import FORMAT_VERSION
 
-
-def train_and_evaluate(
-    config: ConfigDict,
-    workdir: str | os.PathLike,
-    *,
-    data: Mapping[str, data_lib.Dataset] | None = None,
-    augment_fn: Callable | None = None,
-    mix_fn: Callable | None = None,
-    extra_eval: Mapping[str, data_lib.Dataset] | None = None,
-    title: str | None = None,
-) -> dict[str, Any]:
-    """Trains a classifier as `config` says and evaluates it; resumable after a crash.
-
-    Per epoch: one compiled `lax.scan` over the device-resident training set (shuffle,
-    batch, augment, mix, step) — or, when the training images exceed
-    `config.device_data_limit_mb` (or `config.loop="python"`), host-fed batches through
-    the same jitted step with the same keys — then validation (on EMA weights when `ema_decay > 0`),
-    a line in `workdir/metrics.jsonl`, early stopping and checkpoints (latest and best).
-    At the end the best epoch by `config.monitor` is restored and evaluated on val and
-    test (the test split is never used to choose anything), and `report.md`,
-    `curves.png` and `results.json` are written.
-
-    The same config and seed give bit-identical numbers on CPU, also across a resume. On GPU,
-    XLA picks non-deterministic kernels (atomics in reductions and convolution backward) unless
-    `XLA_FLAGS=--xla_gpu_deterministic_ops=true` is set before JAX starts (the test suite sets
-    it); without it reruns agree only to float rounding.
-
-    Args:
-      config: a `default_config()`-shaped `ConfigDict`.
-      workdir: output folder; a folder holding checkpoints of the same config is resumed.
-      data: optional `{"train", "val", "test"}` data sets replacing `config.data`.
-      augment_fn: optional per-example `fn(key, image) -> image` replacing `config.augment`.
-      mix_fn: optional `fn(key, images, soft_labels) -> (images, soft_labels)` replacing
-        `config.mix`.
-      extra_eval: more labelled sets evaluated at the end (e.g. corrupted test images).
-      title: report title.
-
-    Returns:
-      dict of results: `val_*`/`test_*` loss, accuracy and ECE of the restored model,
-      `best_epoch`, `epochs_run`, `stopped_early`, `stop_reason`, `wall_time_s`,
-      `compile_time_s`, `train_images_per_s`, `history` (list of per-epoch dicts),
-      and `extra` results per `extra_eval` set.
-
-    Raises:
-      ValueError, TypeError: a bad config value (checked before anything is written), or a
-        workdir whose checkpoints were written with another config (the changed keys named).
-      WorkdirBusyError: another process is running in `workdir`.
-      NonFiniteLossError: the loss became NaN or infinite; nothing is evaluated.
-    """
-    validate_config(config)
-    with workdir_lib.lock(workdir) as workdir:
-        return _train_and_evaluate(
-            config,
-            workdir,
-            data=data,
-            augment_fn=augment_fn,
-            mix_fn=mix_fn,
-            extra_eval=extra_eval,
-            title=title,
-        )
-
-
-def _train_and_evaluate(config, workdir, *, data, augment_fn, mix_fn, extra_eval, title):
-    splits = dict(data) if data is not None else prepare_data(config)
-    for name in ("train", "val", "test"):
-        if name not in splits:
-            raise ValueError(f"data must have 'train', 'val' and 'test', missing {name!r}")
-    train, val, test = splits["train"], splits["val"], splits["test"]
-    num_classes = train.num_classes
-    steps_per_epoch = len(train) // int(config.batch_size)
-    if steps_per_epoch < 1:
-        raise ValueError(
-            f"batch_size {config.batch_size} is larger than the training set "
-            f"({len(train)} examples)"
-        )
-
-    model = models_lib.create(
-        config.model,
-        num_classes=num_classes,
-        input_shape=train.images.shape[1:],
-        seed=config.seed,
-        **_model_kwargs(config),
+    x_train, y_train, weights = train_arrays
+    refresh, evaluate = hooks
+    epochs = int(config.epochs)
+    compile_s, ips_samples = None, []
+    if loop.es.should_stop:
+        return "early_stopping", None, None
+    bar = tqdm(
+        range(loop.start_epoch, epochs + 1),
+        desc="train",
+        unit="epoch",
+        disable=not config.progress,
+        initial=loop.start_epoch - 1,
+        total=epochs,
     )
-    tx, schedule = build_optimizer(config, total_steps=steps_per_epoch * int(config.epochs))
-    ema_fn = None
-    if config.ema_decay > 0:
-        mode = "average" if config.ema_batch_stats == "recompute" else config.ema_batch_stats
-        ema_fn = make_ema(float(config.ema_decay), warmup=bool(config.ema_warmup), batch_stats=mode)
-    state = TrainState.create(model, tx, key=jax.random.key(config.seed), ema_fn=ema_fn)
-
-    augment = resolve_augment(augment_fn if augment_fn is not None else config.augment)
-    mix = resolve_mix(mix_fn if mix_fn is not None else config.mix)
-    loop_kind = _loop_kind(config, train.images.nbytes)
-    hooks = {
-        "num_classes": num_classes,
-        "augment": augment,
-        "mix": mix,
-        "label_smoothing": float(config.label_smoothing),
-    }
-    if loop_kind == "scan":
-        epoch_fn = step_lib.make_train_epoch(batch_size=int(config.batch_size), **hooks)
-        x_train = jnp.asarray(train.images)
-        y_train = jnp.asarray(train.labels, jnp.int32)
-    else:  # data too large for the device: host batches through the same jitted step
-        epoch_fn = step_lib.make_host_epoch(batch_size=int(config.batch_size), **hooks)
-        x_train, y_train = train.images, train.labels.astype(np.int32)
-    weights = None
-    if config.balanced_sampling:
-        weights = jnp.asarray(
-            data_lib.class_balanced_weights(train.labels, num_classes), jnp.float32
-        )
-
-    use_ema = ema_fn is not None
-    has_bn = bool(jax.tree.leaves(state.batch_stats))
-
-    def eval_state(st: TrainState) -> TrainState:
-        if use_ema and has_bn and config.ema_batch_stats == "recompute":
-            return _recompute_ema_stats(st, x_train, int(config.batch_size), config.bn_momentum)
-        return st
-
-    # ---- checkpoints and resume
-    from jaxreg.train.checkpoint import Checkpointer  # deferred: orbax import is slow
-
-    fingerprint = _config_fingerprint(config)
-    ckpt = None
-    if config.checkpoint.enabled:
-        ckpt = Checkpointer(
-            workdir / "checkpoints",
-            keep_latest=int(config.checkpoint.keep),
-            best_metric=config.monitor,
-            best_mode=config.monitor_mode,
-        )
-    es = EarlyStopping(
-        patience=int(config.early_stopping.patience) or 10**9,
-        min_delta=float(config.early_stopping.min_delta),
-        mode=config.monitor_mode,
-        warmup_epochs=int(config.early_stopping.warmup_epochs),
-    )
-    history: list[dict] = []
-    start_epoch = 1
-    wall_before = 0.0
-    best_state = state
-    metrics_path = workdir / "metrics.jsonl"
-    try:
-        if ckpt is not None and config.resume:
-            restored = ckpt.restore_latest(_state_tree(state))
-            if restored is not None:
-                tree, meta, latest_step = restored
-                _check_same_config(workdir, meta.get("fingerprint"), fingerprint)
-                state = _tree_to_state(tree, state)
-                history = list(meta["history"])
-                es = EarlyStopping(**meta["early_stopping"])
-                start_epoch = int(meta["epoch"]) + 1
-                wall_before = float(meta.get("wall_time_s", 0.0))
-                best_state = state
-                if config.restore_best:
-                    best_state = _restore_best_epoch(ckpt, es, state, latest_step, meta, workdir)
-                print(f"Resumed from {workdir} at epoch {start_epoch - 1}.")
-        _write_jsonl(metrics_path, history)
-        (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
-
-        result = _run_epochs(
-            config,
-            state,
-            best_state,
-            es,
-            history,
-            start_epoch,
-            epoch_fn,
-            x_train,
-            y_train,
-            weights,
-            val,
-            eval_state,
-            use_ema,
-            ckpt,
-            fingerprint,
-            metrics_path,
-            schedule,
-            steps_per_epoch,
-            wall_before,
-        )
-    finally:
+    stop_reason = "completed"
+    for epoch in bar:
+        t0 = time.perf_counter()
+        new_state, step_metrics = epoch_fn(loop.state, x_train, y_train, jnp.int32(epoch), weights)
+        step_metrics = jax.device_get(step_metrics)
+        dt = time.perf_counter() - t0
+        if compile_s is None and epoch == loop.start_epoch:
+            compile_s = dt  # first epoch: compile + run
+        else:
+            ips_samples.append(steps_per_epoch * int(config.batch_size) / dt)
+        losses = np.asarray(step_metrics["loss"])
+        if not np.all(np.isfinite(losses)):
+            bad = int(np.argmax(~np.isfinite(losses)))
+            bar.close()
+            last_good = ckpt.latest_step() if ckpt is not None else None
+            raise NonFiniteLossError(
+                workdir, epoch, int(loop.state.step) + bad + 1, losses[bad], last_good
+            )
+        loop.state = refresh(new_state)
+        val_m = evaluate(loop.state, val)
+        loop.wall += time.perf_counter() - t0
+        record = {"epoch": epoch}
+        record.update({f"train_{k}": float(np.mean(v)) for k, v in step_metrics.items()})
+        record.update({f"val_{k}": v for k, v in val_m.items()})
+        record["lr"] = float(schedule(int(loop.state.step) - 1))
+        record["time_s"] = round(time.perf_counter() - t0, 4)
+        loop.history.append(record)
+        with open(workdir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        writer.write(epoch, record)
+        loop.es = loop.es.update(record[config.monitor], epoch)
+        if loop.es.has_improved:
+            loop.best_state = loop.state
         if ckpt is not None:
-            ckpt.close()
-    state, best_state, es, history, stop_reason, wall, compile_s, ips = result
+            meta = {
+                "format_version": FORMAT_VERSION,
+                "epoch": epoch,
+                "history": loop.history,
+                "early_stopping": dataclasses.asdict(loop.es),
+                "fingerprint": fingerprint,
+                "wall_time_s": loop.wall,
+                "metrics": {k: v for k, v in record.items() if k != "epoch"},
+            }
+            ckpt.save(epoch, state_tree(loop.state), meta, is_best=loop.es.has_improved)
+        bar.set_postfix(loss=f"{record['train_loss']:.3f}", val=f"{record[config.monitor]:.3f}")
+        if loop.es.should_stop:
+            stop_reason = "early_stopping"
+            bar.write(
+                f"Early stopping at epoch {epoch}: best {config.monitor} "
+                f"{loop.es.best_metric:.4f} at epoch {loop.es.best_epoch}"
+            )
+            break
+    bar.close()
+    ips = float(np.median(ips_samples)) if ips_samples else None
+    return stop_reason, compile_s, ips
 
-    # ---- final evaluation of the restored (best) model
-    final = best_state if config.restore_best else state
-    final_eval = eval_state(final)
-    ebs = int(config.eval_batch_size)
-    results: dict[str, Any] = {}
-    for split_name, ds in (("val", val), ("test", test)):
-        m = step_lib.evaluate(final_eval, ds.images, ds.labels, batch_size=ebs, use_ema=use_ema)
-        results.update({f"{split_name}_{k}": v for k, v in m.items()})
-    extra = {}
-    for name, ds in (extra_eval or {}).items():
-        extra[name] = step_lib.evaluate(
-            final_eval, ds.images, ds.labels, batch_size=ebs, use_ema=use_ema
-        )
-    results.update(
-        {
-            "best_epoch": int(es.best_epoch) if es.best_epoch >= 0 else None,
-            "epochs_run": len(history),
-            "stopped_early": stop_reason == "early_stopping",
-            "stop_reason": stop_reason,
-            "wall_time_s": wall,
-            "compile_time_s": compile_s,
-            "train_images_per_s": ips,
-            "train_size": len(train),
-            "zero_fraction": zero_fraction(final.params),
-        }
-    )
-    if extra:
-        results["extra"] = extra
-    (workdir / "results.json").write_text(json.dumps(results, indent=2))
-    _write_report(workdir, config, history, results, title or f"jaxreg run: {config.data}")
-    results["history"] = history
-    results["state"] = final
-    return results
+
+# ----------------------------------------------------------------------------- helpers
 
 
 def zero_fraction(params: Any) -> float:
@@ -436,26 +695,12 @@ def zero_fraction(params: Any) -> float:
 
 
 def _loop_kind(config: ConfigDict, train_bytes: int) -> str:
-    """Returns "scan" when the training set fits the device budget (or is forced), else "python"."""
+    """Which loop runs: "scan" when the training set fits the device budget, else "python"."""
     if config.loop not in LOOPS:
         raise ValueError(f"loop must be one of {LOOPS}, got {config.loop!r}")
     if config.loop != "auto":
         return config.loop
     return "scan" if train_bytes <= config.device_data_limit_mb * 2**20 else "python"
-
-
-def _model_kwargs(config: ConfigDict) -> dict[str, Any]:
-    kw = {
-        "dropout": float(config.dropout),
-        "bn_momentum": float(config.bn_momentum),
-        "conv_grad": config.conv_grad,
-    }
-    if config.model == "resnet20":
-        if not config.batch_norm:
-            kw["batch_norm"] = True  # ResNet always normalises
-    else:
-        kw["batch_norm"] = bool(config.batch_norm)
-    return kw
 
 
 def _recompute_ema_stats(
@@ -464,134 +709,58 @@ def _recompute_ema_stats(
     """BatchNorm statistics re-estimated for the EMA weights over up to 8 training batches."""
     n = min(8, x_train.shape[0] // batch_size)
     batches = [jnp.asarray(x_train[i * batch_size : (i + 1) * batch_size]) for i in range(n)]
+    params = st.variables(use_ema=True)[0]
     stats = recompute_batch_stats(
-        _stats_fn_for(st.graphdef), st.ema.ema_params, st.batch_stats, batches, momentum=momentum
+        _stats_fn_for(st), params, st.batch_stats, batches, momentum=momentum
     )
-    return st.replace(ema=st.ema._replace(ema_batch_stats=stats))
+    return st.replace(ema_batch_stats=stats)
 
 
-_STATS_FNS: dict[Any, Callable] = {}
+def _stats_fn_for(st: TrainState) -> Callable:
+    graphdef, rngs, other = st.graphdef, st.rngs, st.other
+
+    @jax.jit
+    def stats_fn(params, batch_stats, images):
+        # train mode for batch statistics; dropout gets fixed keys, so this is deterministic
+        model = nnx.merge(graphdef, params, batch_stats, rngs, other, copy=True)
+        model(images)
+        return nnx.state(model, nnx.BatchStat)
+
+    return stats_fn
 
 
-def _stats_fn_for(graphdef) -> Callable:
-    if graphdef not in _STATS_FNS:
-
-        @jax.jit
-        def stats_fn(params, batch_stats, images):
-            # train mode for batch statistics; a fixed dropout key keeps it deterministic
-            return step_lib._apply(
-                graphdef, params, batch_stats, images, train=True, dropout_key=jax.random.key(0)
-            )[1]
-
-        _STATS_FNS[graphdef] = stats_fn
-    return _STATS_FNS[graphdef]
+def _write_data_info(workdir: Path, train: data_lib.Dataset) -> None:
+    """`data.json`: what `jaxreg predict` needs to read new images (shape, class names)."""
+    info = {
+        "name": train.name,
+        "image_shape": list(train.images.shape[1:]),
+        "class_names": [str(c) for c in train.class_names],
+    }
+    (workdir / "data.json").write_text(json.dumps(info, indent=2))
 
 
-def _run_epochs(
-    config,
-    state,
-    best_state,
-    es,
-    history,
-    start_epoch,
-    epoch_fn,
-    x_train,
-    y_train,
-    weights,
-    val,
-    eval_state,
-    use_ema,
-    ckpt,
-    fingerprint,
-    metrics_path,
-    schedule,
-    steps_per_epoch,
-    wall_before,
-):
-    stop_reason = "completed"
-    compile_s = None
-    ips_samples = []
-    wall = wall_before
-    epochs = int(config.epochs)
-    if es.should_stop:
-        stop_reason = "early_stopping"
-        start_epoch = epochs + 1
-    bar = tqdm(
-        range(start_epoch, epochs + 1),
-        desc="train",
-        unit="epoch",
-        disable=not config.progress,
-        initial=start_epoch - 1,
-        total=epochs,
-    )
-    for epoch in bar:
-        t0 = time.perf_counter()
-        new_state, step_metrics = epoch_fn(state, x_train, y_train, jnp.int32(epoch), weights)
-        step_metrics = jax.device_get(step_metrics)
-        dt = time.perf_counter() - t0
-        if compile_s is None and epoch == start_epoch:
-            compile_s = dt  # first epoch: compile + run
-        else:
-            ips_samples.append(steps_per_epoch * int(config.batch_size) / dt)
-        losses = np.asarray(step_metrics["loss"])
-        if not np.all(np.isfinite(losses)):
-            bad = int(np.argmax(~np.isfinite(losses)))
-            bar.close()
-            last_good = ckpt.latest_step() if ckpt is not None else None
-            raise NonFiniteLossError(
-                metrics_path.parent, epoch, int(state.step) + bad + 1, losses[bad], last_good
-            )
-        state = new_state
-        val_m = step_lib.evaluate(
-            eval_state(state),
-            val.images,
-            val.labels,
-            batch_size=int(config.eval_batch_size),
-            use_ema=use_ema,
-        )
-        wall += time.perf_counter() - t0
-        record = {
-            "epoch": epoch,
-            "train_loss": float(np.mean(losses)),
-            "train_accuracy": float(np.mean(step_metrics["accuracy"])),
-            "val_loss": val_m["loss"],
-            "val_accuracy": val_m["accuracy"],
-            "val_ece": val_m["ece"],
-            "lr": float(schedule(int(state.step) - 1)),
-            "time_s": round(time.perf_counter() - t0, 4),
-        }
-        history.append(record)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        es = es.update(record[config.monitor], epoch)
-        if es.has_improved:
-            best_state = state
-        if ckpt is not None:
-            meta = {
-                "epoch": epoch,
-                "history": history,
-                "early_stopping": dataclasses.asdict(es),
-                "fingerprint": fingerprint,
-                "wall_time_s": wall,
-                "metrics": {k: v for k, v in record.items() if k != "epoch"},
-            }
-            ckpt.save(epoch, _state_tree(state), meta, is_best=es.has_improved)
-        bar.set_postfix(
-            loss=f"{record['train_loss']:.3f}",
-            acc=f"{record['train_accuracy']:.3f}",
-            val_loss=f"{record['val_loss']:.3f}",
-            val_acc=f"{record['val_accuracy']:.3f}",
-        )
-        if es.should_stop:
-            stop_reason = "early_stopping"
-            bar.write(
-                f"Early stopping at epoch {epoch}: best {config.monitor} "
-                f"{es.best_metric:.4f} at epoch {es.best_epoch}"
-            )
-            break
-    bar.close()
-    ips = float(np.median(ips_samples)) if ips_samples else None
-    return state, best_state, es, history, stop_reason, wall, compile_s, ips
+class _TensorBoard:
+    """Scalars per epoch as TensorBoard event files (`tensorboardX`: no TensorFlow needed)."""
+
+    def __init__(self, logdir: Path):
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:  # optional: metrics.jsonl has the same numbers
+            self._w = None
+            return
+        self._w = SummaryWriter(str(logdir), flush_secs=30)
+
+    def write(self, epoch: int, record: Mapping[str, Any]) -> None:
+        if self._w is None:
+            return
+        for k, v in record.items():
+            if k != "epoch" and isinstance(v, (int, float)) and np.isfinite(v):
+                group = k.split("_", 1)[0] if "_" in k else "misc"
+                self._w.add_scalar(f"{group}/{k}", float(v), epoch)
+
+    def close(self) -> None:
+        if self._w is not None:
+            self._w.close()
 
 
 def _write_report(
@@ -599,13 +768,16 @@ def _write_report(
 ) -> None:
     from jaxreg import report
 
-    shown = {k: v for k, v in results.items() if k not in ("history", "state", "extra")}
+    hidden = ("history", "state", "extra", "model", "cpu_paths")
+    shown = {k: v for k, v in results.items() if k not in hidden}
     for name, m in results.get("extra", {}).items():
         for k, v in m.items():
             shown[f"{name}_{k}"] = v
     notes = []
     if results.get("best_epoch"):
         notes.append(f"Restored the best epoch by {config.monitor}: {results['best_epoch']}.")
+    if "cpu_paths" in results:
+        notes.append(_cpu.summary(results["cpu_paths"]))
     if history:
         report.write_run_report(
             workdir,

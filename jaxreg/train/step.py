@@ -1,7 +1,9 @@
-"""Pure, jit-compiled training and evaluation steps, and one epoch as a single `lax.scan`."""
+"""Pure training and evaluation steps for any task, and one epoch as a single `lax.scan`."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -11,19 +13,33 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxreg import losses
-from jaxreg.train.state import TrainState
+from jaxreg.optim.ema import ema_decay
+from jaxreg.train.state import TrainState, reseed
 
-AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]  # (key, images) -> images
-MixFn = Callable[[jax.Array, jax.Array, jax.Array], tuple]  # (key, images, soft) -> (images, soft)
+__all__ = [
+    "EmaStats",
+    "epoch_permutation",
+    "evaluate",
+    "make_host_epoch",
+    "make_train_epoch",
+    "make_train_step",
+    "predict",
+    "step_key",
+    "train_step",
+]
 
 # Tags that separate the random streams derived from one run key.
-_SHUFFLE, _STEP = 0, 1
+_SHUFFLE, _STEP, _EVAL = 0, 1, 2
 
 
 def step_key(run_key: jax.Array, step: jax.Array) -> jax.Array:
     """The key of optimizer step `step`: `fold_in(fold_in(run_key, STEP), step)`."""
     return jax.random.fold_in(jax.random.fold_in(run_key, _STEP), step)
+
+
+def eval_key(run_key: jax.Array) -> jax.Array:
+    """The key evaluation uses (the same for every epoch, so validation numbers compare)."""
+    return jax.random.fold_in(run_key, _EVAL)
 
 
 def epoch_permutation(
@@ -48,12 +64,20 @@ def epoch_permutation(
     return idx.astype(jnp.int32).reshape(num_steps, batch_size)
 
 
-def _apply(graphdef, params, batch_stats, images, *, train: bool, dropout_key=None):
-    # copy=True: fresh Variables at this trace level, so BatchNorm may update its statistics
-    # inside jax.grad (the caller's State objects are never mutated).
-    model = nnx.merge(graphdef, params, batch_stats, copy=True)
-    logits = model(images, train=train, dropout_key=dropout_key)
-    return logits, nnx.state(model, nnx.BatchStat)
+@dataclasses.dataclass(frozen=True)
+class EmaStats:
+    """How BatchNorm statistics follow the EMA weights: `mode` "average" (same decay) or "copy"."""
+
+    decay: float
+    warmup: bool = False
+    mode: str = "average"
+
+
+def _blend_stats(ema: EmaStats, avg: Any, new: Any, count: jax.Array) -> Any:
+    if ema.mode == "copy":
+        return jax.tree.map(jnp.asarray, new)
+    d = ema_decay(ema.decay, count, warmup=ema.warmup)
+    return jax.tree.map(lambda a, n: (d * a + (1.0 - d) * n).astype(n.dtype), avg, new)
 
 
 def train_step(
@@ -62,74 +86,63 @@ def train_step(
     labels: jax.Array,
     key: jax.Array,
     *,
-    num_classes: int,
-    augment: AugmentFn | None = None,
-    mix: MixFn | None = None,
-    label_smoothing: float = 0.0,
+    task: Any,
+    ema: EmaStats | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer step (pure; wrap in `jax.jit`).
+    """One optimizer step of `task` (pure; wrap in `jax.jit`).
 
     Args:
       state: the training state.
       images: (B, H, W, C) float32 in [0, 1].
-      labels: (B,) int32 in [0, num_classes).
-      key: this step's PRNG key (split here into augmentation, mixing and dropout keys).
-      num_classes: K.
-      augment: batched augmentation `(key, images) -> images` (e.g. `jaxreg.batch(fn)`).
-      mix: batch mixing `(key, images, soft_labels) -> (images, soft_labels)`.
-      label_smoothing: in [0, 1).
+      labels: (B,) int32.
+      key: this step's key (`step_key`): split into the task's key and the model's key, from
+        which every RNG stream of the model is reseeded.
+      task: a `jaxreg.train.tasks.Task`.
+      ema: how BatchNorm statistics follow the EMA weights (when `state.ema_batch_stats`).
 
     Returns:
-      `(new_state, metrics)` with scalar float32 `loss`, `accuracy` (against the
-      un-mixed labels), `grad_norm`.
+      `(new_state, metrics)`: the task's scalars plus `grad_norm`.
     """
-    k_aug, k_mix, k_drop = jax.random.split(key, 3)
-    if augment is not None:
-        images = augment(k_aug, images)
-    soft = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
-    if mix is not None:
-        images, soft = mix(k_mix, images, soft)
+    k_task, k_model = jax.random.split(key)
+    rngs = reseed(state.rngs, k_model)
 
-    def loss_fn(params, batch_stats):
-        logits, new_bs = _apply(
-            state.graphdef, params, batch_stats, images, train=True, dropout_key=k_drop
+    def loss_fn(params):
+        model = nnx.merge(state.graphdef, params, state.batch_stats, rngs, state.other, copy=True)
+        loss, metrics = task.loss(model, k_task, images, labels)
+        _, _, new_bs, new_rngs, new_other = nnx.split(
+            model, nnx.Param, nnx.BatchStat, nnx.RngState, ...
         )
-        loss = jnp.mean(losses.soft_cross_entropy(logits, soft, label_smoothing=label_smoothing))
-        return loss, (logits, new_bs)
+        return loss, (metrics, new_bs, new_rngs, new_other)
 
-    (loss, (logits, new_bs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state.batch_stats
+    (_, (metrics, new_bs, new_rngs, new_other)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params
     )
     with jax.numpy_dtype_promotion("standard"):  # optax's adam/schedules mix int32 and float
         updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema = state.ema
-    if state.ema_fn is not None:
-        ema = state.ema_fn.update(ema, params, new_bs if ema.ema_batch_stats is not None else None)
-    metrics = {
-        "loss": loss,
-        "accuracy": jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32)),
-        "grad_norm": optax.global_norm(grads),
-    }
+    ema_bs = state.ema_batch_stats
+    if ema_bs is not None and ema is not None:
+        ema_bs = _blend_stats(ema, ema_bs, new_bs, state.step)
+    metrics = dict(metrics)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     new_state = state.replace(
-        params=params, batch_stats=new_bs, opt_state=opt_state, ema=ema, step=state.step + 1
+        params=params,
+        batch_stats=new_bs,
+        rngs=new_rngs,
+        other=new_other,
+        opt_state=opt_state,
+        ema_batch_stats=ema_bs,
+        step=state.step + 1,
     )
     return new_state, metrics
 
 
-def make_train_epoch(
-    *,
-    batch_size: int,
-    num_classes: int,
-    augment: AugmentFn | None = None,
-    mix: MixFn | None = None,
-    label_smoothing: float = 0.0,
-) -> Callable:
+def make_train_epoch(*, batch_size: int, task: Any, ema: EmaStats | None = None) -> Callable:
     """A jitted `epoch(state, images, labels, epoch, weights) -> (state, step_metrics)`.
 
-    The whole epoch (shuffle, gather each batch, augment, mix, step) is one compiled
-    `lax.scan` over device-resident data: no host round-trip inside. `step_metrics` holds
-    per-step arrays of shape (num_steps,). `images` (N, H, W, C) float32, `labels` (N,)
+    The whole epoch (shuffle, gather each batch, the task's augmentation, the step) is one
+    compiled `lax.scan` over device-resident data: no host round-trip inside. `step_metrics`
+    holds per-step arrays of shape (num_steps,). `images` (N, H, W, C) float32, `labels` (N,)
     int32, `epoch` int32 scalar, `weights` (N,) sampling weights or `None`.
     """
 
@@ -141,66 +154,35 @@ def make_train_epoch(
         perm = epoch_permutation(state.key, epoch, n, steps, batch_size, weights)
 
         def body(st, idx):
-            return train_step(
-                st,
-                images[idx],
-                labels[idx],
-                step_key(st.key, st.step),
-                num_classes=num_classes,
-                augment=augment,
-                mix=mix,
-                label_smoothing=label_smoothing,
-            )
+            key = step_key(st.key, st.step)
+            return train_step(st, images[idx], labels[idx], key, task=task, ema=ema)
 
         return jax.lax.scan(body, state, perm)
 
     return jax.jit(epoch_fn)
 
 
-def make_train_step(
-    *,
-    num_classes: int,
-    augment: AugmentFn | None = None,
-    mix: MixFn | None = None,
-    label_smoothing: float = 0.0,
-) -> Callable:
+def make_train_step(*, task: Any, ema: EmaStats | None = None) -> Callable:
     """A jitted `step(state, images, labels) -> (state, metrics)` for host-fed batches.
 
     Uses the same per-step key rule as the scan epoch, so both loops see the same randomness.
     """
 
     def step_fn(state, images, labels):
-        return train_step(
-            state,
-            images,
-            labels,
-            step_key(state.key, state.step),
-            num_classes=num_classes,
-            augment=augment,
-            mix=mix,
-            label_smoothing=label_smoothing,
-        )
+        key = step_key(state.key, state.step)
+        return train_step(state, images, labels, key, task=task, ema=ema)
 
     return jax.jit(step_fn)
 
 
-def make_host_epoch(
-    *,
-    batch_size: int,
-    num_classes: int,
-    augment: AugmentFn | None = None,
-    mix: MixFn | None = None,
-    label_smoothing: float = 0.0,
-) -> Callable:
+def make_host_epoch(*, batch_size: int, task: Any, ema: EmaStats | None = None) -> Callable:
     """`epoch(state, images, labels, epoch, weights) -> (state, step_metrics)` fed from host.
 
     For training sets too large for device memory: the same permutation and step keys as
     `make_train_epoch` (so the same numbers), but each batch is gathered on the host
     (numpy) and passed to one jitted step. `images`/`labels` are numpy arrays.
     """
-    step = make_train_step(
-        num_classes=num_classes, augment=augment, mix=mix, label_smoothing=label_smoothing
-    )
+    step = make_train_step(task=task, ema=ema)
 
     def epoch_fn(state: TrainState, images, labels, epoch, weights=None):
         n = images.shape[0]
@@ -217,43 +199,77 @@ def make_host_epoch(
     return epoch_fn
 
 
-@jax.jit
-def _eval_batch(graphdef, params, batch_stats, images, labels):
-    logits, _ = _apply(graphdef, params, batch_stats, images, train=False)
-    return logits, losses.soft_cross_entropy(logits, labels)
+@functools.partial(jax.jit, static_argnames=("graphdef", "task"))
+def _eval_batch(graphdef, params, batch_stats, rngs, other, key, images, labels, *, task):
+    model = nnx.merge(graphdef, params, batch_stats, rngs, other, copy=True)
+    return task.evaluate(model, key, images, labels)
+
+
+def _batches(n: int, batch_size: int):
+    for i in range(0, n, batch_size):
+        yield i, min(i + batch_size, n)
+
+
+def evaluate(
+    state: TrainState,
+    task: Any,
+    images: Any,
+    labels: Any,
+    *,
+    batch_size: int = 1000,
+    use_ema: bool = False,
+) -> dict[str, float]:
+    """The task's metrics on a split, with the model in evaluation mode.
+
+    Args:
+      state: training state.
+      task: a `jaxreg.train.tasks.Task`.
+      images: (N, H, W, C) float32 in [0, 1].
+      labels: (N,) int.
+      batch_size: evaluation chunk size.
+      use_ema: evaluate the EMA weights (and their BatchNorm statistics).
+
+    Returns:
+      `task.summarize(...)`: metric name -> float.
+    """
+    params, bs = state.variables(use_ema=use_ema)
+    labels = np.asarray(labels, np.int32)
+    key = eval_key(state.key)
+    chunks = []
+    for lo, hi in _batches(images.shape[0], batch_size):
+        chunks.append(
+            jax.device_get(
+                _eval_batch(
+                    state.eval_graphdef,
+                    params,
+                    bs,
+                    state.rngs,
+                    state.other,
+                    jax.random.fold_in(key, lo),
+                    jnp.asarray(images[lo:hi]),
+                    jnp.asarray(labels[lo:hi]),
+                    task=task,
+                )
+            )
+        )
+    outputs = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+    return task.summarize(outputs, labels)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _apply_batch(graphdef, params, batch_stats, rngs, other, images):
+    return nnx.merge(graphdef, params, batch_stats, rngs, other, copy=True)(images)
 
 
 def predict(
     state: TrainState, images: Any, *, batch_size: int = 1000, use_ema: bool = False
 ) -> jax.Array:
-    """Logits (N, K) float32 for `images` (N, H, W, C) in eval mode (running BN statistics)."""
-    params, bs = state.eval_variables(use_ema=use_ema)
-    out = []
-    for i in range(0, images.shape[0], batch_size):
-        x = jnp.asarray(images[i : i + batch_size])
-        dummy = jnp.zeros((x.shape[0],), jnp.int32)
-        out.append(_eval_batch(state.graphdef, params, bs, x, dummy)[0])
+    """The model's outputs (e.g. logits (N, K)) for `images` (N, H, W, C), in evaluation mode."""
+    params, bs = state.variables(use_ema=use_ema)
+    out = [
+        _apply_batch(
+            state.eval_graphdef, params, bs, state.rngs, state.other, jnp.asarray(images[lo:hi])
+        )
+        for lo, hi in _batches(images.shape[0], batch_size)
+    ]
     return jnp.concatenate(out, axis=0)
-
-
-def evaluate(
-    state: TrainState, images: Any, labels: Any, *, batch_size: int = 1000, use_ema: bool = False
-) -> dict[str, float]:
-    """Loss, accuracy and expected calibration error on a labelled set, in eval mode.
-
-    Args:
-      state: training state.
-      images: (N, H, W, C) float32 in [0, 1].
-      labels: (N,) int in [0, K).
-      batch_size: evaluation chunk size.
-      use_ema: evaluate the EMA weights.
-
-    Returns:
-      dict with float `loss`, `accuracy`, `ece`.
-    """
-    logits = predict(state, images, batch_size=batch_size, use_ema=use_ema)
-    labels = jnp.asarray(labels, jnp.int32)
-    loss = jnp.mean(losses.soft_cross_entropy(logits, labels))
-    acc = losses.accuracy(logits, labels)
-    ece = losses.expected_calibration_error(jax.nn.softmax(logits), labels)
-    return {"loss": float(loss), "accuracy": float(acc), "ece": float(ece)}

@@ -19,10 +19,16 @@ OPS = {
     "random_translate": P(A.random_translate, max_fraction=0.3),
     "random_shear": P(A.random_shear, max_degrees=20),
     "random_affine": P(A.random_affine, max_degrees=20, scale=(0.8, 1.2), max_translate=0.1),
-    "random_crop": P(A.random_crop, size=6, padding=2),
+    "random_crop": P(A.random_crop, crop_sizes=(6, 6, 3), padding=2),
+    "random_flip_left_right": A.random_flip_left_right,
+    "random_brightness": P(A.random_brightness, max_delta=0.3),
+    "random_contrast": P(A.random_contrast, lower=0.5, upper=1.5),
+    "random_saturation": P(A.random_saturation, lower=0.5, upper=1.5),
+    "random_hue": P(A.random_hue, max_delta=0.3),
     "random_resized_crop": P(A.random_resized_crop, size=6),
     "color_jitter": P(A.color_jitter, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1),
-    "random_gamma": A.random_gamma,
+    "random_gamma": P(A.random_gamma, min_gamma=0.5, max_gamma=1.5),
+    "spec_gamma": A.from_spec("gamma"),
     "random_grayscale": P(A.random_grayscale, p=0.5),
     "gaussian_noise": P(A.gaussian_noise, sigma=(0.05, 0.2)),
     "random_blur": P(A.random_blur, sigma=(0.5, 1.5)),
@@ -38,7 +44,15 @@ OPS = {
     "digits": A.from_spec("digits"),
 }
 # Ops whose outcome may repeat between two examples (few discrete outcomes).
-DISCRETE = {"random_flip", "random_rot90", "random_grayscale", "random_downscale"}
+DISCRETE = {
+    "random_flip",
+    "random_flip_left_right",
+    "random_rot90",
+    "random_grayscale",
+    "random_downscale",
+}
+# dm-pix's ops do not clip: brightness and contrast may leave [0, 1].
+UNCLIPPED = {"rand_augment", "trivial_augment", "augmix", "random_brightness", "random_contrast"}
 
 
 @pytest.mark.parametrize("name", sorted(OPS))
@@ -55,11 +69,7 @@ def test_eager_jit_vmap_agree(name):
     assert vmapped.dtype == np.float32
     distinct = {v.round(5).tobytes() for v in vmapped}
     assert len(distinct) >= (2 if name in DISCRETE else 5), "split keys must vary the parameters"
-    if name not in (
-        "rand_augment",
-        "trivial_augment",
-        "augmix",
-    ):  # colour ops may overshoot by rounding
+    if name not in UNCLIPPED:  # the policies' colour ops may overshoot by rounding
         assert vmapped.min() >= -1e-6 and vmapped.max() <= 1 + 1e-6
 
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxreg.augment as A
-from jaxreg.augment import _warp
+from jaxreg.augment import _warp, geometric
 from tests.augment._util import image, key, reference
 
 FAST = settings(max_examples=8, deadline=None)
@@ -68,16 +68,19 @@ def test_flips_and_rot90_match_dm_pix():
 
 
 @pytest.mark.parametrize("degrees", [17.0, -151.0])
-def test_rotate_matches_dm_pix(degrees):
+def test_rotate_takes_radians_as_dm_pix(degrees):
     x = image(9, 12, 3)
-    ours = A.rotate(x, degrees, fill=0.25)
+    ours = A.rotate(x, np.deg2rad(degrees), mode="constant", cval=0.25)
     ref = reference(pix.rotate, x, np.deg2rad(degrees), order=1, mode="constant", cval=0.25)
     np.testing.assert_allclose(ours, ref, atol=2e-5)
+    # the same rotation in degrees, as the random ops and the spec "rotate" draw it
+    m = A.warp_affine(x, geometric._rotation_matrix(np.deg2rad(degrees), (9, 12)), fill=0.25)
+    np.testing.assert_allclose(ours, m, atol=2e-5)
 
 
 def test_rotate_quarter_turn_equals_rot90():
     x = image(7, 7, 1)
-    np.testing.assert_allclose(A.rotate(x, 90.0), A.rot90(x, 1), atol=1e-5)
+    np.testing.assert_allclose(A.rotate(x, np.pi / 2), A.rot90(x, 1), atol=1e-5)
 
 
 def _blob(n=33, radius=12, sigma=2.0):
@@ -123,16 +126,16 @@ def test_random_rotation_angles_are_degrees_within_max_degrees():
 def test_center_crop_matches_dm_pix():
     x = image(9, 8, 3)
     for size in [(4, 3), (9, 8), (1, 1)]:
+        np.testing.assert_array_equal(A.center_crop(x, *size), reference(pix.center_crop, x, *size))
         np.testing.assert_array_equal(
-            A.center_crop(x, size=size), reference(pix.center_crop, x, *size)
+            A.from_spec(f"center_crop(size={size})")(key(), x), A.center_crop(x, *size)
         )
-        np.testing.assert_array_equal(
-            A.from_spec(f"center_crop(size={size})")(key(), x), A.center_crop(x, size=size)
-        )
+    with pytest.raises(ValueError, match="must not exceed"):  # the spec op does not clip
+        A.from_spec("center_crop(size=(10,8))")(key(), x)
 
 
 @pytest.mark.parametrize("mode", ["reflect", "constant", "edge", "symmetric", "wrap"])
-def test_random_crop_is_a_window_of_the_padded_image(mode):
+def test_spec_crop_is_a_window_of_the_padded_image(mode):
     x = np.asarray(image(6, 7, 2))
     np_mode = {
         "edge": "edge",
@@ -143,9 +146,10 @@ def test_random_crop_is_a_window_of_the_padded_image(mode):
     }[mode]
     padded = np.pad(x, ((2, 2), (2, 2), (0, 0)), mode=np_mode)
     windows = {padded[i : i + 5, j : j + 4].tobytes() for i in range(6) for j in range(8)}
+    crop = A.from_spec(f"crop(size=(5,4),padding=2,pad_mode={mode!r})")
     seen = set()
     for s in range(12):
-        y = np.asarray(A.random_crop(key(s), jnp.asarray(x), size=(5, 4), padding=2, pad_mode=mode))
+        y = np.asarray(crop(key(s), jnp.asarray(x)))
         assert y.shape == (5, 4, 2)
         assert y.tobytes() in windows
         seen.add(y.tobytes())
@@ -198,13 +202,13 @@ def test_geometric_chain_resamples_once():
 def test_exact_chain_equals_sequential_application():
     x = image(8, 8, 3)
     fn = A.compose(
-        functools.partial(A.random_crop, size=6, padding=2),
+        functools.partial(A.random_crop, crop_sizes=(6, 6), padding=2),
         functools.partial(A.random_flip, vertical=True),
         A.random_rot90,
     )
     for s in range(5):
         k1, k2, k3 = jax.random.split(key(s), 3)
-        y = A.random_crop(k1, x, size=6, padding=2)
+        y = A.random_crop(k1, x, (6, 6, 3), padding=2)
         y = A.random_flip(k2, y, vertical=True)
         y = A.random_rot90(k3, y)
         np.testing.assert_array_equal(fn(key(s), x), y)
@@ -215,8 +219,11 @@ def test_geometric_ops_with_fill_and_modes():
     y = A.scale(x, 0.5, fill=(0.1, 0.2, 0.3))
     np.testing.assert_allclose(y[0, 0], [0.1, 0.2, 0.3], atol=1e-6)
     np.testing.assert_allclose(y[3, 3], [1.0, 1.0, 1.0], atol=1e-6)
+    for mode in ("nearest", "mirror", "reflect", "wrap"):
+        np.testing.assert_allclose(A.rotate(x, np.deg2rad(30.0), mode=mode), x, atol=1e-6)
     for mode in ("edge", "reflect", "symmetric", "wrap"):
-        np.testing.assert_allclose(A.rotate(x, 30.0, mode=mode), x, atol=1e-6)
+        y = A.random_rotate(key(), x, max_degrees=30.0, mode=mode)
+        np.testing.assert_allclose(y, x, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -224,11 +231,11 @@ def test_geometric_ops_with_fill_and_modes():
     [
         (lambda: A.rotate(jnp.zeros((4, 4)), 10.0), ValueError),
         (lambda: A.rotate(jnp.zeros((4, 4, 3), jnp.int32), 10.0), TypeError),
-        (lambda: A.random_crop(key(), image(), size=9), ValueError),
-        (lambda: A.random_crop(key(), image(), size=0), ValueError),
-        (lambda: A.random_crop(key(), image(), size=-2), ValueError),
-        (lambda: A.random_crop(key(), image(), size=4, pad_mode="mirror"), ValueError),
-        (lambda: A.center_crop(image(), size=9), ValueError),
+        (lambda: A.random_crop(key(), image(), (9, 9, 3)), ValueError),
+        (lambda: A.random_crop(key(), image(), (0, 0, 3)), ValueError),
+        (lambda: A.random_crop(key(), image(), (-2, -2)), ValueError),
+        (lambda: A.random_crop(key(), image(), (4, 4), pad_mode="mirror"), ValueError),
+        (lambda: A.center_crop(image(), 0, 4), ValueError),
         (lambda: A.random_flip(key(), image(), p=1.5), ValueError),
         (lambda: A.random_scale(key(), image(), min_scale=0.0, max_scale=1.0), ValueError),
         (lambda: A.random_scale(key(), image(), min_scale=1.2, max_scale=1.0), ValueError),

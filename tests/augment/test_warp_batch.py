@@ -30,11 +30,18 @@ BILINEAR = {
 }
 EXACT = {
     "crop_reflect+flip": A.compose(
-        P(A.random_crop, size=(6, 5), padding=3, pad_mode="reflect"),
+        P(A.random_crop, crop_sizes=(6, 5), padding=3, pad_mode="reflect"),
         P(A.random_flip, horizontal=True, vertical=True),
     ),
-    "crop_constant": P(A.random_crop, size=7, padding=(2, 4), pad_mode="constant", fill=0.5),
-    "crop_wrap": P(A.random_crop, size=5, padding=4, pad_mode="wrap"),
+    "crop_constant": P(
+        A.random_crop, crop_sizes=(7, 7, 2), padding=(2, 4), pad_mode="constant", fill=0.5
+    ),
+    "crop_wrap": P(A.random_crop, crop_sizes=(5, 5), padding=4, pad_mode="wrap"),
+    "spec_crop+dm_pix_flips": A.compose(
+        A.from_spec("crop(size=(6,5),padding=2)"),
+        A.random_flip_left_right,
+        P(A.random_flip_up_down, probability=0.3),
+    ),
     "rot90+flip": A.compose(A.random_rot90, A.random_flip),
 }
 

@@ -31,6 +31,17 @@ def test_writes_metrics_report_and_curves(tmp_path, digits_small):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["test_accuracy"] == pytest.approx(r["test_accuracy"])
     assert 0.0 <= r["test_accuracy"] <= 1.0 and r["epochs_run"] == 3
+    # which XLA:CPU paths ran: recorded in results.json and as one line of the report
+    paths = saved["cpu_paths"]
+    assert paths["platform"] == jax.default_backend() and paths["switch"] in ("on", "off")
+    cpu_on = jax.default_backend() == "cpu" and paths["switch"] == "on"
+    assert paths["workarounds"] == "used" if cpu_on else paths["workarounds"].startswith("not used")
+    assert paths["native_warp"]  # "native", "xla (...)" or "not used"
+    assert (
+        f"- XLA:CPU workarounds (jaxreg._cpu, JAXREG_CPU_WORKAROUNDS): {paths['workarounds']}"
+        in report
+    )
+    assert "cpu_paths" not in report.split("## Overfitting")[0]  # not a row of the results table
 
 
 def test_same_seed_same_numbers(tmp_path, digits_small):
@@ -69,6 +80,16 @@ def test_resume_refuses_a_different_config_naming_what_changed(tmp_path, digits_
         )
     # Settings that do not change training may change on resume.
     train_and_evaluate(tiny_config(epochs=2, restore_best=False), tmp_path, data=digits_small)
+
+
+def test_a_workdir_of_the_older_checkpoint_format_is_refused_clearly(tmp_path, digits_small):
+    # jaxreg 0.1 saved the whole train state as leaves "0000", "0001", ... without a version.
+    with Checkpointer(tmp_path / "checkpoints") as ck:
+        ck.save(1, {"0000": np.zeros(3, np.float32)}, {"epoch": 1}, is_best=False)
+    with pytest.raises(
+        ValueError, match="format 1 \\(an older jaxreg\\); this jaxreg reads format 2"
+    ):
+        train_and_evaluate(tiny_config(epochs=2), tmp_path, data=digits_small)
 
 
 # ----------------------------------------------------------------------------- resume and "best"

@@ -7,16 +7,22 @@ import optax
 import pytest
 
 from jaxreg import models
-from jaxreg.optim import ema
+from jaxreg.optim import param_ema
 from jaxreg.train import TrainState, make_train_epoch, make_train_step
-from jaxreg.train.step import epoch_permutation
+from jaxreg.train.step import EmaStats, epoch_permutation
+from jaxreg.train.tasks import Classification
 
 
-def _state(batch_norm=True, ema_fn=None, dropout=0.0):
+def _state(batch_norm=True, ema=False, dropout=0.0):
     m = models.create(
         "tiny", num_classes=4, input_shape=(8, 8, 1), batch_norm=batch_norm, dropout=dropout
     )
-    return TrainState.create(m, optax.adam(1e-2), key=jax.random.key(3), ema_fn=ema_fn)
+    tx = optax.chain(optax.adam(1e-2), param_ema(0.9)) if ema else optax.adam(1e-2)
+    return TrainState.create(m, tx, key=jax.random.key(3), ema_batch_stats=ema)
+
+
+def _task(**kw):
+    return Classification(num_classes=4, **kw)
 
 
 def _data(n=40):
@@ -33,9 +39,11 @@ def _flip(key, images):  # a batched augmentation hook
 
 def test_scan_epoch_equals_python_loop_of_the_same_step():
     x, y = _data()
-    st0 = _state(ema_fn=ema(0.9), dropout=0.3)
-    epoch = make_train_epoch(batch_size=8, num_classes=4, augment=_flip, label_smoothing=0.1)
-    step = make_train_step(num_classes=4, augment=_flip, label_smoothing=0.1)
+    st0 = _state(ema=True, dropout=0.3)
+    task = _task(augment=_flip, label_smoothing=0.1)
+    ema = EmaStats(0.9)
+    epoch = make_train_epoch(batch_size=8, task=task, ema=ema)
+    step = make_train_step(task=task, ema=ema)
     st_scan, metrics = epoch(st0, x, y, jnp.int32(1))
     perm = epoch_permutation(st0.key, jnp.int32(1), 40, 5, 8)
     st_py = st0
@@ -47,13 +55,17 @@ def test_scan_epoch_equals_python_loop_of_the_same_step():
     np.testing.assert_allclose(metrics["loss"], losses, rtol=2e-4, atol=1e-5)
     for a, b in zip(jax.tree.leaves(st_scan.params), jax.tree.leaves(st_py.params)):
         np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5)
-    for a, b in zip(jax.tree.leaves(st_scan.ema), jax.tree.leaves(st_py.ema)):
+    for a, b in zip(jax.tree.leaves(st_scan.opt_state), jax.tree.leaves(st_py.opt_state)):
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5)  # Adam moments and the EMA
+    for a, b in zip(
+        jax.tree.leaves(st_scan.ema_batch_stats), jax.tree.leaves(st_py.ema_batch_stats)
+    ):
         np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5)
 
 
 def test_epoch_is_deterministic_and_learns():
     x, y = _data()
-    epoch = make_train_epoch(batch_size=8, num_classes=4)
+    epoch = make_train_epoch(batch_size=8, task=_task())
     a, ma = epoch(_state(), x, y, jnp.int32(0))
     b, _mb = epoch(_state(), x, y, jnp.int32(0))
     for u, v in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
@@ -88,7 +100,7 @@ def test_mix_hook_receives_soft_labels():
         return images, 0.5 * soft + 0.5 / soft.shape[1]
 
     x, y = _data()
-    epoch = make_train_epoch(batch_size=8, num_classes=4, mix=mix)
+    epoch = make_train_epoch(batch_size=8, task=_task(mix=mix))
     epoch(_state(), x, y, jnp.int32(0))
     assert seen == {"shape": (8, 4), "dtype": jnp.float32}
 
@@ -96,4 +108,4 @@ def test_mix_hook_receives_soft_labels():
 def test_batch_larger_than_data_is_rejected():
     x, y = _data(6)
     with pytest.raises(ValueError, match="batch_size"):
-        make_train_epoch(batch_size=8, num_classes=4)(_state(), x, y, jnp.int32(0))
+        make_train_epoch(batch_size=8, task=_task())(_state(), x, y, jnp.int32(0))

@@ -1,11 +1,13 @@
-// Batched bilinear affine warp for XLA:CPU, called from jaxreg/augment/_warp.py (apply_batch).
+// Batched bilinear affine warp for XLA:CPU, the CPU lowering of the warp primitive in
+// jaxreg/_cpu/warp.py (called for jaxreg/augment/_warp.py's apply_batch).
 //
 // XLA:CPU runs gathers as scalar loops with per-element index arithmetic; this kernel does the
 // same arithmetic as `_warp.apply_batch_xla` (fold the coordinates by the border rule, clamp the
 // 2x2 window, blend, fill where the map leaves the image) in one pass over the output, with the
 // coordinates of an output row computed in a vectorisable loop and each pixel's four taps read
-// as contiguous channel vectors. Built on first use by jaxreg/augment/_native.py against the
-// XLA FFI headers that ship with the installed jaxlib.
+// as contiguous channel vectors. Built on first use by jaxreg/_cpu/native.py against the
+// XLA FFI headers that ship with the installed jaxlib. Measurements behind the choices below:
+// benchmarks/results/cpu_seam.md.
 //
 // Operands: images (B, Hp, Wp, C) f32 (already padded to >= 2x2), maps (B, 6) f32 holding the
 // first two rows of each 3x3 output-to-input map (y row, then x row), fill (C,) f32.
@@ -172,8 +174,7 @@ void BlendRow(const Job& j, const float* img, const RowTaps& taps, int64_t end, 
 // (the bounding box of their source coordinates, or the whole image for the periodic border
 // rules), so that the warp finds it in cache. A rotated map walks the source diagonally, which
 // the hardware prefetcher does not follow: without this pass most first reads of a source line
-// wait for DRAM (measured ~11 vs ~7 ns per output pixel at 10 degrees, 64 x 224x224x3).
-// Software prefetch hints along each row's source segment did not help on the CPU measured.
+// wait for DRAM.
 template <int MODE>
 void WarmSource(const Job& j, const float* m, const float* img, int64_t i0, int64_t i1) {
   // Rows that stay within ~2 source rows read the source in address order already.
@@ -250,12 +251,9 @@ void RowsForMode(int mode, const Job& j, int64_t r0, int64_t r1) {
 }
 
 // A fresh output buffer of tens of MB is a new mmap whose 4 KiB pages fault in one by one as
-// the kernel writes them; on the Linux VM measured those faults cost about as much as the
-// warp itself (Workload B of benchmarks/augment.py, 64 x 224x224x3: ~10 ms of warp on two
-// threads with a warm output buffer, ~30 ms with a fresh one).
-// Each thread first asks the kernel to map its part of the output in one call
-// (MADV_POPULATE_WRITE, Linux >= 5.14; ignored elsewhere) instead of one page fault per 4 KiB
-// page as the rows are written: ~10 % less time per Workload B batch in the runs measured.
+// the kernel writes them, which can cost as much as the warp itself. Each thread first asks
+// the kernel to map its part of the output in one call (MADV_POPULATE_WRITE, Linux >= 5.14;
+// ignored elsewhere) instead of one page fault per 4 KiB page as the rows are written.
 void PopulateForWrite(float* data, size_t bytes) {
 #if defined(__linux__)
 #ifndef MADV_POPULATE_WRITE
@@ -275,9 +273,8 @@ void PopulateForWrite(float* data, size_t bytes) {
 // Opt-in (JAXREG_HUGE_PAGES=1): advise transparent huge pages for the whole 2 MiB pages
 // inside a large output, which then fault in 2 MiB at a time (where THP is "madvise" or
 // "always"; a no-op where it is "never"); the advice ends when the allocator unmaps the range.
-// Not the default: on the VM measured (free page reporting returns freed guest memory to the
-// host), a huge page that landed on returned memory took ~5.8 ms to fault instead of ~0.2 ms,
-// and whole runs of Workload B went from ~16 ms to 60-80 ms per batch.
+// Not the default: on a VM that returns freed guest memory to its host (free page reporting),
+// a huge page that lands on returned memory is slow to fault, and whole runs got slower.
 void AdviseHugePages(float* data, size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   constexpr uintptr_t kHuge = uintptr_t{2} << 20;
@@ -287,8 +284,7 @@ void AdviseHugePages(float* data, size_t bytes) {
   hi &= ~(kHuge - 1);
   if (hi <= lo) return;
   // A buffer whose pages are already mapped (memory the allocator reused) has no faults to
-  // save; advising it again only splits and merges the allocator's mappings (measured: 78 ms
-  // instead of 13 ms per batch when glibc kept freed memory for reuse).
+  // save; advising it again only splits and merges the allocator's mappings, which is slow.
   unsigned char resident = 0;
   if (mincore(reinterpret_cast<void*>(lo), 4096, &resident) != 0 || (resident & 1)) return;
   madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);  // advice only; errors ignored

@@ -1,4 +1,4 @@
-"""The native XLA:CPU warp kernel (_warp_native.cc) against the XLA path.
+"""The native XLA:CPU warp kernel (jaxreg/_cpu/warp_native.cc) against the XLA path.
 
 It is built where a compiler exists (and only when a CPU program needs it), gives the same
 values, gradients and batching rules as the XLA path, is loaded only from a private folder
@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 
 import jaxreg.augment as A
-from jaxreg.augment import _native, _warp
+from jaxreg._cpu import native as _native
+from jaxreg.augment import _warp
 
 MODES = ("constant", "edge", "reflect", "symmetric", "wrap")
 
@@ -404,7 +405,7 @@ _SCENARIOS = """
 import functools, json, os, sys, tempfile, warnings
 import jax, numpy as np
 import jaxreg.augment as A
-from jaxreg.augment import _native
+from jaxreg._cpu import native as _native
 
 x = jax.numpy.asarray(np.random.default_rng(0).random((4, 12, 10, 3), dtype=np.float32))
 key = jax.random.key(1)
@@ -726,7 +727,7 @@ _PLATFORMS = """
 import functools, json, os, sys
 import jax, numpy as np
 import jaxreg.augment as A
-from jaxreg.augment import _native
+from jaxreg._cpu import native as _native
 
 cache, log = sys.argv[1], sys.argv[2]
 x = jax.numpy.asarray(np.random.default_rng(0).random((2, 8, 8, 3), dtype=np.float32))

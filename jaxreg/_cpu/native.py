@@ -1,16 +1,15 @@
-"""Native XLA:CPU kernel of jaxreg.augment (the batched bilinear warp): built, verified, cached.
+"""The native XLA:CPU kernel of the batched bilinear warp (`warp_native.cc`): built, verified, cached.
 
-XLA:CPU runs a gather as a scalar loop with index arithmetic per element, and a rotated warp
-of a large batch spends most of its time there and in page faults of its fresh output buffer
-(benchmarks/augment.py, Workload B). `_warp_native.cc` does the same arithmetic as
-`_warp.apply_batch_xla` in one pass, as an XLA FFI custom call.
+`warp_native.cc` does the arithmetic of `jaxreg.augment._warp.apply_batch_xla` in one pass, as
+an XLA FFI custom call, where XLA:CPU would run the same warp as scalar gather loops.
 
 When it is built: only when a program that holds a float32 batched bilinear warp is lowered
-for the CPU (the CPU lowering rule of the warp primitive in `_warp` asks `warp_target`).
-Lowering for GPU or TPU (`jax.jit(...).lower(lowering_platforms=...)`, `jax.export`) never
-builds, loads or calls it: those programs use the XLA path.
+for the CPU (the CPU lowering rule of the warp primitive in `jaxreg._cpu.warp` asks
+`warp_target`) and the switches allow it (`jaxreg._cpu`: `JAXREG_CPU_WORKAROUNDS`,
+`JAXREG_NATIVE`). Lowering for GPU or TPU (`jax.jit(...).lower(lowering_platforms=...)`,
+`jax.export`) never builds, loads or calls it: those programs use the XLA path.
 
-What is compiled and where it goes: `_warp_native.cc`, with the system C++ compiler, against
+What is compiled and where it goes: `warp_native.cc`, with the system C++ compiler, against
 the FFI headers that ship with the installed jaxlib; first with `-march=native`, then (if that
 does not compile) with portable flags. The shared library `warp_native-<key>.so` goes into the
 cache folder, `<key>` being a hash of everything the build depends on (source, compiler
@@ -49,21 +48,17 @@ XLA path: same values, slower on the CPU. `native_status()` says which path CPU 
 Gradients and forward-mode derivatives always come from the XLA path.
 
 `jax.export` refuses CPU programs that hold custom calls without a compatibility guarantee,
-this one included: export CPU programs that contain batched warps with `JAXREG_NATIVE=0` set
-(or with `jax.export.DisabledSafetyCheck.custom_call("jaxreg_warp_bilinear")`, for use on
-machines where jaxreg registers the same kernel). Programs exported for GPU or TPU do not
-contain it.
+this one included: export CPU programs that contain batched warps with `JAXREG_NATIVE=0` (or
+`JAXREG_CPU_WORKAROUNDS=0`) set, or with
+`jax.export.DisabledSafetyCheck.custom_call("jaxreg_warp_bilinear")` for use on machines where
+jaxreg registers the same kernel. Programs exported for GPU or TPU do not contain it.
 
-Environment (read when a CPU program is lowered):
-  JAXREG_NATIVE: "0" (or "false", "off", "no") turns the native kernel off: nothing is built
-    or loaded. Values other than these and "1"/"true"/"on"/"yes" raise ValueError (also for
-    JAXREG_HUGE_PAGES); empty means the default.
+Environment (read when a CPU program is lowered; the switches are described in `jaxreg._cpu`):
   JAXREG_HUGE_PAGES: "1" makes the kernel advise transparent huge pages (Linux
     `madvise(MADV_HUGEPAGE)`) for the 2 MiB pages inside an output of 8 MiB or more, which
-    then fault in 2 MiB at a time instead of 4 KiB. Off by default: it roughly halved the
-    time of a 64 x 224x224x3 warp on the VM measured in most runs, but on a VM that returns
-    freed memory to its host a huge-page fault can take ~30x longer, and whole runs were
-    2-4x slower than without it.
+    then fault in 2 MiB at a time instead of 4 KiB. Off by default: on a VM that returns freed
+    memory to its host it made whole runs slower (benchmarks/results/cpu_seam.md). Parsed like
+    the switches: other values than 1/true/on/yes and 0/false/off/no raise ValueError.
   JAXREG_CACHE_DIR: the folder for built kernels (see above).
   JAXREG_NATIVE_BUILD_TIMEOUT: seconds one compiler run may take (default 60); a positive
     number, else ValueError.
@@ -96,10 +91,11 @@ import jaxlib
 import numpy as np
 
 from jaxreg import _paths
+from jaxreg._cpu import switch
 
 __all__ = []  # private module
 
-SOURCE = Path(__file__).with_name("_warp_native.cc")
+SOURCE = Path(__file__).with_name("warp_native.cc")
 WARP_TARGET = "jaxreg_warp_bilinear"
 _SYMBOL = "JaxregWarpBilinear"
 MODES = {"constant": 0, "edge": 1, "reflect": 2, "symmetric": 3, "wrap": 4}
@@ -111,9 +107,6 @@ SELFTEST_TIMEOUT = 120.0  # seconds for the self-test subprocess (jax import + o
 SELFTEST_ATOL = 1e-4  # the kernel and the XLA path agree to ~1e-6 (multiply-add contraction)
 _RECORD_MAX_BYTES = 1 << 16
 _RECORD_FORMAT = 1
-
-_ON = ("1", "true", "on", "yes")
-_OFF = ("0", "false", "off", "no")
 
 
 class BuildError(OSError):
@@ -135,33 +128,14 @@ class UntrustedLibraryError(OSError):
 # --- Environment ------------------------------------------------------------------------------
 
 
-def _env_flag(name: str, default: bool) -> bool:
-    """The on/off environment variable `name` (unset or empty: `default`).
-
-    Raises:
-      ValueError: a value other than 1/true/on/yes or 0/false/off/no.
-    """
-    value = os.environ.get(name, "").strip().lower()
-    if not value:
-        return default
-    if value in _ON:
-        return True
-    if value in _OFF:
-        return False
-    raise ValueError(
-        f"{name} must be one of {', '.join(_ON)} (on) or {', '.join(_OFF)} (off); "
-        f"got {os.environ[name]!r}."
-    )
-
-
 def enabled() -> bool:
-    """False when the environment variable JAXREG_NATIVE turns the native kernel off."""
-    return _env_flag("JAXREG_NATIVE", True)
+    """False when `JAXREG_CPU_WORKAROUNDS` or `JAXREG_NATIVE` turns the native kernel off."""
+    return switch.native_enabled()
 
 
 def huge_pages() -> bool:
     """True when JAXREG_HUGE_PAGES=1 turns the kernel's huge-page advice on (read at trace time)."""
-    return _env_flag("JAXREG_HUGE_PAGES", False)
+    return switch.env_flag("JAXREG_HUGE_PAGES", False)
 
 
 def build_timeout() -> float:
@@ -436,7 +410,7 @@ def _record(cxx: list[str], version: str, flags: list[str], library: Path, diges
 
 # --- Self-test --------------------------------------------------------------------------------
 
-_SELFTEST_CODE = "from jaxreg.augment import _native; raise SystemExit(_native.main())"
+_SELFTEST_CODE = "from jaxreg._cpu import native; raise SystemExit(native.main())"
 
 
 def selftest(library: Path, digest: str, timeout: float = SELFTEST_TIMEOUT) -> None:
@@ -455,6 +429,7 @@ def selftest(library: Path, digest: str, timeout: float = SELFTEST_TIMEOUT) -> N
     env.update(
         JAX_PLATFORMS="cpu",
         JAX_ENABLE_COMPILATION_CACHE="false",  # compile the comparison afresh, cache nothing
+        JAXREG_CPU_WORKAROUNDS="1",
         JAXREG_NATIVE="1",
         JAXREG_HUGE_PAGES="0",
     )
@@ -482,7 +457,7 @@ def _signal_name(number: int) -> str:
 
 def _compare_with_xla() -> float:
     """Largest difference between native and XLA warps (all border modes, three shapes)."""
-    from jaxreg.augment import _warp  # deferred: _warp imports this module
+    from jaxreg.augment import _warp  # deferred: jaxreg.augment imports this package
 
     rng = np.random.default_rng(0)
     cases = [((3, 9, 13, 3), (11, 7)), ((2, 5, 8, 4), (9, 4)), ((2, 1, 7, 2), (4, 5))]
@@ -646,7 +621,7 @@ class _Loader:
     def __init__(self):
         self.lock = threading.Lock()
         self.asked = False  # a CPU lowering has asked for the kernel
-        self.disabled = False  # JAXREG_NATIVE was off at the latest ask
+        self.disabled = ""  # which switch turned the kernel off at the latest ask, if any
         self.done = False  # the build/load below has run
         self.target: str | None = None
         self.library: Path | None = None
@@ -699,16 +674,17 @@ def warp_target() -> str | None:
     """Name of the registered native warp custom call, or None to use the XLA path.
 
     Called by the CPU lowering rule of the batched warp. The first call in a process (with
-    JAXREG_NATIVE on) builds the kernel if needed, verifies it and registers it; when any of
+    the switches on) builds the kernel if needed, verifies it and registers it; when any of
     that fails it warns once (RuntimeWarning) and this returns None from then on.
 
     Raises:
-      ValueError: JAXREG_NATIVE or JAXREG_NATIVE_BUILD_TIMEOUT has an unknown value.
+      ValueError: JAXREG_CPU_WORKAROUNDS, JAXREG_NATIVE or JAXREG_NATIVE_BUILD_TIMEOUT has an
+        unknown value.
     """
     on = enabled()
     timeout = build_timeout() if on else BUILD_TIMEOUT
     with _LOADER.lock:
-        _LOADER.asked, _LOADER.disabled = True, not on
+        _LOADER.asked, _LOADER.disabled = True, "" if on else switch.why_native_off()
         if not on:
             return None
         if not _LOADER.done:
@@ -722,15 +698,15 @@ def native_status() -> dict[str, str | None]:
 
     Returns:
       `{"warp": ..., "library": ...}`: "warp" is "native", "xla (disabled by
-      JAXREG_NATIVE=0)", "xla (<why the kernel is not available>)" or "not used yet" (no CPU
-      program with a float32 batched bilinear warp was lowered); "library" is the loaded
-      kernel's path when "warp" is "native", else None.
+      JAXREG_NATIVE=0)" (or by JAXREG_CPU_WORKAROUNDS=0), "xla (<why the kernel is not
+      available>)" or "not used yet" (no CPU program with a float32 batched bilinear warp
+      was lowered); "library" is the loaded kernel's path when "warp" is "native", else None.
     """
     with _LOADER.lock:
         if not _LOADER.asked:
             return {"warp": "not used yet", "library": None}
         if _LOADER.disabled:
-            return {"warp": "xla (disabled by JAXREG_NATIVE=0)", "library": None}
+            return {"warp": f"xla ({_LOADER.disabled})", "library": None}
         if _LOADER.target is None:
             return {"warp": f"xla ({_LOADER.reason})", "library": None}
         return {"warp": "native", "library": str(_LOADER.library)}
