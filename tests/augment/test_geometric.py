@@ -112,11 +112,11 @@ _rotations = jax.jit(
 def test_random_rotation_angles_are_degrees_within_max_degrees():
     # The angle is drawn in degrees from [-10, 10]: recovered from where an off-centre blob
     # lands, every draw stays within 10 degrees (plus centroid error) and the draws fill the
-    # range. The deterministic twin turns by the angle given in degrees, counter-clockwise.
+    # range. The deterministic twin (dm-pix's `rotate`) turns by an angle in radians, counter-clockwise.
     x = _blob()
     np.testing.assert_allclose(_angle(x), 0.0, atol=1e-6)
     for deg in (10.0, -7.0, 90.0):
-        np.testing.assert_allclose(_angle(A.rotate(x, deg)), deg, atol=0.2)
+        np.testing.assert_allclose(_angle(A.rotate(x, np.deg2rad(deg))), deg, atol=0.2)
     for ys in _rotations(jax.random.split(key(2), 64), x):
         angles = np.array([_angle(y) for y in ys])
         assert np.all(np.abs(angles) <= 10.2), angles
