@@ -13,6 +13,12 @@ gather as a scalar loop whose cost grows with the index arity, and vmapping `app
 pairs at one flat index) or as rows of one (B * H, W, C) array (exact copies) keeps the index
 at one or two components (same arithmetic). The bilinear batch form is `apply_batch_xla`,
 which on the CPU `jaxreg._cpu.warp` may replace by a native kernel (same arithmetic).
+
+Source coordinates are matrix products (`_coords`, `_line`), computed once and read by the tap
+index, the tap weight and the validity alike: computed elementwise, XLA recomputes them inside
+every fusion that reads them and may round them differently there (a multiply-add contracted
+in one fusion and not in another), so that under `jit` a coordinate within an ulp of an
+integer took its tap from one pixel and its weight from the next.
 """
 
 from __future__ import annotations
@@ -97,22 +103,10 @@ def _taps(t: jax.Array, n: int):
 
 
 def _coords(m: jax.Array, out_hw: tuple[int, int]):
-    """Input coordinates (y, x), each (ho, wo), of every output pixel under the map m."""
-    ho, wo = out_hw
-    yy = jnp.arange(ho, dtype=jnp.float32).reshape(ho, 1)
-    xx = jnp.arange(wo, dtype=jnp.float32).reshape(1, wo)
-    y = m[0, 0] * yy + m[0, 1] * xx + m[0, 2]
-    x = m[1, 0] * yy + m[1, 1] * xx + m[1, 2]
-    return y, x
+    """Input coordinates (y, x), each (ho, wo), of every output pixel under the map m.
 
-
-def _coords_dot(m: jax.Array, out_hw: tuple[int, int]):
-    """`_coords` as one matrix product (as dm-pix computes them), materialised once.
-
-    Elementwise, XLA recomputes the coordinates inside every fusion that reads them (tap index,
-    weight, validity), and may round them differently there (a multiply-add contracted in one
-    fusion and not in another): under `jit` a coordinate within an ulp of an integer then took
-    its tap from one pixel and its weight from the next. A dot is computed once.
+    One matrix product (as dm-pix computes them), so each coordinate is computed once (see the
+    module docstring).
     """
     ho, wo = out_hw
     yy, xx = jnp.meshgrid(
@@ -120,6 +114,12 @@ def _coords_dot(m: jax.Array, out_hw: tuple[int, int]):
     )
     c = jnp.matmul(jnp.stack([yy, xx], axis=-1), m[:2, :2].T) + m[:2, 2].reshape(1, 1, 2)
     return c[..., 0], c[..., 1]
+
+
+def _line(scale: jax.Array, offset: jax.Array, n: int) -> jax.Array:
+    """`scale * i + offset` for i in [0, n), as one matrix product (computed once, as `_coords`)."""
+    ii = jnp.stack([jnp.arange(n, dtype=jnp.float32), jnp.ones((n,), jnp.float32)], axis=-1)
+    return jnp.matmul(ii, jnp.stack([scale, offset]).astype(jnp.float32))
 
 
 def _bilinear_taps(m, in_hw, padded_hw, out_hw, mode):
@@ -227,8 +227,7 @@ def _exact_taps(m, in_hw, out_hw, axis_aligned, mode):
     h, w = in_hw
     ho, wo = out_hw
     if axis_aligned:
-        y = m[0, 0] * jnp.arange(ho, dtype=jnp.float32) + m[0, 2]
-        x = m[1, 1] * jnp.arange(wo, dtype=jnp.float32) + m[1, 2]
+        y, x = _line(m[0, 0], m[0, 2], ho), _line(m[1, 1], m[1, 2], wo)
         y, vy = _fold(jnp.round(y).astype(jnp.int32), h, mode, True)
         x, vx = _fold(jnp.round(x).astype(jnp.int32), w, mode, True)
         y, x = jnp.broadcast_to(y[:, None], out_hw), jnp.broadcast_to(x[None, :], out_hw)
@@ -310,11 +309,8 @@ def apply(
         image = _pad_for_bilinear(image, h, w)
     hp, wp = image.shape[0], image.shape[1]
     fillv = _core.fill_value(fill, c).astype(dtype)
-    ys = jnp.arange(ho, dtype=jnp.float32)
-    xs = jnp.arange(wo, dtype=jnp.float32)
     if axis_aligned:
-        y = m[0, 0] * ys + m[0, 2]
-        x = m[1, 1] * xs + m[1, 2]
+        y, x = _line(m[0, 0], m[0, 2], ho), _line(m[1, 1], m[1, 2], wo)
         if exact:
             y, vy = _fold(jnp.round(y).astype(jnp.int32), h, mode, True)
             x, vx = _fold(jnp.round(x).astype(jnp.int32), w, mode, True)
@@ -396,7 +392,7 @@ def apply_ndimage(
     h, w, c = image.shape
     fillv = _core.fill_value(fill, c).astype(image.dtype)
     rule = NDIMAGE_MODES[mode]
-    y, x = _coords_dot(m, out_hw)
+    y, x = _coords(m, out_hw)
     if order == 0:
         y, vy = _fold(lax.round(y).astype(jnp.int32), h, rule, True)
         x, vx = _fold(lax.round(x).astype(jnp.int32), w, rule, True)
