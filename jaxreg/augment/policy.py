@@ -342,11 +342,11 @@ _COLOR_OPS: dict[str, Callable[[jax.Array, jax.Array, jax.Array], jax.Array]] = 
 }
 
 _GEO_OPS: dict[str, Callable[[jax.Array, jax.Array, tuple[int, int]], jax.Array]] = {
-    "rotate": lambda m, s, hw: geometric._rotation_matrix(jnp.deg2rad(30.0 * m * s), hw),
-    "shear_x": lambda m, s, hw: geometric._shear_matrix(0.3 * m * s, 0.0, hw),
-    "shear_y": lambda m, s, hw: geometric._shear_matrix(0.0, 0.3 * m * s, hw),
-    "translate_x": lambda m, s, hw: geometric._translate_matrix(0.0, 0.45 * m * s * hw[1]),
-    "translate_y": lambda m, s, hw: geometric._translate_matrix(0.45 * m * s * hw[0], 0.0),
+    "rotate": lambda m, s, hw: geometric.rotation_matrix(jnp.deg2rad(30.0 * m * s), hw),
+    "shear_x": lambda m, s, hw: geometric.shear_matrix(0.3 * m * s, 0.0, hw),
+    "shear_y": lambda m, s, hw: geometric.shear_matrix(0.0, 0.3 * m * s, hw),
+    "translate_x": lambda m, s, hw: geometric.translate_matrix(0.0, 0.45 * m * s * hw[1]),
+    "translate_y": lambda m, s, hw: geometric.translate_matrix(0.45 * m * s * hw[0], 0.0),
 }
 
 _RAND_AUGMENT_OPS = (

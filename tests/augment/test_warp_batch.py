@@ -107,7 +107,7 @@ def test_affine_index_and_weight_come_from_one_coordinate():
     x = images(1, 9, 12, 3)[0]
     ref = np.stack(
         [
-            _edge_bilinear(x, geometric._affine_matrix(d, 1.0, (0.0, 0.0), (0.0, 0.0), (9, 12)))
+            _edge_bilinear(x, geometric.affine_matrix(d, 1.0, (0.0, 0.0), (0.0, 0.0), (9, 12)))
             for d in ANGLES
         ]
     )
