@@ -252,7 +252,7 @@ def warp_affine(
         raise ValueError(f"matrix must have shape (3, 3) or (2, 3); got {m.shape}.")
     if order == 0:
         m = jnp.round(m)  # nearest: integer map of rounded coordinates
-    return _warp.apply(image, m, out_hw, exact=order == 0, mode=mode, fill=fill)
+    return _warp.warp(image, m, out_hw, exact=order == 0, mode=mode, fill=fill)
 
 
 def _pix_rotation_matrix(angle, hw):
@@ -296,7 +296,7 @@ def rotate(
         raise ValueError(f"cval must be a number or one number per channel; got {cval!r}.")
     _core.fill_value(cval, c, "cval")
     m = _pix_rotation_matrix(angle, (h, w))
-    return _warp.apply_ndimage(image, m, (h, w), order=order, mode=mode, fill=cval)
+    return _warp.warp_ndimage(image, m, (h, w), order=order, mode=mode, fill=cval)
 
 
 def scale(image: jax.Array, factor: Any, *, fill: Fill = 0.0, mode: str = "constant") -> jax.Array:
@@ -316,7 +316,7 @@ def scale(image: jax.Array, factor: Any, *, fill: Fill = 0.0, mode: str = "const
     _check_mode(mode)
     _check_fill(fill)
     f = jnp.asarray(factor, jnp.float32)
-    return _warp.apply(
+    return _warp.warp(
         image, scale_matrix(f, f, (h, w)), (h, w), axis_aligned=True, mode=mode, fill=fill
     )
 
@@ -332,7 +332,7 @@ def translate(
     h, w, _ = _core.check_image(image)
     _check_mode(mode)
     _check_fill(fill)
-    return _warp.apply(
+    return _warp.warp(
         image, translate_matrix(dy, dx), (h, w), axis_aligned=True, mode=mode, fill=fill
     )
 
@@ -355,7 +355,7 @@ def shear(
     _check_fill(fill)
     tx = jnp.tan(jnp.deg2rad(jnp.asarray(degrees_x, jnp.float32)))
     ty = jnp.tan(jnp.deg2rad(jnp.asarray(degrees_y, jnp.float32)))
-    return _warp.apply(image, shear_matrix(tx, ty, (h, w)), (h, w), mode=mode, fill=fill)
+    return _warp.warp(image, shear_matrix(tx, ty, (h, w)), (h, w), mode=mode, fill=fill)
 
 
 def affine(
@@ -389,7 +389,7 @@ def affine(
     _check_mode(mode)
     _check_fill(fill)
     m = affine_matrix(degrees, jnp.asarray(scale, jnp.float32), translate, shear, (h, w))
-    return _warp.apply(image, m, (h, w), mode=mode, fill=fill)
+    return _warp.warp(image, m, (h, w), mode=mode, fill=fill)
 
 
 def resize(image: jax.Array, size: int | Sequence[int]) -> jax.Array:
@@ -397,7 +397,7 @@ def resize(image: jax.Array, size: int | Sequence[int]) -> jax.Array:
     h, w, _ = _core.check_image(image)
     out_hw = _core.check_size(size)
     m = resized_crop_matrix(0.0, 0.0, float(h), float(w), out_hw)
-    return _warp.apply(image, m, out_hw, axis_aligned=True, mode="edge")
+    return _warp.warp(image, m, out_hw, axis_aligned=True, mode="edge")
 
 
 def crop(image: jax.Array, top: Any, left: Any, *, size: int | Sequence[int]) -> jax.Array:
@@ -453,7 +453,7 @@ def resized_crop(
         jnp.asarray(width, jnp.float32),
         out_hw,
     )
-    return _warp.apply(image, m, out_hw, axis_aligned=True, mode="edge")
+    return _warp.warp(image, m, out_hw, axis_aligned=True, mode="edge")
 
 
 # ---------------------------------------------------------------------------------------------
