@@ -75,15 +75,18 @@ def _time_side_by_side(
 
     Each runner (already called once) is called once more to warm up; then every round calls
     each runner that has repeats left once, so that load from other processes falls on all of
-    them alike.
+    them alike. Round r starts at the r-th runner (the order rotates), so that no runner
+    always follows the same one (whose freed memory or busy threads it would inherit).
     """
     for run in runs.values():
         _block(run())  # second warm-up (caches, thread pools)
+    names = list(runs)
     times: dict[str, list[float]] = {name: [] for name in runs}
     for r in range(max(repeats.values(), default=0)):
-        for name, run in runs.items():
-            if r < repeats[name]:
-                times[name].append(_call(run))
+        for i in range(len(names)):
+            name = names[(r + i) % len(names)]
+            if len(times[name]) < repeats[name]:
+                times[name].append(_call(runs[name]))
     return {name: statistics.median(times[name]) for name in runs}
 
 
@@ -572,7 +575,8 @@ def run_workload(name, peers, args, repeats, *, few=()):
         args: The inputs passed to each factory (the image batch first; its leading axis is the
             batch size used for images per second).
         repeats: Timed calls after the two warm-up calls.
-        few: Peers timed over 2 calls only (too slow for `repeats`).
+        few: Peers timed over 2 calls only (too slow for `repeats`), each on its own after the
+            others.
 
     Returns:
         One `(peer, images per second, first-call s, median batch s, note)` tuple per peer; the
@@ -588,14 +592,18 @@ def run_workload(name, peers, args, repeats, *, few=()):
             notes[peer] = f"skipped: not installed ({what})"
         except Exception as e:  # a peer's API changed: report, keep going
             notes[peer] = f"failed: {type(e).__name__}: {str(e)[:80]}"
-    timed, first = {}, {}
-    for peer, run in runs.items():  # the first call (compilation); one that fails drops the peer
-        try:
-            first[peer] = _call(run)
-            timed[peer] = run
-        except Exception as e:
-            notes[peer] = f"failed: {type(e).__name__}: {str(e)[:80]}"
-    medians = _time_side_by_side(timed, {p: 2 if p in few else repeats for p in timed})
+    first, medians = {}, {}
+    # The others side by side, then each slow peer on its own (its seconds-long calls and their
+    # memory would fall on the rows around it).
+    for group in ([p for p in runs if p not in few], *([p] for p in runs if p in few)):
+        timed = {}
+        for peer in group:  # the first call (compilation); one that fails drops the peer
+            try:
+                first[peer] = _call(runs[peer])
+                timed[peer] = runs[peer]
+            except Exception as e:
+                notes[peer] = f"failed: {type(e).__name__}: {str(e)[:80]}"
+        medians.update(_time_side_by_side(timed, {p: 2 if p in few else repeats for p in timed}))
     rows = []
     for peer, _ in peers:
         if peer in medians:
