@@ -17,6 +17,18 @@ orders, `jax.grad` of a loss of `jax.vmap(op)` and `jax.vmap(jax.grad(...))`, un
 `lax.scan`; PRNG keys and integer inputs get none. Forward-mode (`jax.jvp`, `jax.jacfwd`) is
 not available through a `custom_vjp` (JAX raises TypeError): ops that rely on JAX's own
 batching (deterministic colour ops, flips, crops) keep it.
+
+Which ops carry a rule: every op that resamples through an affine map (`_warp.warp`,
+`_warp.warp_ndimage`: the random geometric ops, `affine`, `warp_affine`, `rotate`, `scale`,
+`translate`, `shear`, `resize`, `resized_crop`), since XLA:CPU runs a gather as a scalar loop
+whose cost grows with the index arity and vmapping adds a batch component to every pixel's
+index; every random op and policy, whose vmapped code is already batched (elementwise draws
+and pixels) but which, fused into each consumer that reads them, were recomputed per read (the
+rule adds the fence `batch` added per stage); foreign stages of `compose`. The others rely on
+JAX's batching: deterministic colour ops, `add_noise`, `erase` (elementwise arithmetic and
+per-example reductions), `gaussian_blur`, `downscale`, `jpeg_compress` (static shifts, resizes
+and block transforms), flips, `rot90`, `center_crop` (static slices) and `crop` (one window
+per example): their vmapped code is the batched code.
 """
 
 from __future__ import annotations
