@@ -1,10 +1,18 @@
 """jaxreg: data augmentation and regularization for small vision models in JAX/Flax.
 
-The flat public API. Augmentations are pure per-example functions `fn(key, image, *, ...)`
-(batch them with `batch`); regularizers are Optax transforms; `train_and_evaluate` runs
-the one functional training loop. See README.md for a tour.
+The namespaces are the API: `jaxreg.augment` (per-example image ops, policies, batch mixing),
+`jaxreg.optim` (Optax regularizers), `jaxreg.losses`, `jaxreg.data`, `jaxreg.models`,
+`jaxreg.train` (the loop, tasks, checkpoints, `restore`), `jaxreg.report` and
+`jaxreg.experiment` (the study runner). The flat top level holds only the pieces people
+compose into their own code: the augmentation ops and policies, batch mixing and the Optax
+transforms, e.g. `jax.vmap(jaxreg.random_rotate)` or
+`optax.chain(jaxreg.add_l2(1e-4), optax.adam(1e-3), jaxreg.param_ema(0.999))`.
+Heavier namespaces (the loop imports Orbax, the report matplotlib) load on first use.
 """
 
+import importlib
+
+from jaxreg import augment, losses, optim
 from jaxreg.augment import (
     add_noise,
     adjust_brightness,
@@ -16,7 +24,6 @@ from jaxreg.augment import (
     affine,
     augmix,
     autocontrast,
-    batch,
     center_crop,
     color_jitter,
     compose,
@@ -36,15 +43,12 @@ from jaxreg.augment import (
     gaussian_blur,
     gaussian_noise,
     grayscale,
-    identity,
     invert,
     jpeg_compress,
-    list_augmentations,
     mix_from_spec,
     mixup,
     mixup_or_cutmix,
     one_of,
-    parse_spec,
     posterize,
     rand_augment,
     random_affine,
@@ -73,107 +77,53 @@ from jaxreg.augment import (
     resized_crop,
     rot90,
     rotate,
-    save_grid,
-    scale,
     shear,
-    soft_labels,
     solarize,
     translate,
     trivial_augment,
     warp_affine,
 )
-from jaxreg.data import (
-    Dataset,
-    class_balanced_weights,
-    imbalance,
-    list_datasets,
-    load,
-    load_splits,
-    long_tail_ratios,
-    stratified_split_indices,
-    stratified_subset,
-    tfds_source,
-    to_float_image,
-)
-from jaxreg.losses import (
-    accuracy,
-    expected_calibration_error,
-    reconstruction_loss,
-    smooth_labels,
-    soft_cross_entropy,
-)
-from jaxreg.models import (
-    CNN,
-    Conv,
-    ResNet,
-    ResNet20,
-    TinyCNN,
-    conv2d,
-    create,
-    list_models,
-)
 from jaxreg.optim import (
-    Ema,
-    EmaState,
-    LrCountState,
     add_l1,
     add_l2,
     decay_mask,
     decoupled_weight_decay,
-    ema,
-    ema_decay,
-    param_paths,
+    ema_params,
+    param_ema,
     path_mask,
-    path_to_str,
     prox_l1,
-    recompute_batch_stats,
-)
-from jaxreg.report import (
-    format_value,
-    html_index,
-    markdown_table,
-    mean_std,
-    overfitting_onset,
-    plot_curves,
-    read_metrics,
-    write_experiment_report,
-    write_run_report,
-)
-from jaxreg.train import (
-    EarlyStopping,
-    TrainState,
-    default_config,
-    evaluate,
-    make_train_epoch,
-    make_train_step,
-    predict,
-    train_step,
-)
-from jaxreg.train.checkpoint import (
-    Checkpointer,
-)
-from jaxreg.train.loop import (
-    train_and_evaluate,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-__all__ = [
-    "CNN",
-    "Checkpointer",
-    "Conv",
-    "Dataset",
-    "EarlyStopping",
-    "Ema",
-    "EmaState",
-    "LrCountState",
-    "ResNet",
-    "ResNet20",
-    "TinyCNN",
-    "TrainState",
-    "accuracy",
-    "add_l1",
-    "add_l2",
+_LAZY = ("data", "experiment", "experiments", "models", "report", "train")
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return importlib.import_module(f"jaxreg.{name}")
+    raise AttributeError(f"module 'jaxreg' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
+# namespaces
+_NAMESPACES = [
+    "augment",
+    "data",
+    "experiment",
+    "experiments",
+    "losses",
+    "models",
+    "optim",
+    "report",
+    "train",
+]
+
+# augmentation ops and policies (per example: fn(key, image) or fn(image, ...))
+_AUGMENTATIONS = [
     "add_noise",
     "adjust_brightness",
     "adjust_contrast",
@@ -184,65 +134,28 @@ __all__ = [
     "affine",
     "augmix",
     "autocontrast",
-    "batch",
     "center_crop",
-    "class_balanced_weights",
     "color_jitter",
     "compose",
-    "conv2d",
     "corner_patches",
-    "create",
     "crop",
-    "cutmix",
     "cutout",
-    "decay_mask",
-    "decoupled_weight_decay",
-    "default_config",
     "downscale",
-    "ema",
-    "ema_decay",
     "enhance_brightness",
     "enhance_contrast",
     "enhance_saturation",
     "equalize",
     "erase",
-    "evaluate",
-    "expected_calibration_error",
     "flip_left_right",
     "flip_up_down",
-    "format_value",
     "from_spec",
     "gaussian_blur",
     "gaussian_noise",
     "grayscale",
-    "html_index",
-    "identity",
-    "imbalance",
     "invert",
     "jpeg_compress",
-    "list_augmentations",
-    "list_datasets",
-    "list_models",
-    "load",
-    "load_splits",
-    "long_tail_ratios",
-    "make_train_epoch",
-    "make_train_step",
-    "markdown_table",
-    "mean_std",
-    "mix_from_spec",
-    "mixup",
-    "mixup_or_cutmix",
     "one_of",
-    "overfitting_onset",
-    "param_paths",
-    "parse_spec",
-    "path_mask",
-    "path_to_str",
-    "plot_curves",
     "posterize",
-    "predict",
-    "prox_l1",
     "rand_augment",
     "random_affine",
     "random_apply",
@@ -266,29 +179,35 @@ __all__ = [
     "random_scale",
     "random_shear",
     "random_translate",
-    "read_metrics",
-    "recompute_batch_stats",
-    "reconstruction_loss",
     "resize",
     "resized_crop",
     "rot90",
     "rotate",
-    "save_grid",
-    "scale",
     "shear",
-    "smooth_labels",
-    "soft_cross_entropy",
-    "soft_labels",
     "solarize",
-    "stratified_split_indices",
-    "stratified_subset",
-    "tfds_source",
-    "to_float_image",
-    "train_and_evaluate",
-    "train_step",
     "translate",
     "trivial_augment",
     "warp_affine",
-    "write_experiment_report",
-    "write_run_report",
 ]
+
+# batch mixing (batch-level: (key, images, labels) -> (images, soft labels))
+_MIXING = [
+    "cutmix",
+    "mix_from_spec",
+    "mixup",
+    "mixup_or_cutmix",
+]
+
+# Optax transforms
+_OPTAX = [
+    "add_l1",
+    "add_l2",
+    "decay_mask",
+    "decoupled_weight_decay",
+    "ema_params",
+    "param_ema",
+    "path_mask",
+    "prox_l1",
+]
+
+__all__ = [*_NAMESPACES, *_AUGMENTATIONS, *_MIXING, *_OPTAX]

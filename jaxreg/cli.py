@@ -227,7 +227,7 @@ def _cmd_augment(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from jaxreg.train.restore import load_images, restore
+    from jaxreg.train.restoring import load_images, restore
 
     workdir = Path(args.workdir)
     if not (workdir / "config.json").is_file():

@@ -1,27 +1,33 @@
-"""Helpers for experiment modules: variant runs, statistics, metrics, plots and the report.
+"""The study runner: experiments declared as a `Study`, run with seeds, caches, verdicts, reports.
 
-They run variants over seeds, aggregate mean ± std, compute paired confidence intervals and
-prediction-based metrics, draw plots and write the report.
-
-The experiments in `experiments/` share these; each keeps only what is its own question.
+A study states its question, expectation, variants and stages; the runner adds seeds,
+caching, paired comparisons, figures, a verdict computed from the numbers and the report.
+An experiment module declares one `Study` and exposes its `get_config`, `validate` and `run`;
+the runner does the rest (see `Study`). Also here: the config checks studies share, paired
+statistics over seeds, prediction metrics (confusion matrices) and the figure helpers.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import inspect
 import json
 import math
 import numbers
+import os
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from ml_collections import ConfigDict
+from tqdm.auto import tqdm
 
 from jaxreg import report
 from jaxreg.train.config import validate_config
-from jaxreg.train.loop import prepare_data, train_and_evaluate
+from jaxreg.train.loop import train_and_evaluate
 
 METRICS = ("val_accuracy", "test_accuracy", "test_loss", "test_ece", "best_epoch", "zero_fraction")
 
@@ -377,226 +383,6 @@ def validate_variants(
             raise _same_kind(e, f"variant {name!r}: {e}") from None
 
 
-def validate_with_smoke(config: ConfigDict, check: Callable[[ConfigDict], None]) -> None:
-    """Runs an experiment's `check(config)`; for a smoke run, also on the config as given.
-
-    Smoke settings lower numbers with `shrink` (an invalid value stays invalid) but replace a
-    few values outright (a data set, a model, a learning rate, a spec string, a list of sizes).
-    Checking the config once more with `smoke` off makes sure that a value the user gave is
-    valid even where the smoke run does not use it.
-
-    Args:
-      config: the experiment's whole config (experiment keys included).
-      check: raises `ValueError` or `TypeError` for a bad config; changes nothing.
-
-    Raises:
-      ValueError, TypeError: from `check`; an error of the second check says the value was
-        checked as given.
-    """
-    check(config)
-    if "smoke" in config and bool(config.smoke):
-        given = ConfigDict(config.to_dict())
-        given.smoke = False
-        try:
-            check(given)
-        except (ValueError, TypeError) as e:
-            raise _same_kind(
-                e, f"{e} (checked as given: smoke mode replaces the value, but it must be valid)"
-            ) from None
-
-
-def run_variants(
-    base: ConfigDict,
-    workdir: str | Path,
-    variants: Mapping[str, Mapping[str, Any]],
-    *,
-    seeds: Sequence[int],
-    data: Mapping[str, Any] | None = None,
-    data_fn: Callable[[ConfigDict, int], Mapping[str, Any]] | None = None,
-    augment_fns: Mapping[str, Callable] | None = None,
-    extra_eval: Mapping[str, Any] | None = None,
-    log: Callable[[str], None] = print,
-) -> list[dict]:
-    """Trains every variant with every seed; returns one row per (variant, seed).
-
-    Each run lives in `workdir/<variant>/seed<k>` (so a killed experiment resumes where it
-    stopped: finished runs are read back from their `results.json`). Every variant's config is
-    validated (`validate_variants`) before the first run trains.
-
-    Args:
-      base: the experiment's base config.
-      workdir: output folder.
-      variants: name -> config overrides.
-      seeds: seeds; each changes initialisation, shuffling, augmentation and dropout keys.
-      data: fixed `{"train", "val", "test"}` sets for every run (default: from the config).
-      data_fn: `(config, seed) -> data` when the data depend on the variant or seed.
-      augment_fns: optional name -> per-example augmentation overriding `config.augment`.
-      extra_eval: extra labelled sets evaluated at the end of every run.
-      log: progress printer.
-
-    Returns:
-      list of dicts: `variant`, `seed` and the `METRICS` plus `extra` results.
-
-    Raises:
-      ValueError, TypeError: a variant's config is invalid (before anything trains).
-    """
-    validate_variants(base, variants, seed=next(iter(seeds), 0))
-    workdir = Path(workdir)
-    rows = []
-    for name, seed, c, folder in _runs(base, workdir, variants, seeds):
-        done = folder / "results.json"
-        if done.exists():
-            r = json.loads(done.read_text())
-        else:
-            d = data_fn(c, seed) if data_fn is not None else (data or prepare_data(c))
-            fn = (augment_fns or {}).get(name)
-            r = train_and_evaluate(
-                c,
-                folder,
-                data=d,
-                augment_fn=fn,
-                extra_eval=extra_eval,
-                title=f"{workdir.name}: {name}, seed {seed}",
-            )
-        row = {"variant": name, "seed": seed, **{k: r.get(k) for k in METRICS}}
-        if r.get("extra"):
-            row["extra"] = r["extra"]
-        rows.append(row)
-        _log_row(log, row)
-    return rows
-
-
-def run_variants_with_predictions(
-    base: ConfigDict,
-    workdir: str | Path,
-    variants: Mapping[str, Mapping[str, Any]],
-    *,
-    seeds: Sequence[int],
-    data_fn: Callable[[ConfigDict, int], Mapping[str, Any]],
-    extra_eval: Mapping[str, Any] | None = None,
-    log: Callable[[str], None] = print,
-) -> list[dict]:
-    """Like `run_variants`, but also keeps the restored model's predicted labels.
-
-    Each run stores `predictions.npz` (the predicted class per example of `val`, `test`
-    and every `extra_eval` set, int16) next to its `results.json`; a re-run reads both back
-    instead of training again. Every variant's config is validated first.
-
-    Args:
-      base: the experiment's base config.
-      workdir: output folder; run `(variant, seed)` lives in `run_dir`.
-      variants: name -> config overrides.
-      seeds: seeds.
-      data_fn: `(config, seed) -> {"train", "val", "test"}` data sets.
-      extra_eval: extra labelled sets evaluated (and predicted) at the end of every run.
-      log: progress printer.
-
-    Returns:
-      list of dicts, one per (variant, seed): `variant`, `seed`, the `METRICS`,
-      `extra` (a dict, possibly empty), `train_size`, `pred` and `labels` (set name ->
-      int array of shape `(N,)` for val, test and every `extra_eval` set).
-
-    Raises:
-      ValueError, TypeError: a variant's config is invalid (before anything trains).
-    """
-    from jaxreg.train.step import predict
-
-    validate_variants(base, variants, seed=next(iter(seeds), 0))
-    workdir = Path(workdir)
-    rows = []
-    for name, seed, c, folder in _runs(base, workdir, variants, seeds):
-        res_path, pred_path = folder / "results.json", folder / "predictions.npz"
-        d = data_fn(c, seed)
-        sets = {"val": d["val"], "test": d["test"], **(extra_eval or {})}
-        if res_path.exists() and pred_path.exists():
-            r = json.loads(res_path.read_text())
-            with np.load(pred_path) as z:
-                preds = {k: z[k] for k in z.files}
-        else:
-            r = train_and_evaluate(
-                c,
-                folder,
-                data=d,
-                extra_eval=extra_eval,
-                title=f"{workdir.name}: {name}, seed {seed}",
-            )
-            preds = {
-                k: np.asarray(np.argmax(np.asarray(predict(r["state"], ds.images)), -1), np.int16)
-                for k, ds in sets.items()
-            }
-            np.savez(pred_path, **preds)
-        row = {
-            "variant": name,
-            "seed": seed,
-            **{k: r.get(k) for k in METRICS},
-            "extra": r.get("extra") or {},
-            "pred": preds,
-            "labels": {k: np.asarray(ds.labels) for k, ds in sets.items()},
-            "train_size": r.get("train_size"),
-        }
-        rows.append(row)
-        _log_row(log, row)
-    return rows
-
-
-def _runs(
-    base: ConfigDict, workdir: Path, variants: Mapping[str, Mapping[str, Any]], seeds: Sequence[int]
-) -> Iterator[tuple[str, int, ConfigDict, Path]]:
-    """`(variant, seed, config, run folder)` for every variant, then every seed."""
-    for name, overrides in variants.items():
-        for seed in seeds:
-            yield name, seed, variant_config(base, overrides, seed), run_dir(workdir, name, seed)
-
-
-def _log_row(log: Callable[[str], None], row: Mapping[str, Any]) -> None:
-    log(
-        f"  {row['variant']:28s} seed {row['seed']}: val {row['val_accuracy']:.4f} "
-        f"test {row['test_accuracy']:.4f}"
-    )
-
-
-def run_dir(workdir: str | Path, variant: str, seed: int) -> Path:
-    """The folder of one run: `workdir/<variant>/seed<seed>` (results.json, metrics.jsonl)."""
-    return Path(workdir) / variant / f"seed{int(seed)}"
-
-
-def subset_data_fn(splits: Mapping[str, Any], per_class: int | None) -> Callable[[Any, int], dict]:
-    """A `data_fn` for `run_variants`: seed k trains on stratified subset k.
-
-    The subset depends on the seed only, so every variant of a seed sees the same training
-    images (comparisons are paired by seed); each subset is drawn once and reused.
-
-    Args:
-      splits: `{"train", "val", "test"}` data sets (`jaxreg.data.load_splits`).
-      per_class: training images per class; `None` keeps the whole training split.
-
-    Returns:
-      `data_fn(config, seed) -> {"train": subset, "val": splits["val"], "test": splits["test"]}`
-      (the config is ignored).
-
-    Raises:
-      ValueError: `splits` lacks a split, or `per_class` < 1.
-    """
-    missing = [k for k in ("train", "val", "test") if k not in splits]
-    if missing:
-        raise ValueError(f"splits must have train, val and test; missing {missing}")
-    if per_class is not None and int(per_class) < 1:
-        raise ValueError(f"per_class must be >= 1 or None, got {per_class}")
-    from jaxreg import data as data_lib
-
-    cache: dict[int, dict] = {}
-
-    def data_fn(config: Any, seed: int) -> dict:
-        if seed not in cache:
-            train = splits["train"]
-            if per_class is not None:
-                train = data_lib.stratified_subset(train, int(per_class), seed=seed)
-            cache[seed] = {"train": train, "val": splits["val"], "test": splits["test"]}
-        return cache[seed]
-
-    return data_fn
-
-
 def aggregate(
     rows: Sequence[Mapping[str, Any]], *, metrics: Sequence[str] = METRICS, key: str = "variant"
 ) -> list[dict]:
@@ -698,6 +484,61 @@ def line_plot(
     return _save_figure(fig, ax, title, path)
 
 
+def delta_plot(
+    comparisons: Mapping[tuple[Any, str], Sequence[float]],
+    path: str | Path,
+    *,
+    baseline: str,
+    metric: str = "test_accuracy",
+    scale: float = 100.0,
+    sweep_label: str = "{}",
+    title: str | None = None,
+) -> Path:
+    """Horizontal bars of paired differences to the baseline with their 95 % intervals.
+
+    Args:
+      comparisons: `(sweep value, variant) -> (mean, half_width, ...)`, as
+        `Analysis.comparisons`; one bar colour per sweep value, one row per variant.
+      path: the PNG written.
+      baseline: the variant the differences are taken to (named on the axis).
+      metric: the compared metric (named on the axis).
+      scale: factor applied to the differences (100: accuracy points).
+      sweep_label: legend entry of a sweep value, a format string (e.g. "{} per class").
+      title: optional title.
+
+    Returns:
+      `path` as a `Path`.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    sweeps = list(dict.fromkeys(s for s, _ in comparisons))
+    names = list(dict.fromkeys(n for _, n in comparisons))
+    fig = Figure(figsize=(8, 0.4 * len(names) + 1.8))
+    ax = fig.add_subplot(1, 1, 1)
+    height = 0.8 / max(1, len(sweeps))
+    for i, sweep in enumerate(sweeps):
+        got = [
+            (j, comparisons[(sweep, n)]) for j, n in enumerate(names) if (sweep, n) in comparisons
+        ]
+        y = [j + i * height for j, _ in got]
+        means = [c[0] * scale for _, c in got]
+        halves = [c[1] * scale if math.isfinite(c[1]) else 0.0 for _, c in got]
+        label = sweep_label.format(sweep) if sweep is not None else None
+        ax.barh(y, means, height=height, xerr=halves, capsize=2, label=label)
+    ax.set_yticks([j + 0.4 - height / 2 for j in range(len(names))], names)
+    ax.invert_yaxis()
+    ax.axvline(0, color="k", lw=1)
+    unit = "points; " if scale == 100.0 else ""
+    ax.set_xlabel(f"{metric} minus {baseline!r} ({unit}paired mean, 95% t-interval)")
+    if sweeps != [None]:
+        ax.legend()
+    ax.grid(axis="x", alpha=0.3)
+    return _save_figure(fig, ax, title, path)
+
+
 def mean_curve(
     histories: Iterable[Sequence[Mapping[str, Any]]], key: str
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -740,7 +581,7 @@ def paired_differences(
     """Per-seed differences `metric(name) - metric(baseline)`, paired by `seed`.
 
     Args:
-      rows: one dict per run with `seed`, `key` and `metric` (`run_variants` rows).
+      rows: one dict per run with `seed`, `key` and `metric` (the study runner's rows).
       name: the variant compared.
       metric: the row field compared.
       baseline: the reference variant.
@@ -785,7 +626,7 @@ def paired_ci(
     per-seed differences `d` of `paired_differences`.
 
     Args:
-      rows: one dict per run with `seed`, `key` and `metric` (`run_variants` rows).
+      rows: one dict per run with `seed`, `key` and `metric` (the study runner's rows).
       name: the variant compared.
       metric: the row field compared.
       baseline: the reference variant.
@@ -942,55 +783,892 @@ def per_class_recall(pred: Any, labels: Any, num_classes: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- report
 
 
-def write_report(
-    workdir: str | Path,
-    *,
-    title: str,
-    question: str,
-    expectation: str,
-    table_rows: Sequence[Mapping[str, Any]],
-    verdict: str,
-    figures: Sequence[str],
-    extra_md: str,
-    wall_time_s: float,
-    log: Callable[[str], None] = print,
-) -> Path:
-    """Writes `report.md` and `summary.json`, then logs the table, verdict and report path.
+# ============================================================================= the study runner
 
-    The files come from `report.write_experiment_report`.
 
-    Args:
-      workdir: the experiment's output folder.
-      title: experiment title.
-      question: the question the experiment answers.
-      expectation: what was expected before running it.
-      table_rows: result rows (one dict per row), also logged as a Markdown table.
-      verdict: the answer, as found; must be non-empty.
-      figures: image files saved inside `workdir`, relative to it (or absolute inside it).
-      extra_md: extra Markdown appended to the report (not stored in the summary).
-      wall_time_s: seconds this invocation took (logged).
-      log: printer.
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One step of a study: it trains or computes something for each unit and may be cached.
 
-    Returns:
-      the path of `report.md`.
-
-    Raises:
-      ValueError: `verdict` is empty (an experiment always states one).
+    Attributes:
+      name: the stage's name (its folder in each unit's directory, its key in the rows).
+      fn: `fn(unit) -> dict` of JSON-able results; `None` trains the unit's config with
+        `train_and_evaluate` on the unit's data (the common case). A function may call
+        `unit.train(...)` (cached sub-runs), read earlier stages' results or artifacts
+        (`unit.result(stage)`, `unit.artifact(stage)`) and write files into `unit.dir`.
+      per: "variant" (every sweep value x variant x seed), "seed" (once per sweep value and
+        seed, shared by the variants: e.g. a pretraining) or "once".
+      variants: for a stage whose variants depend on earlier results (e.g. combinations of
+        the best single augmentations): `variants(rows, sweep) -> {name: config delta}`,
+        called with the rows of the earlier stages (and the study's params as a third
+        argument when it takes three); `None` uses the study's variants.
+      extra_eval: `extra_eval(config, data) -> {name: Dataset}` evaluated at the end of each
+        training run (e.g. corrupted test sets), for the default training stage; a function
+        of three parameters is called `extra_eval(config, data, params)` with the study's
+        settings (e.g. the corruption strengths).
+      keep_predictions: store the evaluated model's predicted classes for val, test and the
+        `extra_eval` sets (`predictions.npz`), read back as `row["pred"]`.
+      skip: an adaptive stage (e.g. grow an amount while validation improves):
+        `skip(rows, variant, params) -> bool` is asked before each variant (whose seeds run
+        together, variants in order) with this stage's rows of the sweep value so far; True
+        skips the variant (no rows).
+      derive: `derive(row, unit) -> dict` of metrics computed from a finished unit's row (e.g.
+        balanced accuracy from `row["pred"]` and `unit.data`), added to the row before the
+        table is aggregated, also when the row is read back; skipped for a diverged run.
     """
-    if not isinstance(verdict, str) or not verdict.strip():
-        raise ValueError("verdict must be a non-empty string")
-    workdir = Path(workdir)
-    report.write_experiment_report(
-        workdir,
-        title=title,
-        question=question,
-        expectation=expectation,
-        table_rows=table_rows,
-        verdict=verdict,
-        figures=figures,
-        extra_md=extra_md,
+
+    name: str = "train"
+    fn: Callable[[Unit], dict] | None = None
+    per: str = "variant"
+    variants: Callable[[list[dict], Any], Mapping[str, Mapping[str, Any]]] | None = None
+    extra_eval: Callable[[ConfigDict, Mapping[str, Any]], Mapping[str, Any]] | None = None
+    keep_predictions: bool = False
+    skip: Callable[[list[dict], str, ConfigDict], bool] | None = None
+    derive: Callable[[dict, Unit], Mapping[str, Any]] | None = None
+
+    def __post_init__(self):
+        if self.per not in ("variant", "seed", "once"):
+            raise ValueError(f"per must be 'variant', 'seed' or 'once', got {self.per!r}")
+
+
+@dataclasses.dataclass
+class Unit:
+    """What a stage computes for: one (sweep value, variant, seed) of a study.
+
+    Attributes:
+      stage: the stage's name.
+      sweep: the sweep value (None without a sweep).
+      variant: the variant's name (None for a per-seed or once stage).
+      seed: the seed (seed k trains on training subset k for every variant).
+      config: the unit's training config (study keys removed, variant delta and seed set).
+      params: the study's own settings (the config keys that are not training keys).
+      dir: the unit's folder (created), where its results and artifacts live.
+      smoke: whether this is a smoke run.
+    """
+
+    stage: str
+    sweep: Any
+    variant: str | None
+    seed: int
+    config: ConfigDict
+    params: ConfigDict
+    dir: Path
+    smoke: bool
+    _runner: _Runner = dataclasses.field(repr=False)
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The unit's `{"train", "val", "test"}` data: training subset k for seed k."""
+        return self._runner.data(self.config, self.seed)
+
+    def artifact(self, stage: str) -> Path:
+        """The folder of an earlier stage's unit for this sweep value and seed (and variant)."""
+        return self._runner.unit_dir(stage, self.sweep, self.variant, self.seed)
+
+    def result(self, stage: str) -> dict:
+        """The results an earlier stage produced for the same sweep value and seed (and variant)."""
+        return self._runner.cached_result(stage, self.sweep, self.variant, self.seed)
+
+    def train(
+        self,
+        config: ConfigDict | None = None,
+        *,
+        name: str = "run",
+        data: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> dict:
+        """`train_and_evaluate` in `self.dir / name`, read back from its `results.json` on rerun.
+
+        Args:
+          config: the training config (default: the unit's).
+          name: the sub-folder.
+          data: the data (default: the unit's).
+          **kwargs: passed to `train_and_evaluate` (`model=`, `task=`, `extra_eval=`, ...).
+
+        Returns:
+          the results (JSON part: no `state` or `model` when read back).
+        """
+        return self._runner.train(
+            config if config is not None else self.config,
+            self.dir / name,
+            data if data is not None else self.data,
+            title=f"{self._runner.study.name}: {self.variant or self.stage}, seed {self.seed}",
+            **kwargs,
+        )
+
+
+@dataclasses.dataclass
+class Analysis:
+    """Everything a study's `analyze` hook gets: the rows, aggregates and paired comparisons.
+
+    Attributes:
+      study: the study.
+      params: the study's own settings, after the smoke shrink.
+      config: the study's base training config, after the smoke shrink.
+      rows: one dict per unit of every stage: `stage`, `sweep`, `variant`, `seed`, the stage's
+        results (`diverged: True` and `None` metrics for a run whose loss became non-finite).
+      table: the default table rows (one per sweep value and variant of the compared stage).
+      comparisons: `(sweep, variant) -> (mean, half_width, n_above, n)` paired differences of
+        the primary metric to the baseline (`paired_ci`).
+      workdir: the study's folder (figures go there).
+      smoke: whether this is a smoke run.
+    """
+
+    study: Study
+    params: ConfigDict
+    config: ConfigDict
+    rows: list[dict]
+    table: list[dict]
+    comparisons: dict[tuple[Any, str], tuple[float, float, int, int]]
+    workdir: Path
+    smoke: bool
+    verdict_text: str = ""
+    findings: Findings | None = None
+
+    def stage_rows(self, stage: str, sweep: Any = ..., variant: Any = ...) -> list[dict]:
+        """The rows of one stage, optionally of one sweep value and one variant."""
+        return [
+            r
+            for r in self.rows
+            if r["stage"] == stage
+            and (sweep is ... or r["sweep"] == sweep)
+            and (variant is ... or r["variant"] == variant)
+        ]
+
+    def history(self, row: Mapping[str, Any]) -> list[dict]:
+        """The per-epoch records (`metrics.jsonl`) of a training row."""
+        return report.read_metrics(Path(row["dir"]) / "metrics.jsonl")
+
+    def curves_figure(
+        self,
+        filename: str,
+        keys: Mapping[str, str],
+        *,
+        stage: str = "train",
+        marks: Mapping[str, float | None] | None = None,
+        title: str | None = None,
+    ) -> str:
+        """Per-epoch curves of every variant, averaged over seeds: one panel per history key.
+
+        An epoch is averaged over the seeds that reached it (`mean_curve`); the baseline is
+        drawn in black. Past 8 epochs the y range leaves out the first quarter of training
+        (its steep start would flatten the rest).
+
+        Args:
+          filename: the PNG's name inside the workdir.
+          keys: history key -> axis label, e.g. `{"val_loss": "validation loss"}`.
+          stage: the training stage whose rows are drawn.
+          marks: variant -> epoch marked by a dashed line of the variant's colour on the first
+            panel (e.g. a detected onset); None marks nothing.
+          title: the figure's title.
+
+        Returns:
+          `filename`, for `Findings.figures`.
+        """
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib.figure import Figure
+
+        names = list(dict.fromkeys(r["variant"] for r in self.stage_rows(stage)))
+        n_seeds = len({r["seed"] for r in self.stage_rows(stage)})
+        fig, cmap = Figure(figsize=(6 * len(keys), 4.6)), matplotlib.colormaps["tab10"]
+        for i, (key, label) in enumerate(keys.items()):
+            ax, shown = fig.add_subplot(1, len(keys), i + 1), []
+            for j, name in enumerate(names):
+                rows = self.stage_rows(stage, variant=name)
+                ep, mean = mean_curve([self.history(r) for r in rows if not r.get("diverged")], key)
+                base = name == self.study.baseline
+                color = "k" if base else cmap(j % 10)
+                ax.plot(ep, mean, label=name, color=color, lw=2.2 if base else 1.4)
+                if len(ep):
+                    shown.extend(mean[ep > ep.max() // 4] if ep.max() >= 8 else mean)
+                if i == 0 and (marks or {}).get(name) is not None:
+                    ax.axvline(marks[name], color=color, ls="--", lw=1)
+            if shown:
+                lo, hi = float(np.nanmin(shown)), float(np.nanmax(shown))
+                pad = max((hi - lo) * 0.08, 1e-3)
+                ax.set_ylim(lo - pad, hi + pad)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(f"{label} (mean over {n_seeds} seeds)")
+            ax.grid(alpha=0.3)
+        fig.axes[-1].legend(fontsize=8, ncol=2)
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+        fig.savefig(self.workdir / filename, dpi=110)
+        return filename
+
+
+@dataclasses.dataclass
+class Findings:
+    """What a study's `analyze` hook adds to the report.
+
+    Attributes:
+      table: replaces the default table when not None.
+      verdict: sentences appended to the default verdict (computed from the numbers).
+      figures: file names inside the workdir, shown after the default figures.
+      sections: Markdown appended to the report (e.g. extra tables with their headings).
+      replace_verdict: the hook's sentences replace the default verdict.
+    """
+
+    table: list[dict] | None = None
+    verdict: list[str] = dataclasses.field(default_factory=list)
+    figures: list[str] = dataclasses.field(default_factory=list)
+    sections: list[str] = dataclasses.field(default_factory=list)
+    replace_verdict: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """An experiment declared as data: question, expectation, variants, stages, metrics.
+
+    The runner (`Study.run`) does the rest: smoke shrinking then validation of every run's
+    config before anything trains, seeds (seed k uses training subset k for every variant, so
+    comparisons pair by seed), stages with cached results (a rerun resumes: finished units
+    are read back, a killed run resumes from its checkpoint), one progress bar over all units,
+    aggregation, paired differences to the baseline with 95 % intervals, figures, a verdict
+    computed from the numbers (saying where the expectation did not appear and how the regime
+    differs from its source), and the report (`report.md`, `summary.json`, `rows.json`).
+
+    A study module then needs only:
+    `get_config = STUDY.get_config; validate = STUDY.validate; run = STUDY.run`.
+
+    Attributes:
+      name: the study's name (`jaxreg run NAME`).
+      title: report title.
+      question: the question answered.
+      expectation: what we expect, in words.
+      source: where the expectation comes from: a paper and its table or figure, or the
+        reasoning when there is none.
+      config: `() -> ConfigDict`: the study's training config (a `default_config()`).
+      variants: `{name: config delta}` (dotted keys), or `(config, params) -> {...}` when the
+        deltas depend on the study's settings.
+      baseline: the variant the others are compared with.
+      expected: variant -> +1 (a gain beyond noise on the primary metric), 0 (within noise)
+        or -1 (a loss); the verdict checks each.
+      regime: how this study's setting differs from the source's (said in the verdict when an
+        expectation did not appear).
+      params: the study's own settings (seeds excluded), exposed as config keys.
+      seeds: default seeds.
+      sweep: `(name, values)`: the study is repeated for each value (e.g. training set
+        sizes); `name` is a training config key (e.g. "train_per_class") or a param. The
+        default figure draws the primary metric over the values (on a log axis when they
+        span a decade or more).
+      sweep_key: the config key holding the sweep's values (e.g. "sizes").
+      default_variants: the variants a run keeps when `variants` is empty (default: all).
+      smoke: config key -> smoke value, applied with `shrink` (numbers only lowered).
+      smoke_set: config key -> value set outright in a smoke run (e.g. a learning rate raised
+        for a tiny model). A smoke run's config is also validated as given, so a value the
+        smoke run replaces must still be valid.
+      smoke_variants: the variants a smoke run keeps by default (default: all).
+      smoke_sweep: the sweep values of a smoke run.
+      smoke_seeds: how many seeds a smoke run keeps.
+      stages: the stages, in order; the default is one training stage.
+      compare: the stage whose rows are aggregated and compared (default: the last), or a
+        tuple of stages whose rows are pooled (e.g. single augmentations, then combinations
+        compared with the same baseline).
+      primary: the metric compared to the baseline (a result key, e.g. "test_accuracy").
+      higher_is_better: the primary metric's direction.
+      metrics: result keys aggregated into the table.
+      min_steps: each training run takes at least this many optimizer steps (epochs are
+        raised for small training sets, `epochs_for`).
+      data: `(config, seed) -> {"train", "val", "test"}` replacing the default (`config.data`,
+        `train_per_class` examples per class drawn with the seed).
+      check: `(params, config) -> None` raising for a bad study setting.
+      analyze: `(Analysis) -> Findings` for study-specific tables, figures and verdicts.
+    """
+
+    name: str
+    title: str
+    question: str
+    expectation: str
+    source: str
+    config: Callable[[], ConfigDict]
+    variants: Mapping[str, Mapping[str, Any]] | Callable[..., Mapping[str, Mapping[str, Any]]]
+    baseline: str
+    expected: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    regime: str = ""
+    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    sweep: tuple[str, tuple] | None = None
+    sweep_key: str = "sweep"
+    default_variants: tuple[str, ...] | None = None
+    smoke: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    smoke_set: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    smoke_variants: tuple[str, ...] | None = None
+    smoke_sweep: tuple | None = None
+    smoke_seeds: int = 2
+    stages: tuple[Stage, ...] = (Stage(),)
+    compare: str | tuple[str, ...] | None = None
+    primary: str = "test_accuracy"
+    higher_is_better: bool = True
+    metrics: tuple[str, ...] = METRICS
+    min_steps: int = 0
+    data: Callable[[ConfigDict, int], Mapping[str, Any]] | None = None
+    check: Callable[[ConfigDict, ConfigDict], None] | None = None
+    analyze: Callable[[Analysis], Findings] | None = None
+
+    # ------------------------------------------------------------------ the study's config
+
+    def get_config(self) -> ConfigDict:
+        """The study's whole config: its training config plus the study keys.
+
+        Study keys: `seeds`, `variants` (comma-separated names; empty: the default set),
+        `sweep_key` (the sweep's values, when there is a sweep), `min_steps`, `compile_cache`,
+        and the study's `params`. Every other key is a training config key.
+        """
+        c = self.config()
+        c.seeds = tuple(self.seeds)
+        c.variants = ""
+        if self.sweep is not None:
+            c[self.sweep_key] = tuple(self.sweep[1])
+        c.min_steps = int(self.min_steps)
+        c.compile_cache = True
+        for key, value in self.params.items():
+            c[key] = value
+        return c
+
+    def _study_keys(self) -> tuple[str, ...]:
+        keys = ("seeds", "variants", "min_steps", "compile_cache") + tuple(self.params)
+        return keys + ((self.sweep_key,) if self.sweep is not None else ())
+
+    def _plan(self, config: ConfigDict) -> _Plan:
+        """Splits the config, applies the smoke shrink, selects variants, seeds and sweep."""
+        config = ConfigDict(config.to_dict())
+        smoke = bool(config.get("smoke", False))
+        if smoke and self.smoke:
+            config = shrink(config, **self.smoke)
+        for key, value in self.smoke_set.items() if smoke else ():
+            *path, field = key.split(".")
+            node = config
+            for part in path:
+                node = node[part] if isinstance(node, ConfigDict) and part in node else None
+            if not isinstance(node, ConfigDict) or field not in node:
+                raise ValueError(f"unknown config key {key!r} in smoke_set")
+            node[field] = value
+        seeds = parse_seeds(config.seeds)
+        if smoke:
+            seeds = seeds[: self.smoke_seeds]
+        sweep_values = (None,)
+        if self.sweep is not None:
+            given = config[self.sweep_key]
+            sweep_values = tuple(given) if isinstance(given, (list, tuple)) else (given,)
+            if smoke and self.smoke_sweep is not None:
+                sweep_values = tuple(self.smoke_sweep)
+            if not sweep_values:
+                raise ValueError(f"config key {self.sweep_key!r} must name at least one value")
+        params = ConfigDict({k: config[k] for k in self._study_keys() if k in config})
+        training = ConfigDict(config.to_dict())
+        for key in self._study_keys():
+            if key in training:
+                del training[key]
+        all_variants = dict(
+            self.variants(training, params) if callable(self.variants) else self.variants
+        )
+        names = select_variants(
+            config.variants,
+            allowed=all_variants,
+            default=self.smoke_variants
+            if smoke and self.smoke_variants
+            else self.default_variants or tuple(all_variants),
+            baseline=self.baseline,
+        )
+        check_int(params.min_steps, name="min_steps", minimum=0)
+        return _Plan(
+            training=training,
+            params=params,
+            seeds=seeds,
+            sweep=sweep_values,
+            variants={n: dict(all_variants[n]) for n in names},
+            smoke=smoke,
+        )
+
+    def validate(self, config: ConfigDict) -> None:
+        """Checks the whole config before anything trains, deletes or writes.
+
+        The smoke shrink is applied first (it only lowers numbers, so an invalid value stays
+        invalid), then every training config the study will run (each sweep value x variant)
+        is validated, and the study's own `check`. A smoke config is then checked once more as
+        given (smoke off): a value that smoke mode replaces (a data set, `smoke_set`) must be
+        valid too.
+
+        Raises:
+          ValueError, TypeError: a bad value; the message names the key and the variant.
+        """
+        self._validate(self._plan(config))
+        if bool(config.get("smoke", False)):
+            given = ConfigDict(config.to_dict())
+            given.smoke = False
+            try:
+                self._validate(self._plan(given))
+            except (ValueError, TypeError) as e:
+                raise _same_kind(
+                    e,
+                    f"{e} (checked as given: smoke mode replaces the value, but it must be valid)",
+                ) from None
+
+    def _validate(self, plan: _Plan) -> None:
+        if self.check is not None:
+            self.check(plan.params, plan.training)
+        for value in plan.sweep:
+            base = self._with_sweep(plan.training, plan.params, value)
+            try:
+                validate_config(base)
+                validate_variants(base, plan.variants)
+            except (ValueError, TypeError) as e:
+                if self.sweep is None:
+                    raise
+                raise _same_kind(e, f"{self.sweep_key}={value!r}: {e}") from None
+
+    def _with_sweep(self, training: ConfigDict, params: ConfigDict, value: Any) -> ConfigDict:
+        c = ConfigDict(training.to_dict())
+        if self.sweep is not None and self.sweep[0] in c:
+            c[self.sweep[0]] = value
+        return c
+
+    # ------------------------------------------------------------------ running
+
+    def run(self, config: ConfigDict, workdir: str | os.PathLike) -> dict:
+        """Runs the study in `workdir` (resuming what is there); returns rows, table, verdict.
+
+        Returns:
+          dict with `rows` (one per unit), `table` (the report's rows), `verdict` (str),
+          `report` (the path of report.md), `wall_time_s` and `analysis` (the `Analysis`:
+          params and config after the smoke shrink, comparisons, findings).
+        """
+        self.validate(config)
+        plan = self._plan(config)
+        workdir = Path(workdir)
+        t0 = time.perf_counter()
+        runner = _Runner(self, plan, workdir)
+        with workdir_lock(workdir), compile_cache(bool(plan.params.compile_cache)):
+            rows = runner.run_all()
+            analysis = self._analyze(plan, rows, workdir)
+            path = self._report(analysis, time.perf_counter() - t0)
+        return {
+            "rows": rows,
+            "table": analysis.table,
+            "verdict": analysis.verdict_text,
+            "report": str(path),
+            "wall_time_s": time.perf_counter() - t0,
+            "analysis": analysis,
+        }
+
+    # ------------------------------------------------------------------ analysis
+
+    def _analyze(self, plan: _Plan, rows: list[dict], workdir: Path) -> Analysis:
+        compare = self.compare or self.stages[-1].name
+        stages = (compare,) if isinstance(compare, str) else tuple(compare)
+        comp_rows = [r for r in rows if r["stage"] in stages and r["variant"] is not None]
+        table, comparisons = [], {}
+        scale = 100.0 if self.primary.endswith("accuracy") else 1.0
+        for value in plan.sweep:
+            sub = [r for r in comp_rows if r["sweep"] == value]
+            for agg in aggregate(sub, metrics=self.metrics):
+                name = agg["variant"]
+                row: dict[str, Any] = {}
+                if self.sweep is not None:
+                    row[self.sweep[0]] = value
+                row["variant"] = name
+                row["n"] = agg["n"]
+                diverged = sum(1 for r in sub if r["variant"] == name and r.get("diverged"))
+                if diverged:
+                    row["diverged"] = diverged
+                for m in self.metrics:
+                    row[m] = agg[m]
+                    row[f"{m}_mean"] = agg[f"{m}_mean"]
+                    row[f"{m}_std"] = agg[f"{m}_std"]
+                if name != self.baseline:
+                    ci = paired_ci(sub, name, self.primary, baseline=self.baseline)
+                    comparisons[(value, name)] = ci
+                    mean, half = ci[0], ci[1]
+                    sign = 1.0 if self.higher_is_better else -1.0
+                    row[f"delta_{self.primary}"] = format_pm(mean, half, scale)
+                    row["effect"] = effect(sign * mean, half)
+                    if name in self.expected:
+                        row["expected"] = _EXPECT_WORDS[self.expected[name]]
+                table.append(row)
+        analysis = Analysis(
+            study=self,
+            params=plan.params,
+            config=plan.training,
+            rows=rows,
+            table=table,
+            comparisons=comparisons,
+            workdir=workdir,
+            smoke=plan.smoke,
+        )
+        findings = self.analyze(analysis) if self.analyze is not None else Findings()
+        lines = [] if findings.replace_verdict else self._default_verdict(plan, table)
+        analysis.verdict_text = " ".join(lines + list(findings.verdict)).strip() or "No runs."
+        analysis.findings = findings
+        if findings.table is not None:
+            analysis.table = findings.table
+        return analysis
+
+    def _default_verdict(self, plan: _Plan, table: list[dict]) -> list[str]:
+        out = []
+        scale = 100.0 if self.primary.endswith("accuracy") else 1.0
+        unit = " points" if scale == 100.0 else ""
+        missed = []
+        for value in plan.sweep:
+            rows = [r for r in table if self.sweep is None or r[self.sweep[0]] == value]
+            where = f"At {self.sweep[0]}={value}: " if self.sweep is not None else ""
+            words = {"helps": [], "hurts": [], "within noise": [], "one seed": []}
+            for r in rows:
+                if r["variant"] == self.baseline:
+                    continue
+                words[r["effect"]].append(f"{r['variant']} ({r[f'delta_{self.primary}']}{unit})")
+                exp = self.expected.get(r["variant"])
+                got = {"helps": 1, "hurts": -1}.get(r["effect"], 0)
+                if exp is not None and r["effect"] != "one seed" and exp != got:
+                    missed.append(
+                        f"{r['variant']}{f' at {value}' if self.sweep else ''} "
+                        f"(expected {_EXPECT_WORDS[exp]}, measured {r['effect']})"
+                    )
+            better = "raised" if self.higher_is_better else "lowered"
+            parts = []
+            if words["helps"]:
+                parts.append(
+                    f"{join_names(words['helps'])} {better} {self.primary} beyond the 95 % interval"
+                )
+            if words["hurts"]:
+                parts.append(f"{join_names(words['hurts'])} made it worse beyond the interval")
+            if words["within noise"]:
+                parts.append(f"{join_names(words['within noise'])} stayed within noise")
+            if words["one seed"]:
+                parts.append(
+                    f"{join_names(words['one seed'])} ran with one seed only (no interval)"
+                )
+            out.append(
+                where
+                + ("; ".join(parts) or "no variant besides the baseline")
+                + f" (vs {self.baseline})."
+            )
+        judged = [
+            r
+            for r in table
+            if r["variant"] in self.expected and r.get("effect") not in (None, "one seed")
+        ]
+        if judged:
+            if missed:
+                out.append(
+                    f"The expectation did not appear for {join_names(missed)}."
+                    + (f" Regime: {self.regime}" if self.regime else "")
+                )
+            else:
+                out.append("Every stated expectation appeared.")
+        return out
+
+    def _report(self, analysis: Analysis, wall: float) -> Path:
+        workdir, findings = analysis.workdir, analysis.findings
+        figures = list(self._default_figures(analysis)) + list(findings.figures)
+        shown = [
+            {k: v for k, v in r.items() if not k.endswith(("_mean", "_std"))}
+            for r in analysis.table
+        ]
+        expectation = f"{self.expectation}\n\nSource: {self.source}"
+        if self.regime:
+            expectation += f"\n\nThis regime: {self.regime}"
+        extra = "\n\n".join(findings.sections)
+        path = report.write_experiment_report(
+            workdir,
+            title=self.title,
+            question=self.question,
+            expectation=expectation,
+            table_rows=shown,
+            verdict=analysis.verdict_text,
+            figures=figures,
+            extra_md=extra,
+            smoke=analysis.smoke,
+        )
+        (workdir / "rows.json").write_text(
+            json.dumps(
+                [{k: v for k, v in r.items() if k != "pred"} for r in analysis.rows],
+                indent=1,
+                default=_json_default,
+            )
+            + "\n"
+        )
+        print(report.markdown_table(shown))
+        print(("[smoke] " if analysis.smoke else "") + analysis.verdict_text)
+        print(f"Report: {path} ({wall:.0f} s)")
+        return path
+
+    def _default_figures(self, analysis: Analysis) -> list[str]:
+        table = [r for r in analysis.table if f"{self.primary}_mean" in r]
+        if not table:
+            return []
+        if self.sweep is None or len({r.get(self.sweep[0]) for r in table}) < 2:
+            agg = [
+                {
+                    "variant": r["variant"],
+                    f"{self.primary}_mean": r[f"{self.primary}_mean"],
+                    f"{self.primary}_std": r[f"{self.primary}_std"],
+                }
+                for r in table
+            ]
+            bar_plot(
+                agg,
+                self.primary,
+                analysis.workdir / "primary.png",
+                title=self.title,
+                baseline=self.baseline if any(a["variant"] == self.baseline for a in agg) else None,
+            )
+            return ["primary.png"]
+        series: dict[str, tuple[list, list, list]] = {}
+        for r in table:
+            x, m, s = series.setdefault(r["variant"], ([], [], []))
+            x.append(r[self.sweep[0]])
+            m.append(r[f"{self.primary}_mean"])
+            s.append(r[f"{self.primary}_std"])
+        xs = [v for x, _, _ in series.values() for v in x]
+        # sweep values spanning a decade or more (e.g. training set sizes) on a log axis
+        logx = all(_is_number(x) and x > 0 for x in xs) and max(xs) >= 10 * min(xs)
+        line_plot(
+            series,
+            analysis.workdir / "primary.png",
+            xlabel=self.sweep[0] + (" (log scale)" if logx else ""),
+            ylabel=f"{self.primary} (mean ± std)",
+            title=self.title,
+            logx=logx,
+        )
+        return ["primary.png"]
+
+
+_EXPECT_WORDS = {1: "a gain", 0: "no change beyond noise", -1: "a loss"}
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+@dataclasses.dataclass
+class _Plan:
+    training: ConfigDict
+    params: ConfigDict
+    seeds: tuple[int, ...]
+    sweep: tuple
+    variants: dict[str, dict[str, Any]]
+    smoke: bool
+
+
+class _Runner:
+    """Runs a study's units in order, caching each unit's results in its folder."""
+
+    def __init__(self, study: Study, plan: _Plan, workdir: Path):
+        self.study, self.plan, self.workdir = study, plan, workdir
+        self._splits: dict[tuple, dict] = {}
+        self._data: dict[tuple, dict] = {}
+        self._rows: list[dict] = []
+        self.bar = None
+
+    # ---- data: seed k -> training subset k for every variant
+    def data(self, config: ConfigDict, seed: int) -> dict:
+        if self.study.data is not None:
+            key = ("custom", json.dumps(config.to_dict(), sort_keys=True, default=str), seed)
+            if key not in self._data:
+                self._data[key] = dict(self.study.data(config, seed))
+            return self._data[key]
+        from jaxreg import data as data_lib
+
+        name = (config.data, config.data_dir)
+        if name not in self._splits:
+            self._splits[name] = data_lib.load_splits(config.data, data_dir=config.data_dir)
+        splits = self._splits[name]
+        per_class = config.train_per_class
+        key = (name, per_class, float(config.imbalance_factor), seed)
+        if key not in self._data:
+            train = splits["train"]
+            if per_class is not None:
+                train = data_lib.stratified_subset(train, int(per_class), seed=seed)
+            if float(config.imbalance_factor) != 1.0:
+                ratios = data_lib.long_tail_ratios(
+                    train.num_classes, float(config.imbalance_factor)
+                )
+                train = data_lib.imbalance(train, ratios, seed=seed)
+            self._data[key] = {"train": train, "val": splits["val"], "test": splits["test"]}
+        return self._data[key]
+
+    # ---- folders and cache
+    def unit_dir(self, stage: str, sweep: Any, variant: str | None, seed: int | None) -> Path:
+        st = next((s for s in self.study.stages if s.name == stage), None)
+        if st is None:
+            raise ValueError(
+                f"unknown stage {stage!r}; stages: {[s.name for s in self.study.stages]}"
+            )
+        d = self.workdir
+        if self.study.sweep is not None:
+            d = d / f"{self.study.sweep[0]}={sweep}"
+        if st.per == "variant" and variant is not None:
+            d = d / variant
+        if st.per != "once" and seed is not None:
+            d = d / f"seed{seed}"
+        return d / stage if len(self.study.stages) > 1 else d
+
+    def cached_result(self, stage: str, sweep: Any, variant: str | None, seed: int) -> dict:
+        path = self.unit_dir(stage, sweep, variant, seed) / "result.json"
+        if not path.exists():
+            raise FileNotFoundError(f"stage {stage!r} has no result for {variant}, seed {seed} yet")
+        return json.loads(path.read_text())
+
+    def train(self, config, folder: Path, data, *, title: str, **kwargs) -> dict:
+        done = folder / "results.json"
+        if done.exists():
+            return json.loads(done.read_text())
+
+        return train_and_evaluate(config, folder, data=data, title=title, **kwargs)
+
+    # ---- the units
+    def _units(self, stage: Stage, sweep: Any) -> list[tuple[str | None, dict]]:
+        if stage.per != "variant":
+            return [(None, {})]
+        if stage.variants is not None:
+            prior = [r for r in self._rows if r["sweep"] == sweep]
+            args = (prior, sweep, self.plan.params)
+            n = len(inspect.signature(stage.variants).parameters)
+            return list(stage.variants(*args[: max(2, min(n, 3))]).items())
+        return list(self.plan.variants.items())
+
+    def run_all(self) -> list[dict]:
+        plan = self.plan
+        total = 0
+        for st in self.study.stages:
+            seeds = len(plan.seeds) if st.per != "once" else 1
+            variants = len(plan.variants) if st.per == "variant" and st.variants is None else 1
+            total += len(plan.sweep) * seeds * variants
+        self.bar = tqdm(total=total, desc=self.study.name, unit="run", dynamic_ncols=True)
+        try:
+            for st in self.study.stages:
+                for value in plan.sweep:
+                    units = self._units(st, value)
+                    if st.variants is not None:
+                        self.bar.total += len(units) * len(plan.seeds) - len(plan.seeds)
+                        self.bar.refresh()
+                    seeds = plan.seeds if st.per != "once" else (plan.seeds[0],)
+                    for variant, delta in units:
+                        done = [
+                            r for r in self._rows if r["stage"] == st.name and r["sweep"] == value
+                        ]
+                        if st.skip is not None and st.skip(done, variant, plan.params):
+                            self.bar.total -= len(seeds)
+                            self.bar.refresh()
+                            continue
+                        for seed in seeds:
+                            self._rows.append(self._run_unit(st, value, variant, delta, seed))
+                            self.bar.update(1)
+        finally:
+            self.bar.close()
+        return self._rows
+
+    def _run_unit(self, st: Stage, sweep: Any, variant, delta, seed: int) -> dict:
+        base = self.study._with_sweep(self.plan.training, self.plan.params, sweep)
+        config = variant_config(base, delta, seed)
+        if st.variants is not None:
+            validate_config(config)
+        folder = self.unit_dir(st.name, sweep, variant, seed)
+        folder.mkdir(parents=True, exist_ok=True)
+        unit = Unit(
+            st.name, sweep, variant, seed, config, self.plan.params, folder, self.plan.smoke, self
+        )
+        cached = folder / "result.json"
+        row = {
+            "stage": st.name,
+            "sweep": sweep,
+            "variant": variant,
+            "seed": seed,
+            "dir": str(folder),
+        }
+        if cached.exists():
+            row.update(json.loads(cached.read_text()))
+            return self._finish(st, unit, row)
+        if self.study.min_steps and st.fn is None:
+            n = len(unit.data["train"])
+            config.epochs = epochs_for(
+                n, int(config.batch_size), int(config.epochs), self.study_min_steps()
+            )
+            unit.config = config
+        result = self._compute(st, unit)
+        cached.write_text(json.dumps(result, indent=1, default=_json_default) + "\n")
+        row.update(result)
+        row = self._finish(st, unit, row)
+        self.bar.write(_describe(row, self.study.primary))
+        return row
+
+    def _finish(self, st: Stage, unit: Unit, row: dict) -> dict:
+        row["pred"] = self._predictions(unit.dir)
+        if st.derive is not None and not row.get("diverged"):
+            row.update(st.derive(row, unit))
+        return row
+
+    def study_min_steps(self) -> int:
+        return int(self.plan.params.min_steps)
+
+    def _compute(self, st: Stage, unit: Unit) -> dict:
+        from jaxreg.train.loop import NonFiniteLossError
+
+        try:
+            if st.fn is not None:
+                return dict(st.fn(unit))
+            extra = _extra_sets(st.extra_eval, unit) if st.extra_eval is not None else None
+            r = unit.train(name=".", extra_eval=extra)
+        except NonFiniteLossError as err:
+            return {"diverged": True, "error": str(err), **dict.fromkeys(self.study.metrics)}
+        out = {k: v for k, v in r.items() if k not in ("history", "state", "model")}
+        if st.keep_predictions:
+            self._save_predictions(unit, r, extra or {})
+        return out
+
+    def _save_predictions(self, unit: Unit, r: dict, extra: Mapping[str, Any]) -> None:
+        from jaxreg.train.step import predict
+
+        sets = {"val": unit.data["val"], "test": unit.data["test"], **extra}
+        preds = {
+            k: np.asarray(np.argmax(np.asarray(predict(r["state"], ds.images)), -1), np.int16)
+            for k, ds in sets.items()
+        }
+        np.savez(unit.dir / "predictions.npz", **preds)
+
+    def _predictions(self, folder: Path) -> dict | None:
+        path = folder / "predictions.npz"
+        if not path.exists():
+            return None
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+
+
+def _extra_sets(fn: Callable[..., Mapping[str, Any]], unit: Unit) -> Mapping[str, Any]:
+    """`fn(config, data)`, or `fn(config, data, params)` for a function of three parameters."""
+    try:
+        takes_params = len(inspect.signature(fn).parameters) >= 3
+    except (TypeError, ValueError):  # a callable without a signature: the two-argument form
+        takes_params = False
+    if takes_params:
+        return fn(unit.config, unit.data, unit.params)
+    return fn(unit.config, unit.data)
+
+
+def _describe(row: Mapping[str, Any], primary: str) -> str:
+    who = " ".join(
+        str(x)
+        for x in (row["sweep"], row["variant"], f"seed {row['seed']}", row["stage"])
+        if x is not None
     )
-    log(report.markdown_table(table_rows))
-    log(verdict)
-    log(f"Report: {workdir / 'report.md'} ({wall_time_s:.0f} s)")
-    return workdir / "report.md"
+    if row.get("diverged"):
+        return f"  {who}: diverged"
+    value = row.get(primary)
+    return f"  {who}: {primary} {value:.4f}" if isinstance(value, float) else f"  {who}: done"
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: Path):
+    """The workdir's lock for the study (re-entrant: the CLI may hold it already)."""
+    from jaxreg.train import workdir as workdir_lib
+
+    with workdir_lib.lock(workdir):
+        yield

@@ -14,6 +14,7 @@ if "xla_gpu_deterministic_ops" not in os.environ.get("XLA_FLAGS", ""):
     ).strip()
 
 import jax
+import pytest
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -35,3 +36,18 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAXREG_CACHE_DIR", str(_paths.private_dir(_ROOT / "native")))
 jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+@pytest.fixture(scope="session")
+def digits_small():
+    """120 training images (12 per class) of sklearn digits, 100 val, 100 test."""
+    import numpy as np
+
+    from jaxreg import data as data_lib
+
+    s = data_lib.load_splits("digits")
+    return {
+        "train": data_lib.stratified_subset(s["train"], 12, seed=0),
+        "val": s["val"].subset(np.arange(100)),
+        "test": s["test"].subset(np.arange(100)),
+    }

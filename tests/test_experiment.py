@@ -99,10 +99,6 @@ def test_epochs_for_rejects_out_of_range(arg, args):
         experiment.epochs_for(*args)
 
 
-def test_run_dir_layout():
-    assert experiment.run_dir("out", "rotate", np.int64(2)).as_posix() == "out/rotate/seed2"
-
-
 def test_least_epochs_is_the_fewest_epochs_for_can_give():
     for epochs, min_steps in ((0, 240), (12, 240), (0, 0), (5, 0), (3, 1)):
         want = experiment.least_epochs(epochs, min_steps)
@@ -169,22 +165,6 @@ def test_validate_variants_names_the_bad_variant_and_key():
     bad_base.epochs = -1
     with pytest.raises(ValueError, match=r"variant 'none': config key 'epochs' must be >= 1"):
         experiment.validate_variants(bad_base, {"none": {}})
-
-
-def test_validate_with_smoke_also_checks_the_config_as_given():
-    from ml_collections import ConfigDict
-
-    seen = []
-
-    def check(c):
-        seen.append(bool(c.smoke))
-        if c.lr <= 0 and not c.smoke:
-            raise ValueError("config key 'lr' must be > 0")
-
-    experiment.validate_with_smoke(ConfigDict({"smoke": False, "lr": 1.0}), check)
-    assert seen == [False]
-    with pytest.raises(ValueError, match=r"'lr'.*checked as given"):
-        experiment.validate_with_smoke(ConfigDict({"smoke": True, "lr": -1.0}), check)
 
 
 def test_check_spec_int_and_real_name_the_key():
@@ -378,78 +358,9 @@ def _dataset(n_per_class=6, k=3, name="toy"):
     return Dataset(images, labels, k, tuple(str(c) for c in range(k)), name)
 
 
-def test_subset_data_fn_draws_subset_k_for_seed_k_once():
-    splits = {"train": _dataset(), "val": _dataset(name="v"), "test": _dataset(name="t")}
-    fn = experiment.subset_data_fn(splits, 2)
-    a, b = fn(None, 0), fn({"any": "config"}, 0)
-    assert a is b  # drawn once, shared by every variant of the seed
-    assert len(a["train"]) == 6 and a["train"].class_counts().tolist() == [2, 2, 2]
-    assert a["val"] is splits["val"] and a["test"] is splits["test"]
-    other = fn(None, 1)["train"]
-    assert not np.array_equal(other.images, a["train"].images)
-    assert experiment.subset_data_fn(splits, None)(None, 3)["train"] is splits["train"]
-    with pytest.raises(ValueError, match="per_class"):
-        experiment.subset_data_fn(splits, 0)
-    with pytest.raises(ValueError, match="test"):
-        experiment.subset_data_fn({"train": splits["train"], "val": splits["val"]}, 2)
-
-
 def _finished_run(folder, **results):
     folder.mkdir(parents=True)
     (folder / "results.json").write_text(json.dumps(results))
-
-
-def test_run_variants_reads_finished_runs_back(tmp_path):
-    base = default_config()  # a whole training config: run_variants validates every variant
-    for seed, acc in ((0, 0.5), (1, 0.7)):
-        _finished_run(
-            tmp_path / "rot" / f"seed{seed}",
-            val_accuracy=acc,
-            test_accuracy=acc,
-            extra={"test_x": {"accuracy": 0.1}},
-        )
-
-    def no_data(c, seed):
-        raise AssertionError("a finished run must not be trained again")
-
-    log = []
-    rows = experiment.run_variants(
-        base,
-        tmp_path,
-        {"rot": {"augment": "rotate"}},
-        seeds=(0, 1),
-        data_fn=no_data,
-        log=log.append,
-    )
-    assert [(r["variant"], r["seed"], r["test_accuracy"]) for r in rows] == [
-        ("rot", 0, 0.5),
-        ("rot", 1, 0.7),
-    ]
-    assert rows[0]["extra"] == {"test_x": {"accuracy": 0.1}} and rows[0]["test_ece"] is None
-    assert len(log) == 2 and "seed 1: val 0.7000 test 0.7000" in log[1]
-
-
-def test_run_variants_with_predictions_reads_predictions_back(tmp_path):
-    base = default_config()
-    val, test = _dataset(name="v"), _dataset(name="t")
-    folder = tmp_path / "none" / "seed3"
-    _finished_run(folder, val_accuracy=0.9, test_accuracy=0.8, train_size=12)
-    preds = {"val": np.zeros(18, np.int16), "test": np.ones(18, np.int16)}
-    np.savez(folder / "predictions.npz", **preds)
-    seen = []
-
-    def data_fn(c, seed):
-        seen.append((c.seed, seed))
-        return {"train": None, "val": val, "test": test}
-
-    rows = experiment.run_variants_with_predictions(
-        base, tmp_path, {"none": {}}, seeds=(3,), data_fn=data_fn, log=lambda s: None
-    )
-    assert seen == [(3, 3)]
-    (row,) = rows
-    assert row["train_size"] == 12 and row["extra"] == {} and row["val_accuracy"] == 0.9
-    np.testing.assert_array_equal(row["pred"]["test"], preds["test"])
-    np.testing.assert_array_equal(row["labels"]["val"], val.labels)
 
 
 def _tiny_config():
@@ -458,58 +369,6 @@ def _tiny_config():
     c.progress = False
     c.checkpoint.enabled = False
     return c
-
-
-def test_run_variants_validates_every_variant_before_the_first_run(tmp_path):
-    variants = {"none": {}, "bad": {"augment": "nosuchop"}}
-    with pytest.raises(ValueError, match="variant 'bad': config key 'augment'"):
-        experiment.run_variants(_tiny_config(), tmp_path, variants, seeds=(0,), log=print)
-    assert list(tmp_path.iterdir()) == []  # not even the first variant trained
-
-
-def test_run_variants_with_predictions_validates_before_the_first_run(tmp_path):
-    from jaxreg.train.loop import prepare_data
-
-    config = _tiny_config()
-    data = prepare_data(config)
-    variants = {"none": {}, "bad": {"epochs": 0}}
-    with pytest.raises(ValueError, match="variant 'bad': config key 'epochs'"):
-        experiment.run_variants_with_predictions(
-            config, tmp_path, variants, seeds=(0,), data_fn=lambda c, s: data, log=print
-        )
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_write_report_writes_summary_and_logs(tmp_path):
-    log = []
-    path = experiment.write_report(
-        tmp_path,
-        title="T",
-        question="Q?",
-        expectation="E",
-        table_rows=[{"variant": "a", "n": 2}],
-        verdict="a won by 1.0 pts",
-        figures=[],
-        extra_md="## Protocol",
-        wall_time_s=12.4,
-        log=log.append,
-    )
-    assert path == tmp_path / "report.md" and path.is_file()
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["verdict"] == "a won by 1.0 pts" and summary["table_rows"][0]["variant"] == "a"
-    assert log[1] == "a won by 1.0 pts" and log[2] == f"Report: {path} (12 s)"
-    with pytest.raises(ValueError, match="verdict"):
-        experiment.write_report(
-            tmp_path,
-            title="T",
-            question="Q",
-            expectation="E",
-            table_rows=[],
-            verdict=" ",
-            figures=[],
-            extra_md="",
-            wall_time_s=0.0,
-        )
 
 
 # ----------------------------------------------------------------------------- compile cache

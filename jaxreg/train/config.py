@@ -36,6 +36,10 @@ def default_config() -> ConfigDict:
     c.balanced_sampling = False  # draw batches with class-balanced weights
     # model
     c.model = "cnn"
+    c.pretrained = True  # models with pretrained weights (vgg16: ImageNet) start from them
+    c.code_size = 32  # autoencoder / encoder_classifier: length of the code
+    c.ae_channels = (32, 64)  # autoencoder / encoder_classifier: encoder channels per stage
+    c.upsample = "deconv"  # autoencoder decoder: "deconv" | "unpool" | "resize"
     c.batch_norm = False
     c.dropout = 0.0
     c.bn_momentum = 0.9
@@ -70,6 +74,12 @@ def default_config() -> ConfigDict:
     c.monitor = "val_loss"
     c.monitor_mode = "min"
     c.restore_best = True
+    # transfer learning (jaxreg.transfer): start from another run's best weights, and what trains
+    c.init_from = ""  # a train_and_evaluate workdir; a head of another size stays fresh
+    c.finetune = "full"  # "full" | "linear_probe" | "last" | "layerwise"
+    c.finetune_last = 1  # "last": the top N parameter groups train (the head is one)
+    c.layerwise_decay = 0.5  # "layerwise": group d below the head trains at decay**d x the rate
+    c.head_warmup_epochs = 0  # only the head trains for this many epochs first
     # run control
     c.loop = "auto"  # "scan": one lax.scan per epoch on device; "python": host-fed batches
     c.device_data_limit_mb = 1024.0  # "auto" scans when the training images fit in this
@@ -166,6 +176,9 @@ _RANGES = (
     ("early_stopping.patience", 0, False),
     ("early_stopping.min_delta", 0.0, False),
     ("early_stopping.warmup_epochs", 0, False),
+    ("finetune_last", 1, False),
+    ("code_size", 1, False),
+    ("head_warmup_epochs", 0, False),
 )
 # Fields in [0, 1).
 _UNIT = ("dropout", "bn_momentum", "label_smoothing", "ema_decay")
@@ -248,6 +261,8 @@ def validate_config(config: ConfigDict) -> None:
         ("monitor", MONITORS[config.task]),
         ("smoothing_kind", ("uniform", "wrong_classes")),
         ("reconstruction_loss", ("mse", "bce")),
+        ("finetune", ("full", "linear_probe", "last", "layerwise")),
+        ("upsample", ("deconv", "unpool", "resize")),
         ("monitor_mode", ("min", "max")),
         ("ema_batch_stats", EMA_BATCH_STATS),
         ("loop", LOOPS),
@@ -261,10 +276,27 @@ def validate_config(config: ConfigDict) -> None:
             raise ValueError(
                 f"config key {key!r} must be one of {list(allowed)}, got {_get(config, key)!r}"
             )
+    if not 0.0 < float(config.layerwise_decay) <= 1.0:
+        raise ValueError(
+            f"config key 'layerwise_decay' must be in (0, 1], got {config.layerwise_decay}"
+        )
+    _check_init_from(config.init_from)
     _check_data_name(config.data)
     _check_spec("augment", config.augment)
     _check_spec("mix", config.mix)
     _check_spec("corrupt", config.corrupt)
+
+
+def _check_init_from(path: Any) -> None:
+    from pathlib import Path
+
+    if not isinstance(path, str):
+        raise TypeError(f"config key 'init_from' must be a workdir path or '', got {path!r}")
+    if path and not (Path(path) / "checkpoints" / "best").is_dir():
+        raise ValueError(
+            f"config key 'init_from': {path!r} is not a train_and_evaluate workdir with "
+            "checkpoints/best (train the source run first)"
+        )
 
 
 def _check_data_name(name: Any) -> None:

@@ -168,8 +168,22 @@ def build_model(config: ConfigDict, model: Any, num_classes: int, input_shape) -
     )
 
 
-def _optimizer(config: ConfigDict, total_steps: int, use_ema: bool):
+def _optimizer(config: ConfigDict, total_steps: int, use_ema: bool, net, groups, steps_per_epoch):
+    """The Optax chain of the config, per fine-tuning strategy when there is one, then the EMA."""
     tx, schedule = build_optimizer(config, total_steps=total_steps)
+    warm = int(config.head_warmup_epochs) * steps_per_epoch
+    if config.finetune != "full" or warm > 0:
+        from jaxreg import transfer
+
+        tx = transfer.strategy_tx(
+            lambda: build_optimizer(config, total_steps=total_steps)[0],
+            nnx.state(net, nnx.Param),
+            groups,
+            config.finetune,
+            last=int(config.finetune_last),
+            decay=float(config.layerwise_decay),
+            head_warmup_steps=warm,
+        )
     if use_ema:
         tx = optax.chain(tx, param_ema(float(config.ema_decay), warmup=bool(config.ema_warmup)))
     return tx, schedule
@@ -221,6 +235,14 @@ def state_tree(state: TrainState) -> dict[str, Any]:
         if state.ema_batch_stats is not None:
             tree["ema"]["batch_stats"] = state.ema_batch_stats
     return to_named(tree)
+
+
+def _has_ema_tx(tx: optax.GradientTransformation, net) -> bool:
+    from jaxreg.optim.ema import ParamEmaState
+
+    st = jax.eval_shape(tx.init, nnx.state(net, nnx.Param))
+    leaves = jax.tree.leaves(st, is_leaf=lambda x: isinstance(x, ParamEmaState))
+    return any(isinstance(x, ParamEmaState) for x in leaves)
 
 
 def _has_ema(state: TrainState) -> bool:
@@ -283,6 +305,8 @@ def train_and_evaluate(
     mix_fn: Callable | None = None,
     extra_eval: Mapping[str, data_lib.Dataset] | None = None,
     title: str | None = None,
+    groups: Any = None,
+    optimizer: Callable[[Any], optax.GradientTransformation] | None = None,
 ) -> dict[str, Any]:
     """Trains a model on a task as `config` says and evaluates it; resumable after a crash.
 
@@ -320,6 +344,12 @@ def train_and_evaluate(
         `config.mix` (classification only).
       extra_eval: more labelled sets evaluated at the end (e.g. corrupted test images).
       title: report title.
+      groups: the model's parameter path groups, input to output, the head last
+        (`jaxreg.transfer.param_groups`), for fine-tuning strategies (`config.finetune`) of a
+        model of your own; built-in models declare theirs.
+      optimizer: `optimizer(params) -> optax.GradientTransformation` replacing the chain the
+        config describes (e.g. `jaxreg.gan.gan_optimizer`: two Adams and an EMA of part of the
+        model); a `param_ema` inside it is evaluated as `config.ema_decay` would be.
 
     Returns:
       dict of results: `val_*`/`test_*` for each of the task's metrics on the restored model,
@@ -362,16 +392,47 @@ def train_and_evaluate(
             f"batch_size {config.batch_size} is larger than the training set ({len(train)} examples)"
         )
     net = build_model(config, model, train.num_classes, train.images.shape[1:])
+    transfer_groups = None
+    if config.finetune != "full" or int(config.head_warmup_epochs) > 0:
+        from jaxreg import transfer
+
+        transfer_groups = transfer.param_groups(net, groups)
     with workdir_lib.lock(workdir) as workdir:
-        return _run(config, workdir, net, task, splits, extra_eval or {}, title, steps_per_epoch)
+        return _run(
+            config, workdir, net, task, splits, extra_eval or {}, title, steps_per_epoch,
+            transfer_groups, optimizer,
+        )  # fmt: skip
 
 
-def _run(config, workdir, net, task, splits, extra_eval, title, steps_per_epoch):
+def _run(config, workdir, net, task, splits, extra_eval, title, steps_per_epoch, groups, optimizer):
     train, val, test = splits["train"], splits["val"], splits["test"]
     use_ema = config.ema_decay > 0
-    tx, schedule = _optimizer(config, steps_per_epoch * int(config.epochs), use_ema)
+    train_mode = None
+    if config.init_from:
+        from jaxreg import transfer
+
+        if not (workdir / "checkpoints").exists():  # a resumed run has its own weights
+            report = transfer.load(net, config.init_from, fresh_head=True, groups=groups)
+            print(f"Initialised from {config.init_from}: {transfer.describe(report)}")
+    if groups is not None:
+        from jaxreg import transfer
+
+        frozen = transfer.frozen_prefixes(groups, config.finetune, last=int(config.finetune_last))
+        train_mode = lambda m: transfer.freeze_batch_norm(m, frozen)
+    if optimizer is not None:
+        tx = optimizer(nnx.state(net, nnx.Param))
+        schedule = optax.constant_schedule(float(config.learning_rate))
+        use_ema = use_ema or _has_ema_tx(tx, net)
+    else:
+        tx, schedule = _optimizer(
+            config, steps_per_epoch * int(config.epochs), use_ema, net, groups, steps_per_epoch
+        )
     state = TrainState.create(
-        net, tx, key=jax.random.key(int(config.seed)), ema_batch_stats=use_ema
+        net,
+        tx,
+        key=jax.random.key(int(config.seed)),
+        ema_batch_stats=use_ema,
+        train_mode=train_mode,
     )
     recompute = state.ema_batch_stats is not None and config.ema_batch_stats == "recompute"
     ema = None

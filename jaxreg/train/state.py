@@ -12,6 +12,7 @@ continues its streams as a stock NNX model would.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -26,13 +27,17 @@ __all__ = ["EMA_BATCH_STATS", "TrainState", "reseed", "split_model"]
 EMA_BATCH_STATS = ("average", "copy", "recompute")
 
 
-def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.GraphDef, Any, Any, Any, Any]:
+def split_model(
+    model: nnx.Module, train_mode: Callable[[nnx.Module], None] | None = None
+) -> tuple[nnx.GraphDef, nnx.GraphDef, Any, Any, Any, Any]:
     """A model's train-mode and eval-mode structure and its four kinds of state.
 
     Args:
       model: any Flax NNX module. Its `train()` / `eval()` switches (Dropout's
         `deterministic`, BatchNorm's `use_running_average`) are set on a copy; the module
         passed in is not changed.
+      train_mode: applied to the copy after `train()` (e.g. to keep the BatchNorm of frozen
+        blocks in inference mode, `jaxreg.transfer.freeze_batch_norm`).
 
     Returns:
       `(train_graphdef, eval_graphdef, params, batch_stats, rngs, other)`: `nnx.Param`
@@ -43,6 +48,8 @@ def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.GraphDef, Any, Any
         raise TypeError(f"model must be a flax.nnx.Module, got {type(model).__name__}")
     model = nnx.clone(model)
     model.train()
+    if train_mode is not None:
+        train_mode(model)
     train_def = nnx.graphdef(model)
     model.eval()
     eval_def, params, batch_stats, rngs, other = nnx.split(
@@ -114,6 +121,7 @@ class TrainState:
         *,
         key: jax.Array,
         ema_batch_stats: bool = False,
+        train_mode: Callable[[nnx.Module], None] | None = None,
     ) -> TrainState:
         """Splits `model` and initialises the optimizer.
 
@@ -123,8 +131,9 @@ class TrainState:
           key: typed PRNG key of the run (`jax.random.key(seed)`).
           ema_batch_stats: keep BatchNorm statistics for the EMA weights (when `tx` holds a
             `param_ema` and the model has BatchNorm).
+          train_mode: see `split_model`.
         """
-        train_def, eval_def, params, batch_stats, rngs, other = split_model(model)
+        train_def, eval_def, params, batch_stats, rngs, other = split_model(model, train_mode)
         with jax.numpy_dtype_promotion("standard"):  # optax mixes int32 counts with floats
             opt_state = tx.init(params)
         has_bs = bool(jax.tree.leaves(batch_stats))

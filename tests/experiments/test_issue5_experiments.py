@@ -6,9 +6,10 @@ import re
 import numpy as np
 import pytest
 
-from jaxreg import cli
+from jaxreg import cli, report
 
-EXPERIMENTS = ("augmentation_ablation", "when_to_augment", "domain_fit", "how_many", "overfitting")
+# how_many, overfitting and domain_fit have their own test modules (tests/experiments/test_<name>.py)
+EXPERIMENTS = ("augmentation_ablation", "when_to_augment")
 NUMBER = re.compile(r"[-+]?\d+\.\d+")
 
 
@@ -60,7 +61,8 @@ def test_report_summary_and_figures_exist(smoke_root, name):
 def test_verdict_is_generated_from_the_measured_numbers(smoke_root, name):
     root, results = smoke_root
     verdict = results[name]["verdict"]
-    assert verdict and verdict == _summary(root, name)["verdict"]
+    summary = _summary(root, name)  # a smoke run's summary marks its verdict
+    assert verdict and summary["verdict"] in (verdict, f"{report.SMOKE_MARK} {verdict}")
     assert len(NUMBER.findall(verdict)) >= 3, verdict
 
 
@@ -113,78 +115,12 @@ def test_when_to_augment_covers_three_parts(smoke_root):
     verdict = results["when_to_augment"]["verdict"]
     assert "(a)" in verdict and "(b)" in verdict and "(c)" in verdict
     # balanced accuracy = mean per-class recall, computed from predictions
-    for r in results["when_to_augment"]["parts"]["b"]:
+    for r in results["when_to_augment"]["parts"]["b"]["rows"]:
         assert r["test_balanced_accuracy"] == pytest.approx(float(np.nanmean(r["recall"])))
 
 
-def test_domain_fit_corrupted_set_is_deterministic_and_evaluated(smoke_root):
-    root, results = smoke_root
-    mod = cli.load_module("domain_fit")
-    from jaxreg import data
-
-    test = data.load_splits("digits")["test"]
-    a = mod.corrupt_test_set(
-        test, noise_sigma=0.25, blur_sigma=1.5, lowres_factor=3, jpeg_quality=15, key=7
-    )
-    b = mod.corrupt_test_set(
-        test, noise_sigma=0.25, blur_sigma=1.5, lowres_factor=3, jpeg_quality=15, key=7
-    )
-    for k in a:
-        np.testing.assert_array_equal(a[k].images, b[k].images)
-        assert not np.array_equal(a[k].images, test.images), k
-    summary = _summary(root, "domain_fit")
-    assert _variants(summary) == {"none", "digits", "degrade"}
-    for row in summary["table_rows"]:
-        assert (
-            "±" in row["corrupted test acc"]
-            and "6→9" in row["watched confusions (true→pred: count over seeds)"]
-        )
-    conf = results["domain_fit"]["confusion"]["none"]
-    assert sum(map(sum, conf)) == 2 * len(test)  # both seeds, every test image
-
-
-def test_how_many_grows_copies_and_chooses_on_validation(smoke_root):
-    root, results = smoke_root
-    res = results["how_many"]
-    summary = _summary(root, "how_many")
-    tried = [r["copies per real"] for r in summary["table_rows"]]
-    assert tried[0] == 0 and tried == sorted(tried)
-    assert res["chosen_copies"] in tried
-    sizes = [r["train images"] for r in summary["table_rows"]]
-    assert all(s == sizes[0] * (k + 1) for s, k in zip(sizes, tried))
-    agg = {a["copies"]: a for a in res["aggregate"]}
-    best, best_val = None, -1.0  # the documented rule: improve by more than min_delta
-    for k in tried:
-        if agg[k]["val_accuracy_mean"] > best_val + 0.002:
-            best, best_val = k, agg[k]["val_accuracy_mean"]
-    assert res["chosen_copies"] == best
-    assert f"k={res['chosen_copies']}" in res["verdict"]
-
-
-def test_how_many_copies_are_nested_and_fixed():
-    mod = cli.load_module("how_many")
-    from jaxreg import data
-
-    train = data.stratified_subset(data.load_splits("digits")["train"], 3, seed=0)
-    two = mod.make_copies(train, "digits", 2, key=5)
-    three = mod.make_copies(train, "digits", 3, key=5)
-    assert len(two) == 3 * len(train) and len(three) == 4 * len(train)
-    np.testing.assert_array_equal(three.images[: len(two)], two.images)
-    np.testing.assert_array_equal(two.labels, np.tile(train.labels, 3))
-    assert not np.array_equal(two.images[len(train) : 2 * len(train)], train.images)
-
-
-def test_overfitting_reports_onsets_and_curves(smoke_root):
-    root, _results = smoke_root
-    summary = _summary(root, "overfitting")
-    assert _variants(summary) == {"plain", "early_stopping", "all"}
-    for row in summary["table_rows"]:
-        assert "onset epoch (seeds with onset)" in row
-    assert any(f.startswith("curves_") for f in summary["figures"])
-
-
 def test_unknown_variants_are_rejected(tmp_path):
-    for name in ("augmentation_ablation", "domain_fit", "overfitting"):
+    for name in ("augmentation_ablation", "domain_fit"):
         with pytest.raises(ValueError, match="unknown variants"):
             cli.run(name, ["smoke=true", "variants=none,bogus"], workdir=str(tmp_path / name))
 

@@ -1,4 +1,4 @@
-"""The regularization experiment smoke-runs end to end and writes a complete report."""
+"""The regularization study smoke-runs end to end and writes a complete report."""
 
 import json
 import re
@@ -19,7 +19,8 @@ def test_report_summary_and_figures_exist(smoke_run):
     workdir, _result = smoke_run
     assert (workdir / "report.md").is_file()
     summary = json.loads((workdir / "summary.json").read_text())
-    assert summary["figures"], "no figures listed"
+    assert summary["smoke"] is True
+    assert {"val_curves.png", "test_ece.png", "primary.png"} <= set(summary["figures"])
     for name in summary["figures"]:
         assert (workdir / name).stat().st_size > 1000, name
     for variant in ("none", "l1_prox", "early_stopping"):
@@ -32,13 +33,18 @@ def test_table_has_every_variant_with_mean_and_std(smoke_run):
     summary = json.loads((workdir / "summary.json").read_text())
     rows = {r["variant"]: r for r in summary["table_rows"]}
     assert set(rows) == {"none", "l1_prox", "early_stopping"}
+    assert rows["l1_prox"]["settings"] == "l1_prox=1" and rows["none"]["settings"] == "-"
     for row in rows.values():
         assert row["n"] == 2
         for key in ("test_accuracy", "test_ece", "zero_fraction", "best_epoch"):
             assert re.fullmatch(r"-?\d+\.\d+ ± \d+\.\d+", row[key]), (key, row[key])
+    assert re.fullmatch(r"0\.\d{4} ± 0\.\d{4}", rows["l1_prox"]["zero_fraction"])
+    assert rows["l1_prox"]["expected"] == "no change beyond noise"
     md = (workdir / "report.md").read_text()
     for name in rows:
         assert f"| {name} |" in md
+    for heading in ("## Expectation vs measurement", "## Protocol", "Per-seed results"):
+        assert heading in md
 
 
 def test_zero_fraction_prox_positive_baseline_zero(smoke_run):
@@ -53,13 +59,14 @@ def test_zero_fraction_prox_positive_baseline_zero(smoke_run):
 def test_verdict_is_generated_from_the_numbers(smoke_run):
     workdir, result = smoke_run
     verdict = result["verdict"]
-    assert "baseline" in verdict and "'none'" in verdict
-    base = next(a for a in result["aggregate"] if a["variant"] == "none")
-    assert base["test_accuracy"] in verdict  # the measured "mean ± std" is quoted
-    for name in ("l1_prox", "early_stopping"):
-        assert name in verdict
-    assert json.loads((workdir / "summary.json").read_text())["verdict"] == verdict
-    assert "Expectation" in (workdir / "report.md").read_text()
+    base = next(t for t in result["table"] if t["variant"] == "none")
+    prox = next(t for t in result["table"] if t["variant"] == "l1_prox")
+    assert "(vs none)" in verdict and prox["delta_test_accuracy"] in verdict
+    assert f"the baseline has {base['test_ece_mean']:.3f}" in verdict
+    assert f"l1_prox {prox['zero_fraction_mean'] * 100:.1f} %" in verdict
+    # two epochs: the side checks of none and early_stopping cannot hold, and say so
+    assert "side checks disagree with the expectation for none" in verdict
+    assert json.loads((workdir / "summary.json").read_text())["verdict"].endswith(verdict)
 
 
 def test_unknown_variant_is_rejected(tmp_path):

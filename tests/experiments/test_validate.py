@@ -39,10 +39,10 @@ def no_training(monkeypatch):
         raise AssertionError("a run started training")
 
     import jaxreg.experiment
-    import jaxreg.experiments.main
+    import jaxreg.train.loop
 
     monkeypatch.setattr(jaxreg.experiment, "train_and_evaluate", train)
-    monkeypatch.setattr(jaxreg.experiments.main, "train_and_evaluate", train)
+    monkeypatch.setattr(jaxreg.train.loop, "train_and_evaluate", train)  # the study runner's
 
 
 def test_every_experiment_is_covered():
@@ -89,11 +89,21 @@ def test_experiment_spec_strings_are_built_and_named(name, key, smoke):
         ("regularization", "learning_rate", -1.0, "'learning_rate'.*checked as given"),
         ("overfitting", "data", "nope", "'data'.*nope"),
         ("regularization", "rates.l1_prox", -1.0, "variant 'l1_prox': config key 'l1_prox'"),
-        ("augmentation_ablation", "sizes", (20, 0), "'sizes' must be >= 1"),
+        ("augmentation_ablation", "sizes", (20, 0), "sizes=0: config key 'train_per_class'"),
         ("augmentation_ablation", "min_steps", -1, "'min_steps' must be >= 0"),
+        ("augmentation_ablation", "combos", "top2,top9", "unknown combos"),
+        ("augmentation_ablation", "learning_rate", -1.0, "'learning_rate'.*checked as given"),
+        ("augmentation_ablation", "data", "nope", "'data'.*nope"),
         ("when_to_augment", "imbalance", 0.5, "'imbalance' must be >= 1"),
+        ("when_to_augment", "narrow_fraction", 0.0, "'narrow_fraction' must be > 0"),
+        ("when_to_augment", "sizes", (0,), "sizes=0: config key 'train_per_class'"),
+        ("when_to_augment", "parts", "abd", "'parts' must be letters from 'abc'"),
         ("domain_fit", "corruption.jpeg_quality", 0, "'corruption.jpeg_quality'"),
         ("how_many", "steps", -1, "'steps' must be >= 0"),
+        ("how_many", "copies", (1, 2), "'copies' must be increasing ints from 0"),
+        ("how_many", "copies", (0, -3), "checked as given"),  # smoke replaces the amounts
+        ("how_many", "source", "gan", "'source' must be one of"),
+        ("overfitting", "onset_patience", 0, "'onset_patience' must be >= 1"),
         ("overfitting", "reg.dropout", 1.5, "variant 'all': config key 'dropout'"),
     ],
 )
@@ -104,13 +114,12 @@ def test_smoke_mode_does_not_hide_bad_values(name, key, value, needle):
 
 
 def test_smoke_keeps_a_smaller_user_value():
-    module = cli.load_module("overfitting")
-    _, config = _config("overfitting", True, epochs=3, batch_size=8)
-    plan = module._plan(config)
-    assert (plan.config.epochs, plan.config.batch_size) == (3, 8)  # smoke would give 6, 20
+    module, config = _config("overfitting", True, epochs=3, batch_size=8)
+    c = module.STUDY._plan(config).training
+    assert (c.epochs, c.batch_size) == (3, 8)  # smoke would give 6, 20
     _, config = _config("overfitting", True)
-    plan = module._plan(config)
-    assert (plan.config.epochs, plan.config.batch_size, plan.config.train_per_class) == (6, 20, 10)
+    c = module.STUDY._plan(config).training
+    assert (c.epochs, c.batch_size, c.train_per_class, c.learning_rate) == (6, 20, 10, 1e-2)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

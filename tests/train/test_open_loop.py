@@ -18,7 +18,7 @@ import pytest
 from flax import nnx
 
 from jaxreg.train.loop import train_and_evaluate
-from jaxreg.train.restore import restore
+from jaxreg.train.restoring import restore
 from tests.train.conftest import tiny_config
 
 # A model written the stock NNX way, as a user would: its own Rngs for dropout, BatchNorm

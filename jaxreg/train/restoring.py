@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 from ml_collections import ConfigDict
 
-__all__ = ["Restored", "load_images", "restore"]
+__all__ = ["Restored", "load_images", "read_named", "restore"]
 
 WHICH = ("best", "latest")
 
@@ -81,6 +81,21 @@ def _read_step(directory: Path, which: str) -> tuple[dict, dict, int]:
                 )
             return out["state"], meta, step
     raise FileNotFoundError(f"no readable checkpoint in {folder}")
+
+
+def read_named(workdir: str | os.PathLike, which: str = "best") -> tuple[dict, dict]:
+    """A run's best or latest checkpoint as a tree keyed by name, and its metadata.
+
+    The tree is what `jaxreg.train.checkpoint.to_named` wrote, read with plain Orbax.
+
+    Raises:
+      ValueError: a bad `which`, or an older checkpoint format.
+      FileNotFoundError: no readable checkpoint.
+    """
+    if which not in WHICH:
+        raise ValueError(f"which must be one of {WHICH}, got {which!r}")
+    named, meta, _ = _read_step(Path(workdir), which)
+    return named, meta
 
 
 def _fill(model: nnx.Module, named: dict, use_ema: bool) -> None:

@@ -1,0 +1,108 @@
+"""Autoencoders: max-unpooling and deconvolution as adjoints, odd sizes, training and denoising."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax import lax
+
+from jaxreg.models.autoencoder import UPSAMPLE, Autoencoder, EncoderClassifier, max_unpool_2x2
+from jaxreg.models.layers import max_pool_2x2_with_indices
+from jaxreg.train.loop import train_and_evaluate
+from tests.train.conftest import tiny_config
+
+
+def _select(x, positions):
+    """Each 2x2 window's value at `positions` (the linear map max-pooling applies)."""
+    n, h, w, c = positions.shape
+    win = x.reshape(n, h, 2, w, 2, c).transpose(0, 1, 3, 5, 2, 4).reshape(n, h, w, c, 4)
+    return jnp.take_along_axis(win, positions[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+def test_unpool_puts_each_value_at_its_pool_position_and_zeros_elsewhere():
+    x = jax.random.normal(jax.random.key(0), (2, 6, 8, 3))
+    pooled, pos = max_pool_2x2_with_indices(x)
+    up = max_unpool_2x2(pooled, pos, (6, 8))
+    kept = up != 0
+    assert int(kept.sum()) == pooled.size  # one value per window, zeros elsewhere
+    np.testing.assert_array_equal(up[kept], x[kept])  # where it came from
+    np.testing.assert_array_equal(_select(x, pos), pooled)
+    # MNIST-like all-zero windows: the tie goes to the first position (top-left).
+    z = jnp.zeros((1, 2, 2, 1))
+    _, pz = max_pool_2x2_with_indices(z)
+    assert int(pz[0, 0, 0, 0]) == 0
+
+
+def test_unpool_is_the_adjoint_of_the_pools_selection():
+    kx, ky, kz = jax.random.split(jax.random.key(1), 3)
+    _, pos = max_pool_2x2_with_indices(jax.random.normal(kz, (2, 8, 10, 4)))
+    x = jax.random.normal(kx, (2, 8, 10, 4))
+    y = jax.random.normal(ky, pos.shape)
+    lhs = jnp.vdot(_select(x, pos), y)
+    rhs = jnp.vdot(x, max_unpool_2x2(y, pos, (8, 10)))
+    np.testing.assert_allclose(lhs, rhs, rtol=1e-5)
+
+
+def test_the_transposed_convolution_is_the_adjoint_of_its_convolution():
+    deconv = nnx.ConvTranspose(3, 2, (3, 3), strides=(2, 2), use_bias=False, rngs=nnx.Rngs(2))
+    kernel = deconv.kernel[...]
+    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)  # the forward conv's kernel
+    with jax.default_matmul_precision("float32"):
+        conv = lambda x: lax.conv_general_dilated(
+            x, flipped, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        x = jax.random.normal(jax.random.key(3), (2, 10, 12, 2))
+        y = jax.random.normal(jax.random.key(4), (2, 5, 6, 3))
+        lhs, rhs = jnp.vdot(conv(x), y), jnp.vdot(x, deconv(y))
+    np.testing.assert_allclose(lhs, rhs, rtol=1e-4)
+
+
+@pytest.mark.parametrize("upsample", UPSAMPLE)
+@pytest.mark.parametrize("shape", [(28, 28, 1), (13, 11, 3), (7, 9, 1), (8, 8, 1)])
+def test_odd_sizes_round_trip(upsample, shape):
+    m = Autoencoder(shape, upsample=upsample, channels=(4, 6), code_size=8, rngs=nnx.Rngs(0))
+    x = jax.random.uniform(jax.random.key(0), (2, *shape))
+    assert m(x).shape == x.shape
+    code, switches = m.encode(x)
+    assert code.shape == (2, 8) and len(switches) == 2
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match="upsample must be one of"):
+        Autoencoder((8, 8, 1), upsample="pixelshuffle", rngs=nnx.Rngs(0))
+    m = Autoencoder((8, 8, 1), upsample="unpool", rngs=nnx.Rngs(0))
+    code, _ = m.encode(jnp.ones((1, 8, 8, 1)))
+    with pytest.raises(ValueError, match="needs the encoder's switches"):
+        m.decode(code)
+    with pytest.raises(ValueError, match="does not fit"):
+        max_unpool_2x2(jnp.ones((1, 2, 2, 1)), jnp.zeros((1, 2, 2, 1), jnp.int8), (6, 4))
+
+
+def _ae(rngs):
+    return Autoencoder((8, 8, 1), upsample="unpool", channels=(16, 32), code_size=32, rngs=rngs)
+
+
+def test_training_lowers_the_reconstruction_loss_and_denoising_raises_psnr(tmp_path, digits_small):
+    c = tiny_config(
+        epochs=12,
+        task="reconstruction",
+        reconstruction_loss="bce",
+        learning_rate=3e-3,
+        batch_size=20,
+        corrupt="noise(sigma=0.3)",
+    )
+    r = train_and_evaluate(c, tmp_path, model=_ae, data=digits_small)
+    h = r["history"]
+    assert h[-1]["train_loss"] < h[0]["train_loss"] and h[-1]["val_loss"] < h[0]["val_loss"]
+    assert r["test_psnr"] > r["test_input_psnr"] + 1.0, (r["test_psnr"], r["test_input_psnr"])
+
+
+def test_the_encoder_loads_into_a_classifier(tmp_path, digits_small):
+    from jaxreg import transfer
+
+    ae = _ae(nnx.Rngs(0))
+    clf = EncoderClassifier(10, (8, 8, 1), channels=(16, 32), code_size=32, rngs=nnx.Rngs(1))
+    report = transfer.load(clf, ae, include="^encoder/")
+    assert report["loaded"] and all(p.startswith("encoder/") for p in report["loaded"])
+    np.testing.assert_array_equal(clf.encoder.code.kernel[...], ae.encoder.code.kernel[...])
