@@ -9,11 +9,15 @@ p=0.5, one 8x8 cutout, then Mixup alpha 0.2 on one-hot labels.
 Workload B (ImageNet-style, 64 x 224x224x3): rotation +-15 deg, scale 0.8-1.2, random resized
 crop (0.08-1) to 224, horizontal flip.
 
-Every peer draws its random parameters per example. jaxreg runs the public functions users call
-(`compose`, `batch`, `mixup`); peers that are not installed are skipped with a note (install
-them with `pip install -e '.[bench]'`). Throughput is images per second of the median batch time
-after warm-up; the ratio column is jaxreg's throughput over the peer's. Float32 images in [0, 1]
-for every library.
+Every peer draws its random parameters per example. jaxreg runs the public functions users call,
+three ways: `batch(compose(...))` (the row "jaxreg", the reference of the ratio column),
+`jax.vmap(compose(...))` on split keys, and a hand-written per-example function calling jaxreg's
+ops one after another with its own key splits, under `jax.vmap` (both also `jit`ted, then
+`mixup` in A). Peers that are not installed are skipped with a note (install them with
+`pip install -e '.[bench]'`). Throughput is images per second of the median batch time after
+warm-up; the ratio column is the row "jaxreg"'s throughput over the row's. All rows of a
+workload are timed side by side, one call of each in turn per round, so that a machine shared
+with other work slows them alike. Float32 images in [0, 1] for every library.
 
 tf.image (TensorFlow CPU) is a peer too, batched by hand (one `tf.function` over the batch with
 per-example parameters: gathers for crop and flip, jitter by broadcasting, a cutout mask;
@@ -57,18 +61,33 @@ from jaxreg.augment import _rng
 P = functools.partial
 
 
-def _time(run: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """Returns (first-call seconds, median seconds of `repeats` further calls)."""
+def _call(run: Callable[[], object]) -> float:
+    """Seconds one call of `run` takes, until its results are ready."""
     t0 = time.perf_counter()
     _block(run())
-    first = time.perf_counter() - t0
-    _block(run())  # second warm-up (caches, thread pools)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        _block(run())
-        times.append(time.perf_counter() - t0)
-    return first, statistics.median(times)
+    return time.perf_counter() - t0
+
+
+def _time_side_by_side(
+    runs: dict[str, Callable[[], object]], repeats: dict[str, int]
+) -> dict[str, float]:
+    """Median seconds per call of each runner, timed in turn: `{name: median of repeats[name]}`.
+
+    Each runner (already called once) is called once more to warm up; then every round calls
+    each runner that has repeats left once, so that load from other processes falls on all of
+    them alike. Round r starts at the r-th runner (the order rotates), so that no runner
+    always follows the same one (whose freed memory or busy threads it would inherit).
+    """
+    for run in runs.values():
+        _block(run())  # second warm-up (caches, thread pools)
+    names = list(runs)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for r in range(max(repeats.values(), default=0)):
+        for i in range(len(names)):
+            name = names[(r + i) % len(names)]
+            if len(times[name]) < repeats[name]:
+                times[name].append(_call(runs[name]))
+    return {name: statistics.median(times[name]) for name in runs}
 
 
 def _block(out):
@@ -101,17 +120,32 @@ class _Counter:
 # Workload A
 
 
-def jaxreg_a(x, y):
-    """Returns a runner for one Workload A batch: jaxreg `compose` + `batch`, then `mixup`."""
-    aug = A.compose(
+def _chain_a():
+    return A.compose(
         A.from_spec("crop(size=32,padding=4,pad_mode='reflect')"),  # jaxreg's draws
         P(A.random_flip, horizontal=True, p=0.5),
         P(A.color_jitter, brightness=0.4, contrast=0.4, saturation=0.4),
         P(A.gaussian_noise, sigma=0.05, p=0.5),
         P(A.cutout, size=8),
     )
-    batched = A.batch(aug)
 
+
+def hand_written_a(key, image):
+    """Workload A's chain as a user writes it for one image: jaxreg's ops one after another."""
+    ks = jax.random.split(key, 5)
+    v = A.random_crop(ks[0], image, (32, 32, 3), padding=4)
+    v = A.random_flip(ks[1], v, horizontal=True, p=0.5)
+    v = A.color_jitter(ks[2], v, brightness=0.4, contrast=0.4, saturation=0.4)
+    v = A.gaussian_noise(ks[3], v, sigma=0.05, p=0.5)
+    return A.cutout(ks[4], v, size=8)
+
+
+def _vmapped(fn):
+    """`batched(key, images)`: `jax.vmap(fn)` on one key per example (what `batch` does)."""
+    return lambda key, x: jax.vmap(fn)(jax.random.split(key, x.shape[0]), x)
+
+
+def _runner_a(batched, x, y):
     @jax.jit
     def step(key, x, y):
         k_aug, k_mix = jax.random.split(key)
@@ -120,6 +154,21 @@ def jaxreg_a(x, y):
     c = _Counter()
     xj, yj = jnp.asarray(x), jnp.asarray(y)
     return lambda: step(jax.random.key(c.next()), xj, yj)
+
+
+def jaxreg_a(x, y):
+    """Returns a runner for one Workload A batch: jaxreg `batch(compose(...))`, then `mixup`."""
+    return _runner_a(A.batch(_chain_a()), x, y)
+
+
+def jaxreg_vmap_a(x, y):
+    """Workload A with `jax.vmap(compose(...))` on split keys in place of `batch`."""
+    return _runner_a(_vmapped(_chain_a()), x, y)
+
+
+def jaxreg_hand_a(x, y):
+    """Workload A with the hand-written per-example chain `hand_written_a` under `jax.vmap`."""
+    return _runner_a(_vmapped(hand_written_a), x, y)
 
 
 def dmpix_a(x, y):
@@ -221,18 +270,44 @@ def albumentations_a(x, y):
 # Workload B
 
 
-def jaxreg_b(x):
-    """Returns a runner for one Workload B batch: jaxreg rotate, scale, resized crop, flip."""
-    aug = A.compose(
+def _chain_b():
+    return A.compose(
         P(A.random_rotate, max_degrees=15),
         P(A.random_scale, min_scale=0.8, max_scale=1.2),
         P(A.random_resized_crop, size=224, scale=(0.08, 1.0)),
         A.random_flip,
     )
-    step = jax.jit(A.batch(aug))
+
+
+def hand_written_b(key, image):
+    """Workload B's chain for one image, jaxreg's ops one after another (four resamplings)."""
+    ks = jax.random.split(key, 4)
+    v = A.random_rotate(ks[0], image, max_degrees=15)
+    v = A.random_scale(ks[1], v, min_scale=0.8, max_scale=1.2)
+    v = A.random_resized_crop(ks[2], v, size=224, scale=(0.08, 1.0))
+    return A.random_flip(ks[3], v)
+
+
+def _runner_b(batched, x):
+    step = jax.jit(batched)
     c = _Counter()
     xj = jnp.asarray(x)
     return lambda: step(jax.random.key(c.next()), xj)
+
+
+def jaxreg_b(x):
+    """Returns a runner for one Workload B batch: jaxreg `batch(compose(...))`, one resampling."""
+    return _runner_b(A.batch(_chain_b()), x)
+
+
+def jaxreg_vmap_b(x):
+    """Workload B with `jax.vmap(compose(...))` on split keys in place of `batch`."""
+    return _runner_b(_vmapped(_chain_b()), x)
+
+
+def jaxreg_hand_b(x):
+    """Workload B with the hand-written per-example chain `hand_written_b` under `jax.vmap`."""
+    return _runner_b(_vmapped(hand_written_b), x)
 
 
 def jaxreg_b_xla(x):
@@ -490,7 +565,7 @@ def _warp_note():
     )
 
 
-def run_workload(name, peers, args, repeats):
+def run_workload(name, peers, args, repeats, *, few=()):
     """Times each `(name, factory)` peer on `args`, prints a table against jaxreg and returns rows.
 
     Args:
@@ -499,44 +574,70 @@ def run_workload(name, peers, args, repeats):
             column. A factory takes `*args` and returns a zero-argument callable running one batch.
         args: The inputs passed to each factory (the image batch first; its leading axis is the
             batch size used for images per second).
-        repeats: Timed calls after the two warm-up calls (the dm-pix peer is timed over 2 only:
-            `name` is a full title, never just "A").
+        repeats: Timed calls after the two warm-up calls.
+        few: Peers timed over 2 calls only (too slow for `repeats`), each on its own after the
+            others.
 
     Returns:
         One `(peer, images per second, first-call s, median batch s, note)` tuple per peer; the
         three numbers are None for a peer that was skipped or failed.
     """
     print(f"\nWorkload {name}")
-    rows = []
+    notes, runs = {}, {}
     for peer, make in peers:
         try:
-            run = make(*args)
-            first, med = _time(
-                run, repeats if peer not in ("dm-pix (vmap+jit)",) or name == "A" else 2
-            )
-            rows.append((peer, args[0].shape[0] / med, first, med, ""))
+            runs[peer] = make(*args)
         except ImportError as e:
             what = str(e) if e.name == "tensorflow" else (e.name or e)
-            rows.append((peer, None, None, None, f"skipped: not installed ({what})"))
+            notes[peer] = f"skipped: not installed ({what})"
         except Exception as e:  # a peer's API changed: report, keep going
-            rows.append((peer, None, None, None, f"failed: {type(e).__name__}: {str(e)[:80]}"))
+            notes[peer] = f"failed: {type(e).__name__}: {str(e)[:80]}"
+    first, medians = {}, {}
+    # The others side by side, then each slow peer on its own (its seconds-long calls and their
+    # memory would fall on the rows around it).
+    for group in ([p for p in runs if p not in few], *([p] for p in runs if p in few)):
+        timed = {}
+        for peer in group:  # the first call (compilation); one that fails drops the peer
+            try:
+                first[peer] = _call(runs[peer])
+                timed[peer] = runs[peer]
+            except Exception as e:
+                notes[peer] = f"failed: {type(e).__name__}: {str(e)[:80]}"
+        medians.update(_time_side_by_side(timed, {p: 2 if p in few else repeats for p in timed}))
+    rows = []
+    for peer, _ in peers:
+        if peer in medians:
+            med = medians[peer]
+            rows.append((peer, args[0].shape[0] / med, first[peer], med, ""))
+        else:
+            rows.append((peer, None, None, None, notes[peer]))
     ours = rows[0][1]
     print(
-        f"{'library':26s} {'img/s':>10s} {'jaxreg x':>9s} {'batch ms':>9s} {'first call s':>13s}  note"
+        f"{'library':34s} {'img/s':>10s} {'jaxreg x':>9s} {'batch ms':>9s} {'first call s':>13s}  note"
     )
     for peer, ips, first, med, note in rows:
         if ips is None:
-            print(f"{peer:26s} {'-':>10s} {'-':>9s} {'-':>9s} {'-':>13s}  {note}")
+            print(f"{peer:34s} {'-':>10s} {'-':>9s} {'-':>9s} {'-':>13s}  {note}")
         else:
             ratio = ours / ips if ours else float("nan")
-            print(f"{peer:26s} {ips:10.0f} {ratio:9.2f} {med * 1e3:9.2f} {first:13.2f}  {note}")
-    timed = [r for r in rows[1:] if r[1] is not None and not r[0].startswith("jaxreg")]
-    if timed and ours:
-        best = max(timed, key=lambda r: r[1])
+            print(f"{peer:34s} {ips:10.0f} {ratio:9.2f} {med * 1e3:9.2f} {first:13.2f}  {note}")
+    by_name = {r[0]: r[1] for r in rows}
+    others = [r for r in rows[1:] if r[1] is not None and not r[0].startswith("jaxreg")]
+    if others and ours:
+        best = max(others, key=lambda r: r[1])
         print(
             f"fastest peer: {best[0]} ({best[1]:.0f} img/s); jaxreg / fastest = {ours / best[1]:.2f}x"
         )
+    vmapped, hand, pix = (by_name.get(k) for k in (VMAP_ROW, HAND_ROW, "dm-pix (vmap+jit)"))
+    if ours and vmapped:
+        print(f"jax.vmap(compose) / batch(compose) = {vmapped / ours:.2f}x")
+    if hand and pix:
+        print(f"hand-written fn under jax.vmap / dm-pix = {hand / pix:.2f}x")
     return rows
+
+
+VMAP_ROW = "jaxreg, jax.vmap(compose(...))"
+HAND_ROW = "jaxreg, hand-written fn, jax.vmap"
 
 
 def main(argv=None):
@@ -567,6 +668,8 @@ def main(argv=None):
             "A: 512 x 32x32x3, crop+flip+jitter+noise+cutout+mixup",
             [
                 ("jaxreg", jaxreg_a),
+                (VMAP_ROW, jaxreg_vmap_a),
+                (HAND_ROW, jaxreg_hand_a),
                 ("dm-pix (vmap+jit)", dmpix_a),
                 ("kornia", kornia_a),
                 ("albumentations", albumentations_a),
@@ -581,6 +684,8 @@ def main(argv=None):
             "B: 64 x 224x224x3, rotate+scale+resized crop+flip",
             [
                 ("jaxreg", jaxreg_b),
+                (VMAP_ROW, jaxreg_vmap_b),
+                (HAND_ROW, jaxreg_hand_b),
                 ("jaxreg, XLA path (ref.)", jaxreg_b_xla),
                 ("albumentations", albumentations_b),
                 ("augmax", augmax_b),
@@ -590,6 +695,7 @@ def main(argv=None):
             ],
             (x,),
             max(3, args.repeats // 2),
+            few=("dm-pix (vmap+jit)",),  # seconds per batch on a CPU
         )
 
 

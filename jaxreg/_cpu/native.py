@@ -99,7 +99,9 @@ SOURCE = Path(__file__).with_name("warp_native.cc")
 WARP_TARGET = "jaxreg_warp_bilinear"
 _SYMBOL = "JaxregWarpBilinear"
 MODES = {"constant": 0, "edge": 1, "reflect": 2, "symmetric": 3, "wrap": 4}
-_BASE_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread")
+# -ffp-contract=off: source coordinates round as `_warp._coords` computes them (one dot, no
+# fused multiply-add), so the kernel's taps are the XLA path's.
+_BASE_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-ffp-contract=off")
 
 BUILD_TIMEOUT = 60.0  # seconds per compiler run (JAXREG_NATIVE_BUILD_TIMEOUT overrides)
 VERSION_TIMEOUT = 10.0  # seconds for `$CXX --version`

@@ -104,7 +104,8 @@ void ComputeRow(const Job& j, const float* m, int64_t i, RowTaps* taps) {
   float* __restrict fx = taps->fx.data();
   for (int32_t k = 0; k < wo; ++k) {
     const float fk = static_cast<float>(k);
-    // Same association as `_warp._coords`: (m0 * y + m1 * x) + m2.
+    // Same arithmetic as `_warp._coords`: (m0 * y + m1 * x) + m2, no fused multiply-add
+    // (built with -ffp-contract=off).
     float y = Fold<MODE>((y_row + my * fk) + cy, in_h);
     float x = Fold<MODE>((x_row + mx * fk) + cx, in_w);
     // NaN coordinates (a degenerate map) compare false: invalid, read at 0.

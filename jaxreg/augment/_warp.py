@@ -7,16 +7,24 @@ interpolation. Interpolation is bilinear from 2x2 neighbourhoods fetched as one 
 (or two 1-D gathers when the map is axis-aligned), or nearest (exact copies) when every op in
 the chain maps integer pixels to integer pixels (crops, flips, rot90).
 
-`GeometricOp.batched` (used by `policy.batch`) resamples a whole batch at once: XLA:CPU runs a
-gather as a scalar loop whose cost grows with the index arity, and vmapping `apply` gives a
-(batch, y, x) index; indexing the batch as one array of pixels (bilinear: two (2, C) tap
-pairs at one flat index) or as rows of one (B * H, W, C) array (exact copies) keeps the index
-at one or two components (same arithmetic). The bilinear batch form is `apply_batch_xla`,
-which on the CPU `jaxreg._cpu.warp` may replace by a native kernel (same arithmetic).
+Under `jax.vmap` (and so under `jaxreg.augment.batch`) `warp` and `warp_ndimage` resample the
+whole batch at once, by a batching rule (`_batching.vmappable`): XLA:CPU runs a gather as a
+scalar loop whose cost grows with the index arity, and vmapping `apply` gives a (batch, y, x)
+index; indexing the batch as one array of pixels (bilinear: two (2, C) tap pairs at one flat
+index) or as rows of one (B * H, W, C) array (exact copies) keeps the index at one or two
+components (same arithmetic). The bilinear batch form is `apply_batch_xla`, which on the CPU
+`jaxreg._cpu.warp` may replace by a native kernel (same arithmetic).
+
+Source coordinates are matrix products (`_coords`, `_line`), computed once and read by the tap
+index, the tap weight and the validity alike: computed elementwise, XLA recomputes them inside
+every fusion that reads them and may round them differently there (a multiply-add contracted
+in one fusion and not in another), so that under `jit` a coordinate within an ulp of an
+integer took its tap from one pixel and its weight from the next.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,7 +33,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxreg._cpu import warp as _cpu_warp
-from jaxreg.augment import _core
+from jaxreg.augment import _batching, _core
 
 __all__ = []  # private module
 
@@ -97,22 +105,10 @@ def _taps(t: jax.Array, n: int):
 
 
 def _coords(m: jax.Array, out_hw: tuple[int, int]):
-    """Input coordinates (y, x), each (ho, wo), of every output pixel under the map m."""
-    ho, wo = out_hw
-    yy = jnp.arange(ho, dtype=jnp.float32).reshape(ho, 1)
-    xx = jnp.arange(wo, dtype=jnp.float32).reshape(1, wo)
-    y = m[0, 0] * yy + m[0, 1] * xx + m[0, 2]
-    x = m[1, 0] * yy + m[1, 1] * xx + m[1, 2]
-    return y, x
+    """Input coordinates (y, x), each (ho, wo), of every output pixel under the map m.
 
-
-def _coords_dot(m: jax.Array, out_hw: tuple[int, int]):
-    """`_coords` as one matrix product (as dm-pix computes them), materialised once.
-
-    Elementwise, XLA recomputes the coordinates inside every fusion that reads them (tap index,
-    weight, validity), and may round them differently there (a multiply-add contracted in one
-    fusion and not in another): under `jit` a coordinate within an ulp of an integer then took
-    its tap from one pixel and its weight from the next. A dot is computed once.
+    One matrix product (as dm-pix computes them), so each coordinate is computed once (see the
+    module docstring).
     """
     ho, wo = out_hw
     yy, xx = jnp.meshgrid(
@@ -120,6 +116,12 @@ def _coords_dot(m: jax.Array, out_hw: tuple[int, int]):
     )
     c = jnp.matmul(jnp.stack([yy, xx], axis=-1), m[:2, :2].T) + m[:2, 2].reshape(1, 1, 2)
     return c[..., 0], c[..., 1]
+
+
+def _line(scale: jax.Array, offset: jax.Array, n: int) -> jax.Array:
+    """`scale * i + offset` for i in [0, n), as one matrix product (computed once, as `_coords`)."""
+    ii = jnp.stack([jnp.arange(n, dtype=jnp.float32), jnp.ones((n,), jnp.float32)], axis=-1)
+    return jnp.matmul(ii, jnp.stack([scale, offset]).astype(jnp.float32))
 
 
 def _bilinear_taps(m, in_hw, padded_hw, out_hw, mode):
@@ -197,13 +199,25 @@ def apply_batch_xla(
     produces. XLA:CPU runs gathers as scalar loops whose cost grows with the index arity, and a
     1-component index needs no stacked index array.
     """
-    b, h, w, c = images.shape
-    dtype = images.dtype
+    h, w = images.shape[1:3]
     images = _pad_for_bilinear(images, h, w)
     hp, wp = images.shape[1], images.shape[2]
     y0, x0, fy, fx, valid = jax.vmap(lambda m: _bilinear_taps(m, (h, w), (hp, wp), out_hw, mode))(
         ms
     )
+    out = _gather_bilinear_batch(images, y0, x0, fy, fx)
+    if valid is not None:
+        out = jnp.where(valid[..., None], out, fillv)
+    return out
+
+
+def _gather_bilinear_batch(images: jax.Array, y0, x0, fy, fx) -> jax.Array:
+    """Bilinear mix, per example, of the 2x2 windows at top-left taps (y0, x0), each (B, ho, wo).
+
+    The batch is one (B * H * W, C) array of pixels: each output pixel reads two (2, C) slices
+    (its top and bottom tap pairs) at one flat index and that index + W.
+    """
+    b, hp, wp, c = images.shape
     base = ((y0 + (jnp.arange(b, dtype=jnp.int32) * hp).reshape(b, 1, 1)) * wp + x0)[..., None]
     pixels = images.reshape(b * hp * wp, c)
     dnums = lax.GatherDimensionNumbers(
@@ -216,10 +230,25 @@ def apply_batch_xla(
         )
 
     top, bot = pair(base), pair(base + wp)
-    out = _blend(top[..., 0, :], top[..., 1, :], bot[..., 0, :], bot[..., 1, :], fy, fx, dtype)
-    if valid is not None:
-        out = jnp.where(valid[..., None], out, fillv)
-    return out
+    return _blend(
+        top[..., 0, :], top[..., 1, :], bot[..., 0, :], bot[..., 1, :], fy, fx, images.dtype
+    )
+
+
+def _gather_pixels_batch(images: jax.Array, y: jax.Array, x: jax.Array) -> jax.Array:
+    """Pixel (y, x) of each example, y and x (B, ho, wo) in range: the batch as (B * H) rows."""
+    b, h, w, c = images.shape
+    rows = y + (jnp.arange(b, dtype=jnp.int32) * h).reshape(b, 1, 1)
+    dnums = lax.GatherDimensionNumbers(
+        offset_dims=(3,), collapsed_slice_dims=(0, 1), start_index_map=(0, 1)
+    )
+    return lax.gather(
+        images.reshape(b * h, w, c),
+        jnp.stack([rows, x], axis=-1),
+        dnums,
+        slice_sizes=(1, 1, c),
+        mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
+    )
 
 
 def _exact_taps(m, in_hw, out_hw, axis_aligned, mode):
@@ -227,8 +256,7 @@ def _exact_taps(m, in_hw, out_hw, axis_aligned, mode):
     h, w = in_hw
     ho, wo = out_hw
     if axis_aligned:
-        y = m[0, 0] * jnp.arange(ho, dtype=jnp.float32) + m[0, 2]
-        x = m[1, 1] * jnp.arange(wo, dtype=jnp.float32) + m[1, 2]
+        y, x = _line(m[0, 0], m[0, 2], ho), _line(m[1, 1], m[1, 2], wo)
         y, vy = _fold(jnp.round(y).astype(jnp.int32), h, mode, True)
         x, vx = _fold(jnp.round(x).astype(jnp.int32), w, mode, True)
         y, x = jnp.broadcast_to(y[:, None], out_hw), jnp.broadcast_to(x[None, :], out_hw)
@@ -255,22 +283,10 @@ def apply_batch_exact(
     Every output pixel is one C-vector gathered from the batch seen as (B * H, W, C) rows, in
     place of the vmapped per-example row and column gathers with a (batch, y, x) index.
     """
-    b, h, w, c = images.shape
-    dtype = images.dtype
-    fillv = _core.fill_value(fill, c).astype(dtype)
+    _, h, w, c = images.shape
+    fillv = _core.fill_value(fill, c).astype(images.dtype)
     y, x, valid = jax.vmap(lambda m: _exact_taps(m, (h, w), out_hw, axis_aligned, mode))(ms)
-    rows = y + (jnp.arange(b, dtype=jnp.int32) * h).reshape(b, 1, 1)
-    idx = jnp.stack([rows, x], axis=-1)
-    dnums = lax.GatherDimensionNumbers(
-        offset_dims=(3,), collapsed_slice_dims=(0, 1), start_index_map=(0, 1)
-    )
-    out = lax.gather(
-        images.reshape(b * h, w, c),
-        idx,
-        dnums,
-        slice_sizes=(1, 1, c),
-        mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
-    )
+    out = _gather_pixels_batch(images, y, x)
     if valid is not None:
         out = jnp.where(valid[..., None], out, fillv)
     return out
@@ -310,11 +326,8 @@ def apply(
         image = _pad_for_bilinear(image, h, w)
     hp, wp = image.shape[0], image.shape[1]
     fillv = _core.fill_value(fill, c).astype(dtype)
-    ys = jnp.arange(ho, dtype=jnp.float32)
-    xs = jnp.arange(wo, dtype=jnp.float32)
     if axis_aligned:
-        y = m[0, 0] * ys + m[0, 2]
-        x = m[1, 1] * xs + m[1, 2]
+        y, x = _line(m[0, 0], m[0, 2], ho), _line(m[1, 1], m[1, 2], wo)
         if exact:
             y, vy = _fold(jnp.round(y).astype(jnp.int32), h, mode, True)
             x, vx = _fold(jnp.round(x).astype(jnp.int32), w, mode, True)
@@ -395,30 +408,159 @@ def apply_ndimage(
     """
     h, w, c = image.shape
     fillv = _core.fill_value(fill, c).astype(image.dtype)
-    rule = NDIMAGE_MODES[mode]
-    y, x = _coords_dot(m, out_hw)
+    image = _ndimage_pad(image, order, mode)
+    taps = _ndimage_taps(m, (h, w), image.shape[:2], out_hw, order, mode)
     if order == 0:
-        y, vy = _fold(lax.round(y).astype(jnp.int32), h, rule, True)
-        x, vx = _fold(lax.round(x).astype(jnp.int32), w, rule, True)
-        out, valid = image[y, x], _and(vy, vx)
+        y, x, valid = taps
+        out = image[y, x]
     else:
-        if mode == "wrap":  # one wrapped row and column let the taps straddle the seam
-            image = jnp.pad(image, ((0, 1), (0, 1), (0, 0)), mode="wrap")
-            y, x, valid = jnp.mod(y, float(h)), jnp.mod(x, float(w)), None
-        elif mode == "constant":
-            image = _pad_for_bilinear(image, h, w)
-            valid = (y >= 0.0) & (y <= h - 1.0) & (x >= 0.0) & (x <= w - 1.0)
-            y, x = jnp.clip(y, 0.0, h - 1.0), jnp.clip(x, 0.0, w - 1.0)
-        else:
-            image = _pad_for_bilinear(image, h, w)
-            (y, _), (x, _) = _fold(y, h, rule, False), _fold(x, w, rule, False)
-            valid = None
-        y0, fy = _taps(y, image.shape[0])
-        x0, fx = _taps(x, image.shape[1])
+        y0, x0, fy, fx, valid = taps
         out = _gather_bilinear(image, y0, x0, fy, fx)
     if valid is not None:
         out = jnp.where(valid[:, :, None], out, fillv)
     return out
+
+
+def apply_ndimage_batch(
+    images: jax.Array,
+    ms: jax.Array,
+    out_hw: tuple[int, int],
+    *,
+    order: int,
+    mode: str,
+    fill: Any = 0.0,
+) -> jax.Array:
+    """`jax.vmap(apply_ndimage)(images, ms)`, the batch gathered as one array (same values).
+
+    Args:
+      images: (B, H, W, C) floating images.
+      ms: (B, 3, 3) float32 output-to-input maps.
+      out_hw: static output size (Ho, Wo).
+      order: 0 (nearest) or 1 (bilinear).
+      mode: one of `NDIMAGE_MODES`.
+      fill: constant for `mode="constant"`: a scalar or one value per channel.
+
+    Returns:
+      (B, Ho, Wo, C) images of the input dtype.
+    """
+    _, h, w, c = images.shape
+    fillv = _core.fill_value(fill, c).astype(images.dtype)
+    images = _ndimage_pad(images, order, mode)
+    padded = images.shape[1:3]
+    taps = jax.vmap(lambda m: _ndimage_taps(m, (h, w), padded, out_hw, order, mode))(ms)
+    if order == 0:
+        y, x, valid = taps
+        out = _gather_pixels_batch(images, y, x)
+    else:
+        y0, x0, fy, fx, valid = taps
+        out = _gather_bilinear_batch(images, y0, x0, fy, fx)
+    if valid is not None:
+        out = jnp.where(valid[..., None], out, fillv)
+    return out
+
+
+def _ndimage_pad(image: jax.Array, order: int, mode: str) -> jax.Array:
+    """Pads the last three axes (H, W, C) for bilinear taps under `mode` (none for order 0)."""
+    if order == 0:
+        return image
+    if mode == "wrap":  # one wrapped row and column let the taps straddle the seam
+        pads = [(0, 0)] * (image.ndim - 3) + [(0, 1), (0, 1), (0, 0)]
+        return jnp.pad(image, pads, mode="wrap")
+    return _pad_for_bilinear(image, image.shape[-3], image.shape[-2])
+
+
+def _ndimage_taps(m, in_hw, padded_hw, out_hw, order, mode):
+    """`apply_ndimage`'s taps for one map: (y, x, valid) for order 0, else (y0, x0, fy, fx, valid).
+
+    `valid` is None where every output pixel is inside.
+    """
+    h, w = in_hw
+    rule = NDIMAGE_MODES[mode]
+    y, x = _coords(m, out_hw)
+    if order == 0:
+        y, vy = _fold(lax.round(y).astype(jnp.int32), h, rule, True)
+        x, vx = _fold(lax.round(x).astype(jnp.int32), w, rule, True)
+        return y, x, _and(vy, vx)
+    if mode == "wrap":
+        y, x, valid = jnp.mod(y, float(h)), jnp.mod(x, float(w)), None
+    elif mode == "constant":
+        valid = (y >= 0.0) & (y <= h - 1.0) & (x >= 0.0) & (x <= w - 1.0)
+        y, x = jnp.clip(y, 0.0, h - 1.0), jnp.clip(x, 0.0, w - 1.0)
+    else:
+        (y, _), (x, _) = _fold(y, h, rule, False), _fold(x, w, rule, False)
+        valid = None
+    y0, fy = _taps(y, padded_hw[0])
+    x0, fx = _taps(x, padded_hw[1])
+    return y0, x0, fy, fx, valid
+
+
+def warp(
+    image: jax.Array,
+    m: jax.Array,
+    out_hw: tuple[int, int],
+    *,
+    exact: bool = False,
+    axis_aligned: bool = False,
+    mode: str = "constant",
+    fill: Any = 0.0,
+) -> jax.Array:
+    """`apply(image, m, ...)` for one image; under `jax.vmap` the batch is resampled at once.
+
+    The batching rule (`_batching.vmappable`) resamples a batch of images and maps by
+    `apply_batch_exact` (exact maps) or `apply_batch` (general bilinear maps; the native kernel
+    on the CPU), or vmaps the separable path of `apply` (axis-aligned bilinear maps, whose
+    gathers index whole rows and columns); gradients flow to `image` and `m`.
+
+    Args:
+      image: (H, W, C) floating image.
+      m: (3, 3) float32 output-to-input map.
+      out_hw: static output size (Ho, Wo).
+      exact: the map sends integer pixels to integer pixels (exact copies, no interpolation).
+      axis_aligned: the map has no rotation or shear (separable resampling).
+      mode: border rule where the map leaves the image, one of `_core.PAD_MODES`.
+      fill: constant for `mode="constant"`: a number or one per channel.
+
+    Returns:
+      (Ho, Wo, C) image of the input dtype.
+    """
+    opts = {"exact": exact, "axis_aligned": axis_aligned, "mode": mode, "fill": fill}
+    if isinstance(fill, jax.core.Tracer):  # a traced fill: JAX's own batching of `apply`
+        return apply(image, m, out_hw, **opts)
+    return _batching.vmappable(
+        functools.partial(apply, out_hw=out_hw, **opts),
+        image,
+        m,
+        batched=functools.partial(_apply_many, out_hw=out_hw, **opts),
+    )
+
+
+def _apply_many(images, ms, *, out_hw, exact, axis_aligned, mode, fill):
+    """`jax.vmap(apply)(images, ms)` by the batch forms (see `warp`)."""
+    if exact:
+        return apply_batch_exact(
+            images, ms, out_hw, axis_aligned=axis_aligned, mode=mode, fill=fill
+        )
+    if axis_aligned:
+        per_example = functools.partial(
+            apply, out_hw=out_hw, exact=False, axis_aligned=True, mode=mode, fill=fill
+        )
+        return jax.vmap(per_example)(images, ms)
+    return apply_batch(images, ms, out_hw, mode=mode, fill=fill)
+
+
+def warp_ndimage(
+    image: jax.Array, m: jax.Array, out_hw: tuple[int, int], *, order: int, mode: str, fill: Any
+) -> jax.Array:
+    """`apply_ndimage` for one image; under `jax.vmap` by `apply_ndimage_batch` (see `warp`)."""
+    opts = {"order": order, "mode": mode, "fill": fill}
+    if isinstance(fill, jax.core.Tracer):
+        return apply_ndimage(image, m, out_hw, **opts)
+    return _batching.vmappable(
+        functools.partial(apply_ndimage, out_hw=out_hw, **opts),
+        image,
+        m,
+        batched=functools.partial(apply_ndimage_batch, out_hw=out_hw, **opts),
+    )
 
 
 class GeometricOp:
@@ -479,16 +621,15 @@ class GeometricOp:
         return self._sample(key, tuple(in_hw))
 
     def __call__(self, key: jax.Array, image: jax.Array) -> jax.Array:
+        """Resamples one (H, W, C) image through the map sampled from `key` (see `warp`)."""
         h, w, c = _core.check_image(image)
         self.check_channels(c)
         if not self.keyless:
             _core.check_key(key)
-        out_hw = self.output_hw((h, w))
-        m = self.matrix(key, (h, w))
-        return apply(
+        return warp(
             image,
-            m,
-            out_hw,
+            self.matrix(key, (h, w)),
+            self.output_hw((h, w)),
             exact=self.exact,
             axis_aligned=self.axis_aligned,
             mode=self.mode or "edge",
@@ -496,25 +637,8 @@ class GeometricOp:
         )
 
     def batched(self, keys: jax.Array, images: jax.Array) -> jax.Array:
-        """`jax.vmap(self)(keys, images)`, with the resampling done for the batch as a whole."""
-        if self.axis_aligned and not self.exact:  # separable path: vmapped is fine
-            return jax.vmap(self)(keys, images)
-
-        def checked_matrix(key, image):
-            h, w, c = _core.check_image(image)
-            self.check_channels(c)
-            if not self.keyless:
-                _core.check_key(key)
-            return self.matrix(key, (h, w))
-
-        ms = jax.vmap(checked_matrix)(keys, images)
-        out_hw = self.output_hw(tuple(images.shape[1:3]))
-        mode = self.mode or "edge"
-        if self.exact:
-            return apply_batch_exact(
-                images, ms, out_hw, axis_aligned=self.axis_aligned, mode=mode, fill=self.fill
-            )
-        return apply_batch(images, ms, out_hw, mode=mode, fill=self.fill)
+        """`jax.vmap(self)(keys, images)`: the maps sampled per example, one batch resampling."""
+        return jax.vmap(self)(keys, images)
 
 
 def chain(ops: Sequence[GeometricOp]) -> GeometricOp:

@@ -22,7 +22,7 @@ import dm_pix
 import jax
 import jax.numpy as jnp
 
-from jaxreg.augment import _core, _rng
+from jaxreg.augment import _batching, _core, _rng
 
 __all__ = [
     "adjust_brightness",
@@ -216,7 +216,9 @@ def random_brightness(key: jax.Array, image: jax.Array, max_delta: Any) -> jax.A
     _core.check_image(image)
     _core.check_scalar(max_delta, "max_delta")
     _core.check_positive(max_delta, "max_delta", allow_zero=True)
-    return adjust_brightness(image, _draw(key, -max_delta, max_delta))
+    return _batching.vmappable(
+        lambda k, x, d: adjust_brightness(x, _draw(k, -d, d)), key, image, max_delta
+    )
 
 
 def random_contrast(key: jax.Array, image: jax.Array, lower: Any, upper: Any) -> jax.Array:
@@ -239,7 +241,9 @@ def random_contrast(key: jax.Array, image: jax.Array, lower: Any, upper: Any) ->
     _core.check_scalar(lower, "lower")
     _core.check_scalar(upper, "upper")
     _ordered(lower, upper, "lower", "upper")
-    return adjust_contrast(image, _draw(key, lower, upper))
+    return _batching.vmappable(
+        lambda k, x, lo, hi: adjust_contrast(x, _draw(k, lo, hi)), key, image, lower, upper
+    )
 
 
 def random_saturation(key: jax.Array, image: jax.Array, lower: Any, upper: Any) -> jax.Array:
@@ -262,7 +266,9 @@ def random_saturation(key: jax.Array, image: jax.Array, lower: Any, upper: Any) 
     _core.check_scalar(lower, "lower")
     _core.check_scalar(upper, "upper")
     _ordered(lower, upper, "lower", "upper")
-    return adjust_saturation(image, _draw(key, lower, upper))
+    return _batching.vmappable(
+        lambda k, x, lo, hi: adjust_saturation(x, _draw(k, lo, hi)), key, image, lower, upper
+    )
 
 
 def random_hue(key: jax.Array, image: jax.Array, max_delta: Any) -> jax.Array:
@@ -283,7 +289,9 @@ def random_hue(key: jax.Array, image: jax.Array, max_delta: Any) -> jax.Array:
     _core.check_image(image, channels=_CH)
     _core.check_scalar(max_delta, "max_delta")
     _core.check_positive(max_delta, "max_delta", allow_zero=True)
-    return adjust_hue(image, _draw(key, -max_delta, max_delta))
+    return _batching.vmappable(
+        lambda k, x, d: adjust_hue(x, _draw(k, -d, d)), key, image, max_delta
+    )
 
 
 def random_gamma(
@@ -315,8 +323,15 @@ def random_gamma(
     _core.check_scalar(min_gamma, "min_gamma", positive=True)
     _core.check_scalar(max_gamma, "max_gamma", positive=True)
     _ordered(min_gamma, max_gamma, "min_gamma", "max_gamma")
-    return adjust_gamma(
-        image, _draw(key, min_gamma, max_gamma), gain=gain, assume_in_bounds=assume_in_bounds
+    return _batching.vmappable(
+        lambda k, x, lo, hi, g: adjust_gamma(
+            x, _draw(k, lo, hi), gain=g, assume_in_bounds=assume_in_bounds
+        ),
+        key,
+        image,
+        min_gamma,
+        max_gamma,
+        gain,
     )
 
 
@@ -495,7 +510,9 @@ def random_grayscale(key: jax.Array, image: jax.Array, *, p: float = 0.1) -> jax
     _core.check_image(image, channels=_CH)
     _core.check_key(key)
     _core.check_prob(p)
-    return jnp.where(_rng.uniform(key, ()) < p, grayscale(image), image)
+    return _batching.vmappable(
+        lambda k, x: jnp.where(_rng.uniform(k, ()) < p, grayscale(x), x), key, image
+    )
 
 
 def color_jitter(
@@ -537,6 +554,11 @@ def color_jitter(
     c = _factor_range(contrast, "contrast")
     s = _factor_range(saturation, "saturation")
     hr = _hue_range(hue)
+    return _batching.vmappable(_jitter, key, image, b, c, s, hr)
+
+
+def _jitter(key, image, b, c, s, hr):
+    """`color_jitter` for checked factor ranges b, c, s and hue range hr (static pairs)."""
     u = _rng.uniform(key, (4,))
     dt = image.dtype
     x = image

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxreg.augment import _core, _rng
+from jaxreg.augment import _batching, _core, _rng
 
 __all__ = [
     "add_noise",
@@ -77,11 +77,15 @@ def gaussian_noise(
     _core.check_key(key)
     _core.check_prob(p)
     lo, hi = _sigma_range(sigma)
-    s = jnp.float32(lo) if lo == hi else _rng.uniform(key, (), lo, hi, stream=1)
-    if p < 1.0:
-        s = jnp.where(_rng.uniform(key, (), stream=2) < p, s, 0.0)
-    noise = _rng.normal(key, (h * w * c,)).reshape(h, w, c)
-    return add_noise(image, s * noise, clip=clip)
+
+    def noisy(key, image):
+        s = jnp.float32(lo) if lo == hi else _rng.uniform(key, (), lo, hi, stream=1)
+        if p < 1.0:
+            s = jnp.where(_rng.uniform(key, (), stream=2) < p, s, 0.0)
+        noise = _rng.normal(key, (h * w * c,)).reshape(h, w, c)
+        return add_noise(image, s * noise, clip=clip)
+
+    return _batching.vmappable(noisy, key, image)
 
 
 def _kernel_size(max_sigma: float, kernel_size: int | None) -> int:
@@ -180,7 +184,9 @@ def random_blur(
     _core.check_key(key)
     lo, hi = _core.check_range(sigma, "sigma", positive=True)
     k = _kernel_size(hi, kernel_size)
-    return _blur(image, _rng.uniform(key, (), lo, hi), k, "reflect")
+    return _batching.vmappable(
+        lambda key, x: _blur(x, _rng.uniform(key, (), lo, hi), k, "reflect"), key, image
+    )
 
 
 def downscale(image: jax.Array, factor: int, *, method: str = "bilinear") -> jax.Array:
@@ -225,8 +231,13 @@ def random_downscale(
     _core.check_in(method, "method", ("bilinear", "nearest"))
     if len(fs) == 1:
         return downscale(image, fs[0], method=method)
-    i = _rng.randint(key, (), 0, len(fs))
-    return jax.lax.switch(i, [lambda x, f=f: downscale(x, f, method=method) for f in fs], image)
+
+    def scaled(key, image):
+        i = _rng.randint(key, (), 0, len(fs))
+        branches = [lambda x, f=f: downscale(x, f, method=method) for f in fs]
+        return jax.lax.switch(i, branches, image)
+
+    return _batching.vmappable(scaled, key, image)
 
 
 # JPEG (ITU T.81 Annex K) base quantisation tables for luminance and chrominance.
@@ -444,6 +455,10 @@ def random_jpeg(
     _core.check_key(key)
     lo, hi = _core.check_range(quality, "quality", lo=1.0, hi=100.0)
     _check_flag(chroma_subsampling, "chroma_subsampling")
-    return jpeg_compress(
-        image, jnp.round(_rng.uniform(key, (), lo, hi)), chroma_subsampling=chroma_subsampling
+    return _batching.vmappable(
+        lambda key, x: jpeg_compress(
+            x, jnp.round(_rng.uniform(key, (), lo, hi)), chroma_subsampling=chroma_subsampling
+        ),
+        key,
+        image,
     )

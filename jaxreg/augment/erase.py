@@ -6,7 +6,7 @@
   - "mean": the image's per-channel mean;
   - "batch": pixels of another example of the same batch, at the same positions. A per-example
     function cannot see the batch, so this fill is resolved where the batch is, by a custom
-    vmap rule (`jax.custom_batching.custom_vmap`): under `jaxreg.augment.batch(fn)` or
+    batching rule (`jaxreg.augment._batching`): under `jaxreg.augment.batch(fn)` or
     `jax.vmap(fn)` (the training loop's `augment` hook; specs such as
     "cutout(size=8,fill='batch')"), example i takes the pixels of example i - 1 (example 0
     those of example B - 1), as that example stands at this point of the chain (after the ops
@@ -30,9 +30,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.custom_batching import custom_vmap
 
-from jaxreg.augment import _core, _rng
+from jaxreg.augment import _batching, _core, _rng
 
 __all__ = ["corner_patches", "cutout", "erase", "random_erasing"]
 
@@ -72,18 +71,15 @@ def check_fill_option(fill: Any) -> None:
         raise ValueError(f"fill must hold finite numbers; got {fill!r}.")
 
 
-@custom_vmap
 def _partner(image: jax.Array) -> jax.Array:
-    """Another example of the batch: outside `vmap` (no batch) the image itself."""
-    return image
+    """Another example of the batch: outside `vmap` (no batch) the image itself.
 
-
-@_partner.def_vmap
-def _partner_vmap(axis_size, in_batched, image):
-    del axis_size
-    if not in_batched[0]:  # one image shared by the whole batch: its own pixels
-        return image, False
-    return jnp.roll(image, 1, axis=0), True  # example i <- example i - 1
+    Under `vmap` example i gets example i - 1 (a roll of the batch); gradients flow back to
+    the partner.
+    """
+    return _batching.vmappable(
+        lambda x: x, image, batched=lambda xs: jnp.roll(xs, 1, axis=0), fenced=False
+    )
 
 
 def _check_fill(fill: Any, shape: tuple[int, int, int], image: Any = None) -> None:
@@ -177,11 +173,15 @@ def cutout(
     _core.check_key(key)
     sh, sw = _check_patch_size(size, shape)
     _check_fill(fill, shape, image)
-    k_box = k_fill = key  # the fill noise uses its own stream of the key
-    cy, cx = _rng.randint(k_box, (2,), 0, jnp.array(shape[:2]))
-    top, left = cy - sh // 2, cx - sw // 2
-    mask = _box_mask(shape, top, left, sh, sw)
-    return jnp.where(mask, _fill_pixels(k_fill, image, fill), image)
+
+    def erased(key, image, fill):
+        k_box = k_fill = key  # the fill noise uses its own stream of the key
+        cy, cx = _rng.randint(k_box, (2,), 0, jnp.array(shape[:2]))
+        top, left = cy - sh // 2, cx - sw // 2
+        mask = _box_mask(shape, top, left, sh, sw)
+        return jnp.where(mask, _fill_pixels(k_fill, image, fill), image)
+
+    return _batching.vmappable(erased, key, image, fill)
 
 
 def random_erasing(
@@ -218,21 +218,25 @@ def random_erasing(
     r_lo, r_hi = _core.check_range(ratio, "ratio", positive=True)
     _check_fill(fill, shape, image)
     h, w = shape[:2]
-    k_box = k_fill = key  # the fill noise uses its own stream of the key
-    tries = 10
-    u = _rng.uniform(k_box, (5, tries))
-    area = h * w * (s_lo + u[0] * (s_hi - s_lo))
-    aspect = jnp.exp(math.log(r_lo) + u[1] * (math.log(r_hi) - math.log(r_lo)))
-    eh = jnp.round(jnp.sqrt(area * aspect))
-    ew = jnp.round(jnp.sqrt(area / aspect))
-    ok = (eh < h) & (ew < w) & (eh > 0) & (ew > 0)
-    i = jnp.argmax(ok)
-    do = jnp.any(ok) & (u[4, 0] < p)
-    eh, ew = eh[i], ew[i]
-    top = jnp.floor(u[2, i] * (h - eh + 1.0))
-    left = jnp.floor(u[3, i] * (w - ew + 1.0))
-    mask = _box_mask(shape, top, left, jnp.where(do, eh, 0.0), ew)
-    return jnp.where(mask, _fill_pixels(k_fill, image, fill), image)
+
+    def erased(key, image, fill):
+        k_box = k_fill = key  # the fill noise uses its own stream of the key
+        tries = 10
+        u = _rng.uniform(k_box, (5, tries))
+        area = h * w * (s_lo + u[0] * (s_hi - s_lo))
+        aspect = jnp.exp(math.log(r_lo) + u[1] * (math.log(r_hi) - math.log(r_lo)))
+        eh = jnp.round(jnp.sqrt(area * aspect))
+        ew = jnp.round(jnp.sqrt(area / aspect))
+        ok = (eh < h) & (ew < w) & (eh > 0) & (ew > 0)
+        i = jnp.argmax(ok)
+        do = jnp.any(ok) & (u[4, 0] < p)
+        eh, ew = eh[i], ew[i]
+        top = jnp.floor(u[2, i] * (h - eh + 1.0))
+        left = jnp.floor(u[3, i] * (w - ew + 1.0))
+        mask = _box_mask(shape, top, left, jnp.where(do, eh, 0.0), ew)
+        return jnp.where(mask, _fill_pixels(k_fill, image, fill), image)
+
+    return _batching.vmappable(erased, key, image, fill)
 
 
 def corner_patches(
@@ -265,13 +269,17 @@ def corner_patches(
     _core.check_prob(p)
     _check_fill(fill, shape, image)
     h, w = shape[:2]
-    k_box = k_fill = key  # the fill noise uses its own stream of the key
-    u = _rng.uniform(k_box, (3, 4))
-    ph = jnp.where(u[0] < p, 1 + jnp.floor(u[1] * sh), 0.0)
-    pw = 1 + jnp.floor(u[2] * sw)
-    tops = jnp.array([0.0, 0.0, h, h]) - jnp.array([0.0, 0.0, 1.0, 1.0]) * ph
-    lefts = jnp.array([0.0, w, 0.0, w]) - jnp.array([0.0, 1.0, 0.0, 1.0]) * pw
-    mask = jnp.zeros((h, w, 1), bool)
-    for j in range(4):
-        mask = mask | _box_mask(shape, tops[j], lefts[j], ph[j], pw[j])
-    return jnp.where(mask, _fill_pixels(k_fill, image, fill), image)
+
+    def patched(key, image, fill):
+        k_box = k_fill = key  # the fill noise uses its own stream of the key
+        u = _rng.uniform(k_box, (3, 4))
+        ph = jnp.where(u[0] < p, 1 + jnp.floor(u[1] * sh), 0.0)
+        pw = 1 + jnp.floor(u[2] * sw)
+        tops = jnp.array([0.0, 0.0, h, h]) - jnp.array([0.0, 0.0, 1.0, 1.0]) * ph
+        lefts = jnp.array([0.0, w, 0.0, w]) - jnp.array([0.0, 1.0, 0.0, 1.0]) * pw
+        mask = jnp.zeros((h, w, 1), bool)
+        for j in range(4):
+            mask = mask | _box_mask(shape, tops[j], lefts[j], ph[j], pw[j])
+        return jnp.where(mask, _fill_pixels(k_fill, image, fill), image)
+
+    return _batching.vmappable(patched, key, image, fill)

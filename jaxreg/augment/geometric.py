@@ -111,34 +111,35 @@ def _centre(n):
 
 
 # ---------------------------------------------------------------------------------------------
-# Maps (output -> input) for one image size.
+# Maps (output -> input) for one image size. Public names shared inside jaxreg.augment (the
+# policies build their geometric layers from them); the user API is `__all__`.
 
 
-def _rotation_matrix(radians, hw):
+def rotation_matrix(radians, hw):
     h, w = hw
     cy, cx = _centre(h), _centre(w)
     c, s = jnp.cos(radians), jnp.sin(radians)
     return _warp.matrix(c, s, cy - c * cy - s * cx, -s, c, cx + s * cy - c * cx)
 
 
-def _scale_matrix(fy, fx, hw):
+def scale_matrix(fy, fx, hw):
     h, w = hw
     cy, cx = _centre(h), _centre(w)
     iy, ix = 1.0 / fy, 1.0 / fx
     return _warp.matrix(iy, 0.0, cy - cy * iy, 0.0, ix, cx - cx * ix)
 
 
-def _translate_matrix(dy, dx):
+def translate_matrix(dy, dx):
     return _warp.matrix(1.0, 0.0, -dy, 0.0, 1.0, -dx)
 
 
-def _shear_matrix(tan_x, tan_y, hw):
+def shear_matrix(tan_x, tan_y, hw):
     h, w = hw
     cy, cx = _centre(h), _centre(w)
     return _warp.matrix(1.0, -tan_y, tan_y * cx, -tan_x, 1.0, tan_x * cy)
 
 
-def _flip_matrix(flip_y, flip_x, hw):
+def flip_matrix(flip_y, flip_x, hw):
     """flip_y, flip_x: booleans (traced or static)."""
     h, w = hw
     sy = jnp.where(flip_y, -1.0, 1.0)
@@ -148,7 +149,7 @@ def _flip_matrix(flip_y, flip_x, hw):
     )
 
 
-def _rot90_matrix(k, hw):
+def rot90_matrix(k, hw):
     """Counter-clockwise k quarter turns (np.rot90 on axes (0, 1)); k static."""
     h, w = hw
     k %= 4
@@ -161,20 +162,20 @@ def _rot90_matrix(k, hw):
     return _warp.matrix(0.0, -1.0, h - 1.0, 1.0, 0.0, 0.0)
 
 
-def _resized_crop_matrix(top, left, height, width, out_hw):
+def resized_crop_matrix(top, left, height, width, out_hw):
     oh, ow = out_hw
     sy, sx = height / oh, width / ow
     return _warp.matrix(sy, 0.0, top + 0.5 * sy - 0.5, 0.0, sx, left + 0.5 * sx - 0.5)
 
 
-def _affine_matrix(degrees, scale_, translate_, shear_, hw):
+def affine_matrix(degrees, scale_, translate_, shear_, hw):
     """Shear, then scale, then rotate about the centre, then translate (pixels)."""
     tx = jnp.tan(jnp.deg2rad(jnp.asarray(shear_[0], jnp.float32)))
     ty = jnp.tan(jnp.deg2rad(jnp.asarray(shear_[1], jnp.float32)))
-    m = _shear_matrix(tx, ty, hw)
-    m = m @ _scale_matrix(scale_, scale_, hw)
-    m = m @ _rotation_matrix(jnp.deg2rad(jnp.asarray(degrees, jnp.float32)), hw)
-    return m @ _translate_matrix(translate_[0], translate_[1])
+    m = shear_matrix(tx, ty, hw)
+    m = m @ scale_matrix(scale_, scale_, hw)
+    m = m @ rotation_matrix(jnp.deg2rad(jnp.asarray(degrees, jnp.float32)), hw)
+    return m @ translate_matrix(translate_[0], translate_[1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,7 +252,7 @@ def warp_affine(
         raise ValueError(f"matrix must have shape (3, 3) or (2, 3); got {m.shape}.")
     if order == 0:
         m = jnp.round(m)  # nearest: integer map of rounded coordinates
-    return _warp.apply(image, m, out_hw, exact=order == 0, mode=mode, fill=fill)
+    return _warp.warp(image, m, out_hw, exact=order == 0, mode=mode, fill=fill)
 
 
 def _pix_rotation_matrix(angle, hw):
@@ -295,7 +296,7 @@ def rotate(
         raise ValueError(f"cval must be a number or one number per channel; got {cval!r}.")
     _core.fill_value(cval, c, "cval")
     m = _pix_rotation_matrix(angle, (h, w))
-    return _warp.apply_ndimage(image, m, (h, w), order=order, mode=mode, fill=cval)
+    return _warp.warp_ndimage(image, m, (h, w), order=order, mode=mode, fill=cval)
 
 
 def scale(image: jax.Array, factor: Any, *, fill: Fill = 0.0, mode: str = "constant") -> jax.Array:
@@ -315,8 +316,8 @@ def scale(image: jax.Array, factor: Any, *, fill: Fill = 0.0, mode: str = "const
     _check_mode(mode)
     _check_fill(fill)
     f = jnp.asarray(factor, jnp.float32)
-    return _warp.apply(
-        image, _scale_matrix(f, f, (h, w)), (h, w), axis_aligned=True, mode=mode, fill=fill
+    return _warp.warp(
+        image, scale_matrix(f, f, (h, w)), (h, w), axis_aligned=True, mode=mode, fill=fill
     )
 
 
@@ -331,8 +332,8 @@ def translate(
     h, w, _ = _core.check_image(image)
     _check_mode(mode)
     _check_fill(fill)
-    return _warp.apply(
-        image, _translate_matrix(dy, dx), (h, w), axis_aligned=True, mode=mode, fill=fill
+    return _warp.warp(
+        image, translate_matrix(dy, dx), (h, w), axis_aligned=True, mode=mode, fill=fill
     )
 
 
@@ -354,7 +355,7 @@ def shear(
     _check_fill(fill)
     tx = jnp.tan(jnp.deg2rad(jnp.asarray(degrees_x, jnp.float32)))
     ty = jnp.tan(jnp.deg2rad(jnp.asarray(degrees_y, jnp.float32)))
-    return _warp.apply(image, _shear_matrix(tx, ty, (h, w)), (h, w), mode=mode, fill=fill)
+    return _warp.warp(image, shear_matrix(tx, ty, (h, w)), (h, w), mode=mode, fill=fill)
 
 
 def affine(
@@ -387,16 +388,16 @@ def affine(
     _core.check_positive(scale, "scale")
     _check_mode(mode)
     _check_fill(fill)
-    m = _affine_matrix(degrees, jnp.asarray(scale, jnp.float32), translate, shear, (h, w))
-    return _warp.apply(image, m, (h, w), mode=mode, fill=fill)
+    m = affine_matrix(degrees, jnp.asarray(scale, jnp.float32), translate, shear, (h, w))
+    return _warp.warp(image, m, (h, w), mode=mode, fill=fill)
 
 
 def resize(image: jax.Array, size: int | Sequence[int]) -> jax.Array:
     """Bilinear resize with half-pixel centres and no antialiasing (output (size, C))."""
     h, w, _ = _core.check_image(image)
     out_hw = _core.check_size(size)
-    m = _resized_crop_matrix(0.0, 0.0, float(h), float(w), out_hw)
-    return _warp.apply(image, m, out_hw, axis_aligned=True, mode="edge")
+    m = resized_crop_matrix(0.0, 0.0, float(h), float(w), out_hw)
+    return _warp.warp(image, m, out_hw, axis_aligned=True, mode="edge")
 
 
 def crop(image: jax.Array, top: Any, left: Any, *, size: int | Sequence[int]) -> jax.Array:
@@ -445,21 +446,22 @@ def resized_crop(
     """
     _core.check_image(image)
     out_hw = _core.check_size(size)
-    m = _resized_crop_matrix(
+    m = resized_crop_matrix(
         jnp.asarray(top, jnp.float32),
         jnp.asarray(left, jnp.float32),
         jnp.asarray(height, jnp.float32),
         jnp.asarray(width, jnp.float32),
         out_hw,
     )
-    return _warp.apply(image, m, out_hw, axis_aligned=True, mode="edge")
+    return _warp.warp(image, m, out_hw, axis_aligned=True, mode="edge")
 
 
 # ---------------------------------------------------------------------------------------------
-# Random ops: builders of GeometricOp (checked before tracing) and the public functions.
+# Random ops: builders of GeometricOp (checked before tracing; `*_op` names are shared inside
+# jaxreg.augment, the spec ops and presets are built from them) and the public functions.
 
 
-def _flip_op(*, horizontal: bool = True, vertical: bool = False, p: float = 0.5) -> GeometricOp:
+def flip_op(*, horizontal: bool = True, vertical: bool = False, p: float = 0.5) -> GeometricOp:
     _core.check_prob(p)
     if not isinstance(horizontal, bool) or not isinstance(vertical, bool):
         raise TypeError("horizontal and vertical must be bools.")
@@ -468,7 +470,7 @@ def _flip_op(*, horizontal: bool = True, vertical: bool = False, p: float = 0.5)
         u = _rng.uniform(key, (2,))
         fy = (u[0] < p) if vertical else False
         fx = (u[1] < p) if horizontal else False
-        return _flip_matrix(fy, fx, hw)
+        return flip_matrix(fy, fx, hw)
 
     return GeometricOp(
         f"flip(h={horizontal}, v={vertical}, p={p})",
@@ -479,7 +481,7 @@ def _flip_op(*, horizontal: bool = True, vertical: bool = False, p: float = 0.5)
     )
 
 
-@_register(_flip_op)
+@_register(flip_op)
 def random_flip(
     key: jax.Array,
     image: jax.Array,
@@ -500,7 +502,7 @@ def random_flip(
     Returns:
       (H, W, C) image (exact copy of pixels).
     """
-    return _flip_op(horizontal=horizontal, vertical=vertical, p=p)(key, image)
+    return flip_op(horizontal=horizontal, vertical=vertical, p=p)(key, image)
 
 
 def _pix_flip_op(*, axis: int, probability: Any = 0.5) -> GeometricOp:
@@ -510,7 +512,7 @@ def _pix_flip_op(*, axis: int, probability: Any = 0.5) -> GeometricOp:
 
     def sample(key, hw):
         flip = jax.random.bernoulli(key, p=probability)  # dm-pix's draw
-        return _flip_matrix(flip if axis == 0 else False, flip if axis == 1 else False, hw)
+        return flip_matrix(flip if axis == 0 else False, flip if axis == 1 else False, hw)
 
     name = "flip_left_right" if axis == 1 else "flip_up_down"
     return GeometricOp(
@@ -554,36 +556,36 @@ def random_flip_up_down(key: jax.Array, image: jax.Array, *, probability: Any = 
     return _pix_flip_op(axis=0, probability=probability)(key, image)
 
 
-def _rot90_op() -> GeometricOp:
+def rot90_op() -> GeometricOp:
     def sample(key, hw):
         if hw[0] != hw[1]:
             raise ValueError(f"random_rot90 needs a square image; got {hw}.")
         k = _rng.randint(key, (), 0, 4)
-        ms = jnp.stack([_rot90_matrix(i, hw) for i in range(4)])
+        ms = jnp.stack([rot90_matrix(i, hw) for i in range(4)])
         return ms[k]
 
     return GeometricOp("rot90", sample, exact=True, mode=None)
 
 
-@_register(_rot90_op)
+@_register(rot90_op)
 def random_rot90(key: jax.Array, image: jax.Array) -> jax.Array:
     """Rotates a square image by 0, 90, 180 or 270 degrees, uniformly. (H, H, C) -> (H, H, C)."""
-    return _rot90_op()(key, image)
+    return rot90_op()(key, image)
 
 
-def _rotate_op(*, max_degrees: float, fill: Fill = 0.0, mode: str = "constant") -> GeometricOp:
+def rotate_op(*, max_degrees: float, fill: Fill = 0.0, mode: str = "constant") -> GeometricOp:
     _core.check_positive(max_degrees, "max_degrees", allow_zero=True)
     _check_mode(mode)
     _check_fill(fill)
 
     def sample(key, hw):
         deg = _rng.uniform(key, (), -max_degrees, max_degrees)
-        return _rotation_matrix(jnp.deg2rad(deg), hw)
+        return rotation_matrix(jnp.deg2rad(deg), hw)
 
     return GeometricOp(f"rotate(±{max_degrees}°)", sample, mode=mode, fill=fill)
 
 
-@_register(_rotate_op)
+@_register(rotate_op)
 def random_rotate(
     key: jax.Array,
     image: jax.Array,
@@ -606,10 +608,10 @@ def random_rotate(
     Returns:
       (H, W, C) image (bilinear).
     """
-    return _rotate_op(max_degrees=max_degrees, fill=fill, mode=mode)(key, image)
+    return rotate_op(max_degrees=max_degrees, fill=fill, mode=mode)(key, image)
 
 
-def _scale_op(
+def scale_op(
     *, min_scale: float, max_scale: float, fill: Fill = 0.0, mode: str = "constant"
 ) -> GeometricOp:
     lo, hi = _core.check_range((min_scale, max_scale), "(min_scale, max_scale)", positive=True)
@@ -618,12 +620,12 @@ def _scale_op(
 
     def sample(key, hw):
         f = _rng.uniform(key, (), lo, hi)
-        return _scale_matrix(f, f, hw)
+        return scale_matrix(f, f, hw)
 
     return GeometricOp(f"scale({lo}-{hi})", sample, axis_aligned=True, mode=mode, fill=fill)
 
 
-@_register(_scale_op)
+@_register(scale_op)
 def random_scale(
     key: jax.Array,
     image: jax.Array,
@@ -640,10 +642,10 @@ def random_scale(
     Returns:
       (H, W, C) image.
     """
-    return _scale_op(min_scale=min_scale, max_scale=max_scale, fill=fill, mode=mode)(key, image)
+    return scale_op(min_scale=min_scale, max_scale=max_scale, fill=fill, mode=mode)(key, image)
 
 
-def _translate_op(
+def translate_op(
     *, max_fraction: float | Sequence[float], fill: Fill = 0.0, mode: str = "constant"
 ) -> GeometricOp:
     fy, fx = (
@@ -656,14 +658,14 @@ def _translate_op(
 
     def sample(key, hw):
         u = _rng.uniform(key, (2,), -1.0, 1.0)
-        return _translate_matrix(u[0] * fy * hw[0], u[1] * fx * hw[1])
+        return translate_matrix(u[0] * fy * hw[0], u[1] * fx * hw[1])
 
     return GeometricOp(
         f"translate(±{max_fraction})", sample, axis_aligned=True, mode=mode, fill=fill
     )
 
 
-@_register(_translate_op)
+@_register(translate_op)
 def random_translate(
     key: jax.Array,
     image: jax.Array,
@@ -686,10 +688,10 @@ def random_translate(
     Returns:
       (H, W, C) image.
     """
-    return _translate_op(max_fraction=max_fraction, fill=fill, mode=mode)(key, image)
+    return translate_op(max_fraction=max_fraction, fill=fill, mode=mode)(key, image)
 
 
-def _shear_op(*, max_degrees: float, fill: Fill = 0.0, mode: str = "constant") -> GeometricOp:
+def shear_op(*, max_degrees: float, fill: Fill = 0.0, mode: str = "constant") -> GeometricOp:
     _core.check_range((0.0, max_degrees), "max_degrees", lo=0.0, hi=89.0)
     _check_mode(mode)
     _check_fill(fill)
@@ -697,12 +699,12 @@ def _shear_op(*, max_degrees: float, fill: Fill = 0.0, mode: str = "constant") -
     def sample(key, hw):
         u = _rng.uniform(key, (2,), -max_degrees, max_degrees)
         t = jnp.tan(jnp.deg2rad(u))
-        return _shear_matrix(t[0], t[1], hw)
+        return shear_matrix(t[0], t[1], hw)
 
     return GeometricOp(f"shear(±{max_degrees}°)", sample, mode=mode, fill=fill)
 
 
-@_register(_shear_op)
+@_register(shear_op)
 def random_shear(
     key: jax.Array,
     image: jax.Array,
@@ -712,10 +714,10 @@ def random_shear(
     mode: str = "constant",
 ) -> jax.Array:
     """Shears along x and y by angles drawn uniformly from [-max_degrees, max_degrees] (< 89)."""
-    return _shear_op(max_degrees=max_degrees, fill=fill, mode=mode)(key, image)
+    return shear_op(max_degrees=max_degrees, fill=fill, mode=mode)(key, image)
 
 
-def _affine_op(
+def affine_op(
     *,
     max_degrees: float = 0.0,
     scale: Sequence[float] = (1.0, 1.0),
@@ -737,12 +739,12 @@ def _affine_op(
         s = lo + u[1] * (hi - lo)
         t = ((2.0 * u[2] - 1.0) * max_translate * hw[0], (2.0 * u[3] - 1.0) * max_translate * hw[1])
         sh = ((2.0 * u[4] - 1.0) * max_shear, (2.0 * u[5] - 1.0) * max_shear)
-        return _affine_matrix(deg, s, t, sh, hw)
+        return affine_matrix(deg, s, t, sh, hw)
 
     return GeometricOp("affine", sample, mode=mode, fill=fill)
 
 
-@_register(_affine_op)
+@_register(affine_op)
 def random_affine(
     key: jax.Array,
     image: jax.Array,
@@ -771,7 +773,7 @@ def random_affine(
     Returns:
       (H, W, C) image.
     """
-    return _affine_op(
+    return affine_op(
         max_degrees=max_degrees,
         scale=scale,
         max_translate=max_translate,
@@ -781,7 +783,7 @@ def random_affine(
     )(key, image)
 
 
-def _crop_op(
+def crop_op(
     *,
     size: int | Sequence[int] | None,
     padding: int | Sequence[int] = 0,
@@ -813,7 +815,7 @@ def _crop_op(
         oy = _rng.randint(
             key, (2,), 0, jnp.array([hw[0] + 2 * py - ch + 1, hw[1] + 2 * px - cw + 1])
         )
-        return _translate_matrix((py - oy[0]).astype(jnp.float32), (px - oy[1]).astype(jnp.float32))
+        return translate_matrix((py - oy[0]).astype(jnp.float32), (px - oy[1]).astype(jnp.float32))
 
     return GeometricOp(
         f"crop(size={size}, padding={padding}, {pad_mode})",
@@ -873,7 +875,7 @@ def _pix_crop_op(
         ky, kx, _ = jax.random.split(key, 3)
         oy = jax.random.randint(ky, (), 0, hw[0] + 2 * py - ch + 1)
         ox = jax.random.randint(kx, (), 0, hw[1] + 2 * px - cw + 1)
-        return _translate_matrix((py - oy).astype(jnp.float32), (px - ox).astype(jnp.float32))
+        return translate_matrix((py - oy).astype(jnp.float32), (px - ox).astype(jnp.float32))
 
     return GeometricOp(
         f"random_crop({tuple(crop_sizes)}, padding={padding}, {pad_mode})",
@@ -921,7 +923,7 @@ def random_crop(
     return op(key, image)
 
 
-def _center_crop_op(*, size: int | Sequence[int]) -> GeometricOp:
+def center_crop_op(*, size: int | Sequence[int]) -> GeometricOp:
     size = _core.check_size(size)
 
     def out_hw(hw):
@@ -930,7 +932,7 @@ def _center_crop_op(*, size: int | Sequence[int]) -> GeometricOp:
         return size
 
     def sample(key, hw):
-        return _translate_matrix(-(hw[0] // 2 - size[0] // 2), -(hw[1] // 2 - size[1] // 2))
+        return translate_matrix(-(hw[0] // 2 - size[0] // 2), -(hw[1] // 2 - size[1] // 2))
 
     return GeometricOp(
         f"center_crop({size})",
@@ -970,7 +972,7 @@ def _resized_crop_sampler(key, hw, scale_, ratio):
     return (pick(top, (h - fh) // 2), pick(left, (w - fw) // 2), pick(ch, fh), pick(cw, fw))
 
 
-def _resized_crop_op(
+def resized_crop_op(
     *,
     size: int | Sequence[int] | None,
     scale: Sequence[float] = (0.08, 1.0),
@@ -986,7 +988,7 @@ def _resized_crop_op(
 
     def sample(key, hw):
         top, left, ch, cw = _resized_crop_sampler(key, hw, scale_, ratio_)
-        return _resized_crop_matrix(top, left, ch, cw, out_hw(hw))
+        return resized_crop_matrix(top, left, ch, cw, out_hw(hw))
 
     return GeometricOp(
         f"resized_crop({size}, scale={scale}, ratio={ratio})",
@@ -997,7 +999,7 @@ def _resized_crop_op(
     )
 
 
-@_register(_resized_crop_op)
+@_register(resized_crop_op)
 def random_resized_crop(
     key: jax.Array,
     image: jax.Array,
@@ -1022,4 +1024,4 @@ def random_resized_crop(
     Returns:
       (height, width, C) image.
     """
-    return _resized_crop_op(size=size, scale=scale, ratio=ratio)(key, image)
+    return resized_crop_op(size=size, scale=scale, ratio=ratio)(key, image)

@@ -1,9 +1,16 @@
 """Composition and policies: compose, random_apply, one_of, batch, RandAugment, TrivialAugment, AugMix.
 
 All combinators return per-example functions `fn(key, image) -> image`; `batch(fn)` lifts one to
-`batched(key, images)` with one key per example. Geometric ops that meet in `compose` (and
-geometric ops wrapped by `random_apply` / `one_of`) are merged into a single affine map, so the
-chain resamples the image once.
+`batched(key, images)` with one key per example, as `jax.vmap(fn)` on split keys. Geometric ops
+that meet in `compose` (and geometric ops wrapped by `random_apply` / `one_of`) are merged into
+a single affine map, so the chain resamples the image once.
+
+Under `jax.vmap` every stage runs its batched form through its own batching rule (see
+`_batching`): a merged geometric run resamples the batch in one gather, each stage is fenced on
+the CPU, and foreign stages get a fence rule too, so `jax.vmap(compose(...))` is the program of
+`batch(compose(...))`. `random_apply` and `one_of` of non-geometric functions compute each
+branch for the batch (by its rule) and select per example; `rand_augment`, `trivial_augment`
+and `augmix` carry a rule that runs their vmapped body behind one fence.
 
 Any `fn(key, image) -> image` can be a stage: jaxreg's ops, dm-pix's (e.g.
 `functools.partial(dm_pix.random_brightness, max_delta=0.1)`) and your own. Stages that are not
@@ -24,8 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxreg._cpu.fence import fence
-from jaxreg.augment import _core, _rng, _warp, color, geometric
+from jaxreg.augment import _batching, _core, _rng, _warp, color, geometric
 from jaxreg.augment._warp import GeometricOp
 
 __all__ = [
@@ -89,9 +95,13 @@ def _guarded(fn: Augmentation) -> Augmentation:
     if _own(fn):
         return fn
 
-    def foreign(key: jax.Array, image: jax.Array) -> jax.Array:
+    def run(key: jax.Array, image: jax.Array) -> jax.Array:
         with _core.default_promotion():
             return fn(key, image)
+
+    def foreign(key: jax.Array, image: jax.Array) -> jax.Array:
+        # The batching rule fences the stage on the CPU, as jaxreg's own ops are fenced.
+        return _batching.vmappable(run, key, image)
 
     foreign.__name__ = "foreign"  # short: jit uses it in cache file names
     foreign.description = _name(fn)
@@ -276,48 +286,34 @@ def one_of(*fns: Augmentation, probs: Sequence[float] | None = None) -> Augmenta
     return chosen
 
 
-def _vmapped(fn: Augmentation) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """`jax.vmap(fn)`; a geometric op resamples the batch in one gather (same values)."""
-    g = geometric.as_geometric(fn)
-    return jax.vmap(_guarded(fn)) if g is None else g.batched
-
-
 def batch(fn: Augmentation) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """Lifts a per-example augmentation to a batch: `batched(key, images) -> images`.
 
-    The key is split into one key per example and `fn` is vmapped, so every example gets its own
-    random parameters: `batch(fn)(key, xs) == jax.vmap(fn)(jax.random.split(key, B), xs)`.
-    On the CPU each stage of a `compose` chain (and the whole result) is computed behind a
-    fusion fence (`jaxreg._cpu.fence`), so it is materialised once instead of being recomputed
-    in every consumer that reads it. A geometric stage resamples the whole batch in one gather
-    (the batch indexed as rows of one array), with the values vmapping it would give.
+    `batch(fn)(key, xs)` is `jax.vmap(fn)(jax.random.split(key, B), xs)`: every example gets its
+    own key, hence its own random parameters, and the batch runs the program `jax.vmap` gives,
+    in which each of jaxreg's ops runs its batched form (see `jaxreg.augment._batching`): a
+    geometric stage resamples the whole batch in one gather, and on the CPU each stage of a
+    `compose` chain is computed behind a fusion fence (`jaxreg._cpu.fence`), so it is
+    materialised once instead of being recomputed in every consumer that reads it. Functions
+    that are not jaxreg's ops (dm-pix's, your own) run under JAX's default promotion rules and
+    behind a fence of their own.
 
     Args:
       fn: `fn(key, image) -> image` for one (H, W, C) image.
 
     Returns:
-      `batched(key, images)` for (B, H, W, C) images; works under `jit` and `lax.scan`.
+      `batched(key, images)` for (B, H, W, C) images; works under `jit`, `grad` and `lax.scan`.
     """
     _check_fn(fn)
-    stages = fn.stages if isinstance(fn, _Composed) else [fn]
+    run = jax.vmap(_guarded(fn))
 
     def batched(key: jax.Array, images: jax.Array) -> jax.Array:
         _core.check_key(key)
         b = _core.check_images(images)[0]
-        keys = jax.random.split(key, b)
-        if len(stages) == 1:
-            return fence(_vmapped(fn), keys, images)
-        # A composition runs stage by stage, each behind its own fence, with exactly the keys the
-        # per-example `fn` would use (so batch(fn) == vmap(fn) on split keys).
-        stage_keys = jax.vmap(lambda k: jax.random.split(k, len(stages)))(keys)
-        x = images
-        for i, stage in enumerate(stages):
-            x = fence(_vmapped(stage), stage_keys[:, i], x)
-        return x
+        return run(jax.random.split(key, b), images)
 
     batched.__name__ = "batch"
     batched.description = f"batch({_name(fn)})"
-    batched.per_example = fn
     return batched
 
 
@@ -342,11 +338,11 @@ _COLOR_OPS: dict[str, Callable[[jax.Array, jax.Array, jax.Array], jax.Array]] = 
 }
 
 _GEO_OPS: dict[str, Callable[[jax.Array, jax.Array, tuple[int, int]], jax.Array]] = {
-    "rotate": lambda m, s, hw: geometric._rotation_matrix(jnp.deg2rad(30.0 * m * s), hw),
-    "shear_x": lambda m, s, hw: geometric._shear_matrix(0.3 * m * s, 0.0, hw),
-    "shear_y": lambda m, s, hw: geometric._shear_matrix(0.0, 0.3 * m * s, hw),
-    "translate_x": lambda m, s, hw: geometric._translate_matrix(0.0, 0.45 * m * s * hw[1]),
-    "translate_y": lambda m, s, hw: geometric._translate_matrix(0.45 * m * s * hw[0], 0.0),
+    "rotate": lambda m, s, hw: geometric.rotation_matrix(jnp.deg2rad(30.0 * m * s), hw),
+    "shear_x": lambda m, s, hw: geometric.shear_matrix(0.3 * m * s, 0.0, hw),
+    "shear_y": lambda m, s, hw: geometric.shear_matrix(0.0, 0.3 * m * s, hw),
+    "translate_x": lambda m, s, hw: geometric.translate_matrix(0.0, 0.45 * m * s * hw[1]),
+    "translate_y": lambda m, s, hw: geometric.translate_matrix(0.45 * m * s * hw[0], 0.0),
 }
 
 _RAND_AUGMENT_OPS = (
@@ -393,7 +389,7 @@ def _layer(key, image, names, m, fill):
 
     def geo_branch(x):
         ms = jnp.stack([_GEO_OPS[n](m, sign, (h, w)) for n in geo])
-        return _warp.apply(x, ms[geo_pos], (h, w), fill=fill)
+        return _warp.warp(x, ms[geo_pos], (h, w), fill=fill)
 
     def col_branch(x):
         fns = [lambda y, n=n: _COLOR_OPS[n](y, m, sign).astype(y.dtype) for n in col]
@@ -437,12 +433,7 @@ def rand_augment(
     _core.check_positive(magnitude_std, "magnitude_std", allow_zero=True)
     _core.fill_value(fill, 1)
 
-    def fn(key: jax.Array, image: jax.Array) -> jax.Array:
-        _core.check_key(key)
-        _check_policy_image(image)
-        if n == 0:
-            return image
-
+    def layers(key: jax.Array, image: jax.Array) -> jax.Array:
         def body(i, x):
             k = jax.random.fold_in(key, i)
             m = jnp.float32(mag / 10.0)
@@ -452,6 +443,13 @@ def rand_augment(
 
         # One compiled layer body, whatever n is.
         return lax.fori_loop(0, n, body, image)
+
+    def fn(key: jax.Array, image: jax.Array) -> jax.Array:
+        _core.check_key(key)
+        _check_policy_image(image)
+        if n == 0:
+            return image
+        return _batching.vmappable(layers, key, image)
 
     fn.__name__ = "rand_augment"
     fn.description = f"rand_augment(n={n}, magnitude={magnitude})"
@@ -471,7 +469,11 @@ def trivial_augment(*, fill: float = 0.0) -> Augmentation:
     def fn(key: jax.Array, image: jax.Array) -> jax.Array:
         _core.check_key(key)
         _check_policy_image(image)
-        return _layer(key, image, _RAND_AUGMENT_OPS, _rng.uniform(key, (), stream=2), fill)
+        return _batching.vmappable(
+            lambda k, x: _layer(k, x, _RAND_AUGMENT_OPS, _rng.uniform(k, (), stream=2), fill),
+            key,
+            image,
+        )
 
     fn.__name__ = "trivial_augment"
     return fn
@@ -509,6 +511,9 @@ def augmix(
     def fn(key: jax.Array, image: jax.Array) -> jax.Array:
         _core.check_key(key)
         _check_policy_image(image)
+        return _batching.vmappable(mixed_chains, key, image)
+
+    def mixed_chains(key: jax.Array, image: jax.Array) -> jax.Array:
         k_w, k_m, k_chain = jax.random.split(key, 3)
         ws = _rng.dirichlet(k_w, float(alpha), width)
         mix_m = _rng.beta(k_m, float(alpha), float(alpha))

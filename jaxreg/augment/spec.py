@@ -136,22 +136,22 @@ del _fn
 
 def _digits():
     return policy.compose(
-        geometric._rotate_op(max_degrees=10.0),
-        geometric._scale_op(min_scale=0.9, max_scale=1.1),
-        geometric._translate_op(max_fraction=0.1),
+        geometric.rotate_op(max_degrees=10.0),
+        geometric.scale_op(min_scale=0.9, max_scale=1.1),
+        geometric.translate_op(max_fraction=0.1),
     )
 
 
 def _cifar():
     return policy.compose(
-        geometric._crop_op(size=None, padding=4, pad_mode="reflect"), geometric._flip_op()
+        geometric.crop_op(size=None, padding=4, pad_mode="reflect"), geometric.flip_op()
     )
 
 
 def _imagenet():
     return policy.compose(
-        geometric._resized_crop_op(size=None),
-        geometric._flip_op(),
+        geometric.resized_crop_op(size=None),
+        geometric.flip_op(),
         functools.partial(color.color_jitter, brightness=0.4, contrast=0.4, saturation=0.4),
     )
 
@@ -168,43 +168,43 @@ def _degrade():
 # name -> (builder(**options) -> fn(key, image), one-line description)
 _OPS: dict[str, tuple[Callable[..., Any], str]] = {
     "none": (lambda: policy.identity, "identity (no augmentation)"),
-    "flip": (geometric._flip_op, "random flips: horizontal=True, vertical=False, p=0.5"),
+    "flip": (geometric.flip_op, "random flips: horizontal=True, vertical=False, p=0.5"),
     "hflip": (
-        functools.partial(geometric._flip_op, horizontal=True, vertical=False),
+        functools.partial(geometric.flip_op, horizontal=True, vertical=False),
         "horizontal flip with probability p=0.5",
     ),
     "vflip": (
-        functools.partial(geometric._flip_op, horizontal=False, vertical=True),
+        functools.partial(geometric.flip_op, horizontal=False, vertical=True),
         "vertical flip with probability p=0.5",
     ),
-    "rot90": (geometric._rot90_op, "0/90/180/270 degree rotation of a square image"),
+    "rot90": (geometric.rot90_op, "0/90/180/270 degree rotation of a square image"),
     "rotate": (
-        functools.partial(geometric._rotate_op, max_degrees=15.0),
+        functools.partial(geometric.rotate_op, max_degrees=15.0),
         "rotation uniform in ±max_degrees (default 15); fill=0.0, mode='constant'",
     ),
     "scale": (
-        functools.partial(geometric._scale_op, min_scale=0.9, max_scale=1.1),
+        functools.partial(geometric.scale_op, min_scale=0.9, max_scale=1.1),
         "zoom about the centre, factor uniform in [min_scale, max_scale] (0.9, 1.1)",
     ),
     "translate": (
-        functools.partial(geometric._translate_op, max_fraction=0.1),
+        functools.partial(geometric.translate_op, max_fraction=0.1),
         "shift up to max_fraction (0.1) of the size, sub-pixel",
     ),
     "shear": (
-        functools.partial(geometric._shear_op, max_degrees=10.0),
+        functools.partial(geometric.shear_op, max_degrees=10.0),
         "shear x and y uniform in ±max_degrees (10)",
     ),
     "affine": (
-        geometric._affine_op,
+        geometric.affine_op,
         "rotation+zoom+shift+shear: max_degrees, scale=(lo,hi), max_translate, max_shear",
     ),
     "crop": (
-        functools.partial(geometric._crop_op, size=None, padding=4),
+        functools.partial(geometric.crop_op, size=None, padding=4),
         "pad (padding=4, pad_mode='reflect') then random crop to size (default: input size)",
     ),
-    "center_crop": (geometric._center_crop_op, "central crop to size"),
+    "center_crop": (geometric.center_crop_op, "central crop to size"),
     "resized_crop": (
-        functools.partial(geometric._resized_crop_op, size=None),
+        functools.partial(geometric.resized_crop_op, size=None),
         "Inception crop: scale=(0.08,1), ratio=(3/4,4/3), resized to size (default input)",
     ),
     "noise": (

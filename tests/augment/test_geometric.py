@@ -74,7 +74,7 @@ def test_rotate_takes_radians_as_dm_pix(degrees):
     ref = reference(pix.rotate, x, np.deg2rad(degrees), order=1, mode="constant", cval=0.25)
     np.testing.assert_allclose(ours, ref, atol=2e-5)
     # the same rotation in degrees, as the random ops and the spec "rotate" draw it
-    m = A.warp_affine(x, geometric._rotation_matrix(np.deg2rad(degrees), (9, 12)), fill=0.25)
+    m = A.warp_affine(x, geometric.rotation_matrix(np.deg2rad(degrees), (9, 12)), fill=0.25)
     np.testing.assert_allclose(ours, m, atol=2e-5)
 
 

@@ -79,3 +79,41 @@ def test_batched_checks_keys_like_the_op():
     op = geometric.as_geometric(P(A.random_rotate, max_degrees=15))
     with pytest.raises(TypeError):
         op.batched(np.zeros((2, 2), np.float32), images(2, 6, 6, 3))
+
+
+# Angles at which, before source coordinates were computed once, an output pixel of this image
+# took its tap index from one rounding of its coordinate and its weight from another (jit only).
+ANGLES = np.linspace(-3, 3, 601, dtype=np.float32)
+ROUNDING_ANGLES = ANGLES[[296, 297, 298, 303, 305, 306, 307]]
+
+
+def _edge_bilinear(x, m):
+    """float64 bilinear resampling of x (H, W, C) at the coordinates of map m, edge rule."""
+    h, w, _ = x.shape
+    m = np.asarray(m, np.float64)
+    yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    y = np.clip(m[0, 0] * yy + m[0, 1] * xx + m[0, 2], 0, h - 1)
+    x_ = np.clip(m[1, 0] * yy + m[1, 1] * xx + m[1, 2], 0, w - 1)
+    y0 = np.minimum(np.floor(y), h - 2).astype(int)
+    x0 = np.minimum(np.floor(x_), w - 2).astype(int)
+    fy, fx = (y - y0)[..., None], (x_ - x0)[..., None]
+    v = np.asarray(x, np.float64)
+    top = v[y0, x0] + fx * (v[y0, x0 + 1] - v[y0, x0])
+    bot = v[y0 + 1, x0] + fx * (v[y0 + 1, x0 + 1] - v[y0 + 1, x0])
+    return top + fy * (bot - top)
+
+
+def test_affine_index_and_weight_come_from_one_coordinate():
+    x = images(1, 9, 12, 3)[0]
+    ref = np.stack(
+        [
+            _edge_bilinear(x, geometric.affine_matrix(d, 1.0, (0.0, 0.0), (0.0, 0.0), (9, 12)))
+            for d in ANGLES
+        ]
+    )
+    affine = lambda d: A.affine(x, degrees=d, mode="edge")
+    np.testing.assert_allclose(jax.jit(lambda ds: jax.lax.map(affine, ds))(ANGLES), ref, atol=1e-5)
+    np.testing.assert_allclose(jax.jit(jax.vmap(affine))(ANGLES), ref, atol=1e-5)
+    jitted = jax.jit(affine)
+    for d in ROUNDING_ANGLES:
+        np.testing.assert_allclose(affine(d), jitted(d), rtol=0, atol=1e-5)
