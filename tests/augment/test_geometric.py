@@ -176,8 +176,6 @@ def _count(jaxpr, name):
     n = 0
     for eqn in jaxpr.eqns:
         n += eqn.primitive.name == name
-        for sub in jax.core.subjaxprs(eqn.jaxpr) if hasattr(jax.core, "subjaxprs") else []:
-            n += _count(sub, name)
         for p in eqn.params.values():
             if hasattr(p, "jaxpr"):
                 n += _count(p.jaxpr, name)
