@@ -439,3 +439,15 @@ def test_noise_fill_is_independent_of_the_box():
 def test_spec_lists_fill_batch():
     assert "'batch'" in A.list_augmentations()["cutout"]
     assert "'batch'" in A.list_augmentations()["erasing"]
+
+
+def test_random_erasing_box_fits_strictly_inside_the_image():
+    # torchvision keeps the first draw with h < H and w < W: with large areas and extreme aspect
+    # ratios many draws do not fit, and the box taken never spans a whole row or column.
+    x = jnp.ones((12, 12, 1))
+    ys = jax.jit(
+        jax.vmap(lambda k: A.random_erasing(k, x, p=1.0, scale=(0.4, 0.9), ratio=(0.2, 5.0)))
+    )(jax.random.split(key(8), 200))
+    erased = np.asarray(ys)[..., 0] == 0.0  # (200, 12, 12)
+    assert erased.any(axis=(1, 2)).mean() > 0.5  # most images found a box
+    assert not erased.all(axis=1).any() and not erased.all(axis=2).any()

@@ -246,3 +246,77 @@ def test_geometric_ops_with_fill_and_modes():
 def test_bad_arguments_raise_before_tracing(call, err):
     with pytest.raises(err):
         call()
+
+
+# Behaviours a mutation pass (make mutate) found unguarded after the dm-pix and vmap work.
+
+
+def test_rot90_counts_quarter_turns_modulo_four():
+    x = image(5, 4, 2)
+    for k in (-1, 4, 5, 6, 7):
+        np.testing.assert_allclose(A.rot90(x, k), np.rot90(np.asarray(x), k, axes=(0, 1)))
+
+
+def test_rotate_and_scale_check_fill_and_mode_before_tracing():
+    x = image(6, 6, 3)
+    with pytest.raises(ValueError, match="cval"):
+        A.rotate(x, 0.1, mode="constant", cval=(0.1, 0.2))  # 2 values for 3 channels
+    with pytest.raises(ValueError, match="mode"):
+        A.scale(x, 1.2, mode="bogus")
+
+
+def _ramp(h, w):
+    """(h, w, 2) image: channel 0 is the row's fraction of the height, channel 1 the column's."""
+    r, c = np.mgrid[:h, :w].astype(np.float32)
+    return jnp.asarray(np.stack([r / (h - 1), c / (w - 1)], -1))
+
+
+def test_random_translate_shifts_both_ways_within_the_fraction():
+    # Mode "edge" keeps the ramp's values; the mean of a shifted ramp moves with the shift.
+    x = _ramp(21, 21)
+    ys = jax.jit(jax.vmap(lambda k: A.random_translate(k, x, max_fraction=0.2, mode="edge")))(
+        jax.random.split(key(3), 64)
+    )
+    shift = np.asarray(ys).mean(axis=(1, 2)) - np.asarray(x).mean(axis=(0, 1))  # (64, 2)
+    for axis in (0, 1):
+        assert shift[:, axis].min() < -0.05 and shift[:, axis].max() > 0.05, shift[:, axis]
+
+
+def test_random_crop_reaches_every_offset():
+    x = _ramp(6, 5)
+    crops = jax.jit(jax.vmap(lambda k: A.random_crop(k, x, (3, 3, 2))))(
+        jax.random.split(key(4), 300)
+    )
+    corners = {tuple(np.round(np.asarray(c[0, 0]) * (5, 4)).astype(int)) for c in crops}
+    assert corners == {(i, j) for i in range(4) for j in range(3)}, sorted(corners)
+
+
+def test_random_resized_crop_areas_follow_scale():
+    # On a ramp, each channel's value range is the crop's side as a fraction of the image's.
+    x = _ramp(32, 32)
+    ys = jax.jit(
+        jax.vmap(
+            lambda k: A.random_resized_crop(k, x, size=(16, 16), scale=(0.1, 1.0), ratio=(1, 1))
+        )
+    )(jax.random.split(key(5), 128))
+    ys = np.asarray(ys)
+    area = np.ptp(ys[..., 0], axis=(1, 2)) * np.ptp(ys[..., 1], axis=(1, 2))
+    assert area.min() < 0.3 and area.max() > 0.8, (area.min(), area.max())
+
+
+def test_random_resized_crop_fallback_is_the_centred_crop_with_the_ratio_clamped():
+    # scale (1, 1) on an image whose ratio lies outside `ratio`: no draw fits (torchvision's
+    # fallback): the centred crop of the whole width, its height = width / ratio[0].
+    x = _ramp(16, 8)  # width / height = 0.5 < 1.25
+    y = A.random_resized_crop(key(6), x, size=(6, 8), scale=(1.0, 1.0), ratio=(1.25, 2.0))
+    np.testing.assert_allclose(y, x[5:11], atol=1e-6)
+    # Inside the range, a draw either fits (the whole image) or falls back to the whole image.
+    # (All ten draws miss in about 15 % of the keys: ratios outside (0.886, 1.129) round a side
+    # to 9 pixels.)
+    x = _ramp(8, 8)
+    ys = jax.jit(
+        jax.vmap(
+            lambda k: A.random_resized_crop(k, x, size=(8, 8), scale=(1.0, 1.0), ratio=(0.5, 2.0))
+        )
+    )(jax.random.split(key(7), 64))
+    np.testing.assert_allclose(ys, jnp.broadcast_to(x, ys.shape), atol=1e-6)
