@@ -460,8 +460,12 @@ def line_plot(
     title: str | None = None,
     logx: bool = False,
     marker_x: float | None = None,
+    references: Mapping[str, float] | None = None,
 ) -> Path:
-    """Lines with ± std bands: `series[name] = (x, mean, std)`; optional vertical marker."""
+    """Lines with ± std bands: `series[name] = (x, mean, std)`; optional vertical marker.
+
+    `references` draws labelled horizontal dashed lines (e.g. a ceiling: `{"ceiling": 0.97}`).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -475,6 +479,8 @@ def line_plot(
         ax.fill_between(x, mean - std, mean + std, alpha=0.2)
     if marker_x is not None:
         ax.axvline(marker_x, color="k", ls="--", lw=1, label=f"chosen: {marker_x:g}")
+    for i, (name, y) in enumerate((references or {}).items()):
+        ax.axhline(float(y), color="0.3", ls=("--", ":", "-.")[i % 3], lw=1, label=name)
     if logx:
         ax.set_xscale("log", base=2)
     ax.set_xlabel(xlabel)
@@ -815,6 +821,10 @@ class Stage:
       derive: `derive(row, unit) -> dict` of metrics computed from a finished unit's row (e.g.
         balanced accuracy from `row["pred"]` and `unit.data`), added to the row before the
         table is aggregated, also when the row is read back; skipped for a diverged run.
+      per_sweep: False for a stage that does not depend on the sweep value (a pretraining on
+        another data set, a ceiling run on every label): it runs once per seed ("seed") or
+        once ("once") for the whole study, its folder has no sweep level, its rows have
+        `sweep` None, and every sweep value's units read the same results and artifacts.
     """
 
     name: str = "train"
@@ -825,10 +835,16 @@ class Stage:
     keep_predictions: bool = False
     skip: Callable[[list[dict], str, ConfigDict], bool] | None = None
     derive: Callable[[dict, Unit], Mapping[str, Any]] | None = None
+    per_sweep: bool = True
 
     def __post_init__(self):
         if self.per not in ("variant", "seed", "once"):
             raise ValueError(f"per must be 'variant', 'seed' or 'once', got {self.per!r}")
+        if not self.per_sweep and self.per == "variant":
+            raise ValueError(
+                f"stage {self.name!r}: per_sweep=False needs per='seed' or 'once' (variants are "
+                "compared per sweep value)"
+            )
 
 
 @dataclasses.dataclass
@@ -837,7 +853,7 @@ class Unit:
 
     Attributes:
       stage: the stage's name.
-      sweep: the sweep value (None without a sweep).
+      sweep: the sweep value (None without a sweep, and for a stage with `per_sweep=False`).
       variant: the variant's name (None for a per-seed or once stage).
       seed: the seed (seed k trains on training subset k for every variant).
       config: the unit's training config (study keys removed, variant delta and seed set).
@@ -1074,7 +1090,8 @@ class Study:
       min_steps: each training run takes at least this many optimizer steps (epochs are
         raised for small training sets, `epochs_for`).
       data: `(config, seed) -> {"train", "val", "test"}` replacing the default (`config.data`,
-        `train_per_class` examples per class drawn with the seed).
+        `train_per_class` examples per class drawn with the seed); given the study's params as
+        a third argument when it takes three.
       check: `(params, config) -> None` raising for a bad study setting.
       analyze: `(Analysis) -> Findings` for study-specific tables, figures and verdicts.
     """
@@ -1473,7 +1490,9 @@ class _Runner:
         if self.study.data is not None:
             key = ("custom", json.dumps(config.to_dict(), sort_keys=True, default=str), seed)
             if key not in self._data:
-                self._data[key] = dict(self.study.data(config, seed))
+                args = (config, seed, self.plan.params)
+                n = len(inspect.signature(self.study.data).parameters)
+                self._data[key] = dict(self.study.data(*args[: max(2, min(n, 3))]))
             return self._data[key]
         from jaxreg import data as data_lib
 
@@ -1503,7 +1522,7 @@ class _Runner:
                 f"unknown stage {stage!r}; stages: {[s.name for s in self.study.stages]}"
             )
         d = self.workdir
-        if self.study.sweep is not None:
+        if self.study.sweep is not None and st.per_sweep:
             d = d / f"{self.study.sweep[0]}={sweep}"
         if st.per == "variant" and variant is not None:
             d = d / variant
@@ -1541,11 +1560,11 @@ class _Runner:
         for st in self.study.stages:
             seeds = len(plan.seeds) if st.per != "once" else 1
             variants = len(plan.variants) if st.per == "variant" and st.variants is None else 1
-            total += len(plan.sweep) * seeds * variants
+            total += (len(plan.sweep) if st.per_sweep else 1) * seeds * variants
         self.bar = tqdm(total=total, desc=self.study.name, unit="run", dynamic_ncols=True)
         try:
             for st in self.study.stages:
-                for value in plan.sweep:
+                for value in plan.sweep if st.per_sweep else (None,):
                     units = self._units(st, value)
                     if st.variants is not None:
                         self.bar.total += len(units) * len(plan.seeds) - len(plan.seeds)
@@ -1567,7 +1586,10 @@ class _Runner:
         return self._rows
 
     def _run_unit(self, st: Stage, sweep: Any, variant, delta, seed: int) -> dict:
-        base = self.study._with_sweep(self.plan.training, self.plan.params, sweep)
+        if st.per_sweep:
+            base = self.study._with_sweep(self.plan.training, self.plan.params, sweep)
+        else:  # shared by every sweep value: the study's config as given
+            base = ConfigDict(self.plan.training.to_dict())
         config = variant_config(base, delta, seed)
         if st.variants is not None:
             validate_config(config)

@@ -11,6 +11,10 @@ ULMFiT's discriminative fine-tuning).
   a head of another size stays fresh; other mismatches are an error listing path and shapes.
 - Paths group into *blocks*, ordered from input to output, the last being the head: built-in
   models declare theirs (`param_groups()`), a model of your own passes `groups=`.
+- `head_features(model, images)` computes what the head sees (the frozen network's features,
+  in inference mode) once, and `fit_linear_probe` trains a multinomial logistic regression on
+  them: a linear probe costs one forward pass per image instead of one per step, and its
+  kernel and bias load straight into the model's head (`load(model, probe.params)`).
 - `strategy_tx(base_tx, params, groups, ...)` makes the Optax transform of a strategy:
   "full", "linear_probe" (only the head trains), "last" (the last N blocks, head included)
   and "layerwise" (every block trains, block d from the top at `decay ** d` times the rate).
@@ -21,6 +25,8 @@ ULMFiT's discriminative fine-tuning).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
 import re
@@ -38,8 +44,11 @@ from jaxreg.optim.decay import path_to_str
 
 __all__ = [
     "STRATEGIES",
+    "LinearProbe",
+    "fit_linear_probe",
     "freeze_batch_norm",
     "frozen_prefixes",
+    "head_features",
     "load",
     "param_groups",
     "strategy_tx",
@@ -138,6 +147,7 @@ def load(
     include: str | Sequence[str] | None = None,
     exclude: str | Sequence[str] | None = None,
     fresh_head: bool = True,
+    new_head: bool = False,
     groups: Groups | None = None,
 ) -> dict[str, list[str]]:
     """Copies pretrained parameters (and BatchNorm statistics) into `model` in place, by path.
@@ -152,7 +162,11 @@ def load(
       fresh_head: parameters of the model's head group (see `param_groups`) whose shape
         differs from the source's stay freshly initialised instead of raising (a new task with
         another number of classes).
-      groups: the model's path groups when it declares none (only needed for `fresh_head`).
+      new_head: the head group is never copied, even where its shapes fit: a new task with
+        as many classes as the source's (digits 5-9 after 0-4) starts from a fresh head, since
+        the source's class k means something else.
+      groups: the model's path groups when it declares none (needed for `fresh_head` and
+        `new_head`).
 
     Returns:
       `{"loaded": [...], "fresh": [...], "missing": [...], "unused": [...]}` path lists: copied,
@@ -161,7 +175,7 @@ def load(
 
     Raises:
       ValueError: parameters whose shapes differ (outside a fresh head), listed with both
-        shapes; or nothing matched at all.
+        shapes; nothing matched at all; or `new_head` for a model without groups.
     """
     inc = [include] if isinstance(include, str) else include
     exc = [exclude] if isinstance(exclude, str) else exclude
@@ -169,7 +183,9 @@ def load(
     state = nnx.state(model, _LOADED)
     mine = _flat(state)
     head: tuple[str, ...] = ()
-    if fresh_head:
+    if new_head:
+        head = param_groups(model, groups)[-1][1]  # raises for a model without groups
+    elif fresh_head:
         try:
             head = param_groups(model, groups)[-1][1]
         except ValueError:
@@ -177,7 +193,8 @@ def load(
     report = {"loaded": [], "fresh": [], "missing": [], "unused": sorted(set(src) - set(mine))}
     mismatched, new = [], {}
     for path, value in mine.items():
-        if (inc and not _matches(path, inc)) or _matches(path, exc):
+        in_head = any(_under(path, h) for h in head)
+        if (inc and not _matches(path, inc)) or _matches(path, exc) or (new_head and in_head):
             report["fresh"].append(path)
             continue
         if path not in src:
@@ -185,7 +202,7 @@ def load(
             continue
         theirs = np.asarray(src[path])
         if theirs.shape != tuple(value.shape):
-            if any(_under(path, h) for h in head):
+            if in_head:
                 report["fresh"].append(path)
                 continue
             mismatched.append(f"{path}: model {tuple(value.shape)}, source {theirs.shape}")
@@ -321,3 +338,212 @@ def freeze_batch_norm(model: nnx.Module, prefixes: Sequence[str]) -> None:
 def describe(report: Mapping[str, list[str]]) -> str:
     """One line for a `load` report: how many parameters were copied, left fresh or missing."""
     return json.dumps({k: len(v) for k, v in report.items()})
+
+
+# ----------------------------------------------------------------------------- linear probe
+
+
+class _Identity(nnx.Module):
+    """Returns its input: stands in for the head when the features before it are wanted."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x
+
+
+def _head_attribute(model: nnx.Module, groups: Groups | None) -> str:
+    prefixes = param_groups(model, groups)[-1][1]
+    if len(prefixes) != 1 or "/" in prefixes[0] or not hasattr(model, prefixes[0]):
+        raise ValueError(
+            f"the head group must be one attribute of the model (such as 'head'), got {prefixes}"
+        )
+    return prefixes[0]
+
+
+def head_features(
+    model: nnx.Module, images: Any, *, batch_size: int = 256, groups: Groups | None = None
+) -> np.ndarray:
+    """What the model's head receives for `images`: the frozen network's features.
+
+    The head (the last group of `param_groups`, one attribute such as `head`) is replaced by
+    the identity in a copy of the model, which runs in inference mode (dropout off, BatchNorm
+    on its running statistics): `head(head_features(model, x))` equals `model(x)` after
+    `model.eval()`. Every batch has `min(batch_size, N)` rows (the last is padded), so one
+    program is compiled.
+
+    Args:
+      model: an NNX model (not changed).
+      images: (N, H, W, C) float32 images, as the model takes them.
+      batch_size: images per forward pass (>= 1).
+      groups: the model's path groups when it declares none.
+
+    Returns:
+      float32 numpy array (N, D): D is the head's input size.
+
+    Raises:
+      ValueError: the head group is not a single attribute, or `batch_size` < 1.
+    """
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    name = _head_attribute(model, groups)
+    body = nnx.clone(model)
+    setattr(body, name, _Identity())
+    body.eval()
+    graphdef, state = nnx.split(body)
+
+    @jax.jit
+    def forward(state, x):
+        return nnx.merge(graphdef, state)(x)
+
+    images = np.asarray(images, np.float32)
+    n, out = images.shape[0], []
+    bs = min(int(batch_size), max(n, 1))
+    for lo in range(0, n, bs):
+        chunk = images[lo : lo + bs]
+        pad = bs - chunk.shape[0]
+        if pad:
+            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)])
+        out.append(np.asarray(forward(state, jnp.asarray(chunk)))[: bs - pad])
+    if not out:
+        shape = jax.eval_shape(forward, state, jnp.zeros((1, *images.shape[1:]), jnp.float32))
+        return np.zeros((0, *shape.shape[1:]), np.float32)
+    return np.concatenate(out).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearProbe:
+    """A multinomial logistic regression on fixed features (see `fit_linear_probe`).
+
+    Attributes:
+      kernel: (D, K) float32, acting on the raw features (the standardisation is folded in).
+      bias: (K,) float32.
+      l2: the penalty chosen on validation.
+      val_accuracy: validation accuracy at that penalty.
+      val_loss: validation cross-entropy at that penalty.
+      grid: `(l2, val_accuracy, val_loss)` of every penalty tried.
+    """
+
+    kernel: np.ndarray
+    bias: np.ndarray
+    l2: float
+    val_accuracy: float
+    val_loss: float
+    grid: tuple[tuple[float, float, float], ...]
+
+    def logits(self, features: Any) -> np.ndarray:
+        """(N, K) logits of (N, D) features."""
+        return np.asarray(features, np.float32) @ self.kernel + self.bias
+
+    def params(self, head: str = "head") -> dict[str, np.ndarray]:
+        """`{"<head>/kernel", "<head>/bias"}` for `load(model, ...)`: the probe as the model's head."""
+        return {f"{head}/kernel": self.kernel, f"{head}/bias": self.bias}
+
+    def evaluate(self, features: Any, labels: Any) -> dict[str, float]:
+        """`accuracy`, `loss` (mean cross-entropy) and `ece` on labelled features."""
+        from jaxreg import losses
+
+        logits = jnp.asarray(self.logits(features))
+        labels = jnp.asarray(np.asarray(labels, np.int32))
+        return {
+            "accuracy": float(losses.accuracy(logits, labels)),
+            "loss": float(jnp.mean(losses.soft_cross_entropy(logits, labels))),
+            "ece": float(losses.expected_calibration_error(jax.nn.softmax(logits), labels)),
+        }
+
+
+L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "steps"))
+def _fit_lbfgs(x, y, l2, *, num_classes: int, steps: int):
+    """Weights minimising mean cross-entropy + l2/2 ||W||^2 by `steps` L-BFGS iterations."""
+    from jaxreg import losses
+
+    def objective(p):
+        logits = x @ p["w"] + p["b"][None, :]
+        return jnp.mean(losses.soft_cross_entropy(logits, y)) + 0.5 * l2 * jnp.sum(p["w"] ** 2)
+
+    params = {"w": jnp.zeros((x.shape[1], num_classes)), "b": jnp.zeros((num_classes,))}
+    opt = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(objective)
+
+    def step(carry, _):
+        p, st = carry
+        value, grad = value_and_grad(p, state=st)
+        updates, st = opt.update(grad, st, p, value=value, grad=grad, value_fn=objective)
+        return (optax.apply_updates(p, updates), st), value
+
+    (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), None, length=steps)
+    return params
+
+
+def fit_linear_probe(
+    train_features: Any,
+    train_labels: Any,
+    val_features: Any,
+    val_labels: Any,
+    num_classes: int,
+    *,
+    l2: Sequence[float] = L2_GRID,
+    steps: int = 200,
+) -> LinearProbe:
+    """A linear probe: multinomial logistic regression on fixed features, its L2 chosen on val.
+
+    As Kornblith et al. (2019) probe ImageNet features: the features are standardised with the
+    training set's per-dimension mean and standard deviation (a constant dimension keeps scale
+    1), and for each penalty in `l2` the weights minimising mean cross-entropy + l2/2 ||W||^2
+    (the bias is not penalised) are found by full-batch L-BFGS (`optax.lbfgs`, `steps`
+    iterations from zero: the problem is convex, no seed is involved). The penalty with the
+    best validation accuracy (ties: the lower validation loss) is kept, and the
+    standardisation is folded into the returned kernel and bias, which act on raw features as
+    the model's head does.
+
+    Args:
+      train_features: (N, D) features of the training images (`head_features`).
+      train_labels: (N,) int class ids in [0, num_classes).
+      val_features: (M, D) features of the validation images.
+      val_labels: (M,) int class ids.
+      num_classes: K >= 2.
+      l2: penalties to try (each > 0).
+      steps: L-BFGS iterations per penalty (>= 1).
+
+    Returns:
+      A `LinearProbe`.
+
+    Raises:
+      ValueError: shapes that do not match, an empty set, `num_classes` < 2, or a penalty or
+        `steps` out of range.
+    """
+    xt, xv = (np.asarray(a, np.float32) for a in (train_features, val_features))
+    yt, yv = (np.asarray(a, np.int32) for a in (train_labels, val_labels))
+    if xt.ndim != 2 or xv.ndim != 2 or xt.shape[1] != xv.shape[1]:
+        raise ValueError(f"features must be (N, D) with the same D, got {xt.shape} and {xv.shape}")
+    if yt.shape != (xt.shape[0],) or yv.shape != (xv.shape[0],):
+        raise ValueError("labels must be (N,) class ids, one per feature row")
+    if not len(yt) or not len(yv):
+        raise ValueError("the training and validation features must not be empty")
+    if int(num_classes) < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    if max(yt.max(), yv.max()) >= num_classes or min(yt.min(), yv.min()) < 0:
+        raise ValueError(f"labels must lie in [0, {num_classes})")
+    penalties = [float(p) for p in l2]
+    if not penalties or any(not p > 0 for p in penalties):
+        raise ValueError(f"l2 must be a non-empty sequence of penalties > 0, got {l2!r}")
+    if int(steps) < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    mean, std = xt.mean(0), xt.std(0)
+    std = np.where(std > 1e-6 * max(float(std.max()), 1e-30), std, 1.0).astype(np.float32)
+    zt = jnp.asarray((xt - mean) / std)
+    best, grid = None, []
+    for p in penalties:
+        fit = _fit_lbfgs(zt, jnp.asarray(yt), p, num_classes=int(num_classes), steps=int(steps))
+        kernel = np.asarray(fit["w"], np.float32) / std[:, None]
+        bias = np.asarray(fit["b"], np.float32) - mean @ kernel
+        probe = LinearProbe(kernel, bias.astype(np.float32), p, 0.0, 0.0, ())
+        m = probe.evaluate(xv, yv)
+        grid.append((p, m["accuracy"], m["loss"]))
+        if best is None or (m["accuracy"], -m["loss"]) > (best[1]["accuracy"], -best[1]["loss"]):
+            best = (probe, m)
+    probe, m = best
+    return dataclasses.replace(
+        probe, val_accuracy=m["accuracy"], val_loss=m["loss"], grid=tuple(grid)
+    )

@@ -326,3 +326,69 @@ def test_extra_eval_may_take_the_study_params_and_its_predictions_are_kept(tmp_p
     )
     (row,) = two.run(two.get_config(), tmp_path / "two")["rows"]
     assert row["extra"]["again"]["accuracy"] == pytest.approx(row["test_accuracy"])
+
+
+def _shared(unit):
+    """A stage outside the sweep: writes a file every sweep value's units read."""
+    (unit.dir / "weights.txt").write_text(str(unit.seed))
+    return {"source": 10.0 + unit.seed}
+
+
+def _uses_shared(unit):
+    assert unit.artifact("shared").name == "shared"
+    assert (unit.artifact("shared") / "weights.txt").read_text() == str(unit.seed)
+    return {"test_accuracy": unit.result("shared")["source"] / 100 + 0.01 * unit.sweep}
+
+
+def test_a_stage_outside_the_sweep_runs_once_per_seed_for_every_value(tmp_path):
+    study = _synthetic(
+        variants={"base": {}, "good": {}},
+        expected={},
+        sweep=("train_per_class", (5, 10)),
+        stages=(
+            Stage("shared", fn=_shared, per="seed", per_sweep=False),
+            Stage("score", fn=_uses_shared),
+        ),
+        seeds=(0, 1),
+    )
+    out = study.run(study.get_config(), tmp_path)
+    shared = [r for r in out["rows"] if r["stage"] == "shared"]
+    assert [(r["sweep"], r["seed"]) for r in shared] == [(None, 0), (None, 1)]
+    assert (tmp_path / "seed1" / "shared" / "result.json").exists()
+    assert not (tmp_path / "train_per_class=5" / "seed0" / "shared").exists()
+    scores = {
+        (r["sweep"], r["seed"]): r["test_accuracy"] for r in out["rows"] if r["stage"] == "score"
+    }
+    assert scores[(10, 1)] == pytest.approx(0.21) and scores[(5, 0)] == pytest.approx(0.15)
+    with pytest.raises(ValueError, match="per_sweep=False needs per='seed' or 'once'"):
+        Stage("x", per="variant", per_sweep=False)
+
+
+def test_a_study_data_function_may_take_the_params(tmp_path):
+    seen = []
+
+    def data(config, seed, params):
+        seen.append((seed, params.factor))
+        from jaxreg import data as data_lib
+
+        s = data_lib.load_splits("digits")
+        return {
+            "train": data_lib.stratified_subset(s["train"], 5, seed=seed),
+            "val": s["val"],
+            "test": s["test"],
+        }
+
+    study = _synthetic(data=data, params={"factor": 3}, expected={}, seeds=(0, 1))
+    study.run(study.get_config(), tmp_path)
+    assert set(seen) == {(0, 3), (1, 3)}  # one call per seed: the runner caches the data
+
+
+def test_line_plot_draws_reference_lines(tmp_path):
+    path = experiment.line_plot(
+        {"a": ([5, 10], [0.5, 0.6], [0.01, 0.02])},
+        tmp_path / "l.png",
+        xlabel="x",
+        ylabel="y",
+        references={"ceiling": 0.9, "floor": 0.1},
+    )
+    assert path.stat().st_size > 1000

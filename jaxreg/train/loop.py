@@ -393,7 +393,8 @@ def train_and_evaluate(
         )
     net = build_model(config, model, train.num_classes, train.images.shape[1:])
     transfer_groups = None
-    if config.finetune != "full" or int(config.head_warmup_epochs) > 0:
+    new_head = bool(config.init_from) and not config.init_head
+    if config.finetune != "full" or int(config.head_warmup_epochs) > 0 or new_head:
         from jaxreg import transfer
 
         transfer_groups = transfer.param_groups(net, groups)
@@ -412,7 +413,9 @@ def _run(config, workdir, net, task, splits, extra_eval, title, steps_per_epoch,
         from jaxreg import transfer
 
         if not (workdir / "checkpoints").exists():  # a resumed run has its own weights
-            report = transfer.load(net, config.init_from, fresh_head=True, groups=groups)
+            report = transfer.load(
+                net, config.init_from, fresh_head=True, new_head=not config.init_head, groups=groups
+            )
             print(f"Initialised from {config.init_from}: {transfer.describe(report)}")
     if groups is not None:
         from jaxreg import transfer

@@ -15,6 +15,7 @@ EXPERIMENTS = (
     "domain_fit",
     "how_many",
     "overfitting",
+    "transfer",
 )
 
 
@@ -105,6 +106,9 @@ def test_experiment_spec_strings_are_built_and_named(name, key, smoke):
         ("how_many", "source", "gan", "'source' must be one of"),
         ("overfitting", "onset_patience", 0, "'onset_patience' must be >= 1"),
         ("overfitting", "reg.dropout", 1.5, "variant 'all': config key 'dropout'"),
+        ("transfer", "digits.data", "nope", r"part a \(digits\): .*'data'.*nope"),
+        ("transfer", "photos.val_per_class", 0, "'val_per_class' must be >= 1"),
+        ("transfer", "digits.sizes", (5, 0), "sizes=0: config key 'train_per_class'"),
     ],
 )
 def test_smoke_mode_does_not_hide_bad_values(name, key, value, needle):
