@@ -337,6 +337,10 @@ def transfer_style(
     content, style = _check_image(content, "content"), _check_image(style, "style")
     if int(steps) < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if not float(learning_rate) > 0:
+        raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+    if int(log_every) < 1:
+        raise ValueError(f"log_every must be >= 1, got {log_every}")
     if init not in ("content", "noise"):
         raise ValueError(f"init must be 'content' or 'noise', got {init!r}")
     for name, value in (
@@ -409,9 +413,20 @@ def reconstruct(
 
     Returns:
       A `StyleResult`.
+
+    Raises:
+      ValueError: an unknown kind or layer, steps < 1, a rate <= 0, or a bad image.
     """
+    from jaxreg.models.vgg import LAYERS
+
     if kind not in ("content", "style"):
         raise ValueError(f"kind must be 'content' or 'style', got {kind!r}")
+    if layer not in LAYERS:
+        raise ValueError(f"layer must be one of {list(LAYERS)}, got {layer!r}")
+    if int(steps) < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if not float(learning_rate) > 0:
+        raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
     target = _check_image(target, "target")
     net = _vgg(vgg)
     want = net.features(target[None], (layer,))[layer]
