@@ -15,6 +15,7 @@ EXPERIMENTS = (
     "domain_fit",
     "how_many",
     "overfitting",
+    "style",
 )
 
 
@@ -105,6 +106,19 @@ def test_experiment_spec_strings_are_built_and_named(name, key, smoke):
         ("how_many", "source", "gan", "'source' must be one of"),
         ("overfitting", "onset_patience", 0, "'onset_patience' must be >= 1"),
         ("overfitting", "reg.dropout", 1.5, "variant 'all': config key 'dropout'"),
+        ("style", "layers.size", 8, "'layers.size' must be >= 16"),
+        ("style", "layers.steps", 0, "'layers.steps' must be >= 1"),
+        ("style", "layers.blocks", (3, 1), "'layers.blocks' must be increasing VGG16 blocks"),
+        ("style", "layers.blocks", (1, 6), "'layers.blocks' must be increasing VGG16 blocks"),
+        ("style", "layers.content", "nope", "'layers.content' must be a sample photo"),
+        ("style", "shift.colour_gain", 1.5, "'shift.colour_gain' must be <= 0.99"),
+        ("style", "shift.fourier_band", 0.0, "'shift.fourier_band' must be > 0"),
+        ("style", "digits_data", "cifar", "'digits_data'.*checked as given"),
+        ("style", "amplitude_spec", "amplitude_mix(alpha=2.0)", "'amplitude_spec'"),
+        ("style", "jitter_spec", "jitter+nosuchop", "'jitter_spec'"),
+        ("style", "data", "mnist5k", "'data' must be 'textures'"),
+        ("style", "variants", "none,bogus", "unknown variants"),
+        ("style", "model", "cnn_small", "variant 'mixstyle': config key 'model'"),
     ],
 )
 def test_smoke_mode_does_not_hide_bad_values(name, key, value, needle):
