@@ -1,7 +1,10 @@
 """Style: which VGG16 layers carry content vs texture; style mixing against domain shift, measured.
 
 Run: `jaxreg run style` (`--config.smoke=true` shrinks it to seconds;
-`--config.variants=none,mixstyle` picks variants; `--config.seeds=(0,1,2,3)`).
+`--config.variants=none,mixstyle` picks variants; `--config.seeds=(0,1,2,3)`). 26 minutes
+wall on the 2 shared CPU cores (load average ~15 from other jobs; 7 minutes of CPU time): 4
+variants x 2 parts x 3 seeds of `cnn3`, 10 reconstructions at 80 px, the probe. The recorded
+report: `benchmarks/results/style_study.md`.
 
 Part 1, which layers carry what (Gatys, Ecker & Bethge 2016, CVPR, Fig. 1): an image is rebuilt
 from noise by matching one layer's ImageNet-VGG16 features alone (`jaxreg.style.reconstruct`,
@@ -22,6 +25,12 @@ of the same real test images, built once and deterministically (fixed key):
   `inverted` (black ink on white), `coloured` (a random ink colour on a random background
   colour, the ink brighter), `photo_bg` (MNIST-M-style, Ganin et al. 2016: |photo crop - digit|
   over crops of the textures photos).
+
+What carries the class (stage `probe`): a ridge classifier on seed 0's training subset reads
+the clean test class from each input alone: pixels, log Fourier amplitude (what amplitude_mix
+mixes), the phase-only image (what it keeps), per-channel mean/std of early VGG16 features (the
+kind of statistics MixStyle mixes). Where the statistics carry the class (textures), mixing
+them between images of different classes mixes class evidence too.
 
 Variants, all with the same model and schedule: `none`; `colour_jitter` (brightness, contrast,
 saturation 0.4, hue 0.1); `amplitude_mix` (Xu et al. 2021's amplitude mix as a batch op, the
@@ -326,6 +335,77 @@ def _layers(unit) -> dict:
     return out
 
 
+PROBE_FEATURES = {
+    "pixels": "the pixels",
+    "amplitude": "log Fourier amplitude per channel (what amplitude_mix mixes)",
+    "phase": "the phase-only image, ifft(exp(i phase)) (what amplitude_mix keeps)",
+    "channel_stats": "per-channel mean and std of ImageNet-VGG16 relu1_2 and relu2_2 (the "
+    "statistics MixStyle mixes, here of a fixed ImageNet network whose early channels are "
+    "colour and orientation detectors: their means also read stroke directions, so a high "
+    "value there is not style alone)",
+}
+
+
+def probe_features(images: np.ndarray, vgg=None) -> dict[str, np.ndarray]:
+    """The inputs of the linear probe: name of `PROBE_FEATURES` -> (N, D) float64 features.
+
+    Args:
+      images: (N, H, W, 3) float images in [0, 1].
+      vgg: a `VGG16Features` for `channel_stats` (left out when None).
+    """
+    x = np.asarray(images, np.float64)
+    spec = np.fft.fft2(x, axes=(1, 2))
+    phase_only = np.real(np.fft.ifft2(np.exp(1j * np.angle(spec)), axes=(1, 2)))
+    out = {
+        "pixels": x.reshape(len(x), -1),
+        "amplitude": np.log1p(np.abs(spec)).reshape(len(x), -1),
+        "phase": phase_only.reshape(len(x), -1),
+    }
+    if vgg is not None:
+        stats = []
+        for i in range(0, len(x), 250):
+            f = vgg.features(np.asarray(images[i : i + 250], np.float32), ("relu1_2", "relu2_2"))
+            stats.append(
+                np.concatenate(
+                    [np.asarray(g.mean(axis=(1, 2))) for g in f.values()]
+                    + [np.asarray(g.std(axis=(1, 2))) for g in f.values()],
+                    axis=1,
+                )
+            )
+        out["channel_stats"] = np.concatenate(stats).astype(np.float64)
+    return out
+
+
+def linear_probe(train: np.ndarray, y_train, test: np.ndarray, y_test, *, alpha: float) -> float:
+    """Test accuracy of a ridge classifier (features standardised on the training set)."""
+    from sklearn.linear_model import RidgeClassifier
+
+    mean, std = train.mean(0), train.std(0) + 1e-6
+    clf = RidgeClassifier(alpha=alpha).fit((train - mean) / std, y_train)
+    return float(clf.score((test - mean) / std, y_test))
+
+
+def _probe(unit) -> dict:
+    """What carries the class: a linear probe on each of `PROBE_FEATURES`, per part (seed 0)."""
+    from flax import nnx
+
+    from jaxreg.models.vgg import VGG16Features
+
+    vgg = VGG16Features(rngs=nnx.Rngs(0))
+    out = {}
+    for part in PARTS:
+        c = ex.variant_config(unit.config, _part_overrides(part, unit.params), 0)
+        d = _data(c, 0)
+        tr, te = probe_features(d["train"].images, vgg), probe_features(d["test"].images, vgg)
+        out[part] = {
+            k: linear_probe(
+                tr[k], d["train"].labels, te[k], d["test"].labels, alpha=unit.params.probe_alpha
+            )
+            for k in tr
+        }
+    return out
+
+
 def psnr(image: np.ndarray, reference: np.ndarray) -> float:
     """Peak signal-to-noise ratio in dB of two images in [0, 1]."""
     mse = float(np.mean((np.asarray(image, np.float64) - np.asarray(reference, np.float64)) ** 2))
@@ -366,6 +446,7 @@ def _check(p: ConfigDict, c: ConfigDict) -> None:
             f"config key 'digits_data' must be 'mnist5k' or 'digits', got {p.digits_data!r}"
         )
     ex.check_int(p.digits_per_class, name="digits_per_class", minimum=1)
+    ex.check_real(p.probe_alpha, name="probe_alpha", minimum=0.0, strict=True)
     if c.data != "textures":
         raise ValueError(
             f"config key 'data' must be 'textures' (the shifted sets are built from its photos), "
@@ -564,6 +645,13 @@ def _layer_sentences(a) -> tuple[list[str], str]:
         "frequency of the luminance (cycles/pixel; larger = finer structure). 'left': the loss at "
         "the end as a fraction of the loss at the start.\n\n" + report.markdown_table(table)
     )
+    with np.load(a.workdir / "layers" / "reconstructions.npz") as z:
+        noise = start_noise_frequency(z["style"].shape)
+    md += (
+        f"\n\nThe uniform noise every reconstruction starts from (`reconstruct`'s seed 0) has a "
+        f"mean frequency of {noise:.3f}."
+    )
+    drop = r["loss_drop"]
     sentences = [
         f"Content reconstructions lose the exact pixels with depth: PSNR to the photo "
         f"{ps[first]:.1f} dB from {first} and {ps[last]:.1f} dB from {last} "
@@ -571,6 +659,71 @@ def _layer_sentences(a) -> tuple[list[str], str]:
         + f"; texture reconstructions have a mean frequency of {fr[s_first]:.3f} from {s_first} "
         f"and {fr[s_last]:.3f} from {s_last} (source {fr['source']:.3f})."
     ]
+    if fr[s_last] > fr[s_first]:
+        sentences.append(
+            "By that measure textures get finer, not coarser, with depth: they move towards the "
+            f"start noise ({noise:.3f}), which a deep layer's Gram matrix barely constrains (Gram "
+            f"loss left {drop[f'style_{s_first}']:.3f} at {s_first}, "
+            f"{drop[f'style_{s_last}']:.3f} at {s_last}); the larger patterns lie under that "
+            "noise (`layers.png`). Gatys et al.'s Fig. 1 matches growing sets of layers "
+            "(conv1_1 .. convk_1), which also pins the fine scale; here each layer is alone."
+        )
+    return sentences, md
+
+
+def start_noise_frequency(shape) -> float:
+    """`mean_frequency` of the uniform noise `jaxreg.style.reconstruct` starts from (seed 0)."""
+    import jax
+
+    return mean_frequency(np.asarray(jax.random.uniform(jax.random.key(0), (1, *shape)))[0])
+
+
+def _inverted_sentence(by) -> list[str]:
+    """Why inverted digits stay near chance, when every variant leaves them below 0.3."""
+    acc = {n: g["inverted_accuracy_mean"] for n, g in by.items()}
+    if max(acc.values()) >= 0.3:
+        return []
+    best = max((n for n in acc if n != BASELINE), key=acc.get, default=BASELINE)
+    return [
+        f"Inverted digits stay near chance for every variant (none {acc[BASELINE]:.3f}, best "
+        f"{best} {acc[best]:.3f}): 1 - x keeps every Fourier amplitude but the mean's and turns "
+        "every other phase by pi, and colour jitter's contrast and MixStyle's standard "
+        "deviation are positive scales, so no variant's family contains the inversion."
+    ]
+
+
+def _probe_section(a) -> tuple[list[str], str]:
+    """The linear-probe table and what it says about the style-mixing variants."""
+    rows = a.stage_rows("probe")
+    if not rows:
+        return [], ""
+    r, sentences, table = rows[0], [], []
+    for part in PARTS:
+        acc = r[part]
+        table.append({"part": part, **{k: f"{acc[k]:.3f}" for k in PROBE_FEATURES if k in acc}})
+        s = (
+            f"{part.capitalize()}: a linear probe reads the class from the Fourier amplitude at "
+            f"{acc['amplitude']:.3f}, from the phase-only image at {acc['phase']:.3f} and from "
+            f"the pixels at {acc['pixels']:.3f} (chance 0.100)"
+        )
+        if acc["amplitude"] >= acc["pixels"] and acc["phase"] < 0.2:
+            s += (
+                ": the class sits in the amplitude that amplitude_mix moves, not in the phase it "
+                "keeps (a texture is its statistics, as Gatys et al.'s Gram matrices describe it), "
+                "so mixing amplitudes between images of different classes mixes class evidence."
+            )
+        else:
+            s += ": the phase that amplitude_mix keeps carries the class as well."
+        sentences.append(s)
+    md = (
+        "## What carries the class: a linear probe\n\n"
+        "Clean test accuracy of a ridge classifier (alpha "
+        f"{a.params.probe_alpha:g}, features standardised) trained on seed 0's training subset, "
+        "from each input alone: "
+        + "; ".join(f"`{k}`: {v}" for k, v in PROBE_FEATURES.items())
+        + ". Chance is 0.100.\n\n"
+        + report.markdown_table(table)
+    )
     return sentences, md
 
 
@@ -647,6 +800,8 @@ def _analyze(a) -> Findings:
         set_rows += per_set
         s, m, x = _part_sentences(part, by, ci)
         sentences += s
+        if part == "digits":
+            sentences += _inverted_sentence(by)
         met += m
         missed += x
         figures.append(_delta_figure(ci, by, part, a.workdir / f"deltas_{part}.png"))
@@ -659,6 +814,8 @@ def _analyze(a) -> Findings:
         )
     elif met:
         sentences.append(f"Every expected gain appeared ({join_names(met)}).")
+    probe_sentences, probe_md = _probe_section(a)
+    sentences += probe_sentences
     s, c = a.params.shift, a.config
     protocol = (
         "## Protocol\n\n"
@@ -680,7 +837,7 @@ def _analyze(a) -> Findings:
         f"- Training and reconstruction time of all units: "
         f"{sum(r.get('wall_time_s') or 0 for r in a.rows):.0f} s."
     )
-    sections = [layer_md] if layer_md else []
+    sections = [md for md in (layer_md, probe_md) if md]
     sections += [
         "## Per shifted set: paired differences to none\n\n" + report.markdown_table(set_rows),
         protocol,
@@ -725,6 +882,7 @@ STUDY = Study(
         "amplitude_spec": "amplitude_mix(alpha=1.0)",
         "digits_data": "mnist5k",
         "digits_per_class": 100,
+        "probe_alpha": 1000.0,
         "shift": {
             "key": 2021,
             "colour_gain": 0.4,
@@ -757,6 +915,7 @@ STUDY = Study(
         Stage("textures", extra_eval=_texture_eval, derive=_derive),
         Stage("digits", fn=_digits, derive=_derive),
         Stage("layers", fn=_layers, per="once"),
+        Stage("probe", fn=_probe, per="once"),
     ),
     compare="textures",
     primary="shifted_accuracy",

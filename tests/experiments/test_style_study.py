@@ -83,7 +83,12 @@ def test_smoke_report_has_both_parts_the_layers_and_the_figures(smoke):
     for fig in summary["figures"]:
         assert (root / fig).stat().st_size > 1000, fig
     md = (root / "report.md").read_text()
-    for heading in ("## Which layers carry what", "## Per shifted set", "## Protocol"):
+    for heading in (
+        "## Which layers carry what",
+        "## What carries the class",
+        "## Per shifted set",
+        "## Protocol",
+    ):
         assert heading in md
     assert "Zhou et al. 2021" in md and "Gatys" in md and "Xu et al. 2021" in md
     verdict = out["verdict"]
@@ -111,3 +116,16 @@ def test_smoke_variants_train_what_they_say(smoke):
     assert content_layers == ("relu1_2", "relu5_2") and style_layers == ("relu1_1", "relu5_1")
     assert set(layers["content_psnr_db"]) == set(content_layers)
     assert set(layers["texture_frequency"]) == {*style_layers, "source"}
+    (probe,) = [r for r in out["rows"] if r["stage"] == "probe"]
+    for part in study.PARTS:
+        assert set(probe[part]) == set(study.PROBE_FEATURES)
+        assert all(0.0 <= v <= 1.0 for v in probe[part].values())
+
+
+def test_the_textures_class_sits_in_the_fourier_amplitude_not_the_phase():
+    train = data_lib.stratified_subset(data_lib.load("textures", split="train"), 10, seed=0)
+    test = _first(data_lib.load("textures", split="test"), 100)
+    tr, te = study.probe_features(train.images), study.probe_features(test.images)
+    assert set(tr) == {"pixels", "amplitude", "phase"}  # channel_stats needs the VGG
+    acc = {k: study.linear_probe(tr[k], train.labels, te[k], test.labels, alpha=1e3) for k in tr}
+    assert acc["amplitude"] > 0.35 and acc["phase"] < 0.2, acc  # chance is 0.1
