@@ -387,7 +387,7 @@ def transfer_style(
 
 def reconstruct(
     target: Any,
-    layer: str,
+    layer: str | Sequence[str],
     *,
     kind: str = "content",
     steps: int = 200,
@@ -400,11 +400,13 @@ def reconstruct(
     The demonstration of Gatys et al. 2016, Fig. 1: from early layers the content
     reconstruction is almost the image itself, from deep layers only its arrangement; from
     early layers' Gram matrices the texture has fine, local structure, from deep layers
-    larger patterns.
+    larger patterns (the paper's style row matches growing sets of layers, conv1_1 up to
+    conv1_1..conv5_1: pass a sequence).
 
     Args:
       target: (H, W, 3) image in [0, 1].
-      layer: one of `jaxreg.models.vgg.LAYERS`.
+      layer: one of `jaxreg.models.vgg.LAYERS`, or a sequence of them (the loss is the mean
+        over the layers).
       kind: "content" (match the features) or "style" (match the Gram matrix).
       steps: Adam steps.
       learning_rate: Adam's rate.
@@ -421,21 +423,25 @@ def reconstruct(
 
     if kind not in ("content", "style"):
         raise ValueError(f"kind must be 'content' or 'style', got {kind!r}")
-    if layer not in LAYERS:
-        raise ValueError(f"layer must be one of {list(LAYERS)}, got {layer!r}")
+    layers = (layer,) if isinstance(layer, str) else tuple(layer)
+    if not layers or any(n not in LAYERS for n in layers):
+        raise ValueError(
+            f"layer must be one of {list(LAYERS)} or a sequence of them, got {layer!r}"
+        )
     if int(steps) < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if not float(learning_rate) > 0:
         raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
     target = _check_image(target, "target")
     net = _vgg(vgg)
-    want = net.features(target[None], (layer,))[layer]
+    want = net.features(target[None], layers)
     if kind == "style":
-        want = gram_matrix(want)
+        want = {n: gram_matrix(f) for n, f in want.items()}
+    loss = content_loss if kind == "content" else style_loss
 
     def loss_fn(x):
-        f = net.features(x, (layer,))[layer]
-        value = content_loss(f, want) if kind == "content" else style_loss(f, want)
+        f = net.features(x, layers)
+        value = sum(loss(f[n], want[n]) for n in layers) / len(layers)
         return value, {kind: value, "total": value}
 
     start = jax.random.uniform(jax.random.key(seed), target[None].shape)

@@ -64,6 +64,11 @@ SHIFTS = {
 # (ReLU outputs); the study's `layers.blocks` picks the blocks.
 
 
+def upto_layers(style_layer: str) -> tuple[str, ...]:
+    """relu1_1 .. relu{k}_1 for style layer relu{k}_1 (Gatys et al.'s growing sets)."""
+    return tuple(f"relu{j}_1" for j in range(1, int(style_layer[4]) + 1))
+
+
 def fig_layers(blocks) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The content layers (relu{k}_2) and style layers (relu{k}_1) of VGG16 blocks `blocks`."""
     return tuple(f"relu{k}_2" for k in blocks), tuple(f"relu{k}_1" for k in blocks)
@@ -303,7 +308,11 @@ def _digits(unit) -> dict:
 
 
 def _layers(unit) -> dict:
-    """Part 1: one-layer content and texture reconstructions (saved as reconstructions.npz)."""
+    """Part 1: content and texture reconstructions per block (saved as reconstructions.npz).
+
+    Content and style ("single") from one layer alone; "upto": the texture from the Gram
+    matrices of relu1_1 .. relu{k}_1 together (Gatys et al.'s Fig. 1 style row).
+    """
     from flax import nnx
 
     from jaxreg import style
@@ -314,21 +323,33 @@ def _layers(unit) -> dict:
     vgg = VGG16Features(rngs=nnx.Rngs(0))
     photo, texture = style.load_image(p.content, p.size), style.load_image(p.style, p.size)
     arrays = {"content": photo, "style": texture}
-    out: dict = {"content_psnr_db": {}, "texture_frequency": {}, "loss_drop": {}}
+    out: dict = {
+        "content_psnr_db": {},
+        "texture_frequency": {},
+        "texture_frequency_upto": {},
+        "loss_drop": {},
+    }
     content_layers, style_layers = fig_layers(p.blocks)
-    for kind, image, layers in (
-        ("content", photo, content_layers),
-        ("style", texture, style_layers),
-    ):
-        for layer in layers:
-            r = style.reconstruct(image, layer, kind=kind, steps=p.steps, vgg=vgg)
-            arrays[f"{kind}_{layer}"] = r.image
-            first, last = r.history[0][kind], r.history[-1][kind]
-            out["loss_drop"][f"{kind}_{layer}"] = last / first if first > 0 else None
-            if kind == "content":
-                out["content_psnr_db"][layer] = psnr(r.image, image)
-            else:
-                out["texture_frequency"][layer] = mean_frequency(r.image)
+    jobs = [("content", photo, c, c) for c in content_layers]
+    jobs += [("style", texture, s, s) for s in style_layers]
+    jobs += [("upto", texture, s, upto_layers(s)) for s in style_layers]
+    for name, image, layer, layers in jobs:
+        if name == "upto" and len(layers) == 1:  # relu1_1 alone: the same as "style"
+            arrays[f"upto_{layer}"] = arrays[f"style_{layer}"]
+            out["loss_drop"][f"upto_{layer}"] = out["loss_drop"][f"style_{layer}"]
+            out["texture_frequency_upto"][layer] = out["texture_frequency"][layer]
+            continue
+        kind = "content" if name == "content" else "style"
+        r = style.reconstruct(image, layers, kind=kind, steps=p.steps, vgg=vgg)
+        arrays[f"{name}_{layer}"] = r.image
+        first, last = r.history[0][kind], r.history[-1][kind]
+        out["loss_drop"][f"{name}_{layer}"] = last / first if first > 0 else None
+        if name == "content":
+            out["content_psnr_db"][layer] = psnr(r.image, image)
+        else:
+            out[f"texture_frequency{'_upto' if name == 'upto' else ''}"][layer] = mean_frequency(
+                r.image
+            )
     out["texture_frequency"]["source"] = mean_frequency(texture)
     np.savez(unit.dir / "reconstructions.npz", **arrays)
     out["wall_time_s"] = time.perf_counter() - t0
@@ -537,22 +558,33 @@ def _layers_figure(a, path) -> str | None:
     r = rows[0]
     content_layers, style_layers = fig_layers(a.params.layers.blocks)
     cols = 1 + len(content_layers)
-    fig = _figure(2.0 * cols, 2.0 * 2 + 0.8)
+    fig = _figure(2.0 * cols, 2.0 * 3 + 0.8)
+    freq = r["texture_frequency"]
     panels = (
-        ("content", content_layers, "photo", r["content_psnr_db"], "PSNR {:.1f} dB"),
-        ("style", style_layers, "texture source", r["texture_frequency"], "freq {:.3f}"),
+        ("content", "content", "photo", r["content_psnr_db"], "{}\nPSNR {:.1f} dB"),
+        ("style", "style", "texture source", freq, "{}\nfreq {:.3f}"),
+        (
+            "style",
+            "upto",
+            "texture source",
+            r["texture_frequency_upto"],
+            "{} together\nfreq {:.3f}",
+        ),
     )
-    for i, (kind, layers, first, values, fmt) in enumerate(panels):
-        images = [arr[kind]] + [arr[f"{kind}_{name}"] for name in layers]
-        titles = [first] + [f"{name}\n{fmt.format(values[name])}" for name in layers]
-        if kind == "style":
-            titles[0] += f"\nfreq {values['source']:.3f}"
+    for i, (source, name, first, values, fmt) in enumerate(panels):
+        layers = content_layers if name == "content" else style_layers
+        images = [arr[source]] + [arr[f"{name}_{layer}"] for layer in layers]
+        shown = [layer if name != "upto" else f"relu1_1..{layer}" for layer in layers]
+        titles = [first] + [fmt.format(s, values[layer]) for s, layer in zip(shown, layers)]
+        if source == "style":
+            titles[0] += f"\nfreq {freq['source']:.3f}"
         for j, (im, title) in enumerate(zip(images, titles)):
-            ax = fig.add_subplot(2, cols, cols * i + j + 1, xticks=[], yticks=[])
+            ax = fig.add_subplot(3, cols, cols * i + j + 1, xticks=[], yticks=[])
             ax.imshow(np.clip(im, 0, 1))
             ax.set_title(title, fontsize=8)
     fig.suptitle(
-        "From one VGG16 layer alone: content (features, top) and texture (Gram matrix, bottom)",
+        "Content from one VGG16 layer's features (top); texture from one layer's Gram matrix "
+        "(middle) and from relu1_1 up to it together (bottom, as Gatys et al. Fig. 1)",
         fontsize=10,
     )
     fig.tight_layout()
@@ -620,7 +652,7 @@ def _layer_sentences(a) -> tuple[list[str], str]:
         return [], ""
     r, p = rows[0], a.params.layers
     content_layers, style_layers = fig_layers(p.blocks)
-    ps, fr = r["content_psnr_db"], r["texture_frequency"]
+    ps, fr, up = r["content_psnr_db"], r["texture_frequency"], r["texture_frequency_upto"]
     table = [
         {
             "VGG block": k,
@@ -628,8 +660,10 @@ def _layer_sentences(a) -> tuple[list[str], str]:
             "content reconstruction PSNR (dB)": f"{ps[c]:.1f}",
             "style layer": s,
             "texture mean frequency (source " + f"{fr['source']:.3f})": f"{fr[s]:.3f}",
+            "same, relu1_1 up to it together": f"{up[s]:.3f}",
             "content loss left": f"{r['loss_drop'][f'content_{c}']:.3f}",
-            "Gram loss left": f"{r['loss_drop'][f'style_{s}']:.3f}",
+            "Gram loss left (alone; together)": f"{r['loss_drop'][f'style_{s}']:.3f}; "
+            f"{r['loss_drop'][f'upto_{s}']:.3f}",
         }
         for k, c, s in zip(p.blocks, content_layers, style_layers)
     ]
@@ -639,7 +673,8 @@ def _layer_sentences(a) -> tuple[list[str], str]:
     md = (
         "## Which layers carry what (Gatys et al. 2016, Fig. 1)\n\n"
         f"`{p.content}` rebuilt from noise by matching one layer's features, and `{p.style}`'s "
-        f"texture from one layer's Gram matrix, at {p.size} px (longer side), {p.steps} Adam "
+        "texture from one layer's Gram matrix, or from the Gram matrices of relu1_1 up to that "
+        f"layer together (Gatys et al.'s style row), at {p.size} px (longer side), {p.steps} Adam "
         "steps each (`jaxreg.style.reconstruct`); `layers.png`. PSNR: the content "
         "reconstruction against the photo. Mean frequency: amplitude-weighted mean spatial "
         "frequency of the luminance (cycles/pixel; larger = finer structure). 'left': the loss at "
@@ -661,13 +696,21 @@ def _layer_sentences(a) -> tuple[list[str], str]:
     ]
     if fr[s_last] > fr[s_first]:
         sentences.append(
-            "By that measure textures get finer, not coarser, with depth: they move towards the "
-            f"start noise ({noise:.3f}), which a deep layer's Gram matrix barely constrains (Gram "
-            f"loss left {drop[f'style_{s_first}']:.3f} at {s_first}, "
+            "By that measure textures from one layer alone get finer, not coarser, with depth: "
+            f"they move towards the start noise ({noise:.3f}), which a deep layer's Gram matrix "
+            f"barely constrains (Gram loss left {drop[f'style_{s_first}']:.3f} at {s_first}, "
             f"{drop[f'style_{s_last}']:.3f} at {s_last}); the larger patterns lie under that "
-            "noise (`layers.png`). Gatys et al.'s Fig. 1 matches growing sets of layers "
-            "(conv1_1 .. convk_1), which also pins the fine scale; here each layer is alone."
+            "noise (`layers.png`)."
         )
+    sentences.append(
+        f"Matching relu1_1 up to {s_last} together, as Gatys et al. do, gives a mean frequency "
+        f"of {up[s_last]:.3f} (source {fr['source']:.3f}, {s_last} alone {fr[s_last]:.3f})"
+        + (
+            ": the early layers pin the fine scale that the deep one leaves free."
+            if abs(up[s_last] - fr["source"]) < abs(fr[s_last] - fr["source"])
+            else ": no closer to the source than the deep layer alone."
+        )
+    )
     return sentences, md
 
 

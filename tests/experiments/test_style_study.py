@@ -116,6 +116,8 @@ def test_smoke_variants_train_what_they_say(smoke):
     assert content_layers == ("relu1_2", "relu5_2") and style_layers == ("relu1_1", "relu5_1")
     assert set(layers["content_psnr_db"]) == set(content_layers)
     assert set(layers["texture_frequency"]) == {*style_layers, "source"}
+    assert set(layers["texture_frequency_upto"]) == set(style_layers)
+    assert study.upto_layers("relu3_1") == ("relu1_1", "relu2_1", "relu3_1")
     (probe,) = [r for r in out["rows"] if r["stage"] == "probe"]
     for part in study.PARTS:
         assert set(probe[part]) == set(study.PROBE_FEATURES)
