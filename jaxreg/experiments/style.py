@@ -1,10 +1,11 @@
 """Style: which VGG16 layers carry content vs texture; style mixing against domain shift, measured.
 
 Run: `jaxreg run style` (`--config.smoke=true` shrinks it to seconds;
-`--config.variants=none,mixstyle` picks variants; `--config.seeds=(0,1,2,3)`). 26 minutes
-wall on the 2 shared CPU cores (load average ~15 from other jobs; 7 minutes of CPU time): 4
-variants x 2 parts x 3 seeds of `cnn3`, 10 reconstructions at 80 px, the probe. The recorded
-report: `benchmarks/results/style_study.md`.
+`--config.variants=none,mixstyle` picks variants; `--config.seeds=(0,1,2,3,4)`). About 26
+minutes wall on the 2 shared CPU cores (load average ~15 from other jobs; 7 minutes of CPU
+time): 4 variants x 2 parts x 3 seeds of `cnn3`, 14 reconstructions at 80 px, the probe; each
+further seed about 7 minutes. The recorded report (5 seeds):
+`benchmarks/results/style_study.md`.
 
 Part 1, which layers carry what (Gatys, Ecker & Bethge 2016, CVPR, Fig. 1): an image is rebuilt
 from noise by matching one layer's ImageNet-VGG16 features alone (`jaxreg.style.reconstruct`,
