@@ -707,7 +707,13 @@ def _layer_sentences(a) -> tuple[list[str], str]:
         f"Matching relu1_1 up to {s_last} together, as Gatys et al. do, gives a mean frequency "
         f"of {up[s_last]:.3f} (source {fr['source']:.3f}, {s_last} alone {fr[s_last]:.3f})"
         + (
-            ": the early layers pin the fine scale that the deep one leaves free."
+            ": closer to it, the early layers constrain part of the fine scale that the deep "
+            "one leaves free"
+            + (
+                f" (still finer than the source after {p.steps} steps)."
+                if up[s_last] > fr["source"]
+                else "."
+            )
             if abs(up[s_last] - fr["source"]) < abs(fr[s_last] - fr["source"])
             else ": no closer to the source than the deep layer alone."
         )
@@ -759,6 +765,15 @@ def _probe_section(a) -> tuple[list[str], str]:
         else:
             s += ": the phase that amplitude_mix keeps carries the class as well."
         sentences.append(s)
+    stats = {part: r[part].get("channel_stats") for part in PARTS}
+    if all(v is not None for v in stats.values()):
+        sentences.append(
+            "Channel statistics of early ImageNet-VGG16 features read the class in both parts ("
+            + ", ".join(f"{part} {v:.3f}" for part, v in stats.items())
+            + "): a fixed network's channel means are also orientation histograms, so this probe "
+            "does not separate the parts and does not tell where MixStyle's mixing removes "
+            "class evidence."
+        )
     md = (
         "## What carries the class: a linear probe\n\n"
         "Clean test accuracy of a ridge classifier (alpha "
