@@ -19,7 +19,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -30,13 +32,18 @@ from flax import nnx
 
 __all__ = [
     "CONTENT_LAYERS",
+    "SAMPLE_PHOTOS",
     "STYLE_LAYERS",
     "MixStyle",
     "StyleResult",
     "amplitude_mix",
     "content_loss",
     "gram_matrix",
+    "load_image",
     "reconstruct",
+    "sample_photo",
+    "save_image",
+    "side_by_side",
     "style_loss",
     "total_variation",
     "transfer_style",
@@ -44,6 +51,147 @@ __all__ = [
 
 CONTENT_LAYERS = ("relu4_2",)  # Gatys et al. 2016: conv4_2
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")  # each weighted 1/5
+# scikit-image sample photos that ship inside the package (no download), usable by name.
+SAMPLE_PHOTOS = (
+    "astronaut",
+    "brick",
+    "camera",
+    "cat",
+    "chelsea",
+    "clock",
+    "coffee",
+    "coins",
+    "colorwheel",
+    "grass",
+    "gravel",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "logo",
+    "moon",
+    "page",
+    "retina",
+    "rocket",
+    "text",
+)
+
+
+def sample_photo(name: str) -> np.ndarray:
+    """A scikit-image sample photo by name as RGB `uint8` (H, W, 3).
+
+    Gray photos (brick, grass, gravel, camera, moon, ...) are repeated to 3 channels; an
+    alpha channel (logo) is composited onto white.
+
+    Args:
+      name: one of `SAMPLE_PHOTOS`.
+
+    Returns:
+      (H, W, 3) uint8 array.
+
+    Raises:
+      ValueError: an unknown name (the allowed ones are listed).
+    """
+    if name not in SAMPLE_PHOTOS:
+        raise ValueError(f"unknown sample photo {name!r}; allowed: {list(SAMPLE_PHOTOS)}")
+    from skimage import data as skd
+
+    img = np.asarray(getattr(skd, name)())
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, -1)
+    if img.shape[-1] == 4:
+        alpha = img[..., 3:].astype(np.float32) / 255.0
+        img = np.round(img[..., :3] * alpha + 255.0 * (1.0 - alpha))
+    return np.ascontiguousarray(img[..., :3].astype(np.uint8))
+
+
+def load_image(source: str, size: int | None = None) -> np.ndarray:
+    """A sample photo (by name, `SAMPLE_PHOTOS`) or an image file as float32 RGB in [0, 1].
+
+    Args:
+      source: a name of `SAMPLE_PHOTOS` or the path of an image file Pillow reads.
+      size: the longer side after resizing (Pillow's Lanczos filter, aspect kept); None
+        keeps the size.
+
+    Returns:
+      (H, W, 3) float32 array in [0, 1].
+
+    Raises:
+      ValueError: `source` is neither a sample name nor an existing file (both are named),
+        the file is not an image, or `size` < 1.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if size is not None and int(size) < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    if source in SAMPLE_PHOTOS:
+        img = Image.fromarray(sample_photo(source))
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ValueError(
+                f"{source!r} is neither a scikit-image sample photo ({', '.join(SAMPLE_PHOTOS)}) "
+                "nor an image file"
+            )
+        try:
+            with Image.open(path) as opened:
+                img = opened.convert("RGB")
+        except UnidentifiedImageError:
+            raise ValueError(f"{source!r} is not an image file Pillow can read") from None
+    if size is not None:
+        scale = int(size) / max(img.size)
+        new = (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale)))
+        img = img.resize(new, Image.Resampling.LANCZOS)
+    return np.asarray(img, np.float32) / 255.0
+
+
+def _to_uint8(image: Any) -> np.ndarray:
+    return np.round(np.clip(np.asarray(image, np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def save_image(image: Any, path: str | os.PathLike) -> Path:
+    """Writes an (H, W, 3) image in [0, 1] as a PNG (or any format its suffix names)."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(_to_uint8(image)).save(path)
+    return path
+
+
+def side_by_side(
+    images: Sequence[Any], path: str | os.PathLike, *, gap: int = 4, height: int | None = None
+) -> Path:
+    """Writes images next to each other (e.g. content | style | result) on a white strip.
+
+    Args:
+      images: (H, W, 3) images in [0, 1], of any sizes.
+      path: the PNG written.
+      gap: white pixels between images.
+      height: the common height (default: the first image's); each is resized to it with
+        its aspect kept.
+
+    Returns:
+      `path` as a `Path`.
+    """
+    from PIL import Image
+
+    pics = [Image.fromarray(_to_uint8(im)) for im in images]
+    if not pics:
+        raise ValueError("side_by_side needs at least one image")
+    h = int(height or pics[0].size[1])
+    pics = [
+        p if p.size[1] == h else p.resize((max(1, round(p.size[0] * h / p.size[1])), h))
+        for p in pics
+    ]
+    width = sum(p.size[0] for p in pics) + gap * (len(pics) - 1)
+    strip = Image.new("RGB", (width, h), (255, 255, 255))
+    x = 0
+    for p in pics:
+        strip.paste(p, (x, 0))
+        x += p.size[0] + gap
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    strip.save(path)
+    return path
 
 
 def gram_matrix(features: jax.Array) -> jax.Array:
@@ -189,6 +337,10 @@ def transfer_style(
     content, style = _check_image(content, "content"), _check_image(style, "style")
     if int(steps) < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if not float(learning_rate) > 0:
+        raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+    if int(log_every) < 1:
+        raise ValueError(f"log_every must be >= 1, got {log_every}")
     if init not in ("content", "noise"):
         raise ValueError(f"init must be 'content' or 'noise', got {init!r}")
     for name, value in (
@@ -235,7 +387,7 @@ def transfer_style(
 
 def reconstruct(
     target: Any,
-    layer: str,
+    layer: str | Sequence[str],
     *,
     kind: str = "content",
     steps: int = 200,
@@ -248,11 +400,13 @@ def reconstruct(
     The demonstration of Gatys et al. 2016, Fig. 1: from early layers the content
     reconstruction is almost the image itself, from deep layers only its arrangement; from
     early layers' Gram matrices the texture has fine, local structure, from deep layers
-    larger patterns.
+    larger patterns (the paper's style row matches growing sets of layers, conv1_1 up to
+    conv1_1..conv5_1: pass a sequence).
 
     Args:
       target: (H, W, 3) image in [0, 1].
-      layer: one of `jaxreg.models.vgg.LAYERS`.
+      layer: one of `jaxreg.models.vgg.LAYERS`, or a sequence of them (the loss is the mean
+        over the layers).
       kind: "content" (match the features) or "style" (match the Gram matrix).
       steps: Adam steps.
       learning_rate: Adam's rate.
@@ -261,18 +415,33 @@ def reconstruct(
 
     Returns:
       A `StyleResult`.
+
+    Raises:
+      ValueError: an unknown kind or layer, steps < 1, a rate <= 0, or a bad image.
     """
+    from jaxreg.models.vgg import LAYERS
+
     if kind not in ("content", "style"):
         raise ValueError(f"kind must be 'content' or 'style', got {kind!r}")
+    layers = (layer,) if isinstance(layer, str) else tuple(layer)
+    if not layers or any(n not in LAYERS for n in layers):
+        raise ValueError(
+            f"layer must be one of {list(LAYERS)} or a sequence of them, got {layer!r}"
+        )
+    if int(steps) < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if not float(learning_rate) > 0:
+        raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
     target = _check_image(target, "target")
     net = _vgg(vgg)
-    want = net.features(target[None], (layer,))[layer]
+    want = net.features(target[None], layers)
     if kind == "style":
-        want = gram_matrix(want)
+        want = {n: gram_matrix(f) for n, f in want.items()}
+    loss = content_loss if kind == "content" else style_loss
 
     def loss_fn(x):
-        f = net.features(x, (layer,))[layer]
-        value = content_loss(f, want) if kind == "content" else style_loss(f, want)
+        f = net.features(x, layers)
+        value = sum(loss(f[n], want[n]) for n in layers) / len(layers)
         return value, {kind: value, "total": value}
 
     start = jax.random.uniform(jax.random.key(seed), target[None].shape)

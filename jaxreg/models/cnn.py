@@ -24,6 +24,10 @@ class CNN(nnx.Module):
         dropout: dropout rate before the last layer, in [0, 1) (Srivastava et al., 2014).
         bn_momentum: running-statistics momentum. 0.9 rather than flax's 0.99: runs on small data
             take only ~100 steps, after which 0.99 leaves the statistics far from the data.
+        mixstyle_after: indices of the conv blocks followed by a `jaxreg.style.MixStyle` layer
+            (Zhou et al., 2021: after the early blocks, never the last one); empty: none.
+        mixstyle_p: MixStyle's probability of mixing a batch.
+        mixstyle_alpha: MixStyle's Beta concentration (0.1 in the paper).
         rngs: `nnx.Rngs` (a `params` stream, and a `dropout` stream or a default one).
 
     Training and evaluation behave as any Flax NNX model: `model.train()` (batch statistics,
@@ -40,6 +44,9 @@ class CNN(nnx.Module):
         batch_norm: bool = False,
         dropout: float = 0.0,
         bn_momentum: float = 0.9,
+        mixstyle_after: Sequence[int] = (),
+        mixstyle_p: float = 0.5,
+        mixstyle_alpha: float = 0.1,
         rngs: nnx.Rngs,
     ):
         h, w, c = check_input_shape(input_shape)
@@ -48,6 +55,11 @@ class CNN(nnx.Module):
         if not channels or any(int(ch) <= 0 for ch in channels):
             raise ValueError(
                 f"channels must be a non-empty sequence of positive ints, got {channels}"
+            )
+        after = sorted({int(i) for i in mixstyle_after})
+        if any(not 0 <= i < len(channels) for i in after):
+            raise ValueError(
+                f"mixstyle_after must index the {len(channels)} conv blocks, got {mixstyle_after}"
             )
         self.dropout_rate = check_rate("dropout", dropout)
         self.batch_norm = bool(batch_norm)
@@ -67,6 +79,14 @@ class CNN(nnx.Module):
         )
         self.dropout = nnx.Dropout(self.dropout_rate, rngs=rngs)
         self.head = nnx.Linear(hidden, int(num_classes), rngs=rngs)
+        if after:
+            from jaxreg.style import MixStyle
+        self.mixstyles = nnx.List(
+            [
+                MixStyle(p=mixstyle_p, alpha=mixstyle_alpha, rngs=rngs) if i in after else None
+                for i in range(len(channels))
+            ]
+        )
 
     def param_groups(self) -> list[tuple[str, tuple[str, ...]]]:
         """Parameter path groups from input to output (conv blocks, hidden layer, head)."""
@@ -81,11 +101,13 @@ class CNN(nnx.Module):
 
     def features(self, x: jax.Array) -> jax.Array:
         """Flattened conv features (N, D) before the dense layers."""
-        for conv, norm in zip(self.convs, self.norms):
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
             x = conv(x)
             if norm is not None:
                 x = norm(x)
             x = jax.nn.relu(max_pool_2x2(x))  # = pool(relu(x)), on a quarter of the values
+            if self.mixstyles[i] is not None:
+                x = self.mixstyles[i](x)
         return x.reshape(x.shape[0], -1)
 
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -187,6 +187,22 @@ def test_partial_fits_the_training_loop_hook():
         np.testing.assert_allclose(y.sum(1), 1.0, atol=1e-6)
 
 
+def test_amplitude_mix_spec_keeps_labels_and_checks_its_options():
+    from jaxreg import style
+
+    mix = A.mix_from_spec("amplitude_mix(alpha=0.5,low_freq=0.5)")
+    soft = jax.nn.one_hot(jnp.arange(4), 4)
+    x, y = jax.jit(mix)(key(), images(4), soft)
+    np.testing.assert_array_equal(y, soft)  # the content, and so the label, stays
+    want = style.amplitude_mix(key(), images(4), alpha=0.5, low_freq=0.5)
+    np.testing.assert_allclose(x, want, atol=1e-6)
+    with pytest.raises(ValueError, match="alpha must be in"):
+        A.mix_from_spec("amplitude_mix(alpha=2.0)")
+    with pytest.raises(ValueError, match="bad options"):
+        A.mix_from_spec("amplitude_mix(beta=1.0)")
+    assert "amplitude_mix" in A.list_augmentations()
+
+
 def test_mixup_or_cutmix_extremes():
     x, labels = _distinct(4), jnp.arange(4)
     y_cut, s_cut = A.mixup_or_cutmix(key(1), x, labels, switch_prob=1.0, num_classes=4)

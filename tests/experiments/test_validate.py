@@ -16,6 +16,7 @@ EXPERIMENTS = (
     "how_many",
     "overfitting",
     "transfer",
+    "style",
 )
 
 
@@ -109,6 +110,19 @@ def test_experiment_spec_strings_are_built_and_named(name, key, smoke):
         ("transfer", "digits.data", "nope", r"part a \(digits\): .*'data'.*nope"),
         ("transfer", "photos.val_per_class", 0, "'val_per_class' must be >= 1"),
         ("transfer", "digits.sizes", (5, 0), "sizes=0: config key 'train_per_class'"),
+        ("style", "layers.size", 8, "'layers.size' must be >= 16"),
+        ("style", "layers.steps", 0, "'layers.steps' must be >= 1"),
+        ("style", "layers.blocks", (3, 1), "'layers.blocks' must be increasing VGG16 blocks"),
+        ("style", "layers.blocks", (1, 6), "'layers.blocks' must be increasing VGG16 blocks"),
+        ("style", "layers.content", "nope", "'layers.content' must be a sample photo"),
+        ("style", "shift.colour_gain", 1.5, "'shift.colour_gain' must be <= 0.99"),
+        ("style", "shift.fourier_band", 0.0, "'shift.fourier_band' must be > 0"),
+        ("style", "digits_data", "cifar", "'digits_data'.*checked as given"),
+        ("style", "amplitude_spec", "amplitude_mix(alpha=2.0)", "'amplitude_spec'"),
+        ("style", "jitter_spec", "jitter+nosuchop", "'jitter_spec'"),
+        ("style", "data", "mnist5k", "'data' must be 'textures'"),
+        ("style", "variants", "none,bogus", "unknown variants"),
+        ("style", "model", "cnn_small", "variant 'mixstyle': config key 'model'"),
     ],
 )
 def test_smoke_mode_does_not_hide_bad_values(name, key, value, needle):

@@ -65,6 +65,8 @@ def test_conv_rejects_bad_options():
         ("cnn_small", (8, 8, 1), {}),
         ("tiny", (7, 7, 3), {"batch_norm": True}),
         ("resnet20", (16, 16, 3), {"blocks_per_stage": 1}),  # same code as depth 20, cheaper
+        ("cnn3", (12, 12, 3), {}),
+        ("cnn3_mixstyle", (12, 12, 3), {"batch_norm": True}),
     ],
 )
 def test_models_map_images_to_logits(name, shape, kw):
@@ -86,6 +88,22 @@ def test_dropout_is_random_only_in_training_mode():
     assert not np.allclose(a, b)
     m.eval()
     np.testing.assert_array_equal(m(x), m(x))
+
+
+def test_cnn3_mixstyle_is_cnn3_in_eval_and_mixes_in_training():
+    x = jax.random.uniform(jax.random.key(0), (6, 16, 16, 3))
+    mixed = models.create("cnn3_mixstyle", num_classes=4, input_shape=(16, 16, 3), seed=3)
+    plain = models.create("cnn3", num_classes=4, input_shape=(16, 16, 3), seed=3)
+    assert [type(m).__name__ for m in mixed.mixstyles] == ["MixStyle", "MixStyle", "NoneType"]
+    mixed.eval()
+    plain.eval()
+    np.testing.assert_array_equal(mixed(x), plain(x))  # same parameters; MixStyle is off
+    mixed.train()
+    plain.train()
+    outs = [mixed(x) for _ in range(6)]  # mixes a batch with probability 0.5
+    assert any(not np.allclose(o, plain(x), atol=1e-6) for o in outs)
+    with pytest.raises(ValueError, match="mixstyle_after must index the 2 conv blocks"):
+        models.CNN(3, (8, 8, 3), channels=(4, 8), mixstyle_after=(2,), rngs=nnx.Rngs(0))
 
 
 def test_batchnorm_eval_uses_running_statistics():
