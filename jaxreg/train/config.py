@@ -84,6 +84,11 @@ def default_config() -> ConfigDict:
     c.loop = "auto"  # "scan": one lax.scan per epoch on device; "python": host-fed batches
     c.device_data_limit_mb = 1024.0  # "auto" scans when the training images fit in this
     c.eval_batch_size = 1000
+    # devices and hosts (jaxreg.train.parallel): the batch is split over `devices` devices
+    c.devices = 0  # 0: every device JAX sees (all local ones, or all hosts' after distributed)
+    c.distributed = ConfigDict(  # jax.distributed: "" single process, "auto", or "host:port"
+        {"coordinator": "", "num_processes": 0, "process_id": -1}
+    )
     c.checkpoint = ConfigDict({"enabled": True, "keep": 2})
     c.resume = True  # continue from the latest good checkpoint in workdir, if any
     c.progress = True
@@ -179,6 +184,7 @@ _RANGES = (
     ("finetune_last", 1, False),
     ("code_size", 1, False),
     ("head_warmup_epochs", 0, False),
+    ("devices", 0, False),
 )
 # Fields in [0, 1).
 _UNIT = ("dropout", "bn_momentum", "label_smoothing", "ema_decay")
