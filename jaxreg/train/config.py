@@ -185,6 +185,8 @@ _RANGES = (
     ("code_size", 1, False),
     ("head_warmup_epochs", 0, False),
     ("devices", 0, False),
+    ("distributed.num_processes", 0, False),
+    ("distributed.process_id", -1, False),
 )
 # Fields in [0, 1).
 _UNIT = ("dropout", "bn_momentum", "label_smoothing", "ema_decay")
@@ -285,6 +287,11 @@ def validate_config(config: ConfigDict) -> None:
     if not 0.0 < float(config.layerwise_decay) <= 1.0:
         raise ValueError(
             f"config key 'layerwise_decay' must be in (0, 1], got {config.layerwise_decay}"
+        )
+    if not isinstance(config.distributed.coordinator, str):
+        raise TypeError(
+            "config key 'distributed.coordinator' must be '', 'auto' or 'host:port', got "
+            f"{config.distributed.coordinator!r}"
         )
     _check_init_from(config.init_from)
     _check_data_name(config.data)

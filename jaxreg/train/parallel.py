@@ -72,38 +72,46 @@ def initialize(
     """Starts `jax.distributed` once per process, before JAX touches a device.
 
     Args:
-      coordinator: "" (single process: nothing to do, unless `JAX_COORDINATOR_ADDRESS` is
-        set), "auto" (`jax.distributed.initialize()` detects the cluster: Cloud TPU slices,
-        SLURM, Open MPI, Kubernetes), or "host:port" of process 0's coordinator service.
-      num_processes: with "host:port", how many processes take part (0: from the environment,
-        `JAX_NUM_PROCESSES`).
-      process_id: with "host:port", this process's index (-1: from `JAX_PROCESS_ID`).
+      coordinator: "" (single process, unless `JAX_COORDINATOR_ADDRESS` is set), "auto"
+        (`jax.distributed.initialize()` detects the cluster: Cloud TPU slices, SLURM, Open
+        MPI, Kubernetes), or "host:port" of process 0's coordinator service (process 0 starts
+        it there; the others connect to it).
+      num_processes: with an address, how many processes take part (0: `JAX_NUM_PROCESSES`).
+      process_id: with an address, this process's index (-1: `JAX_PROCESS_ID`).
+
+    With an address and neither count nor index (not in the config, not in the
+    environment), JAX's cluster detection fills them in.
 
     Returns:
       Whether this call initialised the distributed system (False when there was nothing to
       do or it was already initialised).
 
     Raises:
-      ValueError: a "host:port" without the process count or index.
+      ValueError: an address with only one of the process count and index, or an index out
+        of range.
       RuntimeError: JAX already ran computations in this process (from `jax.distributed`).
     """
-    if not coordinator and not os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    if not isinstance(coordinator, str):
+        raise TypeError(f"config key 'distributed.coordinator' must be a str, got {coordinator!r}")
+    address = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
+    if not address or _distributed_ready():
         return False
-    if _distributed_ready():
-        return False
-    if coordinator in ("auto", ""):
+    if address == "auto":
         jax.distributed.initialize()
         return True
     n = int(num_processes or os.environ.get("JAX_NUM_PROCESSES", 0))
     pid = int(process_id if process_id >= 0 else os.environ.get("JAX_PROCESS_ID", -1))
-    if n < 1 or pid < 0 or pid >= n:
+    if n == 0 and pid < 0:  # the cluster environment says (SLURM, Open MPI, ...)
+        jax.distributed.initialize(coordinator_address=address)
+        return True
+    if n < 1 or not 0 <= pid < n:
         raise ValueError(
-            f"distributed coordinator {coordinator!r} needs num_processes >= 1 and "
-            f"0 <= process_id < num_processes (config keys distributed.num_processes / "
-            f"distributed.process_id, or JAX_NUM_PROCESSES / JAX_PROCESS_ID), got "
+            f"distributed coordinator {address!r} needs num_processes >= 1 and "
+            "0 <= process_id < num_processes (config keys distributed.num_processes and "
+            "distributed.process_id, or JAX_NUM_PROCESSES and JAX_PROCESS_ID), got "
             f"num_processes={n}, process_id={pid}"
         )
-    jax.distributed.initialize(coordinator_address=coordinator, num_processes=n, process_id=pid)
+    jax.distributed.initialize(coordinator_address=address, num_processes=n, process_id=pid)
     return True
 
 

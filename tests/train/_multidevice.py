@@ -9,12 +9,10 @@ import os
 import sys
 import tempfile
 
-assert "xla_force_host_platform_device_count=8" in os.environ.get("XLA_FLAGS", "")
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -147,6 +145,7 @@ def keys_and_batchnorm(out):
 
 
 if __name__ == "__main__":
+    assert "xla_force_host_platform_device_count=8" in os.environ.get("XLA_FLAGS", "")
     out = {"device_count": jax.device_count()}
     what = sys.argv[1:] or ["runs", "custom_call", "keys"]
     with tempfile.TemporaryDirectory() as work:

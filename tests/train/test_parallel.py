@@ -116,3 +116,20 @@ def test_devices_config_key_checked_and_recorded(tmp_path, digits_small):
     assert saved["devices"]["devices"] == 1 and saved["devices"]["per_device_batch"] == 30
     assert "Data parallel over 1 " in (tmp_path / "one" / "report.md").read_text()
     assert r["devices"] == saved["devices"]
+
+
+def test_distributed_options_checked_before_anything_starts(monkeypatch):
+    monkeypatch.delenv("JAX_COORDINATOR_ADDRESS", raising=False)
+    assert parallel.initialize("") is False  # one process: nothing to start
+    with pytest.raises(ValueError, match="0 <= process_id < num_processes"):
+        parallel.initialize("localhost:1", num_processes=2, process_id=5)
+    with pytest.raises(ValueError, match="num_processes >= 1"):
+        parallel.initialize("localhost:1", process_id=0)
+    with pytest.raises(TypeError, match=r"distributed\.coordinator"):
+        parallel.initialize(3)
+    from jaxreg.train.config import validate_config
+
+    c = tiny_config()
+    c.distributed.process_id = -2
+    with pytest.raises(ValueError, match=r"distributed\.process_id"):
+        validate_config(c)
