@@ -81,7 +81,8 @@ def default_config() -> ConfigDict:
     c.layerwise_decay = 0.5  # "layerwise": group d below the head trains at decay**d x the rate
     c.head_warmup_epochs = 0  # only the head trains for this many epochs first
     # run control
-    c.loop = "auto"  # "scan": one lax.scan per epoch on device; "python": host-fed batches
+    c.loop = "auto"  # "scan": one lax.scan per epoch on device; "python": host-fed batches;
+    # "stream": batches read through grain (jaxreg.data.stream), checkpoints at epoch ends
     c.device_data_limit_mb = 1024.0  # "auto" scans when the training images fit in this
     c.eval_batch_size = 1000
     # devices and hosts (jaxreg.train.parallel): the batch is split over `devices` devices
@@ -160,7 +161,7 @@ MONITORS = {
     "reconstruction": ("val_loss", "val_mse", "val_psnr", "val_ssim", "val_input_psnr"),
 }
 EMA_BATCH_STATS = ("average", "copy", "recompute")
-LOOPS = ("auto", "scan", "python")
+LOOPS = ("auto", "scan", "python", "stream")
 
 # (key, lowest allowed, whether the lowest is excluded): numeric fields and their ranges.
 _RANGES = (

@@ -463,8 +463,10 @@ def _run(config, workdir, net, task, splits, extra_eval, title, steps_per_epoch,
         ema = step_lib.EmaStats(
             float(config.ema_decay), bool(config.ema_warmup), config.ema_batch_stats
         )
-    scan = _loop_kind(config, train.images.nbytes) == "scan"
-    if scan:  # data parallel: the data replicated on every device, each batch split over them
+    kind = _loop_kind(config, train.images.nbytes)
+    if (
+        kind == "scan"
+    ):  # data parallel: the data replicated on every device, each batch split over them
         epoch_fn = step_lib.make_train_epoch(
             batch_size=int(config.batch_size),
             task=task,
@@ -472,6 +474,18 @@ def _run(config, workdir, net, task, splits, extra_eval, title, steps_per_epoch,
             batch_sharding=parallel.batch_sharding(mesh),
         )
         x_train, y_train = parallel.replicate((train.images, train.labels.astype(np.int32)), mesh)
+    elif kind == "stream":  # read through grain a batch at a time, same permutation and keys
+        from jaxreg.data.stream import ArraySource
+        from jaxreg.train.streaming import make_stream_epoch
+
+        epoch_fn = make_stream_epoch(
+            source=ArraySource(train),
+            batch_size=int(config.batch_size),
+            task=task,
+            mesh=mesh,
+            ema=ema,
+        )
+        x_train = y_train = None
     else:  # data too large for the device: host batches through the same jitted step
         epoch_fn = step_lib.make_host_epoch(
             batch_size=int(config.batch_size),

@@ -52,6 +52,7 @@ __all__ = [
     "initialize",
     "is_main_process",
     "local_copy",
+    "local_rows",
     "main_process_lock",
     "make_mesh",
     "num_devices",
@@ -234,7 +235,7 @@ def local_copy(tree: Any) -> Any:
     return jax.tree.map(one, tree)
 
 
-def _local_rows(sharding: NamedSharding, batch: int) -> tuple[int, int]:
+def local_rows(sharding: NamedSharding, batch: int) -> tuple[int, int]:
     """The rows of a (batch, ...) array this process's devices hold under `sharding`."""
     spans = sharding.addressable_devices_indices_map((batch,)).values()
     starts = [s[0].start or 0 for s in spans]
@@ -253,7 +254,7 @@ def batch_loader(mesh: Mesh) -> Callable:
 
     def load(images, labels, idx):
         idx = np.asarray(idx)
-        lo, hi = _local_rows(sharding, idx.shape[0])
+        lo, hi = local_rows(sharding, idx.shape[0])
         part = idx[lo:hi]
         x, y = np.asarray(images[part]), np.asarray(labels[part])
         return (

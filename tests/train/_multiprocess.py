@@ -50,6 +50,9 @@ def main():
     host = train_and_evaluate(
         cfg(loop="python", epochs=1), os.path.join(workdir, "host"), data=data
     )
+    streamed = train_and_evaluate(
+        cfg(loop="stream", epochs=1), os.path.join(workdir, "stream"), data=data
+    )
     # what one process reads of a host-fed batch of 32: its 16 rows, the batch is global
     mesh = parallel.make_mesh(0)
     images = _Recorder(np.arange(64, dtype=np.float32).reshape(64, 1) * 10)
@@ -63,6 +66,9 @@ def main():
         "devices": r["devices"],
         "history": [{k: v for k, v in h.items() if k != "time_s"} for h in r["history"]],
         "host_history": [{k: v for k, v in h.items() if k != "time_s"} for h in host["history"]],
+        "stream_history": [
+            {k: v for k, v in h.items() if k != "time_s"} for h in streamed["history"]
+        ],
         "test": {k: r[k] for k in ("test_loss", "test_accuracy")},
         "rows_read": images.rows,
         "batch_shape": list(x.shape),

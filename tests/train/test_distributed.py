@@ -1,7 +1,8 @@
 """Two local CPU processes through `jax.distributed` (gloo collectives): one run, 4 devices.
 
 Each process has 2 forced host devices; the coordinator listens on localhost. Checked: both
-processes see the same metrics as a single-process run, only process 0 writes the workdir
+processes see the same metrics as a single-process run (scan, host-fed and grain-streamed
+epochs), only process 0 writes the workdir
 and holds its lock, each process reads only its part of a host-fed batch, and the 2-process
 checkpoint resumes in a single process on 1 device (Orbax reshards).
 """
@@ -76,13 +77,14 @@ def test_two_processes_train_like_one(two, tmp_path):
     for e, (a, b) in enumerate(zip(single["history"], outs[0]["history"])):
         _close(a, b, f"epoch {e + 1}")
     _close(single["history"][0], outs[0]["host_history"][0], "host-fed loop, epoch 1")
-    # only process 0 wrote the files and held the lock; the log line once
+    _close(single["history"][0], outs[0]["stream_history"][0], "streamed (grain), epoch 1")
+    # only process 0 wrote the files, held the lock and printed the log line
     scan = work / "scan"
     lines = (scan / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
     assert json.loads((scan / ".jaxreg.lock").read_text())["pid"] == outs[0]["pid"]
     assert json.loads((scan / "results.json").read_text())["devices"]["processes"] == 2
-    assert sum(log.count("Devices: 4 cpu device(s) in 2 process(es)") for log in logs) == 2
+    assert logs[0].count("Devices: 4 cpu device(s) in 2 process(es)") == 3  # one per run
     assert "Devices:" not in logs[1]
 
     # the 2-process checkpoint (4 devices) resumes here, 1 process on 1 device, for epoch 3
