@@ -112,6 +112,16 @@ def _warp_eager(images, ms, fillv, **params):
 def _xla_lowering(ctx, images, ms, fillv, *, xla, out_hw, mode, require_native):
     del require_native
     fn = functools.partial(xla, out_hw=out_hw, mode=mode)
+    if partitioned_devices(ctx) > 1:
+        # The XLA form gathers from the whole batch as one array of pixels, which XLA can only
+        # partition by first all-gathering the batch on every device. Per example (vmapped),
+        # the gather has the batch as an explicit batching dimension and stays on its shard.
+        whole = fn
+
+        def fn(images, ms, fillv):
+            one = lambda x, m: whole(x[None], m[None], fillv)[0]
+            return jax.vmap(one)(images, ms)
+
     return mlir.lower_fun(fn, multiple_results=False)(ctx, images, ms, fillv)
 
 

@@ -22,8 +22,9 @@ every process computes the same permutation and loads only its slice of each bat
 (`jax.make_array_from_process_local_data`).
 
 What XLA cannot partition: the native CPU warp is a custom call; under a sharded program its
-CPU lowering rule takes the XLA form instead (`jaxreg._cpu.warp`), which XLA partitions, so it
-never runs replicated over the whole batch on every device.
+CPU lowering rule takes the XLA form instead (`jaxreg._cpu.warp`), vmapped per example so that
+its gather has the batch as a batching dimension: each device warps its own examples, and the
+batch is never all-gathered.
 
 Several hosts: `initialize` wires `jax.distributed`; only process 0 writes the workdir's files
 and holds its lock (`is_main_process`), while every process takes part in Orbax's checkpoint

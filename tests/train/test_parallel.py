@@ -92,6 +92,8 @@ def test_native_warp_is_not_replicated_under_sharding(eight):
     assert eight["custom_call_8"] is False
     assert eight["cpu_paths"]["sharded_warp"].startswith("xla (programs partitioned over up to 8")
     assert eight["all_reduce_8"] > 0 and eight["all_reduce_1"] == 0
+    # the XLA warp gathers per example under sharding: the batch is never all-gathered
+    assert eight["all_gather_8"] == 0
 
 
 def test_augmentation_keys_distinct_across_devices_and_batchnorm_global(eight):
