@@ -69,12 +69,14 @@ def status() -> dict[str, str]:
     """Which XLA:CPU paths this process's programs took, for a run's results and report.
 
     Returns:
-      `{"platform", "switch", "workarounds", "native_warp"}`: the default backend
+      `{"platform", "switch", "workarounds", "native_warp", "sharded_warp"}`: the default backend
       ("cpu", "gpu", "tpu"); `JAXREG_CPU_WORKAROUNDS` as read now ("on" or "off"); "used"
       (CPU with the switch on), "not used (JAXREG_CPU_WORKAROUNDS=0)" or "not used (platform
       gpu)"; and the batched bilinear warp's path on the CPU, from `native.native_status()`:
       "native", "xla (<why>)", or "not used" (no CPU program with a float32 batched bilinear
-      warp was lowered).
+      warp was lowered).; and its path in CPU programs
+      partitioned over several devices ("not used", or "xla (...)": XLA cannot partition the
+      custom call, so sharded programs take the XLA form)
 
     Raises:
       ValueError: `JAXREG_CPU_WORKAROUNDS` has an unknown value.
@@ -88,11 +90,14 @@ def status() -> dict[str, str]:
     else:
         used = "used"
     warp = native.native_status()["warp"]
+    from jaxreg._cpu import warp as _warp
+
     return {
         "platform": platform,
         "switch": "on" if on else "off",
         "workarounds": used,
         "native_warp": "not used" if warp == "not used yet" else warp,
+        "sharded_warp": _warp.sharded_status(),
     }
 
 
@@ -102,4 +107,6 @@ def summary(st: dict[str, str] | None = None) -> str:
     line = f"XLA:CPU workarounds (jaxreg._cpu, {ENV}): {st['workarounds']}"
     if st["workarounds"] == "used":
         line += f"; batched bilinear warp: {st['native_warp']}"
+        if st.get("sharded_warp", "not used") != "not used":
+            line += f"; in sharded programs: {st['sharded_warp']}"
     return line + "."

@@ -112,6 +112,16 @@ def _warp_eager(images, ms, fillv, **params):
 def _xla_lowering(ctx, images, ms, fillv, *, xla, out_hw, mode, require_native):
     del require_native
     fn = functools.partial(xla, out_hw=out_hw, mode=mode)
+    if partitioned_devices(ctx) > 1:
+        # The XLA form gathers from the whole batch as one array of pixels, which XLA can only
+        # partition by first all-gathering the batch on every device. Per example (vmapped),
+        # the gather has the batch as an explicit batching dimension and stays on its shard.
+        whole = fn
+
+        def fn(images, ms, fillv):
+            one = lambda x, m: whole(x[None], m[None], fillv)[0]
+            return jax.vmap(one)(images, ms)
+
     return mlir.lower_fun(fn, multiple_results=False)(ctx, images, ms, fillv)
 
 
@@ -133,7 +143,52 @@ def _native_call(images, ms, fillv, *, target, out_hw, mode, threads, huge_pages
     )
 
 
+def partitioned_devices(ctx) -> int:
+    """Over how many devices XLA's SPMD partitioner splits the program being lowered.
+
+    1 for an ordinary single-device program and inside a `shard_map` whose mesh axes are all
+    manual (each device runs its own shard's program); n for a `jax.jit` over n devices.
+    """
+    ac = ctx.module_context.axis_context
+    n = getattr(ac, "num_devices", None)  # ShardingContext: jit with shardings
+    if n is not None:
+        return int(n)
+    mesh = getattr(ac, "mesh", None)  # SPMDAxisContext: shard_map; manual axes run per shard
+    if mesh is not None:
+        manual = getattr(ac, "manual_axes", frozenset())
+        return int(np.prod([mesh.shape[a] for a in mesh.axis_names if a not in manual] or [1]))
+    return 1
+
+
+# Lowerings that took the XLA form because the program is partitioned over several devices
+# (the most devices seen, 0 when none): `jaxreg._cpu.status()` reports it.
+_SHARDED = {"devices": 0}
+
+
+def sharded_status() -> str:
+    """The warp's path in CPU programs partitioned over several devices, for `status()`."""
+    n = _SHARDED["devices"]
+    if not n:
+        return "not used"
+    return (
+        f"xla (programs partitioned over up to {n} devices: XLA cannot partition the custom call)"
+    )
+
+
 def _cpu_lowering(ctx, images, ms, fillv, *, xla, out_hw, mode, require_native):
+    devices = partitioned_devices(ctx)
+    if devices > 1:
+        # XLA cannot partition a custom call: it would gather the whole batch and run the
+        # kernel on it on every device. The XLA form partitions along the batch.
+        if require_native:
+            raise RuntimeError(
+                f"native=True but this program is partitioned over {devices} devices, and "
+                "XLA cannot partition the native warp's custom call (run it in a shard_map)."
+            )
+        _SHARDED["devices"] = max(_SHARDED["devices"], devices)
+        return _xla_lowering(
+            ctx, images, ms, fillv, xla=xla, out_hw=out_hw, mode=mode, require_native=False
+        )
     target = native.warp_target()  # builds, verifies and registers the kernel the first time
     if target is None:
         if require_native:

@@ -106,23 +106,15 @@ def _read_all(files: list[pathlib.Path], rgb: bool, example: pathlib.Path) -> np
     return np.stack(images)
 
 
-def load_folder(root: str | os.PathLike, *, split: str = "train") -> Dataset:
-    """Loads one split of an image folder (one sub-folder per class) into memory.
-
-    Args:
-      root: the folder; layout ROOT/{train,val,test}/CLASS/*.png or ROOT/CLASS/*.png (see the
-        module docstring for the split rule of the flat layout).
-      split: "train", "val" or "test".
+def list_folder(
+    root: str | os.PathLike, *, split: str = "train"
+) -> tuple[list[pathlib.Path], np.ndarray, tuple[str, ...], bool]:
+    """The files of one split of an image folder, without reading their pixels.
 
     Returns:
-      `Dataset` named "folder:ROOT:SPLIT", images float32 (N, H, W, C) in [0, 1] with C = 1
-      (all gray) or 3, labels int32 (N,) in [0, num_classes), class names = sorted sub-folder
-      names. In the flat layout examples are in the split's (seeded) order; in the pre-split
-      layout by class, then file name.
-
-    Raises:
-      FileNotFoundError: if `root` is not a folder. ValueError: no classes or images, a split
-      missing in the pre-split layout, mixed image sizes, unreadable files.
+      `(files, labels, class_names, rgb)`: the split's image files in `load_folder`'s order,
+      their int32 labels, the class names, and whether images are read as RGB (any colour
+      image in the folder) or gray. Raises as `load_folder` does.
     """
     if not isinstance(root, (str, os.PathLike)):
         raise TypeError(f"`root` must be a str or path, got {type(root).__name__}")
@@ -175,10 +167,42 @@ def load_folder(root: str | os.PathLike, *, split: str = "train") -> Dataset:
             f"{size_a} but {str(file_b)!r} is {size_b}; resize them to one size first"
         )
     rgb = not all(gray for gray, _ in probes)
+    return files, np.asarray(labels, dtype=np.int32), tuple(class_names), rgb
+
+
+def read_image(path: str | os.PathLike, rgb: bool) -> np.ndarray:
+    """One image file as float32 (H, W, C) in [0, 1], C = 3 when `rgb` else 1."""
+    return _read_image(pathlib.Path(path), rgb)
+
+
+def load_folder(root: str | os.PathLike, *, split: str = "train") -> Dataset:
+    """Loads one split of an image folder (one sub-folder per class) into memory.
+
+    Args:
+      root: the folder; layout ROOT/{train,val,test}/CLASS/*.png or ROOT/CLASS/*.png (see the
+        module docstring for the split rule of the flat layout).
+      split: "train", "val" or "test".
+
+    Returns:
+      `Dataset` named "folder:ROOT:SPLIT", images float32 (N, H, W, C) in [0, 1] with C = 1
+      (all gray) or 3, labels int32 (N,) in [0, num_classes), class names = sorted sub-folder
+      names. In the flat layout examples are in the split's (seeded) order; in the pre-split
+      layout by class, then file name.
+
+    Raises:
+      FileNotFoundError: if `root` is not a folder. ValueError: no classes or images, a split
+      missing in the pre-split layout, mixed image sizes, unreadable files.
+    """
+    files, labels, class_names, rgb = list_folder(root, split=split)
+    example = files[0] if files else _first_image(pathlib.Path(root).expanduser())
     return Dataset(
-        images=_read_all(files, rgb, every[0]),
-        labels=np.asarray(labels, dtype=np.int32),
+        images=_read_all(files, rgb, example),
+        labels=labels,
         num_classes=len(class_names),
-        class_names=tuple(class_names),
+        class_names=class_names,
         name=f"folder:{root}:{split}",
     )
+
+
+def _first_image(path: pathlib.Path) -> pathlib.Path:
+    return next(f for d in path.rglob("*") if d.is_dir() for f in _image_files(d))

@@ -172,6 +172,24 @@ def tfds_source(name: str, *, split: str = "train", data_dir: str | None = None)
     return builder.as_data_source(split=_resolve_split(builder, name, split))
 
 
+def tfds_features(
+    name: str, *, split: str = "train", data_dir: str | None = None
+) -> tuple[Any, str, str, int]:
+    """`(source, image key, label key, num_classes)` of a prepared TFDS split, for streaming.
+
+    `source` is `tfds_source(name, split=...)`; the keys are those `load_tfds` reads;
+    `num_classes` comes from the ClassLabel feature (0 when the label is a plain integer).
+    """
+    import tensorflow_datasets as tfds
+
+    builder = _builder(name, data_dir)
+    image_key, label_key = _pick_keys(builder, name)
+    feature = builder.info.features[label_key]
+    k = int(feature.num_classes) if isinstance(feature, tfds.features.ClassLabel) else 0
+    source = builder.as_data_source(split=_resolve_split(builder, name, split))
+    return source, image_key, label_key, k
+
+
 def _pick_keys(builder: Any, spec: str) -> tuple[str, str]:
     import tensorflow_datasets as tfds
 

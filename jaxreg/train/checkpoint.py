@@ -391,6 +391,11 @@ class Checkpointer:
             cleanup_tmp_directories=True,
             # Do not read per-step metadata when opening (a garbled file must not break it).
             lightweight_initialize=True,
+            # On several processes the two managers save at once: their barriers need
+            # names of their own, or Orbax's coordination service confuses them.
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                barrier_sync_key_prefix=f"jaxreg_{name}"
+            ),
         )
         return ocp.CheckpointManager(
             os.path.join(self.directory, name),

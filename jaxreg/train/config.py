@@ -82,9 +82,15 @@ def default_config() -> ConfigDict:
     c.layerwise_decay = 0.5  # "layerwise": group d below the head trains at decay**d x the rate
     c.head_warmup_epochs = 0  # only the head trains for this many epochs first
     # run control
-    c.loop = "auto"  # "scan": one lax.scan per epoch on device; "python": host-fed batches
+    c.loop = "auto"  # "scan": one lax.scan per epoch on device; "python": host-fed batches;
+    # "stream": batches read through grain (jaxreg.data.stream), checkpoints at epoch ends
     c.device_data_limit_mb = 1024.0  # "auto" scans when the training images fit in this
     c.eval_batch_size = 1000
+    # devices and hosts (jaxreg.train.parallel): the batch is split over `devices` devices
+    c.devices = 0  # 0: every device JAX sees (all local ones, or all hosts' after distributed)
+    c.distributed = ConfigDict(  # jax.distributed: "" single process, "auto", or "host:port"
+        {"coordinator": "", "num_processes": 0, "process_id": -1}
+    )
     c.checkpoint = ConfigDict({"enabled": True, "keep": 2})
     c.resume = True  # continue from the latest good checkpoint in workdir, if any
     c.progress = True
@@ -156,7 +162,7 @@ MONITORS = {
     "reconstruction": ("val_loss", "val_mse", "val_psnr", "val_ssim", "val_input_psnr"),
 }
 EMA_BATCH_STATS = ("average", "copy", "recompute")
-LOOPS = ("auto", "scan", "python")
+LOOPS = ("auto", "scan", "python", "stream")
 
 # (key, lowest allowed, whether the lowest is excluded): numeric fields and their ranges.
 _RANGES = (
@@ -180,6 +186,9 @@ _RANGES = (
     ("finetune_last", 1, False),
     ("code_size", 1, False),
     ("head_warmup_epochs", 0, False),
+    ("devices", 0, False),
+    ("distributed.num_processes", 0, False),
+    ("distributed.process_id", -1, False),
 )
 # Fields in [0, 1).
 _UNIT = ("dropout", "bn_momentum", "label_smoothing", "ema_decay")
@@ -280,6 +289,11 @@ def validate_config(config: ConfigDict) -> None:
     if not 0.0 < float(config.layerwise_decay) <= 1.0:
         raise ValueError(
             f"config key 'layerwise_decay' must be in (0, 1], got {config.layerwise_decay}"
+        )
+    if not isinstance(config.distributed.coordinator, str):
+        raise TypeError(
+            "config key 'distributed.coordinator' must be '', 'auto' or 'host:port', got "
+            f"{config.distributed.coordinator!r}"
         )
     _check_init_from(config.init_from)
     if not isinstance(config.init_head, bool):

@@ -29,6 +29,7 @@ from jaxreg import _cpu
 from jaxreg import data as data_lib
 from jaxreg.optim.ema import param_ema, recompute_batch_stats
 from jaxreg.optim.factory import build_optimizer
+from jaxreg.train import parallel
 from jaxreg.train import step as step_lib
 from jaxreg.train import tasks as tasks_lib
 from jaxreg.train import workdir as workdir_lib
@@ -191,8 +192,8 @@ def _optimizer(config: ConfigDict, total_steps: int, use_ema: bool, net, groups,
 
 def _config_fingerprint(config: ConfigDict) -> str:
     d = config.to_dict()
-    for k in ("progress", "resume", "checkpoint", "restore_best"):
-        d.pop(k, None)
+    for k in ("progress", "resume", "checkpoint", "restore_best", "devices", "distributed"):
+        d.pop(k, None)  # how a run is executed, not what it computes (devices: within rounding)
     d["epochs"] = None  # a resumed run may train for longer
     return json.dumps(d, sort_keys=True, default=str)
 
@@ -368,6 +369,10 @@ def train_and_evaluate(
       CheckpointError: the recorded best epoch cannot be restored on resume.
     """
     validate_config(config)
+    dist = config.distributed
+    parallel.initialize(
+        dist.coordinator, num_processes=int(dist.num_processes), process_id=int(dist.process_id)
+    )
     splits = dict(data) if data is not None else prepare_data(config)
     for name in ("train", "val", "test"):
         if name not in splits:
@@ -391,6 +396,7 @@ def train_and_evaluate(
         raise ValueError(
             f"batch_size {config.batch_size} is larger than the training set ({len(train)} examples)"
         )
+    parallel.check_batch_size(int(config.batch_size), config.devices)
     net = build_model(config, model, train.num_classes, train.images.shape[1:])
     transfer_groups = None
     new_head = bool(config.init_from) and not config.init_head
@@ -398,15 +404,31 @@ def train_and_evaluate(
         from jaxreg import transfer
 
         transfer_groups = transfer.param_groups(net, groups)
-    with workdir_lib.lock(workdir) as workdir:
+    with _workdir_lock(workdir) as workdir:
         return _run(
             config, workdir, net, task, splits, extra_eval or {}, title, steps_per_epoch,
             transfer_groups, optimizer,
         )  # fmt: skip
 
 
+def _workdir_lock(workdir):
+    """The workdir's lock in process 0; the other processes wait until process 0 holds it."""
+    if jax.process_count() == 1:
+        return workdir_lib.lock(workdir)
+    return parallel.main_process_lock(workdir, workdir_lib.lock)
+
+
 def _run(config, workdir, net, task, splits, extra_eval, title, steps_per_epoch, groups, optimizer):
     train, val, test = splits["train"], splits["val"], splits["test"]
+    mesh = parallel.make_mesh(config.devices)
+    devices = parallel.describe(mesh, int(config.batch_size))
+    main = parallel.is_main_process()
+    if main:
+        print(
+            f"Devices: {devices['devices']} {devices['platform']} device(s) in "
+            f"{devices['processes']} process(es) (config key 'devices'={config.devices}); "
+            f"batch {config.batch_size} = {devices['per_device_batch']} per device."
+        )
     use_ema = config.ema_decay > 0
     train_mode = None
     if config.init_from:
@@ -437,35 +459,73 @@ def _run(config, workdir, net, task, splits, extra_eval, title, steps_per_epoch,
         ema_batch_stats=use_ema,
         train_mode=train_mode,
     )
+    state = parallel.replicate(state, mesh)
     recompute = state.ema_batch_stats is not None and config.ema_batch_stats == "recompute"
     ema = None
     if state.ema_batch_stats is not None and not recompute:
         ema = step_lib.EmaStats(
             float(config.ema_decay), bool(config.ema_warmup), config.ema_batch_stats
         )
-    scan = _loop_kind(config, train.images.nbytes) == "scan"
-    make = step_lib.make_train_epoch if scan else step_lib.make_host_epoch
-    epoch_fn = make(batch_size=int(config.batch_size), task=task, ema=ema)
-    if scan:
-        x_train, y_train = jnp.asarray(train.images), jnp.asarray(train.labels, jnp.int32)
+    kind = _loop_kind(config, train.images.nbytes)
+    if (
+        kind == "scan"
+    ):  # data parallel: the data replicated on every device, each batch split over them
+        epoch_fn = step_lib.make_train_epoch(
+            batch_size=int(config.batch_size),
+            task=task,
+            ema=ema,
+            batch_sharding=parallel.batch_sharding(mesh),
+        )
+        x_train, y_train = parallel.replicate((train.images, train.labels.astype(np.int32)), mesh)
+    elif kind == "stream":  # read through grain a batch at a time, same permutation and keys
+        from jaxreg.data.stream import ArraySource
+        from jaxreg.train.streaming import make_stream_epoch
+
+        epoch_fn = make_stream_epoch(
+            source=ArraySource(train),
+            batch_size=int(config.batch_size),
+            task=task,
+            mesh=mesh,
+            ema=ema,
+        )
+        x_train = y_train = None
     else:  # data too large for the device: host batches through the same jitted step
+        epoch_fn = step_lib.make_host_epoch(
+            batch_size=int(config.batch_size),
+            task=task,
+            ema=ema,
+            load_batch=parallel.batch_loader(mesh),
+        )
         x_train, y_train = train.images, train.labels.astype(np.int32)
+    epoch_fn = parallel.on_mesh(epoch_fn, mesh)  # the state replicated on every device
     weights = None
     if config.balanced_sampling:
-        weights = jnp.asarray(
-            data_lib.class_balanced_weights(train.labels, train.num_classes), jnp.float32
+        weights = parallel.replicate(
+            data_lib.class_balanced_weights(train.labels, train.num_classes).astype(np.float32),
+            mesh,
         )
 
     def refresh(st: TrainState) -> TrainState:
         """After an epoch: BatchNorm statistics re-estimated for the EMA weights, if asked."""
         if not recompute:
             return st
-        return _recompute_ema_stats(st, x_train, int(config.batch_size), config.bn_momentum)
+        stats = _recompute_ema_stats(
+            parallel.local_copy(st), train.images, int(config.batch_size), config.bn_momentum
+        ).ema_batch_stats
+        return st.replace(ema_batch_stats=parallel.replicate(stats, mesh))
 
     def evaluate(st: TrainState, ds: data_lib.Dataset) -> dict[str, float]:
-        """The task's metrics on `ds`, with the weights this run evaluates (EMA or live)."""
+        """The task's metrics on `ds`, with the weights this run evaluates (EMA or live).
+
+        Every process evaluates the whole split on one device of its own (same numbers).
+        """
         return step_lib.evaluate(
-            st, task, ds.images, ds.labels, batch_size=int(config.eval_batch_size), use_ema=use_ema
+            parallel.local_copy(st),
+            task,
+            ds.images,
+            ds.labels,
+            batch_size=int(config.eval_batch_size),
+            use_ema=use_ema,
         )
 
     from jaxreg.train.checkpoint import Checkpointer  # deferred: the orbax import is slow
@@ -490,13 +550,16 @@ def _run(config, workdir, net, task, splits, extra_eval, title, steps_per_epoch,
         history=[],
     )
     fingerprint = _config_fingerprint(config)
-    writer = _TensorBoard(workdir / "tensorboard")
+    writer = _TensorBoard(workdir / "tensorboard" if main else None)
     try:
         if ckpt is not None and config.resume:
             _resume(ckpt, loop, config, workdir, fingerprint)
-        _write_jsonl(workdir / "metrics.jsonl", loop.history)
-        (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
-        _write_data_info(workdir, train)
+        if main:  # on several hosts only process 0 writes the workdir's files
+            _write_jsonl(workdir / "metrics.jsonl", loop.history)
+            (workdir / "config.json").write_text(
+                json.dumps(config.to_dict(), indent=2, default=str)
+            )
+            _write_data_info(workdir, train)
         stop_reason, compile_s, ips = _epochs(
             config, loop, epoch_fn, (x_train, y_train, weights), val, (refresh, evaluate), ckpt,
             fingerprint, schedule, steps_per_epoch, workdir, writer,
@@ -527,12 +590,15 @@ def _run(config, workdir, net, task, splits, extra_eval, title, steps_per_epoch,
             "train_size": len(train),
             "zero_fraction": zero_fraction(final.params),
             "cpu_paths": _cpu.status(),
+            "devices": devices,
         }
     )
     if extra:
         results["extra"] = extra
-    (workdir / "results.json").write_text(json.dumps(results, indent=2))
-    _write_report(workdir, config, loop.history, results, title or f"jaxreg run: {config.data}")
+    if main:
+        (workdir / "results.json").write_text(json.dumps(results, indent=2))
+        title = title or f"jaxreg run: {config.data}"
+        _write_report(workdir, config, loop.history, results, title)
     results["history"] = loop.history
     results["state"] = final
     results["model"] = final.model(use_ema=use_ema)
@@ -622,7 +688,7 @@ def _epochs(
         range(loop.start_epoch, epochs + 1),
         desc="train",
         unit="epoch",
-        disable=not config.progress,
+        disable=not config.progress or not parallel.is_main_process(),
         initial=loop.start_epoch - 1,
         total=epochs,
     )
@@ -653,8 +719,9 @@ def _epochs(
         record["lr"] = float(schedule(int(loop.state.step) - 1))
         record["time_s"] = round(time.perf_counter() - t0, 4)
         loop.history.append(record)
-        with open(workdir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if parallel.is_main_process():
+            with open(workdir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
         writer.write(epoch, record)
         loop.es = loop.es.update(record[config.monitor], epoch)
         if loop.es.has_improved:
@@ -745,7 +812,10 @@ def _write_data_info(workdir: Path, train: data_lib.Dataset) -> None:
 class _TensorBoard:
     """Scalars per epoch as TensorBoard event files (`tensorboardX`: no TensorFlow needed)."""
 
-    def __init__(self, logdir: Path):
+    def __init__(self, logdir: Path | None):
+        if logdir is None:  # not process 0: writes nothing
+            self._w = None
+            return
         try:
             from tensorboardX import SummaryWriter
         except ImportError:  # optional: metrics.jsonl has the same numbers
@@ -771,7 +841,7 @@ def _write_report(
 ) -> None:
     from jaxreg import report
 
-    hidden = ("history", "state", "extra", "model", "cpu_paths")
+    hidden = ("history", "state", "extra", "model", "cpu_paths", "devices")
     shown = {k: v for k, v in results.items() if k not in hidden}
     for name, m in results.get("extra", {}).items():
         for k, v in m.items():
@@ -781,6 +851,12 @@ def _write_report(
         notes.append(f"Restored the best epoch by {config.monitor}: {results['best_epoch']}.")
     if "cpu_paths" in results:
         notes.append(_cpu.summary(results["cpu_paths"]))
+    if "devices" in results:
+        d = results["devices"]
+        notes.append(
+            f"Data parallel over {d['devices']} {d['platform']} device(s) in {d['processes']} "
+            f"process(es), {d['per_device_batch']} examples per device per step."
+        )
     if history:
         report.write_run_report(
             workdir,

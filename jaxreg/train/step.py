@@ -137,13 +137,21 @@ def train_step(
     return new_state, metrics
 
 
-def make_train_epoch(*, batch_size: int, task: Any, ema: EmaStats | None = None) -> Callable:
+def make_train_epoch(
+    *,
+    batch_size: int,
+    task: Any,
+    ema: EmaStats | None = None,
+    batch_sharding: jax.sharding.Sharding | None = None,
+) -> Callable:
     """A jitted `epoch(state, images, labels, epoch, weights) -> (state, step_metrics)`.
 
     The whole epoch (shuffle, gather each batch, the task's augmentation, the step) is one
     compiled `lax.scan` over device-resident data: no host round-trip inside. `step_metrics`
     holds per-step arrays of shape (num_steps,). `images` (N, H, W, C) float32, `labels` (N,)
     int32, `epoch` int32 scalar, `weights` (N,) sampling weights or `None`.
+    `batch_sharding` (e.g. `jaxreg.train.parallel.batch_sharding(mesh)`) splits each gathered
+    batch over devices (data parallel); None leaves the placement to XLA.
     """
 
     def epoch_fn(state: TrainState, images, labels, epoch, weights=None):
@@ -155,7 +163,10 @@ def make_train_epoch(*, batch_size: int, task: Any, ema: EmaStats | None = None)
 
         def body(st, idx):
             key = step_key(st.key, st.step)
-            return train_step(st, images[idx], labels[idx], key, task=task, ema=ema)
+            x, y = images[idx], labels[idx]
+            if batch_sharding is not None:
+                x, y = jax.lax.with_sharding_constraint((x, y), batch_sharding)
+            return train_step(st, x, y, key, task=task, ema=ema)
 
         return jax.lax.scan(body, state, perm)
 
@@ -175,14 +186,25 @@ def make_train_step(*, task: Any, ema: EmaStats | None = None) -> Callable:
     return jax.jit(step_fn)
 
 
-def make_host_epoch(*, batch_size: int, task: Any, ema: EmaStats | None = None) -> Callable:
+def make_host_epoch(
+    *,
+    batch_size: int,
+    task: Any,
+    ema: EmaStats | None = None,
+    load_batch: Callable | None = None,
+) -> Callable:
     """`epoch(state, images, labels, epoch, weights) -> (state, step_metrics)` fed from host.
 
     For training sets too large for device memory: the same permutation and step keys as
     `make_train_epoch` (so the same numbers), but each batch is gathered on the host
     (numpy) and passed to one jitted step. `images`/`labels` are numpy arrays.
+    `load_batch(images, labels, idx) -> (images, labels)` gathers a batch (default
+    `images[idx], labels[idx]`; `jaxreg.train.parallel.batch_loader` shards it over devices
+    and processes).
     """
     step = make_train_step(task=task, ema=ema)
+    if load_batch is None:
+        load_batch = lambda images, labels, idx: (images[idx], labels[idx])
 
     def epoch_fn(state: TrainState, images, labels, epoch, weights=None):
         n = images.shape[0]
@@ -192,7 +214,7 @@ def make_host_epoch(*, batch_size: int, task: Any, ema: EmaStats | None = None) 
         perm = np.asarray(epoch_permutation(state.key, epoch, n, steps, batch_size, weights))
         metrics = []
         for idx in perm:
-            state, m = step(state, images[idx], labels[idx])
+            state, m = step(state, *load_batch(images, labels, idx))
             metrics.append(m)
         return state, jax.tree.map(lambda *xs: jnp.stack(xs), *metrics)
 

@@ -15,7 +15,7 @@ import pytest
 
 import jaxreg.augment as A
 from jaxreg import _cpu, models
-from jaxreg._cpu import conv, fence, native, pool, switch
+from jaxreg._cpu import conv, fence, native, pool, switch, warp
 from jaxreg.augment import _warp
 from jaxreg.train import TrainState, make_train_step
 from jaxreg.train.tasks import Classification
@@ -98,6 +98,7 @@ def test_switch_off_turns_the_native_kernel_off_too(monkeypatch):
             "switch": "off",
             "workarounds": f"not used ({switch.ENV}=0)",
             "native_warp": f"xla (disabled by {switch.ENV}=0)",
+            "sharded_warp": warp.sharded_status(),
         }
     # The narrower switch: the kernel off, the rest on.
     monkeypatch.setenv(switch.ENV, "1")
@@ -218,13 +219,15 @@ def test_batched_rotation_agrees_with_and_without_the_seam():
 
 def test_status_names_the_path():
     st = _cpu.status()
-    assert set(st) == {"platform", "switch", "workarounds", "native_warp"}
+    assert set(st) == {"platform", "switch", "workarounds", "native_warp", "sharded_warp"}
     assert st["platform"] == jax.default_backend()
     line = _cpu.summary(st)
     assert line.startswith("XLA:CPU workarounds (jaxreg._cpu, JAXREG_CPU_WORKAROUNDS): ")
     assert _cpu.summary({**st, "workarounds": "used", "native_warp": "native"}).endswith(
         "used; batched bilinear warp: native."
     )
+    sharded = {**st, "workarounds": "used", "native_warp": "native", "sharded_warp": "xla (x)"}
+    assert _cpu.summary(sharded).endswith("native; in sharded programs: xla (x).")
     assert _cpu.summary({**st, "workarounds": "not used (platform gpu)"}).endswith(
         "not used (platform gpu)."
     )

@@ -188,3 +188,21 @@ def test_find_prepared_configs_and_incomplete(tmp_path):
 def test_config_cannot_climb_out_of_data_dir(tmp_path):
     with pytest.raises(ValueError, match="malformed"):
         find_prepared("mnist/..", tmp_path)
+
+
+def test_streaming_source_reads_what_load_reads(data_dir):
+    """`jaxreg.data.stream.TfdsSource`: per-example reads, the values `load` gives, via grain."""
+    from jaxreg.data.stream import EpochStream, TfdsSource
+
+    ds = load("tfds:jaxreg_tiny_tensor", split="train", data_dir=data_dir)
+    src = TfdsSource("jaxreg_tiny_tensor", split="train", data_dir=data_dir)
+    assert len(src) == 12 and src.num_classes == 3
+    for i in (0, 7):
+        image, label = src[i]
+        np.testing.assert_array_equal(image, ds.images[i])
+        assert label == ds.labels[i]
+    rows = list(EpochStream(src, np.arange(12).reshape(3, 4)[::-1], read_threads=2))
+    np.testing.assert_array_equal(
+        np.concatenate([y for _, y in rows]), ds.labels[[8, 9, 10, 11, 4, 5, 6, 7, 0, 1, 2, 3]]
+    )
+    assert "tensorflow" not in sys.modules
