@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # One prepared check on whatever accelerator JAX finds (or the CPU): prints the device kind, runs
-# the augmentation benchmark, the training-loop benchmark and the multi-device tests, and writes
-# everything under $OUT. Each part is time-boxed so that the whole run ends within 8 minutes.
+# the augmentation benchmark, the training-loop and throughput benchmarks and the multi-device
+# tests, and writes everything under $OUT. Each part is time-boxed so that the whole run ends
+# within 8 minutes.
 #
 #   benchmarks/device_check.sh                  # full run
 #   REPEATS=2 TRAIN_REPEATS=1 benchmarks/device_check.sh   # a quick run (e.g. on a CPU)
 #
 # Settings (environment):
 #   OUT            output folder (default ./device_out): device.txt, augment.txt,
-#                  train_loop.txt, tests.txt, summary.txt
+#                  train_loop.txt, train_throughput.txt, tests.txt, summary.txt
 #   PYTHON         interpreter with jaxreg's dependencies (default .venv/bin/python, else python3)
 #   REPEATS        timed calls per row of benchmarks/augment.py (default 10)
-#   TRAIN_REPEATS  timed epochs per row of benchmarks/train_loop.py (default 3)
-#   AUGMENT_S, TRAIN_S, TESTS_S   time boxes in seconds (defaults 190, 140, 50; with the
-#                  device probe (30) and the test collection (40): at most 450 s, plus 5 s
-#                  to kill each part that overruns)
+#   TRAIN_REPEATS  timed epochs per row of benchmarks/train_loop.py and
+#                  benchmarks/train_throughput.py (default 3)
+#   AUGMENT_S, TRAIN_S, THROUGHPUT_S, TESTS_S   time boxes in seconds (defaults 150, 80, 110,
+#                  90; with the device probe (30): at most 460 s, plus 5 s to kill each part
+#                  that overruns)
 #
 # Peer libraries that are not installed (kornia, albumentations, augmax, TensorFlow) are skipped
 # by the benchmark itself, with a note in its table. A part that fails or runs out of time is
@@ -30,9 +32,10 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 REPEATS="${REPEATS:-10}"
 TRAIN_REPEATS="${TRAIN_REPEATS:-3}"
-AUGMENT_S="${AUGMENT_S:-190}"
-TRAIN_S="${TRAIN_S:-140}"
-TESTS_S="${TESTS_S:-50}"
+AUGMENT_S="${AUGMENT_S:-150}"
+TRAIN_S="${TRAIN_S:-80}"
+THROUGHPUT_S="${THROUGHPUT_S:-110}"
+TESTS_S="${TESTS_S:-90}"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 mkdir -p "$OUT"
@@ -88,16 +91,13 @@ part "augment benchmark" "$AUGMENT_S" "$OUT/augment.txt" \
 part "train-loop benchmark" "$TRAIN_S" "$OUT/train_loop.txt" \
   "$PYTHON" benchmarks/train_loop.py --repeats "$TRAIN_REPEATS"
 
-# Multi-device tests (tests whose names say device, sharding or mesh); none exist yet.
-SELECT="device or sharding or mesh"
-if timeout 40 "$PYTHON" -m pytest --collect-only -q tests -k "$SELECT" > "$OUT/tests_collected.txt" 2>&1 \
-    && grep -q "::" "$OUT/tests_collected.txt"; then
-  part "multi-device tests" "$TESTS_S" "$OUT/tests.txt" \
-    "$PYTHON" -m pytest -q tests -k "$SELECT"
-else
-  echo "multi-device tests: skipped, no test matches -k \"$SELECT\" yet" | tee -a "$SUMMARY" \
-    | tee "$OUT/tests.txt"
-fi
+part "training throughput" "$THROUGHPUT_S" "$OUT/train_throughput.txt" \
+  "$PYTHON" benchmarks/train_throughput.py --train-size 1024 --batch-size 128 \
+  --repeats "$TRAIN_REPEATS" --loops scan,stream
+
+# Multi-device tests: 1 vs 8 forced host devices, two jax.distributed processes.
+part "multi-device tests" "$TESTS_S" "$OUT/tests.txt" \
+  "$PYTHON" -m pytest -q -p no:cacheprovider tests/train/test_parallel.py tests/train/test_distributed.py
 
 echo "total: $(( $(date +%s) - t_start )) s" | tee -a "$SUMMARY"
 exit "$status"
