@@ -21,8 +21,8 @@ them, in both the discriminator's and the generator's objective; the transforms 
 own ops under `jax.vmap`, so gradients flow through them to the generator.
 
 Defaults for the built-in digits (`gan_config`), and why: the non-saturating logistic loss
-(no extra penalty), BatchNorm in the generator only, both Adams at 6e-4 with beta1 0.5 (2e-4
-learned too slowly for a run of minutes), batch 32, DiffAugment on (200 real images would
+(no extra penalty), BatchNorm in the generator only, both Adams at 6e-4 with beta1 0.5 (three
+times DCGAN's 2e-4, for a run of minutes), batch 32, DiffAugment on (200 real images would
 otherwise be memorised by the discriminator), width 32 (the step cost on a CPU). The generator's
 EMA (decay 0.999) uses the warm-up `min(decay, (1 + t) / (10 + t))`: without it, after 240
 steps the average still holds 0.999^240 = 79 % of the random initial generator (noise samples);
