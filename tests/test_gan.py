@@ -123,18 +123,36 @@ def test_frechet_distance_floor_and_shift():
         gan.frechet_distance(a, b[:, :2])
 
 
-def test_train_gan_smoke_resumes_and_samples(tmp_path):
-    c = gan.gan_config()
-    c.data, c.train_per_class, c.epochs, c.batch_size = "digits", 4, 2, 16
-    c.gan.width, c.gan.latent_dim, c.gan.epoch_steps, c.progress = 8, 16, 3, False
-    r = gan.train_gan(c, tmp_path / "g")
-    assert r["steps"] == 10  # 40 images x2 fill >= 3 batches of 16: 5 steps an epoch
-    g = gan.load_generator(tmp_path / "g")
-    a, _ = gan.synthesize(jax.random.key(0), r["generator"], 2)
-    b, _ = gan.synthesize(jax.random.key(0), g, 2)
-    np.testing.assert_allclose(a, b, atol=1e-6)
-    paths = gan.write_class_grids(tmp_path / "grids", a, np.repeat(np.arange(10), 2), per_class=2)
+def test_gan_cli_trains_samples_and_writes_a_pool_the_loop_reads(tmp_path, capsys):
+    from jaxreg import cli
+    from jaxreg.train.loop import load_pool
+
+    work = tmp_path / "g"
+    overrides = [
+        "--config.data=digits",
+        "--config.train_per_class=4",
+        "--config.epochs=2",
+        "--config.batch_size=16",
+        "--config.gan.width=8",
+        "--config.gan.latent_dim=16",
+        "--config.gan.epoch_steps=3",
+    ]
+    assert cli.main(["gan", "train", "--workdir", str(work), *overrides]) == 0
+    assert "steps            10" in capsys.readouterr().out  # 40 images x2: 5 steps an epoch
+    png, npz = tmp_path / "s.png", tmp_path / "pool.npz"
+    args = ["gan", "sample", str(work), "--per-class", "3", "--out", str(png), "--npz", str(npz)]
+    assert cli.main(args) == 0 and png.exists()
+    pool = load_pool(npz, data_lib.load_splits("digits")["train"])
+    assert pool.labels.tolist() == np.repeat(np.arange(10), 3).tolist()
+    a, _ = gan.synthesize(jax.random.key(0), gan.load_generator(work), 3)
+    np.testing.assert_allclose(a, pool.images, atol=1e-6)  # the same generator, reloaded
+    paths = gan.write_class_grids(tmp_path / "grids", a, pool.labels, per_class=3)
     assert len(paths) == 11
-    c.gan.diff_augment = "flip"
-    with pytest.raises(ValueError, match=r"gan\.diff_augment"):
-        gan.train_gan(c, tmp_path / "bad")
+    assert (
+        cli.main(
+            ["gan", "train", "--workdir", str(tmp_path / "x"), "--config.gan.diff_augment=flip"]
+        )
+        == 2
+    )
+    assert "gan.diff_augment" in capsys.readouterr().err
+    assert cli.main(["gan", "sample", str(work), "--config.seed=1"]) == 2
