@@ -748,7 +748,8 @@ def sample_quality(
       reference: other real images (e.g. the validation split), for the floor.
 
     Returns:
-      `{"classifier_accuracy", "frechet_distance", "frechet_floor"}`.
+      `{"classifier_accuracy", "per_class_accuracy" ({class: accuracy}), "frechet_distance",
+      "frechet_floor"}`.
     """
     feats = functools.partial(classifier_features, classifier)
     logits_fn = nnx.jit(lambda m, x: jnp.argmax(m(x), -1))
@@ -760,8 +761,11 @@ def sample_quality(
         ]
     )
     f_real = feats(real)
+    labels = np.asarray(labels)
+    hit = pred == labels
     return {
-        "classifier_accuracy": float(np.mean(pred == np.asarray(labels))),
+        "classifier_accuracy": float(np.mean(hit)),
+        "per_class_accuracy": {int(k): float(np.mean(hit[labels == k])) for k in np.unique(labels)},
         "frechet_distance": frechet_distance(f_real, feats(x)),
         "frechet_floor": frechet_distance(f_real, feats(reference)),
     }

@@ -156,3 +156,23 @@ def test_gan_cli_trains_samples_and_writes_a_pool_the_loop_reads(tmp_path, capsy
     )
     assert "gan.diff_augment" in capsys.readouterr().err
     assert cli.main(["gan", "sample", str(work), "--config.seed=1"]) == 2
+
+
+class _Oracle(nnx.Module):
+    """Labels an image by its mean brightness: class k near k / 10."""
+
+    def __call__(self, x):
+        m = jnp.mean(x, axis=(1, 2, 3))[:, None]
+        return -((m - jnp.arange(10, dtype=jnp.float32)[None, :] / 10.0) ** 2)
+
+
+def test_sample_quality_counts_hits_per_class_and_fd_floors_at_zero():
+    labels = np.repeat(np.arange(10), 4).astype(np.int32)
+    images = np.broadcast_to((labels / 10.0)[:, None, None, None], (40, 4, 4, 1)).copy()
+    images[np.flatnonzero(labels == 3)[:2]] = 0.9  # two 3s look like 9s
+    rng = np.random.default_rng(0)
+    real = np.clip(images + rng.normal(0, 0.01, images.shape), 0, 1).astype(np.float32)
+    q = gan.sample_quality(images.astype(np.float32), labels, _Oracle(), real, real)
+    assert q["classifier_accuracy"] == pytest.approx(38 / 40)
+    assert q["per_class_accuracy"][3] == 0.5 and q["per_class_accuracy"][9] == 1.0
+    assert q["frechet_floor"] == pytest.approx(0.0, abs=1e-9)

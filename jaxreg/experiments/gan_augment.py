@@ -121,6 +121,7 @@ def _gan(unit: Unit) -> dict:
         if not prefix:
             np.savez(unit.dir / "pool.npz", images=x, labels=y)
         q = _quality(judge, x, y, data, data["train"])
+        q["worst_class_accuracy"] = min(q["per_class_accuracy"].values())
         out |= {f"{prefix}{k}": v for k, v in q.items()}
         out |= {f"{prefix}gan_steps": r["steps"], f"{prefix}gan_seconds": round(seconds, 1)}
     return out
@@ -159,6 +160,7 @@ def _analyze(a) -> Findings:
         q = {"real per class": size, "seeds": len(rows)}
         for key, label in (
             ("classifier_accuracy", "judge accuracy on samples"),
+            ("worst_class_accuracy", "worst class"),
             ("frechet_distance", "FD samples↔test"),
             ("frechet_real_subset", "FD real subset↔test"),
             ("frechet_floor", "FD val↔test (floor)"),
