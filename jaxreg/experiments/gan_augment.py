@@ -216,10 +216,24 @@ def _analyze(a) -> Findings:
             + f"the variant with the best validation accuracy overall was {best['variant']} "
             f"(test {best['test_accuracy']})."
         )
+        both = f"{ratios[0]}+augment"
+        train_rows = a.stage_rows("train", sweep=size)
+        if both in by and "augment" in by:
+            m, h, _, _ = ex.paired_ci(train_rows, both, "test_accuracy", baseline="augment")
+            verdict.append(
+                f"Adding GAN samples on top of classic augmentation ({both} vs augment) changed "
+                f"test accuracy by {ex.format_pm(m, h)} points ({ex.effect(m, h)})."
+            )
+    helped = [
+        f"{t['variant']} at {t.get('train_per_class')}"
+        for t in a.table
+        if t["variant"] in ratios and t.get("effect") == "helps"
+    ]
     verdict.append(
-        "GAN samples did not help here beyond noise."
-        if all(t.get("effect") != "helps" for t in a.table if str(t["variant"]).startswith("gan"))
-        else "GAN samples raised test accuracy beyond the 95 % interval in at least one setting."
+        "GAN samples alone (any ratio) did not raise test accuracy beyond noise at any size."
+        if not helped
+        else "GAN samples alone raised test accuracy beyond the 95 % interval for "
+        f"{ex.join_names(helped)}."
     )
     return Findings(verdict=verdict, figures=figures, sections=sections)
 
