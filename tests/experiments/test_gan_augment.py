@@ -12,7 +12,8 @@ from jaxreg import cli
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("gan_augment")
-    return workdir, cli.run("gan_augment", ["smoke=true"], workdir=str(workdir))
+    args = ["smoke=true", "compare_diff_augment=true"]
+    return workdir, cli.run("gan_augment", args, workdir=str(workdir))
 
 
 def test_variants_follow_the_ratios():
@@ -36,6 +37,9 @@ def test_smoke_run_caches_one_pool_per_seed_and_mixes_it(smoke_run):
             assert z["labels"].tolist() == np.repeat(np.arange(10), 10).tolist()
         gan = json.loads((size / f"seed{seed}" / "gan" / "result.json").read_text())
         assert 0.0 <= gan["classifier_accuracy"] <= 1.0 and gan["frechet_distance"] >= 0.0
+        assert gan["worst_class_accuracy"] <= gan["classifier_accuracy"]
+        assert gan["plain_frechet_distance"] >= 0.0  # the GAN without DiffAugment, beside it
+        assert (size / f"seed{seed}" / "gan" / "plain_gan" / "results.json").exists()
         assert (size / f"seed{seed}" / "gan" / "grids" / "samples.png").exists()
     rows = [r for r in out["rows"] if r["stage"] == "train"]
     assert {r["variant"] for r in rows} == {"real", "augment", "gan25", "gan50", "gan25+augment"}
@@ -43,10 +47,13 @@ def test_smoke_run_caches_one_pool_per_seed_and_mixes_it(smoke_run):
     assert per_batch == {"real": 0, "augment": 0, "gan25": 5, "gan50": 10, "gan25+augment": 5}
     report = (workdir / "report.md").read_text()
     assert "## GAN sample quality" in report and "gan_samples_10.png" in report
+    assert "no DiffAugment: judge accuracy" in report
     assert (workdir / "judge" / "results.json").exists()  # one judge for every size
 
 
 def test_smoke_run_is_read_back_on_rerun(smoke_run):
     workdir, out = smoke_run
-    again = cli.run("gan_augment", ["smoke=true"], workdir=str(workdir))
+    again = cli.run(
+        "gan_augment", ["smoke=true", "compare_diff_augment=true"], workdir=str(workdir)
+    )
     assert again["table"] == out["table"]
