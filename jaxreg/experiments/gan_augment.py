@@ -1,7 +1,9 @@
-"""GAN samples as training data: few real images vs + class-conditional GAN samples vs classic augmentation.
+"""GAN samples as training data: few real images alone, with a conditional GAN's samples, with classic augmentation.
 
 Run: `jaxreg run gan_augment` (`--config.smoke=true` shrinks it to seconds;
-`--config.sizes=(20,)`; `--config.ratios=(0.25,0.5)`; `--config.gan_steps=800`).
+`--config.sizes=(20,)`; `--config.ratios=(0.25,0.5)`; `--config.gan_steps=800`). About 38
+minutes on the shared 2-core CPU (3 seeds, 20 and 50 per class; GAN samples stayed within noise
+of real-only, classic augmentation gained +4.7 and +1.0 points).
 For each training-set size (real images per class of mnist5k) and seed, three stages:
 1. `judge` (once): a CNN trained on the whole mnist5k training split; it scores the samples
    (classifier accuracy on generated images, Fréchet distance in its feature space).
