@@ -92,10 +92,7 @@ def prepare_data(config: ConfigDict) -> dict[str, data_lib.Dataset]:
     if config.imbalance_factor != 1.0:
         ratios = data_lib.long_tail_ratios(train.num_classes, float(config.imbalance_factor))
         train = data_lib.imbalance(train, ratios, seed=config.data_seed)
-    out = {"train": train, "val": splits["val"], "test": splits["test"]}
-    if config.synthetic:
-        out["synthetic"] = load_pool(config.synthetic, train)
-    return out
+    return {"train": train, "val": splits["val"], "test": splits["test"]}
 
 
 def load_pool(path: str | os.PathLike, like: data_lib.Dataset) -> data_lib.Dataset:
@@ -428,6 +425,8 @@ def train_and_evaluate(
         if name not in splits:
             raise ValueError(f"data must have 'train', 'val' and 'test', missing {name!r}")
     train = splits["train"]
+    if config.synthetic and "synthetic" not in splits:  # data["synthetic"] wins over the path
+        splits["synthetic"] = load_pool(config.synthetic, train)
     synthetic_batch = _synthetic_batch(config, splits)
     if task is None:
         task = make_task(config, train.num_classes, augment_fn=augment_fn, mix_fn=mix_fn)

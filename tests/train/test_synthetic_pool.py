@@ -107,8 +107,8 @@ def test_the_loop_trains_with_a_pool_and_reports_its_share(tmp_path, digits_smal
     assert int(r["state"].step) == 120 // 24  # an epoch is one pass over the real images
     np.savez(tmp_path / "pool.npz", images=pool.images, labels=pool.labels)
     c.synthetic = str(tmp_path / "pool.npz")
-    r2 = train_and_evaluate(c, tmp_path / "b", data={**digits_small, "synthetic": pool})
-    assert r2["test_accuracy"] == r["test_accuracy"]
+    r2 = train_and_evaluate(c, tmp_path / "b", data=digits_small)  # the pool read from the path
+    assert r2["test_accuracy"] == r["test_accuracy"] and r2["synthetic_size"] == 40
 
 
 def test_pool_and_ratio_errors_name_the_problem(tmp_path, digits_small):
