@@ -250,6 +250,43 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_gan_train(args: argparse.Namespace) -> int:
+    from jaxreg import gan
+    from jaxreg.train import workdir as workdir_lib
+    from jaxreg.train.config import apply_overrides
+
+    enable_compilation_cache()
+    config = apply_overrides(gan.gan_config(), args.overrides)
+    gan.validate_gan_config(config)
+    workdir = Path(args.workdir).absolute()
+    with workdir_lib.lock(workdir):
+        r = gan.train_gan(config, workdir)
+    print(f"  steps            {r['steps']}")
+    print(f"  wall_time_s      {r['wall_time_s']:.1f}")
+    print(f"Generator: {workdir} (jaxreg gan sample {workdir})")
+    return 0
+
+
+def _cmd_gan_sample(args: argparse.Namespace) -> int:
+    import jax
+    import numpy as np
+
+    from jaxreg import gan
+
+    if args.per_class < 1:
+        raise ValueError(f"--per-class must be >= 1, got {args.per_class}")
+    g = gan.load_generator(args.workdir)
+    x, y = gan.synthesize(jax.random.key(args.seed), g, args.per_class)
+    out = Path(args.out or Path(args.workdir) / "samples.png")
+    gan.save_grid(out, x, per_row=args.per_class)
+    print(f"Wrote {out} (a row per class)")
+    if args.npz:
+        Path(args.npz).parent.mkdir(parents=True, exist_ok=True)
+        np.savez(args.npz, images=x, labels=y)
+        print(f"Wrote {args.npz} ({len(y)} images; --config.synthetic={args.npz})")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from jaxreg import report
 
@@ -347,7 +384,7 @@ def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `jaxreg` parser: run, list, augment, report, predict, style; handlers in `func`."""
+    """The `jaxreg` parser: run, list, augment, report, predict, style, gan; handlers in `func`."""
     p = argparse.ArgumentParser(prog="jaxreg", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run an experiment or a config file (--config.KEY=VALUE ...)")
@@ -401,6 +438,18 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--seed", type=int, help="noise seed (with --init noise)")
     st.add_argument("--side-by-side", metavar="PNG", help="also write content | style | result")
     st.set_defaults(func=_cmd_style)
+    g = sub.add_parser("gan", help="train a class-conditional GAN, or sample one (grid, pool)")
+    gsub = g.add_subparsers(dest="gan_command", required=True)
+    gt = gsub.add_parser("train", help="train_gan with gan_config() (--config.KEY=VALUE ...)")
+    gt.add_argument("--workdir", default="runs/gan", help="output folder (default runs/gan)")
+    gt.set_defaults(func=_cmd_gan_train)
+    gs = gsub.add_parser("sample", help="a PNG grid (a row per class) and optionally a pool")
+    gs.add_argument("workdir", help="a `jaxreg gan train` workdir")
+    gs.add_argument("--per-class", type=int, default=10, help="images per class")
+    gs.add_argument("--seed", type=int, default=0, help="latent seed")
+    gs.add_argument("--out", help="PNG path (default WORKDIR/samples.png)")
+    gs.add_argument("--npz", help="also write the images and labels (a synthetic pool)")
+    gs.set_defaults(func=_cmd_gan_sample)
     return p
 
 
@@ -435,8 +484,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         rest, overrides = _split_overrides(argv)
         args = parser.parse_args(rest)
         args.overrides = overrides
-        if overrides and args.command != "run":
-            raise ValueError("--config.KEY=VALUE overrides only apply to `jaxreg run`")
+        if overrides and args.command not in ("run", "gan"):
+            raise ValueError(
+                "--config.KEY=VALUE overrides only apply to `jaxreg run` and `jaxreg gan train`"
+            )
+        if overrides and args.command == "gan" and args.gan_command != "train":
+            raise ValueError("--config.KEY=VALUE overrides only apply to `jaxreg gan train`")
         return args.func(args)
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"jaxreg: error: {e}", file=sys.stderr)

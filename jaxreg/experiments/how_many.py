@@ -5,7 +5,8 @@ Run: `jaxreg run how_many` (`--config.smoke=true` shrinks it to seconds;
 Amount k (variant `k<k>`) trains on the real images + k generated examples per real one for
 `steps` optimizer steps; amounts run in order until `patience` of them in a row gave no mean
 validation gain above `min_delta`. The extra examples come from a `source` (`SOURCES`;
-`augment`: copies made once with `policy`).
+`augment`: copies made once with `policy`; `gan`: samples of a class-conditional GAN trained
+on the same real images, `--config.source=gan`).
 """
 
 from __future__ import annotations
@@ -58,10 +59,41 @@ def _augment_source(unit: Unit, real: data_lib.Dataset, k: int) -> data_lib.Data
     return make_copies(real, unit.params.policy, k, int(jax.random.key_data(key)[-1]))
 
 
+def _gan_source(unit: Unit, real: data_lib.Dataset, k: int) -> data_lib.Dataset:
+    """Samples of a class-conditional GAN trained on `real` only (`jaxreg.gan.train_gan`).
+
+    One GAN per seed, trained once in `<workdir>/gan/seed<seed>` (`gan_steps` steps, width
+    `gan_width`, DiffAugment) and read back for every amount; batch j of `len(real)` samples
+    (the same count per class) comes from key `generate_key` folded with the seed, then j, so
+    growing k only appends.
+    """
+    import jax
+
+    from jaxreg import gan
+
+    p, c = unit.params, gan.gan_config()
+    c.data, c.data_dir, c.train_per_class = unit.config.data, unit.config.data_dir, None
+    c.seed, c.progress, c.gan.width = int(unit.seed), False, int(p.gan_width)
+    c.gan.epoch_steps = min(int(c.gan.epoch_steps), int(p.gan_steps))
+    c.epochs = max(1, math.ceil(int(p.gan_steps) / int(c.gan.epoch_steps)))
+    data = {"train": real, "val": unit.data["val"], "test": unit.data["test"]}
+    generator = gan.train_gan(c, unit.dir.parent.parent / "gan" / f"seed{unit.seed}", data=data)[
+        "generator"
+    ]
+    per_class = max(1, len(real) // real.num_classes)
+    root = jax.random.fold_in(jax.random.key(int(p.generate_key)), unit.seed)
+    parts = [gan.synthesize(jax.random.fold_in(root, j), generator, per_class) for j in range(k)]
+    images = np.concatenate([np.asarray(real.images, np.float32)] + [x for x, _ in parts])
+    labels = np.concatenate([np.asarray(real.labels)] + [y for _, y in parts])
+    name = f"{real.name}+{k}gan"
+    return data_lib.Dataset(images, labels, real.num_classes, real.class_names, name)
+
+
 # name -> `source(unit, real, k)`: the real images followed by k generated examples per real one
 # (a source may read an earlier stage's artifacts, e.g. a generator: `unit.artifact(stage)`).
 SOURCES: dict[str, Callable[[Unit, data_lib.Dataset, int], data_lib.Dataset]] = {
-    "augment": _augment_source
+    "augment": _augment_source,
+    "gan": _gan_source,
 }
 
 
@@ -249,6 +281,8 @@ def _check(p: ConfigDict, c: ConfigDict) -> None:
         raise ValueError(f"config key 'source' must be one of {sorted(SOURCES)}, got {p.source!r}")
     ex.check_spec("policy", p.policy)
     ex.check_int(p.generate_key, name="generate_key")
+    ex.check_int(p.gan_steps, name="gan_steps", minimum=1)
+    ex.check_int(p.gan_width, name="gan_width", minimum=1)
     ex.check_int(p.steps, name="steps", minimum=0)
     ex.check_int(p.patience, name="patience", minimum=1)
     ex.check_real(p.min_delta, name="min_delta")
@@ -275,13 +309,15 @@ STUDY = Study(
         "source": "augment",  # where they come from (SOURCES)
         "policy": "digits+shear(max_degrees=8)",  # augment source: how a copy is made
         "generate_key": 42,
+        "gan_steps": 750,  # gan source: GAN optimizer steps (one GAN per seed)
+        "gan_width": 32,  # gan source: base channels of generator and discriminator
         "steps": 500,  # optimizer steps per run, the same for every amount
         "patience": 2,  # stop after this many amounts without a validation improvement
         "min_delta": 0.002,  # an improvement must exceed this (mean validation accuracy)
         "online_reference": True,  # the real images with `policy` on the fly, same steps
     },
     smoke={"data": "digits", "model": "tiny", "batch_size": 20, "train_per_class": 10}
-    | {"steps": 10, "patience": 1, "online_reference": False},
+    | {"steps": 10, "patience": 1, "online_reference": False, "gan_steps": 4, "gan_width": 8},
     smoke_set={"learning_rate": 3e-3, "copies": (0, 1, 3)},
     stages=(Stage("grow", fn=_train, skip=_skip),),
     check=_check,

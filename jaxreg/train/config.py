@@ -34,6 +34,11 @@ def default_config() -> ConfigDict:
     c.train_per_class = placeholder(int)  # None: the whole training split
     c.imbalance_factor = 1.0  # > 1: long-tailed class sizes, largest / smallest class
     c.balanced_sampling = False  # draw batches with class-balanced weights
+    # generated examples mixed into every batch: round(synthetic_ratio * batch_size) of each
+    # batch come from a synthetic pool (data["synthetic"], or the .npz file `synthetic`),
+    # the rest from the real training set; an epoch is one pass over the real examples
+    c.synthetic = ""  # .npz with images (N, H, W, C) in [0, 1] and labels (N,); "" for none
+    c.synthetic_ratio = 0.0  # in [0, 1): the generated fraction of each training batch
     # model
     c.model = "cnn"
     c.pretrained = True  # models with pretrained weights (vgg16: ImageNet) start from them
@@ -191,7 +196,7 @@ _RANGES = (
     ("distributed.process_id", -1, False),
 )
 # Fields in [0, 1).
-_UNIT = ("dropout", "bn_momentum", "label_smoothing", "ema_decay")
+_UNIT = ("dropout", "bn_momentum", "label_smoothing", "ema_decay", "synthetic_ratio")
 
 
 def _get(config: ConfigDict, key: str) -> Any:
@@ -298,6 +303,7 @@ def validate_config(config: ConfigDict) -> None:
     _check_init_from(config.init_from)
     if not isinstance(config.init_head, bool):
         raise TypeError(f"config key 'init_head' must be true or false, got {config.init_head!r}")
+    _check_synthetic(config)
     _check_data_name(config.data)
     _check_spec("augment", config.augment)
     _check_spec("mix", config.mix)
@@ -313,6 +319,29 @@ def _check_init_from(path: Any) -> None:
         raise ValueError(
             f"config key 'init_from': {path!r} is not a train_and_evaluate workdir with "
             "checkpoints/best (train the source run first)"
+        )
+
+
+def _check_synthetic(config: ConfigDict) -> None:
+    from pathlib import Path
+
+    path, ratio = config.synthetic, float(config.synthetic_ratio)
+    if not isinstance(path, str):
+        raise TypeError(f"config key 'synthetic' must be an .npz path or '', got {path!r}")
+    if path and not Path(path).is_file():
+        raise ValueError(f"config key 'synthetic': {path!r} is not a file")
+    if ratio > 0:
+        n = math.floor(ratio * int(config.batch_size) + 0.5)
+        if not 1 <= n < int(config.batch_size):
+            raise ValueError(
+                f"config key 'synthetic_ratio': {ratio} of batch_size {config.batch_size} gives "
+                f"{n} synthetic examples per batch; it must give at least 1 and leave at least "
+                "1 real example"
+            )
+    if path and ratio == 0:
+        raise ValueError(
+            "config key 'synthetic' names a pool but 'synthetic_ratio' is 0; set the fraction "
+            "of each batch it fills"
         )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 import warnings
@@ -37,7 +38,14 @@ from jaxreg.train.config import LOOPS, config_changes, validate_config
 from jaxreg.train.early_stopping import EarlyStopping
 from jaxreg.train.state import TrainState
 
-__all__ = ["NonFiniteLossError", "make_task", "prepare_data", "train_and_evaluate"]
+__all__ = [
+    "NonFiniteLossError",
+    "load_pool",
+    "make_task",
+    "prepare_data",
+    "synthetic_count",
+    "train_and_evaluate",
+]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -86,6 +94,48 @@ def prepare_data(config: ConfigDict) -> dict[str, data_lib.Dataset]:
         ratios = data_lib.long_tail_ratios(train.num_classes, float(config.imbalance_factor))
         train = data_lib.imbalance(train, ratios, seed=config.data_seed)
     return {"train": train, "val": splits["val"], "test": splits["test"]}
+
+
+def load_pool(path: str | os.PathLike, like: data_lib.Dataset) -> data_lib.Dataset:
+    """A synthetic pool from an `.npz` file (`images` (N, H, W, C) in [0, 1], `labels` (N,)).
+
+    E.g. written by `jaxreg gan sample --npz`; the pool takes `like`'s classes (its labels must
+    be among them) and must have its image shape.
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: missing arrays, another image shape, or labels out of range.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"synthetic pool {path} does not exist")
+    with np.load(path) as z:
+        if "images" not in z.files or "labels" not in z.files:
+            raise ValueError(f"{path} must hold arrays 'images' and 'labels', has {z.files}")
+        images, labels = z["images"], z["labels"]
+    pool = data_lib.Dataset(
+        data_lib.to_float_image(images),
+        np.asarray(labels, np.int32),
+        like.num_classes,
+        like.class_names,
+        f"synthetic:{path.name}",
+    )
+    check_pool(pool, like)
+    return pool
+
+
+def check_pool(pool: data_lib.Dataset, train: data_lib.Dataset) -> None:
+    """Raises `ValueError` unless `pool` can be mixed into `train`'s batches."""
+    if pool.images.shape[1:] != train.images.shape[1:]:
+        raise ValueError(
+            f"the synthetic pool's images are {pool.images.shape[1:]}, the training images "
+            f"{train.images.shape[1:]}"
+        )
+    if pool.num_classes != train.num_classes or len(pool) == 0:
+        raise ValueError(
+            f"the synthetic pool must be non-empty with the training set's {train.num_classes} "
+            f"classes, got {len(pool)} examples of {pool.num_classes} classes"
+        )
 
 
 def resolve_augment(spec: str | Callable | None) -> Callable | None:
@@ -338,7 +388,9 @@ def train_and_evaluate(
       workdir: output folder; a folder holding checkpoints of the same config is resumed.
       model: an `nnx.Module` or a factory `rngs -> nnx.Module`; default `config.model`.
       task: a task object (`jaxreg.train.tasks.Task`); default `config.task`.
-      data: optional `{"train", "val", "test"}` data sets replacing `config.data`.
+      data: optional `{"train", "val", "test"}` data sets replacing `config.data`, and
+        optionally `"synthetic"`: a pool of generated examples (e.g. `jaxreg.gan.synthesize`)
+        of which `config.synthetic_ratio` fills each training batch (see `default_config`).
       augment_fn: optional per-example `fn(key, image) -> image` replacing `config.augment`
         (built-in tasks only).
       mix_fn: optional `fn(key, images, soft_labels) -> (images, soft_labels)` replacing
@@ -378,6 +430,9 @@ def train_and_evaluate(
         if name not in splits:
             raise ValueError(f"data must have 'train', 'val' and 'test', missing {name!r}")
     train = splits["train"]
+    if config.synthetic and "synthetic" not in splits:  # data["synthetic"] wins over the path
+        splits["synthetic"] = load_pool(config.synthetic, train)
+    synthetic_batch = _synthetic_batch(config, splits)
     if task is None:
         task = make_task(config, train.num_classes, augment_fn=augment_fn, mix_fn=mix_fn)
     elif augment_fn is not None or mix_fn is not None:
@@ -391,10 +446,11 @@ def train_and_evaluate(
             f"config key 'monitor' must be one of {list(monitors)} for this task, "
             f"got {config.monitor!r}"
         )
-    steps_per_epoch = len(train) // int(config.batch_size)
+    steps_per_epoch = len(train) // (int(config.batch_size) - synthetic_batch)
     if steps_per_epoch < 1:
         raise ValueError(
             f"batch_size {config.batch_size} is larger than the training set ({len(train)} examples)"
+            + (f" with {synthetic_batch} synthetic examples per batch" if synthetic_batch else "")
         )
     parallel.check_batch_size(int(config.batch_size), config.devices)
     net = build_model(config, model, train.num_classes, train.images.shape[1:])
@@ -418,6 +474,35 @@ def _workdir_lock(workdir):
     return parallel.main_process_lock(workdir, workdir_lib.lock)
 
 
+def _synthetic_batch(config: ConfigDict, splits: Mapping[str, data_lib.Dataset]) -> int:
+    """Synthetic examples per batch: `round(synthetic_ratio * batch_size)`, the pool checked."""
+    ratio, pool = float(config.synthetic_ratio), splits.get("synthetic")
+    if ratio == 0.0:
+        if pool is not None:
+            raise ValueError(
+                "a synthetic pool was given (data['synthetic'] or config.synthetic) but "
+                "config.synthetic_ratio is 0; set the fraction of each batch it fills"
+            )
+        return 0
+    if pool is None:
+        raise ValueError(
+            f"config.synthetic_ratio={ratio} needs a synthetic pool: data['synthetic'] or "
+            "config.synthetic (an .npz of images and labels)"
+        )
+    check_pool(pool, splits["train"])
+    if config.loop == "stream":
+        raise ValueError(
+            "config.synthetic_ratio > 0 needs config.loop 'auto', 'scan' or 'python': the "
+            "streamed epoch reads only the training source"
+        )
+    return synthetic_count(ratio, int(config.batch_size))
+
+
+def synthetic_count(ratio: float, batch_size: int) -> int:
+    """`round(ratio * batch_size)`: the synthetic examples in each batch (ties round half up)."""
+    return math.floor(float(ratio) * int(batch_size) + 0.5)
+
+
 def _run(config, workdir, net, task, splits, extra_eval, title, steps_per_epoch, groups, optimizer):
     train, val, test = splits["train"], splits["val"], splits["test"]
     mesh = parallel.make_mesh(config.devices)
@@ -429,6 +514,8 @@ def _run(config, workdir, net, task, splits, extra_eval, title, steps_per_epoch,
             f"{devices['processes']} process(es) (config key 'devices'={config.devices}); "
             f"batch {config.batch_size} = {devices['per_device_batch']} per device."
         )
+    pool = splits.get("synthetic") if float(config.synthetic_ratio) > 0 else None
+    synthetic_batch = synthetic_count(config.synthetic_ratio, config.batch_size) if pool else 0
     use_ema = config.ema_decay > 0
     train_mode = None
     if config.init_from:
@@ -467,13 +554,12 @@ def _run(config, workdir, net, task, splits, extra_eval, title, steps_per_epoch,
             float(config.ema_decay), bool(config.ema_warmup), config.ema_batch_stats
         )
     kind = _loop_kind(config, train.images.nbytes)
-    if (
-        kind == "scan"
-    ):  # data parallel: the data replicated on every device, each batch split over them
+    if kind == "scan":  # data parallel: the data replicated on every device, batches split
         epoch_fn = step_lib.make_train_epoch(
             batch_size=int(config.batch_size),
             task=task,
             ema=ema,
+            synthetic_batch=synthetic_batch,
             batch_sharding=parallel.batch_sharding(mesh),
         )
         x_train, y_train = parallel.replicate((train.images, train.labels.astype(np.int32)), mesh)
@@ -494,10 +580,16 @@ def _run(config, workdir, net, task, splits, extra_eval, title, steps_per_epoch,
             batch_size=int(config.batch_size),
             task=task,
             ema=ema,
+            synthetic_batch=synthetic_batch,
             load_batch=parallel.batch_loader(mesh),
         )
         x_train, y_train = train.images, train.labels.astype(np.int32)
     epoch_fn = parallel.on_mesh(epoch_fn, mesh)  # the state replicated on every device
+    synthetic = None
+    if pool is not None:
+        synthetic = (pool.images, pool.labels.astype(np.int32))
+        if kind == "scan":
+            synthetic = parallel.replicate(synthetic, mesh)
     weights = None
     if config.balanced_sampling:
         weights = parallel.replicate(
@@ -561,7 +653,7 @@ def _run(config, workdir, net, task, splits, extra_eval, title, steps_per_epoch,
             )
             _write_data_info(workdir, train)
         stop_reason, compile_s, ips = _epochs(
-            config, loop, epoch_fn, (x_train, y_train, weights), val, (refresh, evaluate), ckpt,
+            config, loop, epoch_fn, (x_train, y_train, weights, synthetic), val, (refresh, evaluate), ckpt,
             fingerprint, schedule, steps_per_epoch, workdir, writer,
         )  # fmt: skip
     finally:
@@ -588,6 +680,8 @@ def _run(config, workdir, net, task, splits, extra_eval, title, steps_per_epoch,
             "compile_time_s": compile_s,
             "train_images_per_s": ips,
             "train_size": len(train),
+            "synthetic_size": len(pool) if pool is not None else 0,
+            "synthetic_per_batch": synthetic_batch,
             "zero_fraction": zero_fraction(final.params),
             "cpu_paths": _cpu.status(),
             "devices": devices,
@@ -678,7 +772,7 @@ def _epochs(
     """Runs the remaining epochs; returns (stop_reason, compile seconds, images per second)."""
     from jaxreg.train.checkpoint import FORMAT_VERSION
 
-    x_train, y_train, weights = train_arrays
+    x_train, y_train, weights, synthetic = train_arrays
     refresh, evaluate = hooks
     epochs = int(config.epochs)
     compile_s, ips_samples = None, []
@@ -695,7 +789,9 @@ def _epochs(
     stop_reason = "completed"
     for epoch in bar:
         t0 = time.perf_counter()
-        new_state, step_metrics = epoch_fn(loop.state, x_train, y_train, jnp.int32(epoch), weights)
+        new_state, step_metrics = epoch_fn(
+            loop.state, x_train, y_train, jnp.int32(epoch), weights, synthetic
+        )
         step_metrics = jax.device_get(step_metrics)
         dt = time.perf_counter() - t0
         if compile_s is None and epoch == loop.start_epoch:

@@ -25,11 +25,12 @@ __all__ = [
     "make_train_step",
     "predict",
     "step_key",
+    "synthetic_indices",
     "train_step",
 ]
 
 # Tags that separate the random streams derived from one run key.
-_SHUFFLE, _STEP, _EVAL = 0, 1, 2
+_SHUFFLE, _STEP, _EVAL, _SYNTHETIC = 0, 1, 2, 3
 
 
 def step_key(run_key: jax.Array, step: jax.Array) -> jax.Array:
@@ -62,6 +63,24 @@ def epoch_permutation(
     else:
         idx = jax.random.choice(key, num_examples, (num_steps * batch_size,), p=weights)
     return idx.astype(jnp.int32).reshape(num_steps, batch_size)
+
+
+def synthetic_indices(
+    run_key: jax.Array, epoch: jax.Array, pool_size: int, num_steps: int, per_batch: int
+) -> jax.Array:
+    """Indices into a synthetic pool for one epoch's batches, (num_steps, per_batch) int32.
+
+    Without replacement within a pass over the pool: consecutive random permutations of the
+    pool (each from its own key) are laid end to end and cut into `num_steps` rows of
+    `per_batch`, so every pooled example is used once before any is used twice. The stream is
+    separate from the real examples' shuffle (`epoch_permutation`), so adding a pool leaves
+    the order of the real examples unchanged.
+    """
+    key = jax.random.fold_in(jax.random.fold_in(run_key, _SYNTHETIC), epoch)
+    need = num_steps * per_batch
+    passes = -(-need // pool_size)
+    perms = [jax.random.permutation(jax.random.fold_in(key, i), pool_size) for i in range(passes)]
+    return jnp.concatenate(perms)[:need].astype(jnp.int32).reshape(num_steps, per_batch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,14 +156,33 @@ def train_step(
     return new_state, metrics
 
 
+def _check_split(n: int, batch_size: int, synthetic_batch: int) -> tuple[int, int]:
+    """(real examples per batch, steps per epoch) for `n` real examples."""
+    real = batch_size - synthetic_batch
+    if not 0 <= synthetic_batch < batch_size:
+        raise ValueError(
+            f"synthetic_batch must be in [0, batch_size={batch_size}), got {synthetic_batch}"
+        )
+    steps = n // real
+    if steps < 1:
+        raise ValueError(
+            f"batch_size {batch_size} is larger than the training set ({n})"
+            if not synthetic_batch
+            else f"batch_size {batch_size} leaves {real} real examples per batch, more than "
+            f"the training set ({n})"
+        )
+    return real, steps
+
+
 def make_train_epoch(
     *,
     batch_size: int,
     task: Any,
     ema: EmaStats | None = None,
+    synthetic_batch: int = 0,
     batch_sharding: jax.sharding.Sharding | None = None,
 ) -> Callable:
-    """A jitted `epoch(state, images, labels, epoch, weights) -> (state, step_metrics)`.
+    """A jitted `epoch(state, images, labels, epoch, weights, synthetic) -> (state, metrics)`.
 
     The whole epoch (shuffle, gather each batch, the task's augmentation, the step) is one
     compiled `lax.scan` over device-resident data: no host round-trip inside. `step_metrics`
@@ -152,23 +190,32 @@ def make_train_epoch(
     int32, `epoch` int32 scalar, `weights` (N,) sampling weights or `None`.
     `batch_sharding` (e.g. `jaxreg.train.parallel.batch_sharding(mesh)`) splits each gathered
     batch over devices (data parallel); None leaves the placement to XLA.
+
+    With `synthetic_batch` = s > 0, `synthetic` is a pool `(images, labels)` and every batch
+    is `batch_size - s` real examples followed by s pooled ones (`synthetic_indices`); an
+    epoch is one pass over the real examples, `N // (batch_size - s)` steps.
     """
 
-    def epoch_fn(state: TrainState, images, labels, epoch, weights=None):
-        n = images.shape[0]
-        steps = n // batch_size
-        if steps < 1:
-            raise ValueError(f"batch_size {batch_size} is larger than the training set ({n})")
-        perm = epoch_permutation(state.key, epoch, n, steps, batch_size, weights)
+    def epoch_fn(state: TrainState, images, labels, epoch, weights=None, synthetic=None):
+        real, steps = _check_split(images.shape[0], batch_size, synthetic_batch)
+        perm = epoch_permutation(state.key, epoch, images.shape[0], steps, real, weights)
+        if synthetic_batch:
+            syn_x, syn_y = synthetic
+            syn = synthetic_indices(state.key, epoch, syn_x.shape[0], steps, synthetic_batch)
+        else:
+            syn = jnp.zeros((steps, 0), jnp.int32)
 
         def body(st, idx):
-            key = step_key(st.key, st.step)
-            x, y = images[idx], labels[idx]
+            i, j = idx
+            x, y = images[i], labels[i]
+            if synthetic_batch:
+                x = jnp.concatenate([x, syn_x[j]])
+                y = jnp.concatenate([y, syn_y[j]])
             if batch_sharding is not None:
                 x, y = jax.lax.with_sharding_constraint((x, y), batch_sharding)
-            return train_step(st, x, y, key, task=task, ema=ema)
+            return train_step(st, x, y, step_key(st.key, st.step), task=task, ema=ema)
 
-        return jax.lax.scan(body, state, perm)
+        return jax.lax.scan(body, state, (perm, syn))
 
     return jax.jit(epoch_fn)
 
@@ -191,30 +238,41 @@ def make_host_epoch(
     batch_size: int,
     task: Any,
     ema: EmaStats | None = None,
+    synthetic_batch: int = 0,
     load_batch: Callable | None = None,
 ) -> Callable:
-    """`epoch(state, images, labels, epoch, weights) -> (state, step_metrics)` fed from host.
+    """`epoch(state, images, labels, epoch, weights, synthetic) -> (state, metrics)` from host.
 
-    For training sets too large for device memory: the same permutation and step keys as
-    `make_train_epoch` (so the same numbers), but each batch is gathered on the host
-    (numpy) and passed to one jitted step. `images`/`labels` are numpy arrays.
-    `load_batch(images, labels, idx) -> (images, labels)` gathers a batch (default
-    `images[idx], labels[idx]`; `jaxreg.train.parallel.batch_loader` shards it over devices
-    and processes).
+    For training sets too large for device memory: the same permutation, synthetic indices and
+    step keys as `make_train_epoch` (so the same numbers), but each batch is gathered on the
+    host (numpy) and passed to one jitted step. `images`/`labels` (and the `synthetic` pool)
+    are numpy arrays. `load_batch(images, labels, idx) -> (images, labels)` gathers a batch
+    (default `images[idx], labels[idx]`; `jaxreg.train.parallel.batch_loader` shards it over
+    devices and processes); with a pool it is given the assembled batch and `arange(B)`.
     """
     step = make_train_step(task=task, ema=ema)
     if load_batch is None:
         load_batch = lambda images, labels, idx: (images[idx], labels[idx])
 
-    def epoch_fn(state: TrainState, images, labels, epoch, weights=None):
-        n = images.shape[0]
-        steps = n // batch_size
-        if steps < 1:
-            raise ValueError(f"batch_size {batch_size} is larger than the training set ({n})")
-        perm = np.asarray(epoch_permutation(state.key, epoch, n, steps, batch_size, weights))
+    def epoch_fn(state: TrainState, images, labels, epoch, weights=None, synthetic=None):
+        real, steps = _check_split(images.shape[0], batch_size, synthetic_batch)
+        perm = np.asarray(
+            epoch_permutation(state.key, epoch, images.shape[0], steps, real, weights)
+        )
+        syn = None
+        if synthetic_batch:
+            syn_x, syn_y = synthetic
+            syn = np.asarray(
+                synthetic_indices(state.key, epoch, syn_x.shape[0], steps, synthetic_batch)
+            )
         metrics = []
-        for idx in perm:
-            state, m = step(state, *load_batch(images, labels, idx))
+        for s, idx in enumerate(perm):
+            x, y, rows = images, labels, idx
+            if syn is not None:  # the assembled batch: real rows, then pooled ones
+                x = np.concatenate([images[idx], syn_x[syn[s]]])
+                y = np.concatenate([labels[idx], syn_y[syn[s]]])
+                rows = np.arange(len(x))
+            state, m = step(state, *load_batch(x, y, rows))
             metrics.append(m)
         return state, jax.tree.map(lambda *xs: jnp.stack(xs), *metrics)
 

@@ -55,8 +55,8 @@ def make_stream_epoch(
     if steps < 1:
         raise ValueError(f"batch_size {batch_size} is larger than the training set ({n})")
 
-    def epoch_fn(state, images=None, labels=None, epoch=0, weights=None):
-        del images, labels  # the data come from the source
+    def epoch_fn(state, images=None, labels=None, epoch=0, weights=None, synthetic=None):
+        del images, labels, synthetic  # the data come from the source (no pool: see loop)
         perm = step_lib.epoch_permutation(state.key, epoch, n, steps, batch_size, weights)
         stream = EpochStream(
             source,

@@ -78,3 +78,15 @@ def test_the_source_of_extra_examples_is_pluggable(tmp_path, monkeypatch):
     out = cli.run("how_many", ["smoke=true", "seeds=(0,)", "source=repeat"], workdir=str(tmp_path))
     assert calls and calls[0] == ("k1", 1)
     assert [r["train_size"] for r in out["rows"]][:2] == [100, 200]
+
+
+def test_the_gan_source_trains_one_generator_per_seed_and_appends_its_samples(tmp_path):
+    out = cli.run(
+        "how_many",
+        ["smoke=true", "seeds=(0,)", "source=gan"],
+        workdir=str(tmp_path),
+    )
+    sizes = {r["variant"]: r["train_size"] for r in out["rows"]}
+    assert sizes["k0"] == 100 and sizes["k1"] == 200 and sizes.get("k3", 400) == 400
+    assert (tmp_path / "gan" / "seed0" / "results.json").exists()  # trained once, read back
+    assert len(list((tmp_path / "gan").iterdir())) == 1

@@ -17,6 +17,7 @@ EXPERIMENTS = (
     "overfitting",
     "transfer",
     "style",
+    "gan_augment",
 )
 
 
@@ -76,6 +77,7 @@ def test_negative_epochs_are_rejected_also_in_smoke_mode(name, smoke):
         ("when_to_augment", "thicken_spec"),
         ("domain_fit", "degrade_spec"),  # a smoke run trains a lighter spec: still checked
         ("how_many", "policy"),
+        ("gan_augment", "policy"),
     ],
 )
 def test_experiment_spec_strings_are_built_and_named(name, key, smoke):
@@ -104,7 +106,10 @@ def test_experiment_spec_strings_are_built_and_named(name, key, smoke):
         ("how_many", "steps", -1, "'steps' must be >= 0"),
         ("how_many", "copies", (1, 2), "'copies' must be increasing ints from 0"),
         ("how_many", "copies", (0, -3), "checked as given"),  # smoke replaces the amounts
-        ("how_many", "source", "gan", "'source' must be one of"),
+        ("how_many", "source", "vae", "'source' must be one of"),
+        ("gan_augment", "ratios", (0.25, 1.0), "'ratios' must be distinct numbers in"),
+        ("gan_augment", "diff_augment", "flip", "'diff_augment': DiffAugment policy"),
+        ("gan_augment", "gan_steps", 0, "'gan_steps' must be >= 1"),
         ("overfitting", "onset_patience", 0, "'onset_patience' must be >= 1"),
         ("overfitting", "reg.dropout", 1.5, "variant 'all': config key 'dropout'"),
         ("transfer", "digits.data", "nope", r"part a \(digits\): .*'data'.*nope"),
