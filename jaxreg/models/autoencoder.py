@@ -212,6 +212,21 @@ class Autoencoder(nnx.Module):
         """Reconstruction (N, H, W, C) of images (N, H, W, C) by the first decoder."""
         return self.decode(*self.encode(x))
 
+    def translate(self, x: jax.Array, domain: int) -> jax.Array:
+        """Images (N, H, W, C) encoded by the shared encoder and decoded by decoder `domain`.
+
+        With one decoder per domain (the "deepfake" autoencoder, trained with
+        `jaxreg.train.tasks.DomainReconstruction`), an image of domain a decoded by decoder b
+        is its translation to domain b; with "unpool" decoders the input's own switches are
+        used. Outputs follow `model(x)`'s convention (logits for a "bce" loss).
+
+        Raises:
+          ValueError: `domain` is not a decoder index.
+        """
+        if not 0 <= int(domain) < len(self.decoders):
+            raise ValueError(f"domain must be in [0, {len(self.decoders)}), got {domain}")
+        return self.decode(*self.encode(x), domain=int(domain))
+
     def param_groups(self) -> list[tuple[str, tuple[str, ...]]]:
         """Encoder stages, the code layer, then the decoders (as the head)."""
         groups = [(f"enc{i}", (f"encoder/convs/{i}",)) for i in range(len(self.encoder.convs))]
