@@ -239,6 +239,12 @@ class EncoderClassifier(nnx.Module):
     Its encoder has the autoencoder's paths (`encoder/...`), so a trained autoencoder's
     encoder loads into it with `jaxreg.transfer.load` (or `config.init_from`).
 
+    The head starts at zero (big_vision's `head_zeroinit`), so the first logits are uniform
+    whatever the code's scale. An autoencoder's code is unnormalised (a trained one reaches
+    |code| ~ 5-40 where a fresh encoder gives ~0.3); a randomly initialised head on it starts
+    at a cross-entropy of 7-11 and a linear probe at Adam's usual rates cannot undo that in a
+    few hundred steps.
+
     Args:
       num_classes: classes (>= 2).
       input_shape: (H, W, C).
@@ -264,7 +270,9 @@ class EncoderClassifier(nnx.Module):
             raise ValueError("EncoderClassifier has no BatchNorm; batch_norm=True is not supported")
         self.encoder = Encoder(input_shape, channels=channels, code_size=code_size, rngs=rngs)
         self.dropout = nnx.Dropout(float(dropout), rngs=rngs)
-        self.head = nnx.Linear(int(code_size), int(num_classes), rngs=rngs)
+        self.head = nnx.Linear(
+            int(code_size), int(num_classes), kernel_init=nnx.initializers.zeros_init(), rngs=rngs
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Logits (N, num_classes)."""
