@@ -852,6 +852,15 @@ def _translate_sentences(t: dict) -> list[str]:
         f"and beat the untranslated cross-domain match for "
         f"{join_names([k.replace('_to_', '→') for k in helped], empty='no direction')}."
     )
+    if len(helped) < len(t):
+        out.append(
+            "A shared encoder does not by itself give a shared code: nothing in the loss asks "
+            "the two domains' codes to overlap (the face-swap recipe adds random warping of the "
+            "inputs for that), so the encoder may keep the domains apart, and a decoder given "
+            "the other domain's code is then asked about codes it never saw in training (on "
+            "the recorded run a linear classifier told the domain from the code, see "
+            "`benchmarks/results/autoencoder/README.md`)."
+        )
     return out
 
 
@@ -886,7 +895,10 @@ def _protocol(a, wall: float) -> str:
         f"({c.schedule}), {epochs} epochs (>= {p.min_steps} steps), the epoch chosen on the "
         f"{c.data} validation split; 'pretrained' fine-tunes everything from the loaded encoder "
         "(`config.init_from`, `jaxreg.transfer.load`), 'probe' trains only the head on the "
-        f"frozen encoder. Seeds {seeds}; intervals are paired by seed (95 % t).\n"
+        "frozen encoder. The head starts at zero in every variant: the pretrained code is "
+        "unnormalised (|code| of 5-40 where a fresh encoder gives ~0.3), and a randomly "
+        "initialised head on it starts at a loss of 7-11 that 300 Adam steps at this rate do "
+        f"not undo. Seeds {seeds}; intervals are paired by seed (95 % t).\n"
         f"- Sum of the runs' training-loop times (`wall_time_s`: compilation included; final "
         f"evaluation, diagnostics and reports excluded): {wall:.0f} s."
     )
