@@ -212,6 +212,21 @@ class Autoencoder(nnx.Module):
         """Reconstruction (N, H, W, C) of images (N, H, W, C) by the first decoder."""
         return self.decode(*self.encode(x))
 
+    def translate(self, x: jax.Array, domain: int) -> jax.Array:
+        """Images (N, H, W, C) encoded by the shared encoder and decoded by decoder `domain`.
+
+        With one decoder per domain (the "deepfake" autoencoder, trained with
+        `jaxreg.train.tasks.DomainReconstruction`), an image of domain a decoded by decoder b
+        is its translation to domain b; with "unpool" decoders the input's own switches are
+        used. Outputs follow `model(x)`'s convention (logits for a "bce" loss).
+
+        Raises:
+          ValueError: `domain` is not a decoder index.
+        """
+        if not 0 <= int(domain) < len(self.decoders):
+            raise ValueError(f"domain must be in [0, {len(self.decoders)}), got {domain}")
+        return self.decode(*self.encode(x), domain=int(domain))
+
     def param_groups(self) -> list[tuple[str, tuple[str, ...]]]:
         """Encoder stages, the code layer, then the decoders (as the head)."""
         groups = [(f"enc{i}", (f"encoder/convs/{i}",)) for i in range(len(self.encoder.convs))]
@@ -223,6 +238,12 @@ class EncoderClassifier(nnx.Module):
 
     Its encoder has the autoencoder's paths (`encoder/...`), so a trained autoencoder's
     encoder loads into it with `jaxreg.transfer.load` (or `config.init_from`).
+
+    The head starts at zero (big_vision's `head_zeroinit`), so the first logits are uniform
+    whatever the code's scale. An autoencoder's code is unnormalised (a trained one reaches
+    |code| ~ 5-40 where a fresh encoder gives ~0.3); a randomly initialised head on it starts
+    at a cross-entropy of 7-11 and a linear probe at Adam's usual rates cannot undo that in a
+    few hundred steps.
 
     Args:
       num_classes: classes (>= 2).
@@ -249,7 +270,9 @@ class EncoderClassifier(nnx.Module):
             raise ValueError("EncoderClassifier has no BatchNorm; batch_norm=True is not supported")
         self.encoder = Encoder(input_shape, channels=channels, code_size=code_size, rngs=rngs)
         self.dropout = nnx.Dropout(float(dropout), rngs=rngs)
-        self.head = nnx.Linear(int(code_size), int(num_classes), rngs=rngs)
+        self.head = nnx.Linear(
+            int(code_size), int(num_classes), kernel_init=nnx.initializers.zeros_init(), rngs=rngs
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Logits (N, num_classes)."""

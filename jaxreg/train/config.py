@@ -164,7 +164,14 @@ def apply_overrides(config: ConfigDict, overrides: Iterable[str]) -> ConfigDict:
 TASKS = ("classification", "reconstruction")
 MONITORS = {
     "classification": ("val_loss", "val_accuracy", "val_ece"),
-    "reconstruction": ("val_loss", "val_mse", "val_psnr", "val_ssim", "val_input_psnr"),
+    "reconstruction": (
+        "val_loss",
+        "val_mse",
+        "val_psnr",
+        "val_ssim",
+        "val_input_psnr",
+        "val_input_ssim",
+    ),
 }
 EMA_BATCH_STATS = ("average", "copy", "recompute")
 LOOPS = ("auto", "scan", "python", "stream")

@@ -23,6 +23,7 @@ ignores them).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -32,7 +33,15 @@ import numpy as np
 
 from jaxreg import losses
 
-__all__ = ["RECONSTRUCTION_LOSSES", "Classification", "Reconstruction", "Task"]
+__all__ = [
+    "RECONSTRUCTION_LOSSES",
+    "Classification",
+    "DomainReconstruction",
+    "Reconstruction",
+    "Task",
+    "image_metrics",
+    "psnr",
+]
 
 RECONSTRUCTION_LOSSES = ("mse", "bce")
 
@@ -132,7 +141,8 @@ class Reconstruction:
     reconstruction is `sigmoid(output)`). Evaluation corrupts with a fixed key per split, so
     validation numbers are comparable across epochs, and reports the loss, MSE, PSNR and SSIM
     (dm-pix; Wang et al., 2004) of the reconstruction against the clean image, plus the PSNR
-    of the corrupted input itself (`input_psnr`) when there is a corruption.
+    and SSIM of the corrupted input itself (`input_psnr`, `input_ssim`: what the denoiser
+    started from) when there is a corruption.
 
     Attributes:
       loss_kind: "mse" or "bce".
@@ -152,17 +162,12 @@ class Reconstruction:
 
     @property
     def metrics(self) -> tuple[str, ...]:
-        """Reported names: loss, mse, psnr, ssim (and input_psnr with a corruption)."""
+        """Reported names: loss, mse, psnr, ssim (and input_psnr, input_ssim with a corruption)."""
         base = ("loss", "mse", "psnr", "ssim")
-        return base + (("input_psnr",) if self.corrupt is not None else ())
+        return base + (("input_psnr", "input_ssim") if self.corrupt is not None else ())
 
     def _inputs(self, key, images):
         return images if self.corrupt is None else self.corrupt(key, images)
-
-    def _image(self, outputs):
-        if self.loss_kind == "bce":
-            return jax.nn.sigmoid(outputs)
-        return jnp.clip(outputs, 0.0, 1.0)
 
     def loss(self, model, key, images, labels):
         """Mean reconstruction loss of (corrupted) inputs against the clean targets."""
@@ -175,26 +180,157 @@ class Reconstruction:
 
     def evaluate(self, model, key, images, labels):
         """Per-example loss, MSE, PSNR and SSIM of the reconstruction of the clean images."""
-        import dm_pix
-
         del labels
         inputs = self._inputs(key, images)
-        outputs = model(inputs)
-        recon = self._image(outputs)
-        size = min(11, images.shape[1], images.shape[2])
-        size -= 1 - size % 2  # an odd SSIM window that fits small images (dm-pix: 11)
-        with jax.numpy_dtype_promotion("standard"):  # dm-pix mixes Python floats and arrays
-            out = {
-                "loss": losses.reconstruction_loss(outputs, images, kind=self.loss_kind),
-                "mse": jnp.mean(jnp.square(recon - images), axis=(1, 2, 3)),
-                "psnr": dm_pix.psnr(images, recon),
-                "ssim": dm_pix.ssim(images, recon, filter_size=size),
-            }
-            if self.corrupt is not None:
-                out["input_psnr"] = dm_pix.psnr(images, jnp.clip(inputs, 0.0, 1.0))
+        out = image_metrics(model(inputs), images, self.loss_kind)
+        if self.corrupt is not None:
+            out.update(_input_metrics(inputs, images))
         return out
 
     def summarize(self, outputs, labels):
         """Means over the split (PSNR averaged per image, in dB)."""
         del labels
         return {name: float(np.mean(outputs[name])) for name in self.metrics}
+
+
+def as_image(outputs: jax.Array, loss_kind: str) -> jax.Array:
+    """The image a reconstruction model's outputs stand for: `sigmoid` for "bce", else clipped."""
+    if loss_kind == "bce":
+        return jax.nn.sigmoid(outputs)
+    return jnp.clip(outputs, 0.0, 1.0)
+
+
+def _ssim_size(images: jax.Array) -> int:
+    """An odd SSIM window that fits small images (dm-pix's default is 11)."""
+    size = min(11, images.shape[1], images.shape[2])
+    return size - (1 - size % 2)
+
+
+PSNR_CAP_DB = 100.0  # an exact copy (MSE 0) would be +inf dB and make every mean infinite
+
+
+def psnr(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Per-image PSNR in dB of images in [0, 1], `10 log10(1 / MSE)`, capped at 100 dB.
+
+    As `dm_pix.psnr` (peak 1), except that an image equal to its reference (MSE 0: e.g. an
+    erasing box that missed the ink) gets `PSNR_CAP_DB` instead of +inf.
+
+    Args:
+      a: (B, H, W, C) images.
+      b: (B, H, W, C) reference images.
+
+    Returns:
+      (B,) float32.
+    """
+    mse = jnp.mean(jnp.square(a - b), axis=(1, 2, 3))
+    return -10.0 * jnp.log10(jnp.maximum(mse, 10.0 ** (-PSNR_CAP_DB / 10.0)))
+
+
+def image_metrics(outputs: jax.Array, images: jax.Array, loss_kind: str) -> dict[str, jax.Array]:
+    """Per-example `loss`, `mse`, `psnr` (dB) and `ssim` of outputs against clean images.
+
+    Args:
+      outputs: (B, H, W, C) model outputs (logits for "bce").
+      images: (B, H, W, C) clean targets in [0, 1].
+      loss_kind: "mse" or "bce" (`jaxreg.losses.reconstruction_loss`).
+
+    Returns:
+      dict of (B,) float32 arrays; PSNR (`psnr`) and SSIM (dm-pix; Wang et al., 2004) are
+      measured on the reconstructed image (`as_image`), the loss on the raw outputs.
+    """
+    import dm_pix
+
+    recon = as_image(outputs, loss_kind)
+    with jax.numpy_dtype_promotion("standard"):  # dm-pix mixes Python floats and arrays
+        return {
+            "loss": losses.reconstruction_loss(outputs, images, kind=loss_kind),
+            "mse": jnp.mean(jnp.square(recon - images), axis=(1, 2, 3)),
+            "psnr": psnr(images, recon),
+            "ssim": dm_pix.ssim(images, recon, filter_size=_ssim_size(images)),
+        }
+
+
+def _input_metrics(inputs: jax.Array, images: jax.Array) -> dict[str, jax.Array]:
+    """PSNR and SSIM of the corrupted inputs (clipped to [0, 1]) against the clean images."""
+    import dm_pix
+
+    x = jnp.clip(inputs, 0.0, 1.0)
+    with jax.numpy_dtype_promotion("standard"):
+        return {
+            "input_psnr": psnr(images, x),
+            "input_ssim": dm_pix.ssim(images, x, filter_size=_ssim_size(images)),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class DomainReconstruction:
+    """One encoder, one decoder per domain: each image is reconstructed by its domain's decoder.
+
+    The "deepfake" autoencoder: a shared encoder learns one code for images of several domains
+    (two digit styles, two faces), each domain has its own decoder, and an image is translated
+    by decoding its code with another domain's decoder. The domain travels in the labels: a
+    batch holds images of every domain and `labels[i]` is image i's domain, `0 <=
+    labels < num_domains` (build such a set by concatenating the domains' images with their
+    domain ids as labels). The model must have `encode(x) -> (code, switches)` and
+    `decode(code, switches, domain=d)`, as `jaxreg.models.Autoencoder(decoders=num_domains)`.
+
+    Every decoder runs on the whole batch and each example keeps its own domain's output (one
+    static program; the cost is `num_domains` decoder passes). Evaluation reports the loss, MSE,
+    PSNR and SSIM of each image's reconstruction by its own decoder, and the PSNR per domain
+    (`psnr_domain<d>`).
+
+    Attributes:
+      num_domains: how many decoders (domains), >= 2.
+      loss_kind: "mse" or "bce" (outputs are logits).
+      augment: batched augmentation of the clean images, or None.
+    """
+
+    num_domains: int = 2
+    loss_kind: str = "mse"
+    augment: Augment | None = None
+
+    def __post_init__(self):
+        if isinstance(self.num_domains, bool) or int(self.num_domains) < 2:
+            raise ValueError(f"num_domains must be an int >= 2, got {self.num_domains!r}")
+        if self.loss_kind not in RECONSTRUCTION_LOSSES:
+            raise ValueError(
+                f"loss_kind must be one of {RECONSTRUCTION_LOSSES}, got {self.loss_kind!r}"
+            )
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """Reported names: loss, mse, psnr, ssim and psnr_domain0, psnr_domain1, ..."""
+        return ("loss", "mse", "psnr", "ssim") + tuple(
+            f"psnr_domain{d}" for d in range(self.num_domains)
+        )
+
+    def outputs(self, model, images: jax.Array, domains: jax.Array) -> jax.Array:
+        """Each image decoded by decoder `domains[i]` (B, H, W, C)."""
+        code, switches = model.encode(images)
+        outs = jnp.stack([model.decode(code, switches, domain=d) for d in range(self.num_domains)])
+        hot = jax.nn.one_hot(domains, self.num_domains, dtype=outs.dtype)  # (B, D)
+        return jnp.einsum("dbhwc,bd->bhwc", outs, hot)
+
+    def loss(self, model, key, images, labels):
+        """Mean reconstruction loss, each image by its own domain's decoder."""
+        if self.augment is not None:
+            images = self.augment(key, images)
+        outputs = self.outputs(model, images, labels)
+        loss = jnp.mean(losses.reconstruction_loss(outputs, images, kind=self.loss_kind))
+        return loss, {"loss": loss}
+
+    def evaluate(self, model, key, images, labels):
+        """Per-example loss, MSE, PSNR and SSIM by the own domain's decoder."""
+        del key
+        return image_metrics(self.outputs(model, images, labels), images, self.loss_kind)
+
+    def summarize(self, outputs, labels):
+        """Means over the split, and the mean PSNR of each domain's images (NaN if absent)."""
+        labels = np.asarray(labels)
+        out = {name: float(np.mean(outputs[name])) for name in ("loss", "mse", "psnr", "ssim")}
+        for d in range(self.num_domains):
+            mine = labels == d
+            out[f"psnr_domain{d}"] = (
+                float(np.mean(outputs["psnr"][mine])) if mine.any() else math.nan
+            )
+        return out

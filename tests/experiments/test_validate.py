@@ -8,6 +8,7 @@ from jaxreg import cli
 from jaxreg.train import workdir as workdir_lib
 
 EXPERIMENTS = (
+    "autoencoder",
     "main",
     "regularization",
     "augmentation_ablation",

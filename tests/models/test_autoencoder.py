@@ -106,3 +106,112 @@ def test_the_encoder_loads_into_a_classifier(tmp_path, digits_small):
     report = transfer.load(clf, ae, include="^encoder/")
     assert report["loaded"] and all(p.startswith("encoder/") for p in report["loaded"])
     np.testing.assert_array_equal(clf.encoder.code.kernel[...], ae.encoder.code.kernel[...])
+
+
+def test_a_linear_probe_on_a_large_code_learns(digits_small):
+    """The head starts at zero: a probe on a loaded encoder with a large code still fits.
+
+    A trained autoencoder's code reaches |code| ~ 10 (mnist5k); with a randomly initialised
+    head the probe started at a loss of ~10 and ended at 0.28 test accuracy.
+    """
+    import optax
+
+    clf = EncoderClassifier(10, (8, 8, 1), channels=(4, 8), code_size=16, rngs=nnx.Rngs(0))
+    clf.encoder.code.kernel[...] = clf.encoder.code.kernel[...] * 50.0  # a large-scale code
+    x, y = jnp.asarray(digits_small["train"].images), jnp.asarray(digits_small["train"].labels)
+    np.testing.assert_array_equal(clf(x), jnp.zeros((len(x), 10)))  # uniform first logits
+    head = {"kernel": clf.head.kernel[...], "bias": clf.head.bias[...]}
+    opt = optax.adam(1e-3)
+    opt_state = opt.init(head)
+    feats = jax.nn.relu(clf.encoder(x)[0])
+
+    def loss(h):
+        logits = feats @ h["kernel"] + h["bias"][None]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    first = loss(head)
+    step = jax.jit(lambda h, s: (lambda g: opt.update(g, s, h))(jax.grad(loss)(h)))
+    with jax.numpy_dtype_promotion("standard"):  # optax's adam mixes int32 and float
+        for _ in range(100):
+            updates, opt_state = step(head, opt_state)
+            head = optax.apply_updates(head, updates)
+    assert float(first) == pytest.approx(np.log(10.0), rel=1e-5)
+    assert float(loss(head)) < 0.7 * float(first)
+
+
+def test_the_domain_task_decodes_each_image_with_its_own_decoder():
+    from jaxreg.train.tasks import DomainReconstruction
+
+    m = Autoencoder((8, 8, 1), channels=(4, 6), code_size=5, decoders=3, rngs=nnx.Rngs(0))
+    task = DomainReconstruction(3, loss_kind="bce")
+    x = jax.random.uniform(jax.random.key(1), (6, 8, 8, 1))
+    domains = jnp.array([0, 1, 2, 2, 1, 0], jnp.int32)
+    got = task.outputs(m, x, domains)
+    for d in range(3):
+        mine = np.asarray(domains) == d
+        np.testing.assert_allclose(got[mine], m.translate(x, d)[mine], rtol=1e-5, atol=1e-6)
+    out = task.summarize(
+        jax.device_get(task.evaluate(m, jax.random.key(0), x, domains)), np.asarray(domains)
+    )
+    assert set(out) == set(task.metrics) == {
+        "loss", "mse", "psnr", "ssim", "psnr_domain0", "psnr_domain1", "psnr_domain2"
+    }  # fmt: skip
+
+
+def test_domain_task_and_translate_reject_bad_settings():
+    from jaxreg.train.tasks import DomainReconstruction
+
+    with pytest.raises(ValueError, match="num_domains must be an int >= 2"):
+        DomainReconstruction(1)
+    with pytest.raises(ValueError, match="loss_kind must be one of"):
+        DomainReconstruction(2, loss_kind="l1")
+    m = Autoencoder((8, 8, 1), channels=(4,), code_size=3, decoders=2, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"domain must be in \[0, 2\)"):
+        m.translate(jnp.ones((1, 8, 8, 1)), 2)
+
+
+def test_two_decoders_on_a_tiny_model_translate_between_domains(tmp_path, digits_small):
+    """Domain 1 is domain 0 inverted (white background): decoder 1 must paint the background."""
+    from jaxreg import data as data_lib
+    from jaxreg.train.tasks import DomainReconstruction
+
+    def two(ds):
+        x = np.concatenate([ds.images, 1.0 - ds.images]).astype(np.float32)
+        y = np.repeat(np.arange(2, dtype=np.int32), len(ds))
+        return data_lib.Dataset(x, y, 2, ("plain", "inverted"), ds.name + "+inverted")
+
+    data = {k: two(v) for k, v in digits_small.items()}
+    c = tiny_config(
+        epochs=15, task="reconstruction", reconstruction_loss="bce", batch_size=24,
+        learning_rate=5e-3, checkpoint={"enabled": False, "keep": 1},
+    )  # fmt: skip
+
+    def factory(rngs):
+        return Autoencoder((8, 8, 1), channels=(8, 16), code_size=16, decoders=2, rngs=rngs)
+
+    r = train_and_evaluate(
+        c, tmp_path, model=factory, task=DomainReconstruction(2, "bce"), data=data
+    )
+    h = r["history"]
+    assert h[-1]["val_loss"] < h[0]["val_loss"]
+    assert {"val_psnr_domain0", "val_psnr_domain1"} <= set(h[-1])
+    m, plain = r["model"], jnp.asarray(digits_small["test"].images)
+    moved = np.asarray(jax.nn.sigmoid(m.translate(plain, 1)))
+    own = np.asarray(jax.nn.sigmoid(m.translate(plain, 0)))
+    # same digits, other style: the translation's background is the inverted domain's (bright)
+    assert own.mean() < 0.4 < 0.6 < moved.mean(), (own.mean(), moved.mean())
+    corner = (slice(None), 0, 0, 0)  # digits' top-left pixel is background in both domains
+    assert moved[corner].mean() > 0.7 and own[corner].mean() < 0.3
+
+
+def test_reconstruction_reports_the_inputs_ssim_and_caps_psnr():
+    from jaxreg.train.tasks import PSNR_CAP_DB, Reconstruction, psnr
+
+    x = jax.random.uniform(jax.random.key(0), (3, 8, 8, 1))
+    np.testing.assert_allclose(psnr(x, x), PSNR_CAP_DB)  # an exact copy is not +inf
+    noisy = Reconstruction(corrupt=lambda k, im: jnp.clip(im + 0.2, 0.0, 1.0))
+    assert noisy.metrics[-2:] == ("input_psnr", "input_ssim")
+    assert "input_ssim" not in Reconstruction().metrics
+    m = Autoencoder((8, 8, 1), channels=(4,), code_size=3, rngs=nnx.Rngs(0))
+    out = noisy.evaluate(m, jax.random.key(1), x, jnp.zeros(3, jnp.int32))
+    assert out["input_ssim"].shape == (3,) and float(out["input_ssim"].max()) < 1.0
