@@ -132,6 +132,11 @@ def test_pool_and_ratio_errors_name_the_problem(tmp_path, digits_small):
     bad = {**digits_small, "synthetic": _pool(digits_small["train"], shape=(4, 4, 1))}
     with pytest.raises(ValueError, match="synthetic pool's images"):
         train_and_evaluate(tiny_config(synthetic_ratio=0.25), tmp_path / "f", data=bad)
+    with pytest.raises(ValueError, match="streamed epoch"):
+        train_and_evaluate(
+            tiny_config(synthetic_ratio=0.25, loop="stream"), tmp_path / "g", data=with_pool
+        )
+    assert not (tmp_path / "g").exists()  # refused before the workdir is made
     np.savez(tmp_path / "x.npz", pictures=pool.images)
     with pytest.raises(ValueError, match="'images' and 'labels'"):
         load_pool(tmp_path / "x.npz", digits_small["train"])
