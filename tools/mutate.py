@@ -69,10 +69,17 @@ CORE: dict[str, list[str]] = {
     "jaxreg/losses.py": ["tests/test_losses.py"],
     "jaxreg/augment/mix.py": ["tests/augment/test_mix.py"],
     "jaxreg/augment/erase.py": ["tests/augment/test_erase.py"],
-    "jaxreg/augment/geometric.py": ["tests/augment/test_geometric.py"],
+    "jaxreg/augment/geometric.py": [
+        "tests/augment/test_geometric.py",
+        "tests/augment/test_dm_pix.py",
+    ],
     "jaxreg/train/early_stopping.py": ["tests/train/test_early_stopping.py"],
-    "jaxreg/train/checkpoint.py": ["tests/train/test_checkpoint.py", "tests/train/test_loop.py"],
-    "jaxreg/train/loop.py": ["tests/train/test_loop.py"],
+    "jaxreg/train/checkpoint.py": [
+        "tests/train/test_checkpoint.py",
+        "tests/train/test_loop.py",
+        "tests/train/test_open_loop.py",
+    ],
+    "jaxreg/train/loop.py": ["tests/train/test_loop.py", "tests/train/test_open_loop.py"],
     "jaxreg/report.py": ["tests/test_report.py"],
 }
 

@@ -320,3 +320,11 @@ def test_random_resized_crop_fallback_is_the_centred_crop_with_the_ratio_clamped
         )
     )(jax.random.split(key(7), 64))
     np.testing.assert_allclose(ys, jnp.broadcast_to(x, ys.shape), atol=1e-6)
+
+
+def test_random_rot90_draws_all_four_quarter_turns():
+    x = image(5, 5, 1)
+    turns = [np.asarray(np.rot90(np.asarray(x), k, axes=(0, 1))) for k in range(4)]
+    ys = jax.jit(jax.vmap(lambda k: A.random_rot90(k, x)))(jax.random.split(key(9), 40))
+    seen = {next(k for k in range(4) if np.allclose(y, turns[k], atol=1e-6)) for y in ys}
+    assert seen == {0, 1, 2, 3}
