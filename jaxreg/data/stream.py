@@ -31,7 +31,7 @@ import numpy as np
 
 from jaxreg.data.dataset import Dataset, to_float_image
 
-__all__ = ["ArraySource", "EpochStream", "FolderSource", "TfdsSource"]
+__all__ = ["ArraySource", "EpochStream", "FolderSource", "TfdsSource", "image_shape", "open_source"]
 
 
 class ArraySource:
@@ -62,6 +62,7 @@ class FolderSource:
 
         self.files, self.labels, self.class_names, self.rgb = list_folder(root, split=split)
         self.num_classes = len(self.class_names)
+        self.name = f"folder:{root}"
 
     def __len__(self) -> int:
         return len(self.files)
@@ -81,6 +82,8 @@ class TfdsSource:
         self.source, self.image_key, self.label_key, self.num_classes = tfds_features(
             name, split=split, data_dir=data_dir
         )
+        self.name = f"tfds:{name}"
+        self.class_names = tuple(str(k) for k in range(self.num_classes))
 
     def __len__(self) -> int:
         return len(self.source)
@@ -91,6 +94,41 @@ class TfdsSource:
         if image.ndim == 2:
             image = image[..., None]
         return to_float_image(image), int(record[self.label_key])
+
+
+def open_source(name: str, *, split: str = "train", data_dir: str | None = None) -> Any:
+    """The source of one split: lazy for "folder:PATH" and "tfds:NAME", in memory otherwise.
+
+    Args:
+      name: as for `jaxreg.data.load` (a built-in set is small and is loaded whole).
+      split: "train", "val" or "test" (TFDS also takes its own split names).
+      data_dir: TFDS data directory (only for "tfds:").
+
+    Returns:
+      `FolderSource`, `TfdsSource`, or an `ArraySource` over the loaded split.
+    """
+    from jaxreg.data import api
+
+    if not isinstance(name, str):
+        raise TypeError(f"`name` must be a data set name string, got {type(name).__name__}")
+    if name.startswith(api.FOLDER_PREFIX):
+        return FolderSource(name[len(api.FOLDER_PREFIX) :], split=split)
+    if name.startswith(api.TFDS_PREFIX):
+        return TfdsSource(name[len(api.TFDS_PREFIX) :], split=split, data_dir=data_dir)
+    ds = api.load(name, split=split, data_dir=data_dir)
+    source = ArraySource(ds)
+    source.num_classes, source.class_names, source.name = ds.num_classes, ds.class_names, ds.name
+    return source
+
+
+def image_shape(source: Any) -> tuple[int, ...]:
+    """(H, W, C) of a data set (`images.shape[1:]`) or of a source's first example."""
+    images = getattr(source, "images", None)
+    if images is not None:
+        return tuple(images.shape[1:])
+    if len(source) == 0:
+        raise ValueError("the source is empty")
+    return tuple(np.shape(source[0][0]))
 
 
 class EpochStream:

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from jaxreg import _cpu
 from jaxreg import data as data_lib
+from jaxreg.data.stream import image_shape
 from jaxreg.optim.ema import param_ema, recompute_batch_stats
 from jaxreg.optim.factory import build_optimizer
 from jaxreg.train import parallel
@@ -82,8 +83,21 @@ class NonFiniteLossError(FloatingPointError):
 def prepare_data(config: ConfigDict) -> dict[str, data_lib.Dataset]:
     """Loads `config.data` and applies the training-set options (subset, imbalance).
 
-    Only the training split is subsampled or made imbalanced; val and test stay whole.
+    Only the training split is subsampled or made imbalanced; val and test stay whole. With
+    `config.loop="stream"`, an image folder's or a TFDS set's training split is not loaded: it
+    is a lazy source (`jaxreg.data.stream.open_source`) read a batch at a time.
     """
+    if config.loop == "stream" and str(config.data).startswith(("folder:", "tfds:")):
+        if config.train_per_class is not None or config.imbalance_factor != 1.0:
+            raise ValueError(
+                "config keys 'train_per_class' and 'imbalance_factor' select from the training "
+                "set in memory; with loop 'stream' over a folder or TFDS set leave them unset"
+            )
+        from jaxreg.data.stream import open_source
+
+        evals = data_lib.load_splits(config.data, splits=("val", "test"), data_dir=config.data_dir)
+        train = open_source(config.data, split="train", data_dir=config.data_dir)
+        return {"train": train, **evals}
     splits = data_lib.load_splits(config.data, data_dir=config.data_dir)
     train = splits["train"]
     if config.train_per_class is not None:
@@ -126,10 +140,10 @@ def load_pool(path: str | os.PathLike, like: data_lib.Dataset) -> data_lib.Datas
 
 def check_pool(pool: data_lib.Dataset, train: data_lib.Dataset) -> None:
     """Raises `ValueError` unless `pool` can be mixed into `train`'s batches."""
-    if pool.images.shape[1:] != train.images.shape[1:]:
+    if pool.images.shape[1:] != image_shape(train):
         raise ValueError(
             f"the synthetic pool's images are {pool.images.shape[1:]}, the training images "
-            f"{train.images.shape[1:]}"
+            f"{image_shape(train)}"
         )
     if pool.num_classes != train.num_classes or len(pool) == 0:
         raise ValueError(
@@ -430,6 +444,8 @@ def train_and_evaluate(
         if name not in splits:
             raise ValueError(f"data must have 'train', 'val' and 'test', missing {name!r}")
     train = splits["train"]
+    if not isinstance(train, data_lib.Dataset):  # a source (jaxreg.data.stream), read lazily
+        _check_source(config, train)
     if config.synthetic and "synthetic" not in splits:  # data["synthetic"] wins over the path
         splits["synthetic"] = load_pool(config.synthetic, train)
     synthetic_batch = _synthetic_batch(config, splits)
@@ -453,7 +469,7 @@ def train_and_evaluate(
             + (f" with {synthetic_batch} synthetic examples per batch" if synthetic_batch else "")
         )
     parallel.check_batch_size(int(config.batch_size), config.devices)
-    net = build_model(config, model, train.num_classes, train.images.shape[1:])
+    net = build_model(config, model, train.num_classes, image_shape(train))
     transfer_groups = None
     new_head = bool(config.init_from) and not config.init_head
     if config.finetune != "full" or int(config.head_warmup_epochs) > 0 or new_head:
@@ -465,6 +481,25 @@ def train_and_evaluate(
             config, workdir, net, task, splits, extra_eval or {}, title, steps_per_epoch,
             transfer_groups, optimizer,
         )  # fmt: skip
+
+
+def _check_source(config: ConfigDict, source: Any) -> None:
+    """Raises unless a lazily read training source can be trained on as `config` asks."""
+    if config.loop != "stream":
+        raise ValueError(
+            "a training source read lazily (jaxreg.data.stream) needs config.loop='stream', "
+            f"got {config.loop!r}"
+        )
+    if not hasattr(source, "num_classes") or not hasattr(source, "__getitem__"):
+        raise TypeError(
+            "data['train'] must be a jaxreg.data.Dataset or a source with len(), "
+            "source[i] -> (image, label) and num_classes (jaxreg.data.stream)"
+        )
+    if config.balanced_sampling and getattr(source, "labels", None) is None:
+        raise ValueError(
+            "config.balanced_sampling needs the training labels, which this source does not "
+            "list (FolderSource and ArraySource do)"
+        )
 
 
 def _workdir_lock(workdir):
@@ -489,12 +524,12 @@ def _synthetic_batch(config: ConfigDict, splits: Mapping[str, data_lib.Dataset])
             f"config.synthetic_ratio={ratio} needs a synthetic pool: data['synthetic'] or "
             "config.synthetic (an .npz of images and labels)"
         )
-    check_pool(pool, splits["train"])
     if config.loop == "stream":
         raise ValueError(
             "config.synthetic_ratio > 0 needs config.loop 'auto', 'scan' or 'python': the "
             "streamed epoch reads only the training source"
         )
+    check_pool(pool, splits["train"])
     return synthetic_count(ratio, int(config.batch_size))
 
 
@@ -553,7 +588,8 @@ def _run(config, workdir, net, task, splits, extra_eval, title, steps_per_epoch,
         ema = step_lib.EmaStats(
             float(config.ema_decay), bool(config.ema_warmup), config.ema_batch_stats
         )
-    kind = _loop_kind(config, train.images.nbytes)
+    lazy = not isinstance(train, data_lib.Dataset)
+    kind = "stream" if lazy else _loop_kind(config, train.images.nbytes)
     if kind == "scan":  # data parallel: the data replicated on every device, batches split
         epoch_fn = step_lib.make_train_epoch(
             batch_size=int(config.batch_size),
@@ -568,7 +604,7 @@ def _run(config, workdir, net, task, splits, extra_eval, title, steps_per_epoch,
         from jaxreg.train.streaming import make_stream_epoch
 
         epoch_fn = make_stream_epoch(
-            source=ArraySource(train),
+            source=train if lazy else ArraySource(train),
             batch_size=int(config.batch_size),
             task=task,
             mesh=mesh,
@@ -602,7 +638,10 @@ def _run(config, workdir, net, task, splits, extra_eval, title, steps_per_epoch,
         if not recompute:
             return st
         stats = _recompute_ema_stats(
-            parallel.local_copy(st), train.images, int(config.batch_size), config.bn_momentum
+            parallel.local_copy(st),
+            _first_images(train, 8 * int(config.batch_size)),
+            int(config.batch_size),
+            config.bn_momentum,
         ).ema_batch_stats
         return st.replace(ema_batch_stats=parallel.replicate(stats, mesh))
 
@@ -895,12 +934,20 @@ def _stats_fn_for(st: TrainState) -> Callable:
     return stats_fn
 
 
-def _write_data_info(workdir: Path, train: data_lib.Dataset) -> None:
+def _first_images(train: Any, n: int) -> np.ndarray:
+    """Up to `n` training images in order: (n, H, W, C) float32 (a source reads only those)."""
+    if isinstance(train, data_lib.Dataset):
+        return train.images[:n]
+    return np.stack([train[i][0] for i in range(min(n, len(train)))]).astype(np.float32)
+
+
+def _write_data_info(workdir: Path, train: Any) -> None:
     """`data.json`: what `jaxreg predict` needs to read new images (shape, class names)."""
+    names = getattr(train, "class_names", None) or range(train.num_classes)
     info = {
-        "name": train.name,
-        "image_shape": list(train.images.shape[1:]),
-        "class_names": [str(c) for c in train.class_names],
+        "name": getattr(train, "name", "source"),
+        "image_shape": list(image_shape(train)),
+        "class_names": [str(c) for c in names],
     }
     (workdir / "data.json").write_text(json.dumps(info, indent=2))
 

@@ -52,3 +52,49 @@ def test_streamed_run_equals_the_in_memory_run_and_resumes_exactly(
         jax.tree.leaves(streamed["state"].params), jax.tree.leaves(resumed["state"].params)
     ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _write_folder(root, splits):
+    """An image folder (root/split/class/i.png) holding the given splits as 8-bit PNGs."""
+    from PIL import Image
+
+    for split, ds in splits.items():
+        for i, (x, y) in enumerate(zip(ds.images, ds.labels)):
+            folder = root / split / f"c{int(y)}"
+            folder.mkdir(parents=True, exist_ok=True)
+            pixels = np.round(np.asarray(x)[..., 0] * 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i}.png")
+
+
+def test_a_folder_streams_without_loading_its_training_split(tmp_path, digits_small, monkeypatch):
+    import jaxreg.data.api as api
+
+    small = {"train": digits_small["train"]}
+    small["val"] = digits_small["val"].subset(np.arange(30))
+    small["test"] = digits_small["test"].subset(np.arange(30))
+    _write_folder(tmp_path / "images", small)
+    cfg = {"epochs": 2, "data": f"folder:{tmp_path / 'images'}", "augment": "flip"}
+    in_memory = train_and_evaluate(tiny_config(**cfg), tmp_path / "memory")
+
+    real = api.load_folder
+
+    def no_train(root, *, split="train"):
+        assert split != "train", "the streamed run loaded the training split into memory"
+        return real(root, split=split)
+
+    monkeypatch.setattr(api, "load_folder", no_train)
+    streamed = train_and_evaluate(tiny_config(loop="stream", **cfg), tmp_path / "stream")
+    assert streamed["train_size"] == 120
+    for a, b in zip(in_memory["history"], streamed["history"]):
+        for k in a:
+            if k != "time_s":
+                assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), k
+    with pytest.raises(ValueError, match="train_per_class"):
+        train_and_evaluate(
+            tiny_config(loop="stream", train_per_class=5, **cfg), tmp_path / "subset"
+        )
+    source = stream.open_source(cfg["data"], split="train")
+    assert stream.image_shape(source) == (8, 8, 1) and source.num_classes == 10
+    with pytest.raises(ValueError, match="needs config\\.loop='stream'"):
+        train_and_evaluate(tiny_config(), tmp_path / "scan", data={**small, "train": source})
+    assert not (tmp_path / "subset").exists() and not (tmp_path / "scan").exists()
