@@ -421,7 +421,8 @@ def train_and_evaluate(
     Returns:
       dict of results: `val_*`/`test_*` for each of the task's metrics on the restored model,
       `best_epoch`, `evaluated_epoch`, `epochs_run`, `stopped_early`, `stop_reason`,
-      `wall_time_s`, `compile_time_s`, `train_images_per_s`, `cpu_paths` (which XLA:CPU
+      `wall_time_s`, `compile_time_s`, `train_images_per_s`, `loop` (the epoch that ran:
+      "scan", "python" or "stream"), `cpu_paths` (which XLA:CPU
       paths ran, `jaxreg._cpu.status()`), `history` (per-epoch dicts),
       `extra` results per `extra_eval` set, `state` (the evaluated `TrainState`) and `model`
       (an `nnx.Module` holding the evaluated weights, in eval mode).
@@ -719,6 +720,7 @@ def _run(config, workdir, net, task, splits, extra_eval, title, steps_per_epoch,
             "compile_time_s": compile_s,
             "train_images_per_s": ips,
             "train_size": len(train),
+            "loop": kind,
             "synthetic_size": len(pool) if pool is not None else 0,
             "synthetic_per_batch": synthetic_batch,
             "zero_fraction": zero_fraction(final.params),

@@ -248,3 +248,30 @@ def test_host_fed_loop_gives_the_same_run_as_the_scan(tmp_path, digits_small):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
     with pytest.raises(ValueError, match="loop"):
         train_and_evaluate(tiny_config(loop="fast"), tmp_path / "x", data=digits_small)
+
+
+def test_the_results_say_which_loop_ran_and_auto_follows_the_data_size(tmp_path, digits_small):
+    # digits_small's 120 training images take 30 KiB: under the default limit, over 0.01 MiB.
+    runs = {
+        "scan": tiny_config(epochs=1),
+        "python": tiny_config(epochs=1, device_data_limit_mb=0.01),
+        "stream": tiny_config(epochs=1, loop="stream"),
+    }
+    for expected, c in runs.items():
+        r = train_and_evaluate(c, tmp_path / expected, data=digits_small)
+        assert r["loop"] == expected
+    r = train_and_evaluate(tiny_config(epochs=1, loop="python"), tmp_path / "p", data=digits_small)
+    assert r["loop"] == "python"
+
+
+def test_the_logged_learning_rate_is_the_schedule_at_the_epochs_last_step(tmp_path, digits_small):
+    from jaxreg.optim.factory import learning_rate_schedule
+
+    c = tiny_config(epochs=3, schedule="cosine")
+    r = train_and_evaluate(c, tmp_path, data=digits_small)
+    steps = 120 // 30
+    sched = learning_rate_schedule(
+        learning_rate=c.learning_rate, schedule="cosine", total_steps=3 * steps
+    )
+    logged = [h["lr"] for h in r["history"]]
+    np.testing.assert_allclose(logged, [float(sched(steps * e - 1)) for e in (1, 2, 3)], rtol=1e-6)
