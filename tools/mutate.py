@@ -1087,6 +1087,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             save()
     total = time.perf_counter() - t0
     command = "make mutate" + (f" MODULES='{' '.join(args.modules)}'" if args.modules else "")
+    if args.sample is not None:
+        command = f"tools/mutate.py --sample {args.sample}" + (
+            f" {' '.join(args.modules)}" if args.modules else ""
+        )
     cached = any(r.cached for run in per_module.values() for r in run.results)
     note = (
         f"This run took {total / 60:.1f} min; some outcomes came from the cache." if cached else ""
