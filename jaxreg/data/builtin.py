@@ -142,14 +142,7 @@ def _build_textures() -> dict[str, tuple[np.ndarray, np.ndarray]]:
             for y, x in zip(flat // xs, lo + flat % xs):
                 out[split][0].append(photo[y : y + s, x : x + s])
                 out[split][1].append(label)
-    result = {}
-    for split, (crops, labels) in out.items():
-        order = rng.permutation(len(labels))
-        result[split] = (
-            _readonly(np.stack(crops)[order]),
-            _readonly(np.asarray(labels, dtype=np.int32)[order]),
-        )
-    return result
+    return _shuffled(out, rng)
 
 
 PHOTO_SIZE = 64  # crop side in pixels
@@ -199,14 +192,7 @@ def _build_photos() -> dict[str, tuple[np.ndarray, np.ndarray]]:
                 x = (tile % cols) * t + pos % span
                 out[split][0].append(photo[y : y + s, x : x + s])
                 out[split][1].append(label)
-    result = {}
-    for split, (crops, labels) in out.items():
-        order = rng.permutation(len(labels))
-        result[split] = (
-            _readonly(np.stack(crops)[order]),
-            _readonly(np.asarray(labels, dtype=np.int32)[order]),
-        )
-    return result
+    return _shuffled(out, rng)
 
 
 @functools.cache
@@ -230,6 +216,20 @@ def split_indices(name: str) -> dict[str, np.ndarray]:
 def _readonly(array: np.ndarray) -> np.ndarray:
     array.setflags(write=False)
     return array
+
+
+def _shuffled(
+    crops_by_split: dict[str, tuple[list, list]], rng: np.random.Generator
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each split's crops and labels stacked, shuffled by `rng` (split order) and read-only."""
+    result = {}
+    for split, (crops, labels) in crops_by_split.items():
+        order = rng.permutation(len(labels))
+        result[split] = (
+            _readonly(np.stack(crops)[order]),
+            _readonly(np.asarray(labels, dtype=np.int32)[order]),
+        )
+    return result
 
 
 def _load_stratified(name: str, split: str) -> Dataset:

@@ -28,18 +28,9 @@ from ml_collections import ConfigDict
 
 from jaxreg import experiment as ex
 from jaxreg.experiment import Findings, Stage, Study, Unit
-from jaxreg.train.config import default_config
+from jaxreg.experiments import how_many
 
 _DROP = ("history", "state", "model")
-
-
-def _config() -> ConfigDict:
-    c = default_config()
-    c.data, c.train_per_class, c.model, c.batch_norm = "mnist5k", 20, "cnn_small", True
-    c.batch_size, c.learning_rate, c.schedule = 32, 2e-3, "cosine"
-    c.monitor, c.monitor_mode = "val_accuracy", "max"
-    c.checkpoint.enabled, c.progress = False, False  # finished runs are read back instead
-    return c
 
 
 def _ratios(p: ConfigDict) -> tuple[float, ...]:
@@ -286,7 +277,7 @@ STUDY = Study(
     regime="mnist5k digits at 28x28, a small DCGAN trained for 750 steps on 200 or 500 "
     "images on a 2-core CPU (the sources: banknote digits with WGANs; ImageNet with BigGAN); a "
     "small CNN trained for a fixed number of steps.",
-    config=_config,
+    config=how_many.classifier_config,  # how_many's classifier, so the studies compare
     variants=_variants,
     baseline="real",
     expected={"augment": 1, "gan25": 0, "gan50": 0},

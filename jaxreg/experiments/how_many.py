@@ -97,7 +97,8 @@ SOURCES: dict[str, Callable[[Unit, data_lib.Dataset, int], data_lib.Dataset]] = 
 }
 
 
-def _config() -> ConfigDict:
+def classifier_config() -> ConfigDict:
+    """The few-label classifier's training config, shared with `gan_augment` (same regime)."""
     c = default_config()
     c.data, c.train_per_class, c.model, c.batch_norm = "mnist5k", 20, "cnn_small", True
     c.batch_size, c.learning_rate, c.schedule = 32, 2e-3, "cosine"
@@ -300,7 +301,7 @@ STUDY = Study(
     source="Reasoning, no paper's table: augmented copies act like more data while they add "
     "variation; once the policy's variety is covered, more copies repeat it.",
     regime="20 real images per class of mnist5k, a small CNN, 500 optimizer steps per amount.",
-    config=_config,
+    config=classifier_config,
     variants=_variants,
     baseline="k0",
     expected={"k1": 1, "k2": 1},
